@@ -1,0 +1,150 @@
+"""The ``exec-server`` command line.
+
+stdout is reserved for the transport: ``serve`` prints exactly one line (the bound
+URL) before anything else, or speaks JSON-RPC on it with ``--listen stdio``. Logs go
+to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from ..environment.server import (
+    DEFAULT_LISTEN_URL,
+    ExecServer,
+    ListenUrlError,
+    ServerConfig,
+    parse_listen_url,
+)
+from ..environment.session import DETACHED_SESSION_TTL_S, SessionConfig
+from ..transport.stdio import open_process_stdio
+from ..transport.websocket import DEFAULT_MAX_MESSAGE_BYTES
+
+TOKEN_ENV = "CODEX_EXEC_SERVER_CONNECTION_TOKEN"
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _read_token(token_file: Path | None) -> str | None:
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            raise click.UsageError(f"cannot read --token-file {token_file}: {exc}") from None
+        if not token:
+            raise click.UsageError(f"--token-file {token_file} is empty")
+        return token
+    env = os.environ.get(TOKEN_ENV)
+    if env is not None:
+        token = env.strip()
+        if not token:
+            raise click.UsageError(f"{TOKEN_ENV} is set but empty")
+        return token
+    return None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--log-level",
+    default=lambda: os.environ.get("EXEC_SERVER_LOG", "warning"),
+    show_default="warning (env EXEC_SERVER_LOG)",
+    help="stderr log level: debug, info, warning, error.",
+)
+def main(log_level: str) -> None:
+    """Run commands and touch files for a coding agent (Codex-compatible)."""
+    _setup_logging(log_level)
+
+
+@main.command()
+@click.option(
+    "--listen",
+    default=DEFAULT_LISTEN_URL,
+    show_default=True,
+    help="ws://IP:PORT to serve a local websocket, or `stdio` for newline-delimited JSON.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help=f"Require `Authorization: Bearer <token>` on the websocket (or set {TOKEN_ENV}).",
+)
+@click.option(
+    "--allow-origin",
+    multiple=True,
+    help="Browser Origin allowed to connect (default: none; requests with Origin get 403).",
+)
+@click.option(
+    "--session-ttl",
+    type=float,
+    default=DETACHED_SESSION_TTL_S,
+    show_default=True,
+    help="Seconds a detached session (and its processes) survives for resume.",
+)
+@click.option(
+    "--max-message-bytes",
+    type=int,
+    default=DEFAULT_MAX_MESSAGE_BYTES,
+    show_default=True,
+    help="Largest inbound JSON-RPC message accepted.",
+)
+def serve(
+    listen: str,
+    token_file: Path | None,
+    allow_origin: tuple[str, ...],
+    session_ttl: float,
+    max_message_bytes: int,
+) -> None:
+    """Serve the exec-server JSON-RPC API locally."""
+    try:
+        address = parse_listen_url(listen)
+    except ListenUrlError as exc:
+        raise click.UsageError(str(exc)) from None
+    config = ServerConfig(
+        session=SessionConfig(detached_ttl_s=session_ttl),
+        max_message_bytes=max_message_bytes,
+        token=_read_token(token_file),
+        allowed_origins=frozenset(allow_origin),
+    )
+    asyncio.run(_serve(address.stdio, address.host, address.port, config))
+
+
+async def _serve(stdio: bool, host: str, port: int, config: ServerConfig) -> None:
+    server = ExecServer(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        if stdio:
+            channel = await open_process_stdio(max_message_bytes=config.max_message_bytes)
+            session = asyncio.ensure_future(server.serve_channel(channel))
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({session, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (session, stopper):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        else:
+            url = await server.start_websocket(host, port)
+            sys.stdout.write(url + "\n")
+            sys.stdout.flush()
+            await stop.wait()
+    finally:
+        await server.close()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,172 @@
+"""The JSON-RPC "lite" envelope used by Codex's exec-server.
+
+No ``"jsonrpc": "2.0"`` member is ever emitted; one is accepted and ignored on
+input. Ids are integers or strings. Messages are classified by the keys present,
+in the order serde's untagged enum tries them in the Rust implementation:
+
+* ``id`` (non-null) and ``method`` -> :class:`Request`
+* ``method`` (no id, or ``"id": null``) -> :class:`Notification`
+* ``id`` and ``result`` -> :class:`Response`
+* ``id`` and ``error`` -> :class:`ErrorResponse`
+* anything else (including batches and non-objects) -> :class:`MalformedMessage`
+
+Params are kept as :class:`msgspec.Raw` (a view of the input bytes, no copy) and
+decoded by the receiver into the method's typed params with :func:`decode_params`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from .errors import InvalidParams, RpcError
+
+RequestId = int | str
+
+# The id Codex uses when answering input it could not parse.
+MALFORMED_MESSAGE_ID = -1
+
+_NULL = msgspec.Raw(b"null")
+
+
+class MalformedMessage(Exception):
+    """The input is not a JSON-RPC message; answered with id -1, connection kept."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    id: RequestId
+    method: str
+    params: msgspec.Raw
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    method: str
+    params: msgspec.Raw
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    id: RequestId
+    result: msgspec.Raw
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorObject:
+    code: int
+    message: str
+    data: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorResponse:
+    id: RequestId
+    error: ErrorObject
+
+
+Incoming = Request | Notification | Response | ErrorResponse
+
+
+class _ErrorEnvelope(msgspec.Struct):
+    code: int
+    message: str
+    data: Any = None
+
+
+class _Envelope(msgspec.Struct):
+    id: int | str | UnsetType | None = UNSET
+    method: str | UnsetType = UNSET
+    params: msgspec.Raw = _NULL
+    result: msgspec.Raw | UnsetType = UNSET
+    error: _ErrorEnvelope | UnsetType = UNSET
+
+
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
+_encoder = msgspec.json.Encoder()
+
+
+def parse_message(data: bytes | str) -> Incoming:
+    """Classify one JSON-RPC message. Raises :class:`MalformedMessage`."""
+    try:
+        env = _envelope_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise MalformedMessage(_describe_decode_error(exc)) from None
+    if not isinstance(env.method, UnsetType):
+        if env.id is None or isinstance(env.id, UnsetType):
+            return Notification(env.method, env.params)
+        return Request(env.id, env.method, env.params)
+    if env.id is None or isinstance(env.id, UnsetType):
+        raise MalformedMessage("data did not match any variant of untagged enum JSONRPCMessage")
+    if not isinstance(env.result, UnsetType):
+        return Response(env.id, env.result)
+    if not isinstance(env.error, UnsetType):
+        err = env.error
+        return ErrorResponse(env.id, ErrorObject(err.code, err.message, err.data))
+    raise MalformedMessage("data did not match any variant of untagged enum JSONRPCMessage")
+
+
+def _describe_decode_error(exc: msgspec.DecodeError) -> str:
+    text = str(exc)
+    if text.startswith("Expected `object`, got `array`"):
+        return "batches are not supported: " + text
+    return text
+
+
+T = TypeVar("T")
+
+_MISSING_FIELD = re.compile(r"^Object missing required field `([^`]*)`(?: - at `\$(.*)`)?$")
+
+
+def decode_params(raw: msgspec.Raw, params_type: type[T]) -> T:
+    """Decode raw params into ``params_type``; missing/null params count as ``{}``.
+
+    Raises :class:`InvalidParams` (-32602) with a serde-like message.
+    """
+    data = bytes(raw) if raw else b"null"
+    if data == b"null":
+        data = b"{}"
+    try:
+        return msgspec.json.decode(data, type=params_type)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise InvalidParams(_serde_like(str(exc))) from None
+
+
+def _serde_like(message: str) -> str:
+    # msgspec: "Object missing required field `env`"; serde: "missing field `env`".
+    m = _MISSING_FIELD.match(message)
+    if m:
+        where = m.group(2)
+        return f"missing field `{m.group(1)}`" + (f" at `{where}`" if where else "")
+    return message
+
+
+def encode_request(request_id: RequestId, method: str, params: Any = None) -> bytes:
+    if params is None:
+        return _encoder.encode({"id": request_id, "method": method})
+    return _encoder.encode({"id": request_id, "method": method, "params": params})
+
+
+def encode_notification(method: str, params: Any = None) -> bytes:
+    if params is None:
+        return _encoder.encode({"method": method})
+    return _encoder.encode({"method": method, "params": params})
+
+
+def encode_response(request_id: RequestId, result: Any) -> bytes:
+    return _encoder.encode({"id": request_id, "result": result})
+
+
+def encode_error(request_id: RequestId, error: RpcError) -> bytes:
+    # Codex writes `error` before `id`; kept for byte-level similarity.
+    return _encoder.encode({"error": error.to_error_object(), "id": request_id})
+
+
+def encode_result_raw(request_id: RequestId, result_json: bytes) -> bytes:
+    """Wrap an already-encoded result without re-encoding it (large payloads)."""
+    head = _encoder.encode(request_id)
+    return b"".join((b'{"id":', head, b',"result":', result_json, b"}"))

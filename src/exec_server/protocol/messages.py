@@ -1,0 +1,259 @@
+"""Typed params, results and notifications of the exec-server JSON-RPC API.
+
+Field names are snake_case in Python and camelCase on the wire (``rename="camel"``).
+``bytes`` fields travel as standard padded base64 strings; msgspec encodes and decodes
+them natively, so no handler touches base64 for those.
+
+Unknown fields are ignored on input, as the Rust server's serde types do. Fields
+that are ``UNSET`` by default are our extensions and are omitted from the wire unless
+set, so Codex clients see byte-compatible shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+
+class Message(msgspec.Struct, rename="camel"):
+    """Base of every typed message."""
+
+
+class Empty(Message):
+    """Encodes as ``{}``."""
+
+
+# --- session -------------------------------------------------------------------
+
+
+class InitializeParams(Message):
+    client_name: str
+    resume_session_id: str | None = None
+
+
+class InitializeResult(Message):
+    session_id: str
+
+
+# --- processes -----------------------------------------------------------------
+
+InheritPolicy = Literal["core", "all", "none"]
+
+
+class EnvPolicy(Message):
+    """Codex's ``ShellEnvironmentPolicy``: build the child env from the server's."""
+
+    inherit: InheritPolicy = "all"
+    ignore_default_excludes: bool = False
+    exclude: list[str] = msgspec.field(default_factory=list)
+    set: dict[str, str] = msgspec.field(default_factory=dict)
+    include_only: list[str] = msgspec.field(default_factory=list)
+
+
+class ProcessStartParams(Message):
+    process_id: str
+    argv: list[str]
+    cwd: str
+    env: dict[str, str]
+    tty: bool
+    pipe_stdin: bool = False
+    arg0: str | None = None
+    env_policy: EnvPolicy | None = None
+    # Our extension: initial PTY size (Codex uses 24x80).
+    rows: int | UnsetType = UNSET
+    cols: int | UnsetType = UNSET
+
+
+class ProcessStartResult(Message):
+    process_id: str
+
+
+OutputStream = Literal["stdout", "stderr", "pty"]
+
+
+class ProcessOutputChunk(Message):
+    seq: int
+    stream: OutputStream
+    chunk: bytes
+
+
+class ProcessReadParams(Message):
+    process_id: str
+    after_seq: int | None = None
+    max_bytes: int | None = None
+    wait_ms: int | None = None
+
+
+class ProcessReadResult(Message):
+    chunks: list[ProcessOutputChunk]
+    next_seq: int
+    exited: bool
+    exit_code: int | None
+    closed: bool
+    failure: str | None = None
+    # Our extension: set only when output after ``afterSeq`` was evicted from the
+    # retention buffer; names the first seq still retained so the gap is explicit.
+    first_retained_seq: int | UnsetType = UNSET
+
+
+class ProcessWriteParams(Message):
+    process_id: str
+    chunk: bytes
+    write_id: str | None = None
+
+
+WriteStatus = Literal["accepted", "unknownProcess", "stdinClosed", "starting"]
+
+
+class ProcessWriteResult(Message):
+    status: WriteStatus
+
+
+class ProcessTerminateParams(Message):
+    process_id: str
+
+
+class ProcessTerminateResult(Message):
+    running: bool
+
+
+SignalName = Literal["interrupt", "terminate", "kill", "hangup", "quit"]
+
+
+class ProcessSignalParams(Message):
+    process_id: str
+    signal: SignalName
+
+
+class ProcessResizeParams(Message):
+    """Our extension: resize a PTY process's window."""
+
+    process_id: str
+    rows: int
+    cols: int
+
+
+class ProcessOutputNotification(Message):
+    process_id: str
+    seq: int
+    stream: OutputStream
+    chunk: bytes
+
+
+class ProcessExitedNotification(Message):
+    process_id: str
+    seq: int
+    exit_code: int
+
+
+class ProcessClosedNotification(Message):
+    process_id: str
+    seq: int
+
+
+# --- filesystem ----------------------------------------------------------------
+
+Sandbox = dict[str, Any] | None
+
+
+class FsReadFileParams(Message):
+    path: str
+    sandbox: Sandbox = None
+    max_bytes: int | None = None
+
+
+class FsReadFileResult(Message):
+    data_base64: bytes
+
+
+class FsWriteFileParams(Message):
+    path: str
+    # Kept as a string so invalid base64 maps to Codex's -32600, not a decode error.
+    data_base64: str
+    sandbox: Sandbox = None
+
+
+class FsCreateDirectoryParams(Message):
+    path: str
+    recursive: bool = True
+    sandbox: Sandbox = None
+
+
+class FsGetMetadataParams(Message):
+    path: str
+    sandbox: Sandbox = None
+
+
+class FsMetadata(Message):
+    is_directory: bool
+    is_file: bool
+    is_symlink: bool
+    created_at_ms: int
+    modified_at_ms: int
+    size: int
+
+
+class FsReadDirectoryParams(Message):
+    path: str
+    sandbox: Sandbox = None
+
+
+class FsDirectoryEntry(Message):
+    file_name: str
+    is_directory: bool
+    is_file: bool
+
+
+class FsReadDirectoryResult(Message):
+    entries: list[FsDirectoryEntry]
+
+
+class FsRemoveParams(Message):
+    path: str
+    recursive: bool = True
+    force: bool = True
+    sandbox: Sandbox = None
+
+
+class FsCopyParams(Message):
+    source_path: str
+    destination_path: str
+    recursive: bool
+    sandbox: Sandbox = None
+
+
+# --- environment ---------------------------------------------------------------
+
+
+class ShellInfo(Message):
+    name: str
+    path: str
+
+
+class EnvironmentInfoResult(Message):
+    shell: ShellInfo
+
+
+# --- method names --------------------------------------------------------------
+
+INITIALIZE = "initialize"
+INITIALIZED = "initialized"
+PROCESS_START = "process/start"
+PROCESS_READ = "process/read"
+PROCESS_WRITE = "process/write"
+PROCESS_TERMINATE = "process/terminate"
+PROCESS_SIGNAL = "process/signal"
+PROCESS_RESIZE = "process/resize"
+PROCESS_OUTPUT = "process/output"
+PROCESS_EXITED = "process/exited"
+PROCESS_CLOSED = "process/closed"
+FS_READ_FILE = "fs/readFile"
+FS_WRITE_FILE = "fs/writeFile"
+FS_CREATE_DIRECTORY = "fs/createDirectory"
+FS_GET_METADATA = "fs/getMetadata"
+FS_READ_DIRECTORY = "fs/readDirectory"
+FS_REMOVE = "fs/remove"
+FS_COPY = "fs/copy"
+ENVIRONMENT_INFO = "environment/info"
