@@ -9,10 +9,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from inprocess import InProcessServer, RawConnection
 
 from exec_server.transport.channel import MalformedFrame
-
-from ..conftest import InProcessServer, RawConnection
 
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 

@@ -138,6 +138,9 @@ class ProcessHandle:
             self._done = True
             self._ready.put_nowait(FailedEvent(message))
 
+    async def _wait_for_space(self) -> None:
+        await self._space.wait()
+
     # --- consuming --------------------------------------------------------------
 
     async def next_event(self) -> ProcessEvent:
@@ -314,7 +317,7 @@ class ExecServerClient:
             if handle is not None:
                 handle._accept(out.seq, OutputEvent(out.seq, out.stream, out.chunk))
                 if not handle._space.is_set():
-                    return handle._space.wait()
+                    return handle._wait_for_space()
         elif method == m.PROCESS_EXITED:
             ex = msgspec.json.decode(params, type=m.ProcessExitedNotification)
             handle = self._handles.get(ex.process_id)
