@@ -1,0 +1,665 @@
+"""The ``fs/*`` methods: read, write, create, stat, list, remove and copy paths.
+
+This module owns the filesystem half of the exec-server API and the one mapping
+from OS errors to JSON-RPC errors (:func:`map_os_error`). The wire reference is the
+Codex 0.133 binary; what it answered, request by request, is recorded in
+``tests/environment/test_fs_handler.py`` and mirrored here:
+
+* OS errors carry Rust's ``io::Error`` text with musl's strerror wording, e.g.
+  ``"No such file or directory (os error 2)"``; ENOENT is -32004, EACCES/EPERM/
+  EINVAL are -32600, everything else is -32603.
+* Invalid ``dataBase64`` is -32600 ``"fs/writeFile requires valid base64
+  dataBase64: <base64 crate error>"``; the crate's wording is reproduced.
+* Paths are lexically normalised before use (see :mod:`.sandbox`).
+
+Deliberate differences from 0.133 (all supersets or safety fixes):
+
+* ``file://`` URIs are accepted (0.133 answers -32602).
+* ``readFile`` honours ``maxBytes`` (later Codex does; 0.133 ignores it) and a
+  configured ceiling, :attr:`FsLimits.max_read_bytes`; it refuses FIFOs instead of
+  blocking a worker thread forever.
+* ``readDirectory`` entries are sorted by ``fileName`` (0.133 returns readdir order).
+* ``copy`` of a file onto itself is a no-op (0.133's ``std::fs::copy`` truncates it
+  to zero bytes).
+* Sandbox denials are decided by path checks, not by a mount namespace; see
+  :mod:`.sandbox` for where the outcome differs.
+
+Blocking work runs in worker threads (``asyncio.to_thread``) so a large file never
+stalls the event loop. Reads allocate the file's bytes once; msgspec base64-encodes
+that ``bytes`` object straight into the response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import errno
+import os
+import posixpath
+import re
+import shutil
+import stat
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+import pybase64
+
+from ..protocol.errors import InternalError, InvalidParams, InvalidRequest, NotFound, RpcError
+from ..protocol.messages import (
+    Empty,
+    FsCopyParams,
+    FsCreateDirectoryParams,
+    FsDirectoryEntry,
+    FsGetMetadataParams,
+    FsMetadata,
+    FsReadDirectoryParams,
+    FsReadDirectoryResult,
+    FsReadFileParams,
+    FsReadFileResult,
+    FsRemoveParams,
+    FsWriteFileParams,
+)
+from .sandbox import (
+    FsSandbox,
+    SandboxDenied,
+    SandboxSpec,
+    parse_absolute_path,
+    parse_sandbox,
+    resolve_location,
+    resolve_sandbox,
+)
+
+T = TypeVar("T")
+
+KIB = 1024
+MIB = 1024 * KIB
+
+#: Default ceiling for ``fs/readFile``. Base64 grows data by 4/3, so 384 MiB fills a
+#: 512 MiB message exactly; 1 KiB less leaves room for the JSON-RPC envelope.
+DEFAULT_MAX_READ_BYTES = 384 * MIB - 1 * KIB
+
+#: Read size once the file's announced size is consumed (or it announces none,
+#: like /proc files): bounds the transient buffer of an EOF probe.
+READ_CHUNK_BYTES = 1 * MIB
+
+
+@dataclass(frozen=True, slots=True)
+class FsLimits:
+    """Limits of the fs methods.
+
+    ``max_read_bytes``: the largest file ``fs/readFile`` returns; larger files get
+    -32600 "file is too large to read: limit is N bytes". A request's ``maxBytes``
+    can only lower it.
+    """
+
+    max_read_bytes: int = DEFAULT_MAX_READ_BYTES
+
+    def __post_init__(self) -> None:
+        if self.max_read_bytes < 0:
+            raise ValueError("max_read_bytes must be >= 0")
+
+
+DEFAULT_FS_LIMITS = FsLimits()
+
+
+# --- error mapping -------------------------------------------------------------------
+
+# musl's strerror() texts (Codex's Linux build is static musl, and Rust's io::Error
+# prints strerror), keyed by errno name so the table stays portable.
+_MUSL_STRERROR_BY_NAME = {
+    "EILSEQ": "Illegal byte sequence",
+    "EDOM": "Domain error",
+    "ERANGE": "Result not representable",
+    "ENOTTY": "Not a tty",
+    "EACCES": "Permission denied",
+    "EPERM": "Operation not permitted",
+    "ENOENT": "No such file or directory",
+    "ESRCH": "No such process",
+    "EEXIST": "File exists",
+    "EOVERFLOW": "Value too large for data type",
+    "ENOSPC": "No space left on device",
+    "ENOMEM": "Out of memory",
+    "EBUSY": "Resource busy",
+    "EINTR": "Interrupted system call",
+    "EAGAIN": "Resource temporarily unavailable",
+    "ESPIPE": "Invalid seek",
+    "EXDEV": "Cross-device link",
+    "EROFS": "Read-only file system",
+    "ENOTEMPTY": "Directory not empty",
+    "ECONNRESET": "Connection reset by peer",
+    "ETIMEDOUT": "Operation timed out",
+    "ECONNREFUSED": "Connection refused",
+    "EHOSTDOWN": "Host is down",
+    "EHOSTUNREACH": "Host is unreachable",
+    "EADDRINUSE": "Address in use",
+    "EPIPE": "Broken pipe",
+    "EIO": "I/O error",
+    "ENXIO": "No such device or address",
+    "ENOTBLK": "Block device required",
+    "ENODEV": "No such device",
+    "ENOTDIR": "Not a directory",
+    "EISDIR": "Is a directory",
+    "ETXTBSY": "Text file busy",
+    "ENOEXEC": "Exec format error",
+    "EINVAL": "Invalid argument",
+    "E2BIG": "Argument list too long",
+    "ELOOP": "Symbolic link loop",
+    "ENAMETOOLONG": "Filename too long",
+    "ENFILE": "Too many open files in system",
+    "EMFILE": "No file descriptors available",
+    "EBADF": "Bad file descriptor",
+    "ECHILD": "No child process",
+    "EFAULT": "Bad address",
+    "EFBIG": "File too large",
+    "EMLINK": "Too many links",
+    "ENOLCK": "No locks available",
+    "EDEADLK": "Resource deadlock would occur",
+    "ENOTRECOVERABLE": "State not recoverable",
+    "EOWNERDEAD": "Previous owner died",
+    "ECANCELED": "Operation canceled",
+    "ENOSYS": "Function not implemented",
+    "ENOMSG": "No message of desired type",
+    "EIDRM": "Identifier removed",
+    "ENOSTR": "Device not a stream",
+    "ENODATA": "No data available",
+    "ETIME": "Device timeout",
+    "ENOSR": "Out of streams resources",
+    "ENOLINK": "Link has been severed",
+    "EPROTO": "Protocol error",
+    "EBADMSG": "Bad message",
+    "EBADFD": "File descriptor in bad state",
+    "ENOTSOCK": "Not a socket",
+    "EDESTADDRREQ": "Destination address required",
+    "EMSGSIZE": "Message too large",
+    "EPROTOTYPE": "Protocol wrong type for socket",
+    "ENOPROTOOPT": "Protocol not available",
+    "EPROTONOSUPPORT": "Protocol not supported",
+    "ESOCKTNOSUPPORT": "Socket type not supported",
+    "ENOTSUP": "Not supported",
+    "EPFNOSUPPORT": "Protocol family not supported",
+    "EAFNOSUPPORT": "Address family not supported by protocol",
+    "EADDRNOTAVAIL": "Address not available",
+    "ENETDOWN": "Network is down",
+    "ENETUNREACH": "Network unreachable",
+    "ENETRESET": "Connection reset by network",
+    "ECONNABORTED": "Connection aborted",
+    "ENOBUFS": "No buffer space available",
+    "EISCONN": "Socket is connected",
+    "ENOTCONN": "Socket not connected",
+    "ESHUTDOWN": "Cannot send after socket shutdown",
+    "EALREADY": "Operation already in progress",
+    "EINPROGRESS": "Operation in progress",
+    "ESTALE": "Stale file handle",
+    "EREMOTEIO": "Remote I/O error",
+    "EDQUOT": "Quota exceeded",
+    "ENOMEDIUM": "No medium found",
+    "EMEDIUMTYPE": "Wrong medium type",
+    "EMULTIHOP": "Multihop attempted",
+    "ENOKEY": "Required key not available",
+    "EKEYEXPIRED": "Key has expired",
+    "EKEYREVOKED": "Key has been revoked",
+    "EKEYREJECTED": "Key was rejected by service",
+}
+_MUSL_STRERROR: dict[int, str] = {
+    getattr(errno, name): text
+    for name, text in reversed(_MUSL_STRERROR_BY_NAME.items())
+    if hasattr(errno, name)
+}
+# Aliases share a number (EWOULDBLOCK=EAGAIN, EOPNOTSUPP=ENOTSUP); building the map
+# in reverse lets the first-listed name win, as musl's table order does.
+
+#: Rust's io::ErrorKind::PermissionDenied and InvalidInput, answered with -32600.
+_INVALID_REQUEST_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EINVAL})
+
+
+def os_error_text(code: int) -> str:
+    """``code`` as Rust's ``io::Error`` displays it on Codex's musl build."""
+    return f"{_MUSL_STRERROR.get(code, 'No error information')} (os error {code})"
+
+
+def map_os_error(err: OSError) -> RpcError:
+    """The JSON-RPC error for a failed filesystem operation (Codex's ``map_fs_error``).
+
+    The one place errno becomes a wire error: NotFound (-32004) for ENOENT,
+    InvalidRequest (-32600) for EACCES/EPERM/EINVAL, InternalError (-32603) for
+    the rest. Sandbox denials arrive here as :class:`SandboxDenied` with the errno
+    Codex's sandbox produces.
+    """
+    code = err.errno
+    if code is None:
+        # Raised by Python itself (e.g. shutil's "is a named pipe"): no OS text.
+        return InternalError(str(err))
+    message = os_error_text(code)
+    if code == errno.ENOENT:
+        return NotFound(message)
+    if code in _INVALID_REQUEST_ERRNOS:
+        return InvalidRequest(message)
+    return InternalError(message)
+
+
+def file_too_large(limit: int) -> InvalidRequest:
+    return InvalidRequest(f"file is too large to read: limit is {limit} bytes")
+
+
+# --- base64 --------------------------------------------------------------------------
+
+WRITE_BASE64_ERROR_PREFIX = "fs/writeFile requires valid base64 dataBase64: "
+
+_B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_B64_VALUE = {symbol: value for value, symbol in enumerate(_B64_ALPHABET)}
+_B64_INVALID = re.compile(rb"[^A-Za-z0-9+/]")
+_PAD = ord("=")
+
+
+def decode_base64(text: str) -> bytes:
+    """Decode standard padded base64 exactly as strictly as Codex's decoder.
+
+    pybase64 does the work; on failure the error is described the way Rust's
+    ``base64`` crate (``STANDARD``: canonical padding, no trailing bits) words it,
+    so the -32600 message matches 0.133 byte for byte.
+    """
+    try:
+        data = pybase64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        detail = _base64_error(text.encode("utf-8", "surrogatepass"))
+        raise InvalidRequest(WRITE_BASE64_ERROR_PREFIX + (detail or "Invalid padding")) from None
+    # pybase64 accepts non-zero trailing bits ("aGl="); the crate does not.
+    size = len(text)
+    if size:
+        tail = text[-4:].encode("ascii")
+        detail = _base64_suffix_error(tail, size - len(tail), size)
+        if detail is not None:
+            raise InvalidRequest(WRITE_BASE64_ERROR_PREFIX + detail)
+    return data
+
+
+def _base64_error(data: bytes) -> str | None:
+    """The base64 crate's error for ``data``, or ``None`` if it decodes."""
+    size = len(data)
+    remainder = size % 4
+    # The crate first reports a stray final byte (like a newline) at its offset.
+    if remainder == 1 and data[-1] != _PAD and data[-1] not in _B64_VALUE:
+        return _invalid_symbol(size - 1, data[-1])
+    # All complete quads except the last are decoded strictly, '=' included.
+    body_end = size - remainder if remainder else max(size - 4, 0)
+    bad = _B64_INVALID.search(data, 0, body_end)
+    if bad is not None:
+        return _invalid_symbol(bad.start(), data[bad.start()])
+    return _base64_suffix_error(data[body_end:], body_end, size)
+
+
+def _base64_suffix_error(tail: bytes, offset: int, total: int) -> str | None:
+    """The crate's checks on the final (up to 4-byte) group starting at ``offset``."""
+    morsels: list[int] = []
+    padding = 0
+    first_padding = 0
+    last_symbol = 0
+    for index, symbol in enumerate(tail):
+        if symbol == _PAD:
+            if index < 2:
+                return _invalid_symbol(offset + index, symbol)
+            if padding == 0:
+                first_padding = index
+            padding += 1
+            continue
+        if padding:
+            return _invalid_symbol(offset + first_padding, _PAD)
+        value = _B64_VALUE.get(symbol)
+        if value is None:
+            return _invalid_symbol(offset + index, symbol)
+        last_symbol = symbol
+        morsels.append(value)
+    if total and len(morsels) < 2:
+        return f"Invalid input length: {offset + len(morsels)}"
+    if (padding + len(morsels)) % 4:
+        return "Invalid padding"
+    packed = 0
+    for shift, value in zip((26, 20, 14, 8), morsels, strict=False):
+        packed |= value << shift
+    unused_bits_mask = 0xFFFFFFFF >> (len(morsels) * 6 // 8 * 8)
+    if packed & unused_bits_mask:
+        return f"Invalid last symbol {last_symbol}, offset {offset + len(morsels) - 1}."
+    return None
+
+
+def _invalid_symbol(offset: int, symbol: int) -> str:
+    return f"Invalid symbol {symbol}, offset {offset}."
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def _lossy_name(name: str) -> str:
+    """A file name as Rust's ``to_string_lossy`` shows it (invalid UTF-8 -> U+FFFD)."""
+    return os.fsencode(name).decode("utf-8", "replace")
+
+
+def _unix_ms(ns: int) -> int:
+    # Rust's duration_since(UNIX_EPOCH) fails before 1970; Codex reports 0 then.
+    return ns // 1_000_000 if ns >= 0 else 0
+
+
+def _read_limited(fd: int, size_hint: int, limit: int) -> bytes:
+    """Read ``fd`` to EOF, failing once more than ``limit`` bytes arrive.
+
+    The first read asks for the announced size, so a regular file lands in one
+    ``bytes`` object with no copy; only files that lie about their size (growing,
+    /proc) are assembled from chunks.
+    """
+    chunks: list[bytes] = []
+    total = 0
+    want = size_hint if size_hint > 0 else READ_CHUNK_BYTES
+    while True:
+        chunk = os.read(fd, min(want, limit + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise file_too_large(limit)
+        want = READ_CHUNK_BYTES
+    if len(chunks) == 1:
+        return chunks[0]
+    return b"".join(chunks)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _missing_chain(path: str) -> list[str]:
+    """``path`` and its ancestors that do not exist yet, outermost first."""
+    chain: list[str] = []
+    current = path
+    while current != "/" and not os.path.lexists(current):
+        chain.append(current)
+        current = posixpath.dirname(current)
+    chain.reverse()
+    return chain
+
+
+def _is_same_or_descendant(source: str, destination: str) -> bool:
+    source = os.path.realpath(source)
+    destination = os.path.realpath(destination)
+    return source == "/" or destination == source or destination.startswith(source + "/")
+
+
+# --- handler -------------------------------------------------------------------------
+
+
+class FileSystemHandler:
+    """Implements the ``fs/*`` methods for one server (shared by all sessions).
+
+    Every method validates its params on the event loop (path syntax, sandbox
+    shape), then does the filesystem work in a worker thread. Errors are raised as
+    :class:`~exec_server.protocol.errors.RpcError` subclasses.
+    """
+
+    def __init__(
+        self,
+        limits: FsLimits = DEFAULT_FS_LIMITS,
+        *,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.limits = limits
+        # Source of TMPDIR for the sandbox's `tmpdir` entries (default: os.environ).
+        self._environ = environ
+
+    async def read_file(self, p: FsReadFileParams) -> FsReadFileResult:
+        path = parse_absolute_path(p.path)
+        spec = parse_sandbox(p.sandbox)
+        limit = self.limits.max_read_bytes
+        if p.max_bytes is not None:
+            if p.max_bytes < 0:
+                raise InvalidParams(f"invalid value: integer `{p.max_bytes}`, expected usize")
+            limit = min(limit, p.max_bytes)
+        data = await self._run(lambda: self._read_file(path, spec, limit))
+        return FsReadFileResult(data_base64=data)
+
+    async def write_file(self, p: FsWriteFileParams) -> Empty:
+        path = parse_absolute_path(p.path)
+        spec = parse_sandbox(p.sandbox)
+        await self._run(lambda: self._write_file(path, p.data_base64, spec))
+        return Empty()
+
+    async def create_directory(self, p: FsCreateDirectoryParams) -> Empty:
+        path = parse_absolute_path(p.path)
+        spec = parse_sandbox(p.sandbox)
+        await self._run(lambda: self._create_directory(path, p.recursive, spec))
+        return Empty()
+
+    async def get_metadata(self, p: FsGetMetadataParams) -> FsMetadata:
+        path = parse_absolute_path(p.path)
+        spec = parse_sandbox(p.sandbox)
+        return await self._run(lambda: self._get_metadata(path, spec))
+
+    async def read_directory(self, p: FsReadDirectoryParams) -> FsReadDirectoryResult:
+        path = parse_absolute_path(p.path)
+        spec = parse_sandbox(p.sandbox)
+        return await self._run(lambda: self._read_directory(path, spec))
+
+    async def remove(self, p: FsRemoveParams) -> Empty:
+        path = parse_absolute_path(p.path)
+        spec = parse_sandbox(p.sandbox)
+        await self._run(lambda: self._remove(path, p.recursive, p.force, spec))
+        return Empty()
+
+    async def copy(self, p: FsCopyParams) -> Empty:
+        source = parse_absolute_path(p.source_path)
+        destination = parse_absolute_path(p.destination_path)
+        spec = parse_sandbox(p.sandbox)
+        await self._run(lambda: self._copy(source, destination, p.recursive, spec))
+        return Empty()
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    async def _run(self, work: Callable[[], T]) -> T:
+        try:
+            return await asyncio.to_thread(work)
+        except OSError as err:
+            raise map_os_error(err) from err
+
+    def _sandbox(self, spec: SandboxSpec | None) -> FsSandbox | None:
+        return resolve_sandbox(spec, environ=self._environ)
+
+    # -- blocking implementations (worker threads) -------------------------------------
+
+    def _read_file(self, path: str, spec: SandboxSpec | None, limit: int) -> bytes:
+        sandbox = self._sandbox(spec)
+        if sandbox is not None:
+            sandbox.check_read(path)
+        # O_NONBLOCK so opening a FIFO cannot hang; cleared again for the read.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISDIR(info.st_mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+            if stat.S_ISFIFO(info.st_mode):
+                raise InvalidRequest("fs/readFile cannot read from a FIFO")
+            os.set_blocking(fd, True)
+            if info.st_size > limit:
+                raise file_too_large(limit)
+            return _read_limited(fd, info.st_size, limit)
+        finally:
+            os.close(fd)
+
+    def _write_file(self, path: str, data_base64: str, spec: SandboxSpec | None) -> None:
+        data = decode_base64(data_base64)
+        sandbox = self._sandbox(spec)
+        if sandbox is not None:
+            sandbox.check_write(path)
+        # In place (not write-and-rename) like Rust's fs::write: a hard link keeps
+        # sharing the inode, and the file keeps its mode and owner.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NONBLOCK
+        fd = os.open(path, flags, 0o666)
+        try:
+            os.set_blocking(fd, True)
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+
+    def _create_directory(self, path: str, recursive: bool, spec: SandboxSpec | None) -> None:
+        sandbox = self._sandbox(spec)
+        if sandbox is not None:
+            missing = _missing_chain(path) if recursive else [path]
+            for created in missing:
+                sandbox.check_write(created)
+            if not missing:
+                sandbox.check_visible(path)
+        if recursive:
+            os.makedirs(path, exist_ok=True)
+        else:
+            os.mkdir(path)
+
+    def _get_metadata(self, path: str, spec: SandboxSpec | None) -> FsMetadata:
+        sandbox = self._sandbox(spec)
+        if sandbox is not None:
+            sandbox.check_visible(path)
+        info = os.stat(path)
+        link_info = os.lstat(path)
+        # Python on Linux has no st_birthtime; Codex's musl build reports 0 there too.
+        birth_ns = getattr(info, "st_birthtime_ns", None)
+        if birth_ns is None:
+            birth = getattr(info, "st_birthtime", None)
+            birth_ns = None if birth is None else int(birth * 1e9)
+        return FsMetadata(
+            is_directory=stat.S_ISDIR(info.st_mode),
+            is_file=stat.S_ISREG(info.st_mode),
+            is_symlink=stat.S_ISLNK(link_info.st_mode),
+            created_at_ms=0 if birth_ns is None else _unix_ms(birth_ns),
+            modified_at_ms=_unix_ms(info.st_mtime_ns),
+            size=info.st_size,
+        )
+
+    def _read_directory(self, path: str, spec: SandboxSpec | None) -> FsReadDirectoryResult:
+        sandbox = self._sandbox(spec)
+        location = path if sandbox is None else sandbox.check_visible(path)
+        entries: list[FsDirectoryEntry] = []
+        with os.scandir(path) as listing:
+            for entry in listing:
+                try:
+                    info = entry.stat()
+                except OSError:
+                    # Broken or looping symlinks and vanished entries are omitted.
+                    continue
+                if sandbox is not None and not (
+                    # Both the entry itself and what it points to must be visible.
+                    sandbox.is_visible(posixpath.join(location, entry.name))
+                    and sandbox.is_visible(os.path.realpath(entry.path))
+                ):
+                    continue
+                entries.append(
+                    FsDirectoryEntry(
+                        file_name=_lossy_name(entry.name),
+                        is_directory=stat.S_ISDIR(info.st_mode),
+                        is_file=stat.S_ISREG(info.st_mode),
+                    )
+                )
+        entries.sort(key=lambda item: item.file_name)
+        return FsReadDirectoryResult(entries=entries)
+
+    def _remove(self, path: str, recursive: bool, force: bool, spec: SandboxSpec | None) -> None:
+        sandbox = self._sandbox(spec)
+        if sandbox is not None:
+            try:
+                sandbox.check_remove(path, recursive=recursive)
+            except SandboxDenied as denied:
+                # A path hidden from the sandbox, or not there at all, is "missing"
+                # (which `force` forgives), not "read-only".
+                if sandbox.is_visible(resolve_location(path, follow_final=False)):
+                    try:
+                        os.lstat(path)
+                    except FileNotFoundError:
+                        pass
+                    else:
+                        raise
+                if force:
+                    return
+                raise SandboxDenied(errno.ENOENT, denied.strerror or path) from None
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            if force:
+                return
+            raise
+        if not stat.S_ISDIR(info.st_mode):
+            # Files and symlinks (even to directories): the entry itself goes.
+            os.unlink(path)
+        elif recursive:
+            shutil.rmtree(path)
+        else:
+            os.rmdir(path)
+
+    def _copy(
+        self, source: str, destination: str, recursive: bool, spec: SandboxSpec | None
+    ) -> None:
+        sandbox = self._sandbox(spec)
+        if sandbox is not None:
+            # The source's own entry: a symlink is copied, not followed.
+            sandbox.check_read(source, follow_final=False)
+        info = os.lstat(source)
+        if stat.S_ISDIR(info.st_mode):
+            if not recursive:
+                raise InvalidRequest(
+                    "fs/copy requires recursive: true when sourcePath is a directory"
+                )
+            if _is_same_or_descendant(source, destination):
+                raise InvalidRequest(
+                    "fs/copy cannot copy a directory to itself or one of its descendants"
+                )
+            self._copy_tree(source, destination, sandbox)
+        elif stat.S_ISLNK(info.st_mode):
+            if sandbox is not None:
+                sandbox.check_write(destination, follow_final=False)
+            os.symlink(os.readlink(source), destination)
+        elif stat.S_ISREG(info.st_mode):
+            if sandbox is not None:
+                sandbox.check_write(destination)
+            _copy_file(source, destination)
+        else:
+            raise InvalidRequest("fs/copy only supports regular files, directories, and symlinks")
+
+    def _copy_tree(self, source: str, destination: str, sandbox: FsSandbox | None) -> None:
+        # Iterative, so deep trees cannot hit the recursion limit. Like Codex:
+        # directories are merged into existing ones, files overwrite, symlinks are
+        # recreated (an existing one is an error), other file types are skipped.
+        pending = [(source, destination)]
+        while pending:
+            src_dir, dst_dir = pending.pop()
+            if sandbox is not None:
+                sandbox.check_write(dst_dir)
+            os.makedirs(dst_dir, exist_ok=True)
+            with os.scandir(src_dir) as listing:
+                for entry in listing:
+                    target = posixpath.join(dst_dir, entry.name)
+                    if sandbox is not None:
+                        location = resolve_location(entry.path, follow_final=False)
+                        if not sandbox.can_read(location):
+                            # Hidden from the sandbox, so not part of the copy.
+                            continue
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append((entry.path, target))
+                    elif entry.is_file(follow_symlinks=False):
+                        if sandbox is not None:
+                            sandbox.check_write(target)
+                        _copy_file(entry.path, target)
+                    elif entry.is_symlink():
+                        if sandbox is not None:
+                            sandbox.check_write(target, follow_final=False)
+                        os.symlink(os.readlink(entry.path), target)
+
+
+def _copy_file(source: str, destination: str) -> None:
+    """Copy contents and permission bits, overwriting ``destination`` in place."""
+    try:
+        if os.path.samefile(source, destination):
+            # std::fs::copy would truncate the file to nothing; keep it instead.
+            return
+    except FileNotFoundError:
+        pass
+    shutil.copyfile(source, destination)
+    shutil.copymode(source, destination)
