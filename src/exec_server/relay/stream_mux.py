@@ -1,0 +1,386 @@
+"""Sans-IO multiplexer: many :class:`ReliableStream` s over one physical relay socket.
+
+The owner (an asyncio adapter, or a test) passes every binary websocket message to
+:meth:`StreamMux.receive_bytes`, writes what :meth:`StreamMux.frames_to_send` returns (each
+item is one binary websocket message), takes events from :meth:`StreamMux.next_event`, and
+calls :meth:`StreamMux.handle_timer` at :meth:`StreamMux.get_timer`. ``now`` is always an
+argument (seconds, any monotonic origin).
+
+Routing rules (Codex E1 ``run_multiplexed_executor`` plus reliability):
+
+* Undecodable or invalid frames are dropped and counted in :attr:`StreamMux.dropped` under
+  their :class:`~exec_server.relay.errors.InvalidFrameReason`; nothing inbound raises.
+* Frames are routed by ``stream_id``. On the environment side a **data** frame for an unknown
+  id creates the stream (:class:`~exec_server.relay.events.StreamOpened`), as Codex does, and
+  so does a ``resume`` carrying the reliable capability flag (our harness's stream claim; see
+  :mod:`~exec_server.relay.reliable_stream`), so a harness whose first data frames were lost
+  still gets an answer. Codex's unflagged ``resume{0}`` claim and any
+  ``ack_frame``/``heartbeat``/``reset``/``handshake`` for an unknown id are ignored and
+  counted (``unknown_stream_control``). The harness side only knows the streams it opened
+  (:meth:`StreamMux.open_stream`).
+* More than ``max_streams`` live streams: the creating frame is dropped
+  (``too_many_streams``) and answered with ``reset{too_many_streams}`` so the peer fails
+  fast instead of waiting.
+* ``reset`` ends only its stream. Ended stream ids are remembered (``max_retired_stream_ids``,
+  oldest forgotten first): a later *legacy* data frame on such an id starts a **new** stream,
+  as in Codex; a *reliable* data or resume frame belongs to the old stream (a stale
+  retransmission), so it is dropped (``retired_stream``) and answered with
+  ``reset{stream_closed}`` (stream ids are single-use between our endpoints, as in later
+  Codex).
+* Output is fair: one frame per stream per round, starting from a different stream on each
+  call, optionally capped at ``max_bytes`` per call. Events are also taken round-robin.
+
+Memory is bounded by ``max_streams`` times the per-stream bounds of
+:class:`ReliableStreamConfig`, plus ``max_retired_stream_ids`` ids and
+``max_pending_control_frames`` queued replies.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter, OrderedDict, deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+
+from exec_server.relay.errors import InvalidFrame
+from exec_server.relay.events import MuxEvent, StreamOpened
+from exec_server.relay.frame_codec import (
+    INBOUND_LIMITS,
+    MAX_OUTBOUND_STREAM_ID_BYTES,
+    FrameLimits,
+    RelayMessageFrame,
+    body_kind,
+    decode_frame,
+    encode_frame,
+    reset_frame,
+)
+from exec_server.relay.reliable_stream import (
+    RELIABLE_CAPABILITY_BIT,
+    ReliableStream,
+    ReliableStreamConfig,
+)
+
+__all__ = [
+    "MAX_PENDING_CONTROL_FRAMES",
+    "MAX_RETIRED_STREAM_IDS",
+    "MAX_STREAMS",
+    "MuxConfig",
+    "MuxDropReason",
+    "MuxRole",
+    "StreamMux",
+]
+
+MAX_STREAMS = 128
+"""Live streams per socket (Codex ``MAX_ACTIVE_NOISE_RELAY_STREAMS``)."""
+
+MAX_RETIRED_STREAM_IDS = 1024
+"""Ended stream ids remembered to reject stale reliable frames."""
+
+MAX_PENDING_CONTROL_FRAMES = 64
+"""Queued mux-level replies (resets to rejected streams); more are dropped and counted."""
+
+
+class MuxRole(StrEnum):
+    """Which end of the relay this socket is."""
+
+    HARNESS = "harness"
+    """Opens streams; never creates one for an inbound frame."""
+    ENVIRONMENT = "environment"
+    """Accepts streams lazily on their first data frame."""
+
+
+class MuxDropReason(StrEnum):
+    """Mux-level reasons in :attr:`StreamMux.dropped` (besides ``InvalidFrameReason``)."""
+
+    UNKNOWN_STREAM = "unknown_stream"
+    """Harness side: data for a stream it never opened."""
+    UNKNOWN_STREAM_CONTROL = "unknown_stream_control"
+    """A non-data frame for a stream that does not exist: ignored, as in Codex."""
+    TOO_MANY_STREAMS = "too_many_streams"
+    """A new stream over ``max_streams``."""
+    RETIRED_STREAM = "retired_stream"
+    """A reliable data or resume frame for a stream id that already ended."""
+    CONTROL_QUEUE_FULL = "control_queue_full"
+    """A reply reset that did not fit ``max_pending_control_frames``."""
+
+
+@dataclass(frozen=True, slots=True)
+class MuxConfig:
+    """Limits of one multiplexed socket."""
+
+    max_streams: int = MAX_STREAMS
+    max_retired_stream_ids: int = MAX_RETIRED_STREAM_IDS
+    max_pending_control_frames: int = MAX_PENDING_CONTROL_FRAMES
+    frame_limits: FrameLimits = INBOUND_LIMITS
+    stream: ReliableStreamConfig = field(default_factory=ReliableStreamConfig)
+
+    def __post_init__(self) -> None:
+        if self.max_streams <= 0 or self.max_retired_stream_ids < 0:
+            raise ValueError("max_streams must be positive and max_retired_stream_ids >= 0")
+        if self.max_pending_control_frames < 0:
+            raise ValueError("max_pending_control_frames must be >= 0")
+
+
+class StreamMux:
+    """All relay streams of one physical socket, for one side (see the module docstring).
+
+    Call :meth:`frames_to_send` after every other call (``receive_bytes``, ``handle_timer``,
+    ``next_event``, a stream's ``send_message``...): any of them can create output.
+
+    A stream that ends (reset by either side, protocol error, idle timeout, socket loss
+    of a legacy stream) leaves the routing table at once, so its id is free again for a
+    legacy peer, but stays owned by the mux until its reset frame is written and its events
+    are taken; it keeps counting towards ``max_streams`` until then.
+    """
+
+    def __init__(self, role: MuxRole, config: MuxConfig | None = None) -> None:
+        self.role = role
+        self.config = config or MuxConfig()
+        self.dropped: Counter[str] = Counter()
+        """Inbound frames dropped at mux level, by reason (``InvalidFrameReason`` values and
+        ``MuxDropReason`` values). Per-stream drops are in each stream's ``stats``."""
+        self._streams: dict[str, ReliableStream] = {}  # live streams, by id
+        self._closing: dict[ReliableStream, None] = {}  # ended, output or events pending
+        self._retired: OrderedDict[str, None] = OrderedDict()
+        self._control: deque[bytes] = deque()
+        self._opened: deque[StreamOpened] = deque()
+        self._ready: deque[ReliableStream] = deque()  # streams with events, in turn
+        self._ready_set: set[ReliableStream] = set()
+        self._rotation = 0
+        # Each stream's next deadline, refreshed after every call that can move it, so
+        # get_timer() costs O(streams) instead of rescanning every send window.
+        self._timers: dict[ReliableStream, float] = {}
+        # Streams that may have output; frames_to_send skips the others.
+        self._pending_output: set[ReliableStream] = set()
+
+    # ------------------------------------------------------------------ streams
+
+    @property
+    def streams(self) -> Mapping[str, ReliableStream]:
+        """Live streams by id (read-only view); ended streams are not in it."""
+        return MappingProxyType(self._streams)
+
+    def open_stream(self, now: float, stream_id: str | None = None) -> ReliableStream:
+        """Harness side: start a new stream (a fresh UUIDv4 id unless one is given).
+
+        Raises ``ValueError`` for an id that is empty, padded, over 128 bytes, in use or
+        recently ended, and ``RuntimeError`` over ``max_streams``.
+        """
+        if stream_id is None:
+            stream_id = str(uuid.uuid4())
+        if (
+            not stream_id.strip()
+            or stream_id != stream_id.strip()
+            or len(stream_id.encode()) > MAX_OUTBOUND_STREAM_ID_BYTES
+        ):
+            raise ValueError(f"invalid relay stream id {stream_id!r}")
+        if stream_id in self._streams or stream_id in self._retired:
+            raise ValueError(f"relay stream id {stream_id!r} was already used on this socket")
+        if self._stream_count() >= self.config.max_streams:
+            raise RuntimeError(f"too many relay streams (max {self.config.max_streams})")
+        stream = ReliableStream(stream_id, initiator=True, now=now, config=self.config.stream)
+        self._adopt(stream)
+        return stream
+
+    def reset_stream(self, stream_id: str, reason: str) -> None:
+        """Reset one live stream (no-op for an unknown id)."""
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            stream.reset(reason)
+            self._after_input(stream)
+
+    def _stream_count(self) -> int:
+        return len(self._streams) + len(self._closing)
+
+    def _adopt(self, stream: ReliableStream) -> None:
+        self._streams[stream.stream_id] = stream
+        stream.on_output_pending = self._pending_output.add
+        self._after_input(stream)
+
+    # ------------------------------------------------------------------ input
+
+    def receive_bytes(self, data: bytes | bytearray | memoryview, now: float) -> None:
+        """Process one binary websocket message. Never raises for bad input."""
+        try:
+            frame = decode_frame(data, self.config.frame_limits)
+        except InvalidFrame as invalid:
+            self.dropped[invalid.reason] += 1
+            return
+        self.receive_frame(frame, now)
+
+    def receive_frame(self, frame: RelayMessageFrame, now: float) -> None:
+        """Route one already validated frame (:meth:`receive_bytes` does the validation)."""
+        stream = self._streams.get(frame.stream_id)
+        if stream is None:
+            stream = self._accept(frame, now)
+            if stream is None:
+                return
+        stream.receive_frame(frame, now)
+        self._after_input(stream)
+
+    def _accept(self, frame: RelayMessageFrame, now: float) -> ReliableStream | None:
+        stream_id = frame.stream_id
+        kind = body_kind(frame)
+        reliable = (
+            bool(frame.ack_bits & RELIABLE_CAPABILITY_BIT) and self.config.stream.allow_reliable
+        )
+        if kind != "data" and not (kind == "resume" and reliable):
+            self.dropped[MuxDropReason.UNKNOWN_STREAM_CONTROL] += 1
+            return None
+        if reliable and stream_id in self._retired:
+            self.dropped[MuxDropReason.RETIRED_STREAM] += 1
+            self._reply_reset(stream_id, "stream_closed", reliable)
+            return None
+        if self.role is MuxRole.HARNESS:
+            self.dropped[MuxDropReason.UNKNOWN_STREAM] += 1
+            return None
+        if self._stream_count() >= self.config.max_streams:
+            self.dropped[MuxDropReason.TOO_MANY_STREAMS] += 1
+            self._reply_reset(stream_id, "too_many_streams", reliable)
+            return None
+        self._retired.pop(stream_id, None)
+        stream = ReliableStream(stream_id, initiator=False, now=now, config=self.config.stream)
+        self._opened.append(StreamOpened(stream_id))
+        self._adopt(stream)
+        return stream
+
+    def _reply_reset(self, stream_id: str, reason: str, reliable: bool) -> None:
+        if len(self._control) >= self.config.max_pending_control_frames:
+            self.dropped[MuxDropReason.CONTROL_QUEUE_FULL] += 1
+            return
+        # A reliable peer drops frames without the capability flag; a Codex peer ignores it.
+        flag = RELIABLE_CAPABILITY_BIT if reliable else 0
+        self._control.append(encode_frame(reset_frame(stream_id, reason, ack_bits=flag)))
+
+    # ------------------------------------------------------------------ output
+
+    def frames_to_send(self, now: float, max_bytes: int | None = None) -> list[bytes]:
+        """Encoded frames to write, one binary websocket message each.
+
+        Streams take turns, one frame each per round; with ``max_bytes`` the call stops
+        once that many bytes are collected (the rest comes out next call).
+        """
+        out: list[bytes] = []
+        total = 0
+        while self._control and (max_bytes is None or total < max_bytes):
+            frame_bytes = self._control.popleft()
+            out.append(frame_bytes)
+            total += len(frame_bytes)
+        streams = [*self._streams.values(), *self._closing]
+        if not streams:
+            return out
+        start = self._rotation % len(streams)
+        self._rotation += 1
+        pending, timers = self._pending_output, self._timers
+        active = [
+            stream
+            for stream in streams[start:] + streams[:start]
+            if stream in pending or timers.get(stream, now + 1.0) <= now
+        ]
+        touched: set[ReliableStream] = set()
+        while active and (max_bytes is None or total < max_bytes):
+            still_active = []
+            for stream in active:
+                frames = stream.frames_to_send(now, 1)
+                if not frames:
+                    pending.discard(stream)
+                    continue
+                touched.add(stream)
+                frame_bytes = encode_frame(frames[0])
+                out.append(frame_bytes)
+                total += len(frame_bytes)
+                still_active.append(stream)
+                if max_bytes is not None and total >= max_bytes:
+                    break
+            active = still_active
+        for stream in touched:
+            self._update(stream)
+        return out
+
+    # ------------------------------------------------------------------ events
+
+    def next_event(self) -> MuxEvent | None:
+        """The next event of any stream (streams take turns), or ``None``."""
+        if self._opened:
+            return self._opened.popleft()
+        while self._ready:
+            stream = self._ready.popleft()
+            event = stream.next_event()
+            if stream.has_events:
+                self._ready.append(stream)
+            else:
+                self._ready_set.discard(stream)
+                self._update(stream)
+            if event is not None:
+                return event
+        return None
+
+    def events(self) -> Iterator[MuxEvent]:
+        """Take every pending event."""
+        while (event := self.next_event()) is not None:
+            yield event
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _after_input(self, stream: ReliableStream) -> None:
+        """After a call that may have changed anything about ``stream``."""
+        self._pending_output.add(stream)
+        if stream.has_events and stream not in self._ready_set:
+            self._ready_set.add(stream)
+            self._ready.append(stream)
+        self._update(stream)
+
+    def _update(self, stream: ReliableStream) -> None:
+        """Refresh the cached deadline; move an ended stream out of routing, then forget
+        it once it has nothing left to write or report."""
+        deadline = stream.get_timer()
+        if deadline is None:
+            self._timers.pop(stream, None)
+        else:
+            self._timers[stream] = deadline
+        if not stream.is_closed:
+            return
+        if self._streams.get(stream.stream_id) is stream:
+            del self._streams[stream.stream_id]
+            self._closing[stream] = None
+            if self.config.max_retired_stream_ids:
+                self._retired[stream.stream_id] = None
+                self._retired.move_to_end(stream.stream_id)
+                while len(self._retired) > self.config.max_retired_stream_ids:
+                    self._retired.popitem(last=False)
+        if stream.is_finished and stream in self._closing:
+            del self._closing[stream]
+            self._pending_output.discard(stream)
+            stream.on_output_pending = None
+
+    # ------------------------------------------------------------------ timers, connection
+
+    def get_timer(self) -> float | None:
+        """The earliest deadline of any stream, or ``None``.
+
+        Deadlines are cached per stream and refreshed by every mux call that can move them;
+        calling a stream's own ``reset`` directly can only leave an early (harmless) value.
+        """
+        return min(self._timers.values(), default=None)
+
+    def handle_timer(self, now: float) -> None:
+        """Run every stream deadline that is due."""
+        for stream in [s for s, deadline in self._timers.items() if deadline <= now]:
+            stream.handle_timer(now)
+            self._after_input(stream)
+
+    def connection_lost(self, now: float) -> None:
+        """The socket closed: reliable and probing streams wait for :meth:`on_reconnect`;
+        legacy streams end."""
+        self._control.clear()
+        for stream in [*self._streams.values(), *self._closing]:
+            stream.connection_lost(now)
+            self._after_input(stream)
+
+    def on_reconnect(self, now: float) -> None:
+        """A new socket replaced the old one: every reliable stream resumes."""
+        for stream in [*self._streams.values(), *self._closing]:
+            stream.on_reconnect(now)
+            self._after_input(stream)
