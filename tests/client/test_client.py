@@ -20,6 +20,8 @@ from exec_server.client import (
 from exec_server.environment.server import ExecServer, ServerConfig
 from exec_server.environment.session import SessionConfig
 from exec_server.protocol.errors import ServerError
+from exec_server.transport.channel import MessageChannel
+from exec_server.transport.websocket import connect_websocket
 
 
 @pytest.fixture
@@ -136,14 +138,50 @@ async def test_filesystem_round_trip(client: ExecServerClient, tmp_path: Path) -
     assert not (tmp_path / "dir").exists()
 
 
-async def test_disconnect_fails_handles_and_calls(ws_url: str) -> None:
-    client = await ExecServerClient.connect(ws_url)
+async def test_disconnect_without_reconnect_fails_handles_and_calls(ws_url: str) -> None:
+    client = await ExecServerClient.over_channel(await connect_websocket(ws_url))
     proc = await client.start_process(["sleep", "30"])
     await client._channel.close("test drop")
     with pytest.raises(ProcessFailed, match="exec-server transport disconnected"):
         await asyncio.wait_for(proc.collect(), 5)
     with pytest.raises(TransportClosed):
         await client.read_process(proc.process_id)
+    await client.close()
+
+
+async def test_lost_connection_is_recovered_and_output_spliced(ws_url: str) -> None:
+    client = await ExecServerClient.connect(ws_url)
+    proc = await client.start_process(
+        ["/bin/sh", "-c", "echo before; sleep 0.4; echo during; sleep 0.4; echo after; exit 5"]
+    )
+    first = await proc.next_event()
+    assert isinstance(first, OutputEvent) and first.data == b"before\n"
+    await client._channel.close("simulated drop")  # the socket goes away under the client
+    result = await asyncio.wait_for(proc.collect(), 10)
+    assert result.stdout == b"during\nafter\n" and result.exit_code == 5
+    assert client.recoveries == 1
+    assert await client.read_file("/etc/hostname") is not None
+    await client.close()
+
+
+async def test_output_evicted_while_disconnected_is_an_explicit_error(ws_url: str) -> None:
+    state = {"dials": 0}
+
+    async def slow_dial() -> MessageChannel:
+        state["dials"] += 1
+        await asyncio.sleep(1.0)  # the process outruns the 1 MiB retention meanwhile
+        return await connect_websocket(ws_url)
+
+    client = await ExecServerClient.over_channel(
+        await connect_websocket(ws_url), reconnect=slow_dial
+    )
+    proc = await client.start_process(
+        ["/bin/sh", "-c", "sleep 0.3; head -c 3000000 /dev/zero; sleep 1"]
+    )
+    await client._channel.close("simulated drop")
+    with pytest.raises(ProcessFailed, match="exceeded the server's retention"):
+        await asyncio.wait_for(proc.collect(), 15)
+    assert state["dials"] == 1
     await client.close()
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from ..environment.remote import RegistrationError, RemoteEnvironment, RemoteEnvironmentConfig
 from ..environment.server import (
     DEFAULT_LISTEN_URL,
     ExecServer,
@@ -29,6 +30,7 @@ from ..transport.stdio import open_process_stdio
 from ..transport.websocket import DEFAULT_MAX_MESSAGE_BYTES
 
 TOKEN_ENV = "CODEX_EXEC_SERVER_CONNECTION_TOKEN"
+REGISTRATION_TOKEN_ENV = "EXEC_SERVER_REGISTRATION_TOKEN"
 
 
 def _setup_logging(level: str) -> None:
@@ -72,8 +74,8 @@ def main(log_level: str) -> None:
 @main.command()
 @click.option(
     "--listen",
-    default=DEFAULT_LISTEN_URL,
-    show_default=True,
+    default=None,
+    show_default=DEFAULT_LISTEN_URL,
     help="ws://IP:PORT to serve a local websocket, or `stdio` for newline-delimited JSON.",
 )
 @click.option(
@@ -100,25 +102,128 @@ def main(log_level: str) -> None:
     show_default=True,
     help="Largest inbound JSON-RPC message accepted.",
 )
+@click.option(
+    "--remote",
+    "remote_url",
+    metavar="BASE_URL",
+    help="Register with this registry and serve harnesses through its rendezvous.",
+)
+@click.option("--environment-id", help="Environment id to register (with --remote).")
+@click.option("--executor-id", help="E1 spelling: register at /cloud/executor/ID/register.")
+@click.option("--name", help="Display name sent to the registry (with --remote).")
+@click.option(
+    "--registration-token-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help=f"Registry bearer token (default: env {REGISTRATION_TOKEN_ENV}).",
+)
 def serve(
-    listen: str,
+    listen: str | None,
     token_file: Path | None,
     allow_origin: tuple[str, ...],
     session_ttl: float,
     max_message_bytes: int,
+    remote_url: str | None,
+    environment_id: str | None,
+    executor_id: str | None,
+    name: str | None,
+    registration_token_file: Path | None,
 ) -> None:
-    """Serve the exec-server JSON-RPC API locally."""
-    try:
-        address = parse_listen_url(listen)
-    except ListenUrlError as exc:
-        raise click.UsageError(str(exc)) from None
+    """Serve the exec-server JSON-RPC API locally, or remotely through a rendezvous."""
     config = ServerConfig(
         session=SessionConfig(detached_ttl_s=session_ttl),
         max_message_bytes=max_message_bytes,
         token=_read_token(token_file),
         allowed_origins=frozenset(allow_origin),
     )
+    if remote_url is not None:
+        if listen is not None:
+            raise click.UsageError("--listen cannot be used with --remote")
+        remote = _remote_config(
+            remote_url,
+            environment_id,
+            executor_id,
+            name,
+            registration_token_file,
+            max_message_bytes,
+        )
+        asyncio.run(_serve_remote(config, remote))
+        return
+    if environment_id or executor_id:
+        raise click.UsageError("--environment-id/--executor-id require --remote")
+    try:
+        address = parse_listen_url(listen or DEFAULT_LISTEN_URL)
+    except ListenUrlError as exc:
+        raise click.UsageError(str(exc)) from None
     asyncio.run(_serve(address.stdio, address.host, address.port, config))
+
+
+def _remote_config(
+    remote_url: str,
+    environment_id: str | None,
+    executor_id: str | None,
+    name: str | None,
+    token_file: Path | None,
+    max_message_bytes: int,
+) -> RemoteEnvironmentConfig:
+    if environment_id and executor_id:
+        raise click.UsageError("give --environment-id or --executor-id, not both")
+    ident = environment_id or executor_id
+    if not ident:
+        raise click.UsageError("--environment-id is required when --remote is set")
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            raise click.UsageError(f"cannot read --registration-token-file: {exc}") from None
+    else:
+        token = os.environ.get(REGISTRATION_TOKEN_ENV, "").strip()
+    if not token:
+        raise click.UsageError(
+            f"a registration token is required: set {REGISTRATION_TOKEN_ENV} "
+            "or pass --registration-token-file"
+        )
+    try:
+        return RemoteEnvironmentConfig(
+            base_url=remote_url,
+            environment_id=ident,
+            token=token,
+            name=name,
+            path_flavor="executor" if executor_id else "environment",
+            max_message_bytes=max_message_bytes,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+async def _serve_remote(config: ServerConfig, remote: RemoteEnvironmentConfig) -> None:
+    server = ExecServer(config)
+    environment = RemoteEnvironment(server, remote)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = asyncio.ensure_future(environment.run())
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (runner, stopper):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stopper
+        error: BaseException | None = None
+        try:
+            await runner
+        except asyncio.CancelledError:
+            pass
+        except BaseException as exc:
+            error = exc
+        await server.close()
+    if isinstance(error, RegistrationError):
+        click.echo(f"exec-server: {error}", err=True)
+        raise SystemExit(1)
+    if error is not None:
+        raise error
 
 
 async def _serve(stdio: bool, host: str, port: int, config: ServerConfig) -> None:

@@ -21,23 +21,40 @@ the child process instead of growing memory without bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
+from msgspec import UnsetType
 
 from ..protocol import messages as m
+from ..protocol.errors import ServerError
 from ..transport.channel import MessageChannel
+from ..transport.relay import connect_harness_relay, is_rendezvous_harness_url
 from ..transport.stdio import spawn_stdio_server
 from ..transport.websocket import DEFAULT_MAX_MESSAGE_BYTES, connect_websocket
-from .rpc import RpcClient
+from .rpc import RpcClient, TransportClosed
 
 DEFAULT_CLIENT_NAME = "exec-server-python"
+#: How long a client tries to resume its session after losing the connection (Codex:
+#: 25 s, inside the server's retention).
+SESSION_RECOVERY_TIMEOUT_S = 25.0
+SESSION_RECOVERY_RETRY_S = 0.1
+
+T = TypeVar("T")
+Reconnect = Callable[[], Awaitable[MessageChannel]]
+
+
+class _Unrecoverable(Exception):
+    pass
+
+
 #: Output a process handle holds for a slow consumer before pushing back.
 MAX_BUFFERED_EVENT_BYTES = 8 * 1024 * 1024
 
@@ -208,12 +225,27 @@ class ProcessHandle:
 class ExecServerClient:
     """A connection to one exec-server session. Use as an async context manager."""
 
-    def __init__(self, channel: MessageChannel, *, client_name: str = DEFAULT_CLIENT_NAME):
+    def __init__(
+        self,
+        channel: MessageChannel,
+        *,
+        client_name: str = DEFAULT_CLIENT_NAME,
+        reconnect: Reconnect | None = None,
+        recovery_timeout_s: float = SESSION_RECOVERY_TIMEOUT_S,
+    ):
         self._channel = channel
         self.client_name = client_name
         self.session_id: str | None = None
         self._handles: dict[str, ProcessHandle] = {}
         self._rpc = RpcClient(channel, self._route_notification, self._on_disconnect)
+        self._reconnect = reconnect
+        self._recovery_timeout_s = recovery_timeout_s
+        self._ready = asyncio.Event()
+        self._ready.set()
+        self._recovery: asyncio.Task[None] | None = None
+        self._closing = False
+        self._failure: str | None = None
+        self.recoveries = 0
 
     # --- construction -------------------------------------------------------------
 
@@ -231,14 +263,25 @@ class ExecServerClient:
         """Connect to a local websocket exec-server and initialize a session."""
         timeouts = timeouts or ClientTimeouts()
         headers = {"Authorization": f"Bearer {token}"} if token else None
-        channel = await connect_websocket(
-            url, headers=headers, timeout_s=timeouts.connect_s, max_message_bytes=max_message_bytes
-        )
+
+        async def dial() -> MessageChannel:
+            if is_rendezvous_harness_url(url):
+                return await connect_harness_relay(
+                    url, headers=headers, timeout_s=timeouts.connect_s
+                )
+            return await connect_websocket(
+                url,
+                headers=headers,
+                timeout_s=timeouts.connect_s,
+                max_message_bytes=max_message_bytes,
+            )
+
         return await cls.over_channel(
-            channel,
+            await dial(),
             client_name=client_name,
             resume_session_id=resume_session_id,
             initialize_timeout_s=timeouts.initialize_s,
+            reconnect=dial,
         )
 
     @classmethod
@@ -265,8 +308,15 @@ class ExecServerClient:
         client_name: str = DEFAULT_CLIENT_NAME,
         resume_session_id: str | None = None,
         initialize_timeout_s: float = 10.0,
+        reconnect: Reconnect | None = None,
     ) -> ExecServerClient:
-        client = cls(channel, client_name=client_name)
+        """Initialize a session over ``channel``.
+
+        With ``reconnect`` (a factory of fresh channels to the same server), a lost
+        connection is recovered: the client resumes its session on a new channel and
+        splices each process's missed events from ``process/read``.
+        """
+        client = cls(channel, client_name=client_name, reconnect=reconnect)
         client._rpc.start()
         try:
             await asyncio.wait_for(client._initialize(resume_session_id), initialize_timeout_s)
@@ -302,11 +352,123 @@ class ExecServerClient:
         await self.close()
 
     async def close(self) -> None:
+        self._closing = True
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery
         await self._rpc.close()
 
     @property
     def closed(self) -> bool:
-        return self._rpc.closed
+        return self._failure is not None or self._closing
+
+    async def _call(self, method: str, params: Any, result_type: type[T]) -> T:
+        """A call that waits while a lost connection is being recovered."""
+        if not self._ready.is_set():
+            await self._ready.wait()
+        if self._failure is not None:
+            raise TransportClosed(self._failure)
+        return await self._rpc.call(method, params, result_type)
+
+    # --- recovery -------------------------------------------------------------------
+
+    async def _recover(self, message: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._recovery_timeout_s
+        assert self._reconnect is not None and self.session_id is not None
+        last_error = message
+        try:
+            while loop.time() < deadline:
+                rpc: RpcClient | None = None
+                try:
+                    channel = await asyncio.wait_for(
+                        self._reconnect(), max(0.1, deadline - loop.time())
+                    )
+                    rpc = RpcClient(channel, self._route_notification, self._on_disconnect)
+                    rpc.start()
+                    result = await asyncio.wait_for(
+                        rpc.call(
+                            m.INITIALIZE,
+                            m.InitializeParams(
+                                client_name=self.client_name, resume_session_id=self.session_id
+                            ),
+                            m.InitializeResult,
+                        ),
+                        max(0.1, deadline - loop.time()),
+                    )
+                    await rpc.notify(m.INITIALIZED, {})
+                except ServerError as exc:
+                    if rpc is not None:
+                        await rpc.close()
+                    if "unknown session id" in exc.message:
+                        raise _Unrecoverable(f"{message}; session expired: {exc.message}") from None
+                    last_error = exc.message  # e.g. still attached: the old stream lingers
+                except (OSError, TimeoutError, ConnectionError) as exc:
+                    if rpc is not None:
+                        await rpc.close()
+                    last_error = str(exc)
+                else:
+                    assert result.session_id == self.session_id
+                    self._rpc = rpc
+                    self._ready.set()
+                    self.recoveries += 1
+                    for handle in list(self._handles.values()):
+                        await self._splice(handle)
+                    return
+                await asyncio.sleep(SESSION_RECOVERY_RETRY_S)
+            raise _Unrecoverable(f"{message}; recovery failed: {last_error}")
+        except _Unrecoverable as exc:
+            self._give_up(str(exc))
+        except Exception as exc:
+            self._give_up(f"{message}; recovery failed: {exc}")
+
+    def _give_up(self, message: str) -> None:
+        self._failure = message
+        self._ready.set()
+        for handle in list(self._handles.values()):
+            handle._fail(message)
+        self._handles.clear()
+
+    async def _splice(self, handle: ProcessHandle) -> None:
+        """Replay what a handle missed while disconnected, from the server's retention.
+
+        Output chunks come back with their seqs; the seqs in between that no chunk
+        covers are the exit and close events (exited first, closed last).
+        """
+        base = after = handle.last_seq
+        seen: set[int] = set()
+        while not handle._done:
+            try:
+                res = await self._rpc.call(
+                    m.PROCESS_READ,
+                    m.ProcessReadParams(handle.process_id, after, None, 0),
+                    m.ProcessReadResult,
+                )
+            except ServerError as exc:
+                handle._fail(f"process {handle.process_id} could not be recovered: {exc.message}")
+                self._forget(handle)
+                return
+            first = res.first_retained_seq
+            if not isinstance(first, UnsetType) and first > after + 1:
+                handle._fail(
+                    f"output of process {handle.process_id} was lost while disconnected: "
+                    f"seq {after + 1} to {first - 1} exceeded the server's retention"
+                )
+                self._forget(handle)
+                return
+            for chunk in res.chunks:
+                seen.add(chunk.seq)
+                handle._accept(chunk.seq, OutputEvent(chunk.seq, chunk.stream, chunk.chunk))
+            if res.chunks:
+                after = res.next_seq - 1
+                continue
+            missing = [seq for seq in range(base + 1, res.next_seq) if seq not in seen]
+            if res.exited and missing and res.exit_code is not None:
+                handle._accept(missing[0], ExitedEvent(missing[0], res.exit_code))
+            if res.closed and len(missing) > 1:
+                handle._accept(missing[-1], ClosedEvent(missing[-1]))
+            return
 
     # --- notifications --------------------------------------------------------------
 
@@ -331,9 +493,14 @@ class ExecServerClient:
         return None
 
     def _on_disconnect(self, message: str) -> None:
-        for handle in list(self._handles.values()):
-            handle._fail(message)
-        self._handles.clear()
+        if self._closing or self._failure is not None:
+            return
+        if self._reconnect is not None and self.session_id is not None:
+            if self._recovery is None or self._recovery.done():
+                self._ready.clear()
+                self._recovery = asyncio.get_running_loop().create_task(self._recover(message))
+            return
+        self._give_up(message)
 
     def _forget(self, handle: ProcessHandle) -> None:
         if self._handles.get(handle.process_id) is handle:
@@ -386,7 +553,7 @@ class ExecServerClient:
             cols=cols if cols is not None else msgspec.UNSET,
         )
         try:
-            await self._rpc.call(m.PROCESS_START, params, m.ProcessStartResult)
+            await self._call(m.PROCESS_START, params, m.ProcessStartResult)
         except BaseException:
             self._forget(handle)
             raise
@@ -400,24 +567,24 @@ class ExecServerClient:
         wait_ms: int | None = None,
     ) -> m.ProcessReadResult:
         params = m.ProcessReadParams(process_id, after_seq, max_bytes, wait_ms)
-        return await self._rpc.call(m.PROCESS_READ, params, m.ProcessReadResult)
+        return await self._call(m.PROCESS_READ, params, m.ProcessReadResult)
 
     async def write_process(self, process_id: str, data: bytes) -> m.WriteStatus:
         params = m.ProcessWriteParams(process_id=process_id, chunk=data)
-        return (await self._rpc.call(m.PROCESS_WRITE, params, m.ProcessWriteResult)).status
+        return (await self._call(m.PROCESS_WRITE, params, m.ProcessWriteResult)).status
 
     async def terminate_process(self, process_id: str) -> bool:
         params = m.ProcessTerminateParams(process_id=process_id)
-        result = await self._rpc.call(m.PROCESS_TERMINATE, params, m.ProcessTerminateResult)
+        result = await self._call(m.PROCESS_TERMINATE, params, m.ProcessTerminateResult)
         return result.running
 
     async def signal_process(self, process_id: str, signal: m.SignalName = "interrupt") -> None:
         params = m.ProcessSignalParams(process_id=process_id, signal=signal)
-        await self._rpc.call(m.PROCESS_SIGNAL, params, m.Empty)
+        await self._call(m.PROCESS_SIGNAL, params, m.Empty)
 
     async def resize_process(self, process_id: str, rows: int, cols: int) -> None:
         params = m.ProcessResizeParams(process_id=process_id, rows=rows, cols=cols)
-        await self._rpc.call(m.PROCESS_RESIZE, params, m.Empty)
+        await self._call(m.PROCESS_RESIZE, params, m.Empty)
 
     # --- filesystem -------------------------------------------------------------------
 
@@ -425,33 +592,33 @@ class ExecServerClient:
         self, path: str, *, max_bytes: int | None = None, sandbox: m.Sandbox = None
     ) -> bytes:
         params = m.FsReadFileParams(path=path, sandbox=sandbox, max_bytes=max_bytes)
-        return (await self._rpc.call(m.FS_READ_FILE, params, m.FsReadFileResult)).data_base64
+        return (await self._call(m.FS_READ_FILE, params, m.FsReadFileResult)).data_base64
 
     async def write_file(self, path: str, data: bytes, *, sandbox: m.Sandbox = None) -> None:
         params = _WriteFileBytes(path=path, data_base64=data, sandbox=sandbox)
-        await self._rpc.call(m.FS_WRITE_FILE, params, m.Empty)
+        await self._call(m.FS_WRITE_FILE, params, m.Empty)
 
     async def create_directory(
         self, path: str, *, recursive: bool = True, sandbox: m.Sandbox = None
     ) -> None:
         params = m.FsCreateDirectoryParams(path=path, recursive=recursive, sandbox=sandbox)
-        await self._rpc.call(m.FS_CREATE_DIRECTORY, params, m.Empty)
+        await self._call(m.FS_CREATE_DIRECTORY, params, m.Empty)
 
     async def get_metadata(self, path: str, *, sandbox: m.Sandbox = None) -> m.FsMetadata:
         params = m.FsGetMetadataParams(path=path, sandbox=sandbox)
-        return await self._rpc.call(m.FS_GET_METADATA, params, _MetadataLenient)
+        return await self._call(m.FS_GET_METADATA, params, _MetadataLenient)
 
     async def read_directory(
         self, path: str, *, sandbox: m.Sandbox = None
     ) -> list[m.FsDirectoryEntry]:
         params = m.FsReadDirectoryParams(path=path, sandbox=sandbox)
-        return (await self._rpc.call(m.FS_READ_DIRECTORY, params, m.FsReadDirectoryResult)).entries
+        return (await self._call(m.FS_READ_DIRECTORY, params, m.FsReadDirectoryResult)).entries
 
     async def remove(
         self, path: str, *, recursive: bool = True, force: bool = True, sandbox: m.Sandbox = None
     ) -> None:
         params = m.FsRemoveParams(path=path, recursive=recursive, force=force, sandbox=sandbox)
-        await self._rpc.call(m.FS_REMOVE, params, m.Empty)
+        await self._call(m.FS_REMOVE, params, m.Empty)
 
     async def copy(
         self,
@@ -467,14 +634,14 @@ class ExecServerClient:
             recursive=recursive,
             sandbox=sandbox,
         )
-        await self._rpc.call(m.FS_COPY, params, m.Empty)
+        await self._call(m.FS_COPY, params, m.Empty)
 
     async def environment_info(self) -> m.EnvironmentInfoResult:
-        return await self._rpc.call(m.ENVIRONMENT_INFO, None, m.EnvironmentInfoResult)
+        return await self._call(m.ENVIRONMENT_INFO, None, m.EnvironmentInfoResult)
 
     async def call(self, method: str, params: Any, result_type: type[Any] = object) -> Any:
         """Escape hatch: any method, raw params, decoded into ``result_type``."""
-        return await self._rpc.call(method, params, result_type)
+        return await self._call(method, params, result_type)
 
 
 class _WriteFileBytes(m.Message):

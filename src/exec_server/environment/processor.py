@@ -42,7 +42,12 @@ from ..protocol.jsonrpc import (
     encode_response,
     parse_message,
 )
-from ..transport.channel import ChannelClosed, MalformedFrame, MessageChannel
+from ..transport.channel import (
+    ChannelClosed,
+    MalformedFrame,
+    MessageChannel,
+    MessageTooLargeForTransport,
+)
 from .fs_handler import FileSystemHandler
 from .process_handler import ProcessManager
 from .session import Lease, SessionRegistry
@@ -207,7 +212,12 @@ class ConnectionProcessor:
             data = encode_response(request_id, result)
         except (msgspec.EncodeError, OverflowError, MemoryError) as exc:
             data = encode_error(request_id, InternalError(f"failed to encode result: {exc}"))
-        await self._send(data)
+        try:
+            await self._send(data)
+        except MessageTooLargeForTransport as exc:
+            await self._send(
+                encode_error(request_id, InternalError(f"response cannot be delivered: {exc}"))
+            )
 
     async def _long_poll(
         self, request_id: RequestId, lease: Lease, params: m.ProcessReadParams

@@ -256,6 +256,10 @@ class StreamMux:
 
     # ------------------------------------------------------------------ output
 
+    def has_output(self) -> bool:
+        """Whether :meth:`frames_to_send` may have something without a timer firing."""
+        return bool(self._control or self._pending_output)
+
     def frames_to_send(self, now: float, max_bytes: int | None = None) -> list[bytes]:
         """Encoded frames to write, one binary websocket message each.
 

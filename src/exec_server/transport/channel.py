@@ -46,3 +46,11 @@ class MessageChannel(Protocol):
     async def send(self, message: bytes) -> None: ...
 
     async def close(self, reason: str | None = None) -> None: ...
+
+
+class MessageTooLargeForTransport(Exception):
+    """``send`` refused one message as too large for this transport or peer.
+
+    The channel stays usable: the caller can answer with a smaller error instead
+    (e.g. a relay peer that cannot take messages above 16 MiB).
+    """

@@ -1,0 +1,211 @@
+"""Remote environment mode: register with a registry, dial the rendezvous, serve streams.
+
+The loop (Codex E1, plus what Codex left out):
+
+1. ``POST {base}/cloud/environment/{id}/register`` (or ``/cloud/executor/{id}/register``
+   for E1 registries) with ``Authorization: Bearer <token>`` and no body; the answer is
+   ``{"environment_id"|"executor_id": id, "url": ws-url}``. Redirects are not followed.
+   401/403 and other 4xx are fatal with a clear message; 5xx, 408, 429 and network
+   errors are retried.
+2. Dial ``url`` verbatim (no compression, keepalive pings) and drive one
+   :class:`~exec_server.transport.relay.RelayConnection` over it: every relay stream
+   becomes a :class:`~exec_server.environment.processor.ConnectionProcessor` on the
+   server's shared session registry.
+3. When the socket ends, wait and go back to 1. Backoff starts at 1 s, doubles to
+   30 s, has +-20% jitter, and resets after a successful connect.
+
+The relay connection, and with it every reliable stream, outlives the physical
+socket, so harnesses speaking our reliable relay resume their streams on the next
+socket and lose nothing. Legacy (Codex) streams end with the socket; their sessions
+detach and can be resumed with ``initialize{resumeSessionId}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+import aiohttp
+
+from ..relay.stream_mux import MuxConfig, MuxRole
+from ..transport.relay import (
+    RELAY_PING_INTERVAL_S,
+    RelayConfig,
+    RelayConnection,
+    RelayStreamChannel,
+)
+from ..transport.websocket import DEFAULT_MAX_MESSAGE_BYTES
+from .server import ExecServer
+
+log = logging.getLogger(__name__)
+
+INITIAL_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 30.0
+BACKOFF_JITTER = 0.2
+REGISTRY_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 10.0
+#: Relay streams one environment socket carries at most.
+ENVIRONMENT_MAX_STREAMS = 4096
+ERROR_BODY_PREVIEW_CHARS = 4096
+
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+
+PathFlavor = Literal["environment", "executor"]
+
+
+class RegistrationError(Exception):
+    """Registration failed in a way retrying will not fix (bad credentials, 4xx)."""
+
+
+class _RetryableRegistrationError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class RemoteEnvironmentConfig:
+    base_url: str
+    environment_id: str
+    token: str
+    name: str | None = None
+    #: ``environment`` (E2+) or ``executor`` (E1 registries).
+    path_flavor: PathFlavor = "environment"
+    relay: RelayConfig = field(
+        default_factory=lambda: RelayConfig(mux=MuxConfig(max_streams=ENVIRONMENT_MAX_STREAMS))
+    )
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    initial_backoff_s: float = INITIAL_BACKOFF_S
+    max_backoff_s: float = MAX_BACKOFF_S
+
+    def __post_init__(self) -> None:
+        if not _ID_PATTERN.match(self.environment_id):
+            raise ValueError(
+                f"invalid environment id {self.environment_id!r}: "
+                "expected 1-256 characters of [A-Za-z0-9_-]"
+            )
+        if not self.token.strip():
+            raise ValueError("the registration token is empty")
+
+    @property
+    def register_url(self) -> str:
+        base = self.base_url.strip().rstrip("/")
+        return f"{base}/cloud/{self.path_flavor}/{self.environment_id}/register"
+
+
+async def register(http: aiohttp.ClientSession, config: RemoteEnvironmentConfig) -> str:
+    """POST the registration; return the rendezvous websocket URL."""
+    params = {"name": config.name} if config.name else None
+    try:
+        async with http.post(
+            config.register_url,
+            headers={"Authorization": f"Bearer {config.token}"},
+            params=params,
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=REGISTRY_TIMEOUT_S),
+        ) as resp:
+            body = await resp.text()
+            status = resp.status
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise _RetryableRegistrationError(f"environment registry unreachable: {exc}") from None
+    if 200 <= status < 300:
+        try:
+            data = json.loads(body) if body else {}
+        except ValueError:
+            raise RegistrationError("environment registry returned invalid JSON") from None
+        url = data.get("url") if isinstance(data, dict) else None
+        if not isinstance(url, str) or not url:
+            raise RegistrationError("environment registry response is missing field `url`")
+        returned_id = data.get(f"{config.path_flavor}_id")
+        if returned_id is not None and returned_id != config.environment_id:
+            raise RegistrationError("environment registry returned a different environment id")
+        return url
+    message = _error_message(body)
+    if status in (401, 403):
+        raise RegistrationError(f"environment registry authentication failed ({status}): {message}")
+    if status >= 500 or status in (408, 429):
+        raise _RetryableRegistrationError(f"environment registry error ({status}): {message}")
+    raise RegistrationError(f"environment registry request failed ({status}): {message}")
+
+
+def _error_message(body: str) -> str:
+    with contextlib.suppress(ValueError):
+        data = json.loads(body)
+        if isinstance(data, dict) and isinstance(data.get("error"), dict):
+            err = data["error"]
+            code, message = err.get("code"), err.get("message")
+            if message:
+                return f"{message} ({code})" if code else str(message)
+    return body[:ERROR_BODY_PREVIEW_CHARS] or "empty or malformed error body"
+
+
+class RemoteEnvironment:
+    """Runs one environment against a registry/rendezvous until cancelled."""
+
+    def __init__(self, server: ExecServer, config: RemoteEnvironmentConfig) -> None:
+        self.server = server
+        self.config = config
+        self.connection = RelayConnection(
+            MuxRole.ENVIRONMENT, config.relay, on_stream=self._on_stream
+        )
+        self.connected = asyncio.Event()
+        self.registrations = 0
+        self._streams: asyncio.TaskGroup | None = None
+
+    def _on_stream(self, channel: RelayStreamChannel) -> None:
+        assert self._streams is not None
+        log.debug("relay stream %s opened", channel.stream_id)
+        self._streams.create_task(self.server.serve_channel(channel))
+
+    async def run(self) -> None:
+        """Register, connect and serve; returns only by raising RegistrationError."""
+        backoff = self.config.initial_backoff_s
+        async with aiohttp.ClientSession() as http, asyncio.TaskGroup() as streams:
+            self._streams = streams
+            try:
+                while True:
+                    try:
+                        url = await register(http, self.config)
+                        self.registrations += 1
+                        log.info(
+                            "exec-server remote environment registered with environment_id %s",
+                            self.config.environment_id,
+                        )
+                        ws = await asyncio.wait_for(
+                            http.ws_connect(
+                                url,
+                                compress=0,
+                                max_msg_size=self.config.max_message_bytes,
+                                heartbeat=RELAY_PING_INTERVAL_S,
+                            ),
+                            CONNECT_TIMEOUT_S,
+                        )
+                    except _RetryableRegistrationError as exc:
+                        log.warning("%s; retrying in %.1fs", exc, backoff)
+                    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                        log.warning(
+                            "failed to connect remote exec-server websocket: %s; retrying in %.1fs",
+                            exc,
+                            backoff,
+                        )
+                    else:
+                        backoff = self.config.initial_backoff_s
+                        self.connected.set()
+                        try:
+                            reason = await self.connection.run_socket(ws)
+                        finally:
+                            self.connected.clear()
+                            await ws.close()
+                        log.info("relay websocket ended (%s); reconnecting", reason)
+                    await asyncio.sleep(_jittered(backoff))
+                    backoff = min(backoff * 2, self.config.max_backoff_s)
+            finally:
+                self.connection.close_all("environment shutting down")
+
+
+def _jittered(delay: float) -> float:
+    return delay * (1 + random.uniform(-BACKOFF_JITTER, BACKOFF_JITTER))

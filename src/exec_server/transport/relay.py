@@ -1,0 +1,450 @@
+"""asyncio adapter for the relay: a :class:`StreamMux` driven over websockets.
+
+:class:`RelayConnection` owns one multiplexer for its whole life and drives it over
+a succession of physical websockets (:meth:`RelayConnection.run_socket` once per
+socket), so reliable streams survive a physical reconnect: on each new socket the
+mux sends ``resume`` and retransmits what the peer lacks. Each relay stream is
+exposed as a :class:`RelayStreamChannel`, a
+:class:`~exec_server.transport.channel.MessageChannel`, so the connection
+processor (environment side) and the RPC client (harness side) never know they run
+over the relay.
+
+One reader and one writer task per socket: the reader feeds every binary message to
+the mux and dispatches the events; the writer sends what the mux has to send, wakes
+on new output or on the mux's timer, and is the only place that writes to the socket.
+
+Limits: a stream whose undelivered inbound messages exceed
+``max_channel_inbox_bytes`` (a consumer that stopped reading while its peer keeps
+sending) is reset with ``receive_buffer_overflow`` instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType
+
+from ..relay.errors import MessageTooLarge, SendBlocked, StreamClosed
+from ..relay.events import (
+    MessageReceived,
+    PeerModeResolved,
+    PeerResumed,
+    StreamOpened,
+    StreamReset,
+)
+from ..relay.reliable_stream import ReliableStream
+from ..relay.stream_mux import MuxConfig, MuxRole, StreamMux
+from .channel import ChannelClosed, MessageTooLargeForTransport
+from .websocket import AnyWebSocket
+
+log = logging.getLogger(__name__)
+
+#: Bytes of outbound frames written per writer pass before yielding to the loop.
+WRITE_BATCH_BYTES = 1024 * 1024
+#: Undelivered inbound bytes per stream before it is reset (see module docstring).
+MAX_CHANNEL_INBOX_BYTES = 64 * 1024 * 1024
+#: Websocket ping interval on relay sockets (Codex E1+ keepalive).
+RELAY_PING_INTERVAL_S = 30.0
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    mux: MuxConfig = field(default_factory=MuxConfig)
+    max_channel_inbox_bytes: int = MAX_CHANNEL_INBOX_BYTES
+
+
+class RelayStreamChannel:
+    """One relay stream as a message channel."""
+
+    transport_name = "relay"
+
+    def __init__(self, connection: RelayConnection, stream: ReliableStream) -> None:
+        self._connection = connection
+        self.stream = stream
+        self.stream_id = stream.stream_id
+        self._inbox: deque[bytes] = deque()
+        self._inbox_bytes = 0
+        self._readable = asyncio.Event()
+        self._end_reason: str | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self._end_reason is not None
+
+    @property
+    def end_reason(self) -> str | None:
+        return self._end_reason
+
+    # --- fed by the connection ---------------------------------------------------
+
+    def _deliver(self, payload: bytes) -> bool:
+        if self._end_reason is not None:
+            return True
+        if self._inbox_bytes + len(payload) > self._connection.config.max_channel_inbox_bytes:
+            return False
+        self._inbox.append(payload)
+        self._inbox_bytes += len(payload)
+        self._readable.set()
+        return True
+
+    def _end(self, reason: str) -> None:
+        if self._end_reason is None:
+            self._end_reason = reason
+        self._readable.set()
+
+    # --- MessageChannel ----------------------------------------------------------
+
+    async def receive(self) -> bytes:
+        while not self._inbox:
+            if self._end_reason is not None:
+                raise ChannelClosed(self._end_reason)
+            self._readable.clear()
+            await self._readable.wait()
+        payload = self._inbox.popleft()
+        self._inbox_bytes -= len(payload)
+        return payload
+
+    async def send(self, message: bytes) -> None:
+        conn = self._connection
+        while True:
+            if self._end_reason is not None:
+                raise ChannelClosed(self._end_reason)
+            progress = conn._progress
+            try:
+                self.stream.send_message(message, conn.now())
+            except SendBlocked:
+                await progress.wait()
+                continue
+            except MessageTooLarge as exc:
+                raise MessageTooLargeForTransport(str(exc)) from None
+            except StreamClosed as exc:
+                self._end(str(exc))
+                raise ChannelClosed(self._end_reason) from None
+            conn._output_pending()
+            return
+
+    async def close(self, reason: str | None = None) -> None:
+        if self._end_reason is not None:
+            return
+        self._end(reason or "closed")
+        self._connection._close_stream(self.stream_id, reason or "closed")
+
+
+class RelayConnection:
+    """A multiplexer driven over one websocket at a time."""
+
+    def __init__(
+        self,
+        role: MuxRole,
+        config: RelayConfig | None = None,
+        *,
+        on_stream: Callable[[RelayStreamChannel], None] | None = None,
+    ) -> None:
+        self.config = config or RelayConfig()
+        self.mux = StreamMux(role, self.config.mux)
+        self.channels: dict[str, RelayStreamChannel] = {}
+        self._on_stream = on_stream
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._sockets = 0
+        self.text_frames_dropped = 0
+        self.overflow_resets = 0
+        self._connected = False
+
+    @staticmethod
+    def now() -> float:
+        return asyncio.get_running_loop().time()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def open_channel(self, stream_id: str | None = None) -> RelayStreamChannel:
+        """Harness side: open a new stream (a fresh UUIDv4 id by default)."""
+        stream = self.mux.open_stream(self.now(), stream_id)
+        channel = RelayStreamChannel(self, stream)
+        self.channels[stream.stream_id] = channel
+        self._output_pending()
+        return channel
+
+    def _output_pending(self) -> None:
+        self._wake.set()
+
+    def _notify_progress(self) -> None:
+        # Senders blocked on a full window wait on the current event; replace it so
+        # the next wait blocks until the next progress.
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    def _close_stream(self, stream_id: str, reason: str) -> None:
+        self.channels.pop(stream_id, None)
+        self.mux.reset_stream(stream_id, reason)
+        self._output_pending()
+
+    def _dispatch_events(self) -> None:
+        for event in self.mux.events():
+            if isinstance(event, MessageReceived):
+                channel = self.channels.get(event.stream_id)
+                if channel is not None and not channel._deliver(event.payload):
+                    self.overflow_resets += 1
+                    log.warning(
+                        "relay stream %s: consumer fell behind by more than %d bytes; resetting",
+                        event.stream_id,
+                        self.config.max_channel_inbox_bytes,
+                    )
+                    channel._end("receive_buffer_overflow")
+                    self._close_stream(event.stream_id, "receive_buffer_overflow")
+            elif isinstance(event, StreamOpened):
+                stream = self.mux.streams.get(event.stream_id)
+                if stream is None:
+                    continue
+                channel = RelayStreamChannel(self, stream)
+                self.channels[event.stream_id] = channel
+                if self._on_stream is not None:
+                    self._on_stream(channel)
+            elif isinstance(event, StreamReset):
+                channel = self.channels.pop(event.stream_id, None)
+                if channel is not None:
+                    channel._end(event.reason)
+                log.debug("relay stream %s ended: %s", event.stream_id, event.reason)
+            elif isinstance(event, PeerModeResolved | PeerResumed):
+                log.debug("relay stream %s: %s", event.stream_id, event)
+
+    async def run_socket(self, ws: AnyWebSocket) -> str:
+        """Drive the mux over ``ws`` until it ends; returns why it ended."""
+        now = self.now()
+        if self._sockets:
+            self.mux.on_reconnect(now)
+        self._sockets += 1
+        self._connected = True
+        self._dispatch_events()
+        reason = "socket closed"
+        writer = asyncio.ensure_future(self._write_loop(ws))
+        try:
+            reason = await self._read_loop(ws, writer)
+        finally:
+            self._connected = False
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+            self.mux.connection_lost(self.now())
+            self._dispatch_events()
+            self._notify_progress()
+        return reason
+
+    async def _read_loop(self, ws: AnyWebSocket, writer: asyncio.Future[None]) -> str:
+        receive = asyncio.ensure_future(ws.receive())
+        try:
+            while True:
+                waiting: set[asyncio.Future[Any]] = {receive, writer}
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if writer in done:
+                    exc = writer.exception() if not writer.cancelled() else None
+                    return f"relay write failed: {exc}" if exc else "relay writer stopped"
+                msg = receive.result()
+                if msg.type is WSMsgType.BINARY:
+                    receive = asyncio.ensure_future(ws.receive())
+                    self.mux.receive_bytes(msg.data, self.now())
+                    self._dispatch_events()
+                    self._notify_progress()
+                    self._output_pending()
+                elif msg.type is WSMsgType.TEXT:
+                    receive = asyncio.ensure_future(ws.receive())
+                    self.text_frames_dropped += 1
+                elif msg.type in (WSMsgType.PING, WSMsgType.PONG):
+                    receive = asyncio.ensure_future(ws.receive())
+                elif msg.type is WSMsgType.ERROR:
+                    return f"relay websocket error: {ws.exception()}"
+                else:
+                    return f"relay websocket closed (code {ws.close_code})"
+        finally:
+            receive.cancel()
+
+    async def _write_loop(self, ws: AnyWebSocket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._wake.clear()
+            now = loop.time()
+            deadline = self.mux.get_timer()
+            if deadline is not None and deadline <= now:
+                self.mux.handle_timer(now)
+                self._dispatch_events()
+                deadline = self.mux.get_timer()
+            frames = self.mux.frames_to_send(now, WRITE_BATCH_BYTES)
+            if frames:
+                for frame in frames:
+                    await ws.send_frame(frame, WSMsgType.BINARY)
+                self._notify_progress()
+                continue
+            timeout = None if deadline is None else max(0.0, deadline - loop.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def close_all(self, reason: str) -> None:
+        """End every channel (used when the owner gives up on the relay)."""
+        for stream_id, channel in list(self.channels.items()):
+            channel._end(reason)
+            self.mux.reset_stream(stream_id, reason)
+        self.channels.clear()
+
+
+#: How long a harness keeps trying to get its relay socket back before giving up.
+HARNESS_RECONNECT_DEADLINE_S = 25.0
+HARNESS_RECONNECT_INITIAL_S = 0.1
+HARNESS_RECONNECT_MAX_S = 2.0
+#: On close, how long to let the writer flush the stream's reset frame.
+CLOSE_FLUSH_S = 0.5
+
+
+def is_rendezvous_harness_url(url: str) -> bool:
+    """True when the URL's query has ``role=harness`` (how Codex picks the relay)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    return "harness" in parse_qs(urlsplit(url).query).get("role", [])
+
+
+class HarnessRelayChannel:
+    """One harness stream over a rendezvous, surviving physical reconnects.
+
+    The channel owns its socket and a supervisor task: when the socket drops, the
+    supervisor dials the same URL again (backoff from 0.1 s to 2 s, for up to
+    ``reconnect_deadline_s``) and the reliable stream resumes on the new socket,
+    so nothing is lost or repeated. If the peer is a legacy Codex environment the
+    stream cannot resume and the channel ends; the client then falls back to
+    resuming its session.
+    """
+
+    transport_name = "relay"
+
+    def __init__(
+        self,
+        url: str,
+        http: Any,
+        ws: AnyWebSocket,
+        *,
+        headers: dict[str, str] | None,
+        config: RelayConfig | None,
+        reconnect_deadline_s: float,
+        max_message_bytes: int,
+    ) -> None:
+        self.url = url
+        self._http = http
+        self._headers = headers
+        self._max_message_bytes = max_message_bytes
+        self.connection = RelayConnection(MuxRole.HARNESS, config)
+        self.channel = self.connection.open_channel()
+        self.stream_id = self.channel.stream_id
+        self._reconnect_deadline_s = reconnect_deadline_s
+        self.reconnects = 0
+        self._ws: AnyWebSocket = ws
+        self._supervisor = asyncio.ensure_future(self._supervise(ws))
+
+    async def _dial(self) -> AnyWebSocket:
+        ws: AnyWebSocket = await self._http.ws_connect(
+            self.url,
+            compress=0,
+            max_msg_size=self._max_message_bytes,
+            headers=self._headers,
+            heartbeat=RELAY_PING_INTERVAL_S,
+        )
+        return ws
+
+    async def _supervise(self, ws: AnyWebSocket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._ws = ws
+            reason = await self.connection.run_socket(ws)
+            with contextlib.suppress(Exception):
+                await ws.close()
+            if self.channel.ended:
+                return
+            log.info("relay socket lost (%s); reconnecting stream %s", reason, self.stream_id)
+            deadline = loop.time() + self._reconnect_deadline_s
+            delay = HARNESS_RECONNECT_INITIAL_S
+            while True:
+                try:
+                    ws = await asyncio.wait_for(self._dial(), max(0.1, deadline - loop.time()))
+                    self.reconnects += 1
+                    break
+                except Exception as exc:
+                    if loop.time() + delay >= deadline:
+                        self.channel._end(f"relay reconnect failed: {reason}; last error: {exc}")
+                        return
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, HARNESS_RECONNECT_MAX_S)
+
+    async def receive(self) -> bytes:
+        return await self.channel.receive()
+
+    async def send(self, message: bytes) -> None:
+        await self.channel.send(message)
+
+    async def close(self, reason: str | None = None) -> None:
+        if not self.channel.ended:
+            await self.channel.close(reason or "harness closed")
+            # Let the writer put the reset on the wire before the socket goes.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + CLOSE_FLUSH_S
+            while self.connection.connected and loop.time() < deadline:
+                if not self.connection.mux.has_output():
+                    break
+                await asyncio.sleep(0.01)
+        self._supervisor.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._supervisor
+        with contextlib.suppress(Exception):
+            await self._ws.close()
+        await self._http.close()
+
+
+async def connect_harness_relay(
+    url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    timeout_s: float = 10.0,
+    config: RelayConfig | None = None,
+    reconnect_deadline_s: float = HARNESS_RECONNECT_DEADLINE_S,
+    max_message_bytes: int = 64 * 1024 * 1024,
+) -> HarnessRelayChannel:
+    """Dial a ``role=harness`` rendezvous URL and open one relay stream on it."""
+    from aiohttp import ClientError, ClientSession
+
+    from .websocket import WebSocketConnectError
+
+    http = ClientSession()
+    try:
+        ws = await asyncio.wait_for(
+            http.ws_connect(
+                url,
+                compress=0,
+                max_msg_size=max_message_bytes,
+                headers=headers,
+                heartbeat=RELAY_PING_INTERVAL_S,
+            ),
+            timeout_s,
+        )
+    except TimeoutError:
+        await http.close()
+        raise WebSocketConnectError(
+            f"timed out connecting to exec-server websocket `{url}` after {timeout_s}s"
+        ) from None
+    except (ClientError, OSError, ValueError) as exc:
+        await http.close()
+        raise WebSocketConnectError(
+            f"failed to connect to exec-server websocket `{url}`: {exc}"
+        ) from None
+    return HarnessRelayChannel(
+        url,
+        http,
+        ws,
+        headers=headers,
+        config=config,
+        reconnect_deadline_s=reconnect_deadline_s,
+        max_message_bytes=max_message_bytes,
+    )
