@@ -112,7 +112,7 @@ async def test_stdio_mode_malformed_and_oversized_lines() -> None:
     reply = await ask(b"garbage\n")
     assert reply["id"] == -1
     assert str(reply["error"]["message"]).startswith(  # type: ignore[index]
-        "failed to parse stdio JSON-RPC message from exec-server stdio"
+        "failed to parse JSON-RPC message from exec-server stdio"
     )
     reply = await ask(b'{"id":1,"method":"x","params":"' + b"a" * 5000 + b'"}\n')
     assert reply["id"] == -1 and "1000 bytes" in str(reply["error"])
@@ -133,3 +133,21 @@ def test_console_script_help() -> None:
         env={**os.environ},
     )
     assert "--listen" in out.stdout and "--token-file" in out.stdout
+
+
+async def test_stdio_mode_with_regular_files(tmp_path: Path) -> None:
+    requests = tmp_path / "in.jsonl"
+    requests.write_text(
+        '{"id":1,"method":"initialize","params":{"clientName":"f"}}\n'
+        '{"method":"initialized","params":{}}\n'
+        '{"id":2,"method":"fs/getMetadata","params":{"path":"/"}}\n'
+    )
+    out = tmp_path / "out.jsonl"
+    with requests.open("rb") as stdin, out.open("wb") as stdout:
+        proc = await asyncio.create_subprocess_exec(
+            *SERVE, "--listen", "stdio", stdin=stdin, stdout=stdout
+        )
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+    replies = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in replies] == [1, 2]
+    assert replies[1]["result"]["isDirectory"] is True

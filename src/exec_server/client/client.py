@@ -319,7 +319,8 @@ class ExecServerClient:
         client = cls(channel, client_name=client_name, reconnect=reconnect)
         client._rpc.start()
         try:
-            await asyncio.wait_for(client._initialize(resume_session_id), initialize_timeout_s)
+            async with asyncio.timeout(initialize_timeout_s):
+                await client._initialize(resume_session_id)
         except TimeoutError:
             await client.close()
             raise TimeoutError(
@@ -382,21 +383,18 @@ class ExecServerClient:
             while loop.time() < deadline:
                 rpc: RpcClient | None = None
                 try:
-                    channel = await asyncio.wait_for(
-                        self._reconnect(), max(0.1, deadline - loop.time())
-                    )
+                    async with asyncio.timeout_at(deadline):
+                        channel = await self._reconnect()
                     rpc = RpcClient(channel, self._route_notification, self._on_disconnect)
                     rpc.start()
-                    result = await asyncio.wait_for(
-                        rpc.call(
+                    async with asyncio.timeout_at(deadline):
+                        result = await rpc.call(
                             m.INITIALIZE,
                             m.InitializeParams(
                                 client_name=self.client_name, resume_session_id=self.session_id
                             ),
                             m.InitializeResult,
-                        ),
-                        max(0.1, deadline - loop.time()),
-                    )
+                        )
                     await rpc.notify(m.INITIALIZED, {})
                 except ServerError as exc:
                     if rpc is not None:

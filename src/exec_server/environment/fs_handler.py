@@ -435,6 +435,13 @@ class FileSystemHandler:
     async def get_metadata(self, p: FsGetMetadataParams) -> FsMetadata:
         path = parse_absolute_path(p.path)
         spec = parse_sandbox(p.sandbox)
+        if spec is None:
+            # One or two stat calls: cheaper inline than the ~60 us thread hop, and the
+            # Codex harness issues dozens of these on its startup path.
+            try:
+                return self._get_metadata(path, spec)
+            except OSError as err:
+                raise map_os_error(err) from err
         return await self._run(lambda: self._get_metadata(path, spec))
 
     async def read_directory(self, p: FsReadDirectoryParams) -> FsReadDirectoryResult:

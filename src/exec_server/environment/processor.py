@@ -152,10 +152,7 @@ class ConnectionProcessor:
                 return
 
     async def _send_malformed(self, detail: str) -> None:
-        name = self._channel.transport_name
-        err = InvalidRequest(
-            f"failed to parse {name} JSON-RPC message from exec-server {name}: {detail}"
-        )
+        err = InvalidRequest(f"{self._channel.parse_error_prefix}: {detail}")
         await self._send(encode_error(MALFORMED_MESSAGE_ID, err))
 
     async def _send(self, data: bytes) -> None:

@@ -39,6 +39,7 @@ from ..transport.relay import (
     RelayConfig,
     RelayConnection,
     RelayStreamChannel,
+    close_socket,
 )
 from ..transport.websocket import DEFAULT_MAX_MESSAGE_BYTES
 from .server import ExecServer
@@ -163,48 +164,54 @@ class RemoteEnvironment:
 
     async def run(self) -> None:
         """Register, connect and serve; returns only by raising RegistrationError."""
-        backoff = self.config.initial_backoff_s
+        fatal: RegistrationError | None = None
         async with aiohttp.ClientSession() as http, asyncio.TaskGroup() as streams:
             self._streams = streams
             try:
-                while True:
-                    try:
-                        url = await register(http, self.config)
-                        self.registrations += 1
-                        log.info(
-                            "exec-server remote environment registered with environment_id %s",
-                            self.config.environment_id,
-                        )
-                        ws = await asyncio.wait_for(
-                            http.ws_connect(
-                                url,
-                                compress=0,
-                                max_msg_size=self.config.max_message_bytes,
-                                heartbeat=RELAY_PING_INTERVAL_S,
-                            ),
-                            CONNECT_TIMEOUT_S,
-                        )
-                    except _RetryableRegistrationError as exc:
-                        log.warning("%s; retrying in %.1fs", exc, backoff)
-                    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                        log.warning(
-                            "failed to connect remote exec-server websocket: %s; retrying in %.1fs",
-                            exc,
-                            backoff,
-                        )
-                    else:
-                        backoff = self.config.initial_backoff_s
-                        self.connected.set()
-                        try:
-                            reason = await self.connection.run_socket(ws)
-                        finally:
-                            self.connected.clear()
-                            await ws.close()
-                        log.info("relay websocket ended (%s); reconnecting", reason)
-                    await asyncio.sleep(_jittered(backoff))
-                    backoff = min(backoff * 2, self.config.max_backoff_s)
+                await self._loop(http)
+            except RegistrationError as exc:
+                fatal = exc  # raised below, outside the TaskGroup, unwrapped
             finally:
                 self.connection.close_all("environment shutting down")
+        assert fatal is not None
+        raise fatal
+
+    async def _loop(self, http: aiohttp.ClientSession) -> None:
+        backoff = self.config.initial_backoff_s
+        while True:
+            try:
+                url = await register(http, self.config)
+                self.registrations += 1
+                log.info(
+                    "exec-server remote environment registered with environment_id %s",
+                    self.config.environment_id,
+                )
+                async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                    ws = await http.ws_connect(
+                        url,
+                        compress=0,
+                        max_msg_size=self.config.max_message_bytes,
+                        heartbeat=RELAY_PING_INTERVAL_S,
+                    )
+            except _RetryableRegistrationError as exc:
+                log.warning("%s; retrying in %.1fs", exc, backoff)
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                log.warning(
+                    "failed to connect remote exec-server websocket: %s; retrying in %.1fs",
+                    exc,
+                    backoff,
+                )
+            else:
+                backoff = self.config.initial_backoff_s
+                self.connected.set()
+                try:
+                    reason = await self.connection.run_socket(ws)
+                finally:
+                    self.connected.clear()
+                    await close_socket(ws)
+                log.info("relay websocket ended (%s); reconnecting", reason)
+            await asyncio.sleep(_jittered(backoff))
+            backoff = min(backoff * 2, self.config.max_backoff_s)
 
 
 def _jittered(delay: float) -> float:

@@ -147,7 +147,7 @@ class ExecServer:
         await ws.prepare(request)
         self._sockets.add(ws)
         try:
-            await self.serve_channel(WebSocketChannel(ws))
+            await self.serve_channel(WebSocketChannel(ws, _peer(request)))
         finally:
             self._sockets.discard(ws)
         return ws
@@ -156,13 +156,20 @@ class ExecServer:
         """Stop listening, close connections and reap every session's processes."""
         for ws in list(self._sockets):
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(
-                    ws.close(message=b"server shutting down"), SHUTDOWN_CLOSE_TIMEOUT_S
-                )
+                async with asyncio.timeout(SHUTDOWN_CLOSE_TIMEOUT_S):
+                    await ws.close(message=b"server shutting down")
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
         await self.registry.close()
+
+
+def _peer(request: web.Request) -> str | None:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = f"[{peer[0]}]" if ":" in str(peer[0]) else str(peer[0])
+        return f"{host}:{peer[1]}"
+    return None
 
 
 def _bearer_matches(header: str | None, token: str) -> bool:

@@ -38,8 +38,10 @@ class MessageChannel(Protocol):
     deliver. ``close`` is idempotent.
     """
 
-    #: Used in parse-error messages, e.g. ``"websocket"`` or ``"stdio"``.
+    #: Names the transport in logs, e.g. ``"websocket"`` or ``"stdio"``.
     transport_name: str
+    #: How an answer to unparseable input begins (Codex's wording per transport).
+    parse_error_prefix: str
 
     async def receive(self) -> bytes | str | MalformedFrame: ...
 

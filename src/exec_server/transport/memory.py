@@ -36,6 +36,7 @@ class _Pipe:
 
 class MemoryChannel:
     transport_name = "memory"
+    parse_error_prefix = "failed to parse memory JSON-RPC message from exec-server memory"
 
     def __init__(self, inbox: _Pipe, outbox: _Pipe) -> None:
         self._inbox = inbox

@@ -63,6 +63,7 @@ class RelayStreamChannel:
     """One relay stream as a message channel."""
 
     transport_name = "relay"
+    parse_error_prefix = "failed to parse relay JSON-RPC message from exec-server relay"
 
     def __init__(self, connection: RelayConnection, stream: ReliableStream) -> None:
         self._connection = connection
@@ -265,6 +266,8 @@ class RelayConnection:
                     return f"relay websocket closed (code {ws.close_code})"
         finally:
             receive.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await receive
 
     async def _write_loop(self, ws: AnyWebSocket) -> None:
         loop = asyncio.get_running_loop()
@@ -284,7 +287,8 @@ class RelayConnection:
                 continue
             timeout = None if deadline is None else max(0.0, deadline - loop.time())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     def close_all(self, reason: str) -> None:
         """End every channel (used when the owner gives up on the relay)."""
@@ -292,6 +296,17 @@ class RelayConnection:
             channel._end(reason)
             self.mux.reset_stream(stream_id, reason)
         self.channels.clear()
+
+
+#: How long closing a relay socket may wait for the peer's close frame.
+SOCKET_CLOSE_TIMEOUT_S = 2.0
+
+
+async def close_socket(ws: AnyWebSocket) -> None:
+    """Close a websocket without ever hanging on an unresponsive peer."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(SOCKET_CLOSE_TIMEOUT_S):
+            await ws.close()
 
 
 #: How long a harness keeps trying to get its relay socket back before giving up.
@@ -321,6 +336,7 @@ class HarnessRelayChannel:
     """
 
     transport_name = "relay"
+    parse_error_prefix = "failed to parse relay JSON-RPC message from exec-server relay"
 
     def __init__(
         self,
@@ -360,8 +376,7 @@ class HarnessRelayChannel:
         while True:
             self._ws = ws
             reason = await self.connection.run_socket(ws)
-            with contextlib.suppress(Exception):
-                await ws.close()
+            await close_socket(ws)
             if self.channel.ended:
                 return
             log.info("relay socket lost (%s); reconnecting stream %s", reason, self.stream_id)
@@ -369,7 +384,8 @@ class HarnessRelayChannel:
             delay = HARNESS_RECONNECT_INITIAL_S
             while True:
                 try:
-                    ws = await asyncio.wait_for(self._dial(), max(0.1, deadline - loop.time()))
+                    async with asyncio.timeout(max(0.1, deadline - loop.time())):
+                        ws = await self._dial()
                     self.reconnects += 1
                     break
                 except Exception as exc:
@@ -398,8 +414,7 @@ class HarnessRelayChannel:
         self._supervisor.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._supervisor
-        with contextlib.suppress(Exception):
-            await self._ws.close()
+        await close_socket(self._ws)
         await self._http.close()
 
 
@@ -419,16 +434,14 @@ async def connect_harness_relay(
 
     http = ClientSession()
     try:
-        ws = await asyncio.wait_for(
-            http.ws_connect(
+        async with asyncio.timeout(timeout_s):
+            ws = await http.ws_connect(
                 url,
                 compress=0,
                 max_msg_size=max_message_bytes,
                 headers=headers,
                 heartbeat=RELAY_PING_INTERVAL_S,
-            ),
-            timeout_s,
-        )
+            )
     except TimeoutError:
         await http.close()
         raise WebSocketConnectError(

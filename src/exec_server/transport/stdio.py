@@ -13,8 +13,10 @@ import asyncio
 import contextlib
 import os
 import signal
+import stat
 import sys
 from collections import deque
+from typing import Protocol
 
 from .channel import ChannelClosed, MalformedFrame
 from .websocket import DEFAULT_MAX_MESSAGE_BYTES
@@ -73,15 +75,70 @@ class LineFramer:
         self._discarding = False
 
 
+class _Reader(Protocol):
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+class _Writer(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+
+class _FileReader:
+    """Reads a regular file (``serve --listen stdio < requests.jsonl``) off the loop."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    async def read(self, n: int = -1) -> bytes:
+        return await asyncio.to_thread(os.read, self._fd, n if n > 0 else READ_CHUNK_BYTES)
+
+
+class _FileWriter:
+    """Writes to a regular file (``serve --listen stdio > out``): never blocks for long."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._closed = False
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+    async def drain(self) -> None:
+        return None
+
+    def is_closing(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            os.close(self._fd)
+
+    async def wait_closed(self) -> None:
+        return None
+
+
 class StdioChannel:
     """A message channel over an asyncio reader and a writer, one JSON per line."""
 
     transport_name = "stdio"
+    parse_error_prefix = "failed to parse JSON-RPC message from exec-server stdio"
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        reader: _Reader,
+        writer: _Writer,
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
@@ -128,16 +185,28 @@ class StdioChannel:
 async def open_process_stdio(*, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> StdioChannel:
     """Wrap this process's stdin/stdout (which must be pipes, sockets or ttys)."""
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=READ_CHUNK_BYTES)
     # Duplicate the descriptors so closing the transports never closes fds 0/1
     # under other code (logging, the interpreter's own shutdown).
-    stdin = os.fdopen(os.dup(sys.stdin.fileno()), "rb", buffering=0)
-    stdout = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stdin)
-    transport, protocol = await loop.connect_write_pipe(
-        lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), stdout
-    )
-    writer = asyncio.StreamWriter(transport, protocol, None, loop)
+    in_fd = os.dup(sys.stdin.fileno())
+    out_fd = os.dup(sys.stdout.fileno())
+    reader: _Reader
+    writer: _Writer
+    if stat.S_ISREG(os.fstat(in_fd).st_mode):
+        reader = _FileReader(in_fd)
+    else:
+        stream = asyncio.StreamReader(limit=READ_CHUNK_BYTES)
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(stream), os.fdopen(in_fd, "rb", buffering=0)
+        )
+        reader = stream
+    if stat.S_ISREG(os.fstat(out_fd).st_mode):
+        writer = _FileWriter(out_fd)
+    else:
+        transport, protocol = await loop.connect_write_pipe(
+            lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()),
+            os.fdopen(out_fd, "wb", buffering=0),
+        )
+        writer = asyncio.StreamWriter(transport, protocol, None, loop)
     return StdioChannel(reader, writer, max_message_bytes=max_message_bytes)
 
 
@@ -170,7 +239,8 @@ class ChildStdioChannel(StdioChannel):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(proc.wait(), CHILD_STOP_GRACE_S)
+            async with asyncio.timeout(CHILD_STOP_GRACE_S):
+                await proc.wait()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)

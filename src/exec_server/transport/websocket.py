@@ -36,8 +36,12 @@ class WebSocketChannel:
 
     transport_name = "websocket"
 
-    def __init__(self, ws: AnyWebSocket) -> None:
+    def __init__(self, ws: AnyWebSocket, peer: str | None = None) -> None:
         self._ws = ws
+        where = f" {peer}" if peer else ""
+        self.parse_error_prefix = (
+            f"failed to parse websocket JSON-RPC message from exec-server websocket{where}"
+        )
         self._close_reason: str | None = None
 
     async def receive(self) -> bytes | str | MalformedFrame:
@@ -106,16 +110,14 @@ async def connect_websocket(
     """Dial ``url`` (never offering compression) and wrap the socket as a channel."""
     session = ClientSession()
     try:
-        ws = await asyncio.wait_for(
-            session.ws_connect(
+        async with asyncio.timeout(timeout_s):
+            ws = await session.ws_connect(
                 url,
                 compress=0,
                 max_msg_size=max_message_bytes,
                 autoping=True,
                 headers=dict(headers or {}),
-            ),
-            timeout_s,
-        )
+            )
     except TimeoutError:
         await session.close()
         raise WebSocketConnectError(
