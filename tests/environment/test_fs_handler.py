@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import os
 import stat
 import sys
@@ -1057,3 +1058,34 @@ async def test_copy_deep_tree_does_not_recurse(fs: FileSystemHandler, tmp_path: 
     finally:
         sys.setrecursionlimit(limit)
     assert (tmp_path / "dst" / leaf.relative_to(deep) / "x").read_bytes() == b"leaf"
+
+
+# --- our extensions: ranged reads, offset writes, checksum -----------------------
+
+
+async def test_ranged_read_offset_write_and_checksum(tmp_path: Path) -> None:
+    fs = FileSystemHandler()
+    target = tmp_path / "ranged.bin"
+    data = bytes(range(256)) * 64
+    target.write_bytes(data)
+    part = await fs.read_file(m.FsReadFileParams(path=str(target), offset=100, length=50))
+    assert part.data_base64 == data[100:150]
+    tail = await fs.read_file(m.FsReadFileParams(path=str(target), offset=len(data) - 10))
+    assert tail.data_base64 == data[-10:]
+    past = await fs.read_file(m.FsReadFileParams(path=str(target), offset=len(data) + 5, length=4))
+    assert past.data_base64 == b""
+    encoded = pybase64.b64encode(b"XYZ").decode()
+    await fs.write_file(m.FsWriteFileParams(path=str(target), data_base64=encoded, offset=10))
+    expected = data[:10] + b"XYZ" + data[13:]
+    assert target.read_bytes() == expected
+    result = await fs.checksum(m.FsChecksumParams(path=str(target)))
+    assert result.digest == hashlib.sha256(expected).hexdigest()
+    assert result.size == len(expected)
+    with pytest.raises(RpcError) as info:
+        await fs.write_file(
+            m.FsWriteFileParams(path=str(tmp_path / "missing"), data_base64=encoded, offset=0)
+        )
+    assert info.value.code == -32004
+    with pytest.raises(RpcError) as info:
+        await fs.read_file(m.FsReadFileParams(path=str(target), offset=-1, length=2))
+    assert info.value.code == -32602

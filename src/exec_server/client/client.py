@@ -587,13 +587,35 @@ class ExecServerClient:
     # --- filesystem -------------------------------------------------------------------
 
     async def read_file(
-        self, path: str, *, max_bytes: int | None = None, sandbox: m.Sandbox = None
+        self,
+        path: str,
+        *,
+        max_bytes: int | None = None,
+        sandbox: m.Sandbox = None,
+        offset: int | None = None,
+        length: int | None = None,
     ) -> bytes:
-        params = m.FsReadFileParams(path=path, sandbox=sandbox, max_bytes=max_bytes)
+        """Read a file; ``offset``/``length`` (our extension) read a range of it."""
+        params = m.FsReadFileParams(
+            path=path,
+            sandbox=sandbox,
+            max_bytes=max_bytes,
+            offset=msgspec.UNSET if offset is None else offset,
+            length=msgspec.UNSET if length is None else length,
+        )
         return (await self._call(m.FS_READ_FILE, params, m.FsReadFileResult)).data_base64
 
-    async def write_file(self, path: str, data: bytes, *, sandbox: m.Sandbox = None) -> None:
-        params = _WriteFileBytes(path=path, data_base64=data, sandbox=sandbox)
+    async def write_file(
+        self, path: str, data: bytes, *, sandbox: m.Sandbox = None, offset: int | None = None
+    ) -> None:
+        """Write (create or truncate) a file; with ``offset`` (our extension) write into
+        an existing file at that position without truncating it."""
+        params = _WriteFileBytes(
+            path=path,
+            data_base64=data,
+            sandbox=sandbox,
+            offset=msgspec.UNSET if offset is None else offset,
+        )
         await self._call(m.FS_WRITE_FILE, params, m.Empty)
 
     async def create_directory(
@@ -634,6 +656,11 @@ class ExecServerClient:
         )
         await self._call(m.FS_COPY, params, m.Empty)
 
+    async def checksum(self, path: str, *, sandbox: m.Sandbox = None) -> m.FsChecksumResult:
+        """Our extension: the file's SHA-256 computed on the server."""
+        params = m.FsChecksumParams(path=path, sandbox=sandbox)
+        return await self._call(m.FS_CHECKSUM, params, m.FsChecksumResult)
+
     async def environment_info(self) -> m.EnvironmentInfoResult:
         return await self._call(m.ENVIRONMENT_INFO, None, m.EnvironmentInfoResult)
 
@@ -648,6 +675,7 @@ class _WriteFileBytes(m.Message):
     path: str
     data_base64: bytes
     sandbox: m.Sandbox = None
+    offset: int | msgspec.UnsetType = msgspec.UNSET
 
 
 class _MetadataLenient(m.FsMetadata):

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import errno
+import hashlib
 import os
 import posixpath
 import re
@@ -44,10 +45,13 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import pybase64
+from msgspec import UnsetType
 
 from ..protocol.errors import InternalError, InvalidParams, InvalidRequest, NotFound, RpcError
 from ..protocol.messages import (
     Empty,
+    FsChecksumParams,
+    FsChecksumResult,
     FsCopyParams,
     FsCreateDirectoryParams,
     FsDirectoryEntry,
@@ -71,6 +75,9 @@ from .sandbox import (
 )
 
 T = TypeVar("T")
+
+#: Read size when hashing a file for ``fs/checksum``.
+CHECKSUM_READ_BYTES = 1024 * 1024
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -417,13 +424,31 @@ class FileSystemHandler:
             if p.max_bytes < 0:
                 raise InvalidParams(f"invalid value: integer `{p.max_bytes}`, expected usize")
             limit = min(limit, p.max_bytes)
+        if not isinstance(p.offset, UnsetType) or not isinstance(p.length, UnsetType):
+            offset = 0 if isinstance(p.offset, UnsetType) else p.offset
+            length = limit if isinstance(p.length, UnsetType) else p.length
+            if offset < 0 or length < 0:
+                raise InvalidParams("fs/readFile offset and length must be >= 0")
+            if length > limit:
+                raise file_too_large(limit)
+            data = await self._run(lambda: self._read_range(path, spec, offset, length))
+            return FsReadFileResult(data_base64=data)
         data = await self._run(lambda: self._read_file(path, spec, limit))
         return FsReadFileResult(data_base64=data)
+
+    async def checksum(self, p: FsChecksumParams) -> FsChecksumResult:
+        """Our extension: the file's SHA-256, computed here in 1 MiB reads."""
+        path = parse_absolute_path(p.path)
+        spec = parse_sandbox(p.sandbox)
+        return await self._run(lambda: self._checksum(path, spec))
 
     async def write_file(self, p: FsWriteFileParams) -> Empty:
         path = parse_absolute_path(p.path)
         spec = parse_sandbox(p.sandbox)
-        await self._run(lambda: self._write_file(path, p.data_base64, spec))
+        offset = None if isinstance(p.offset, UnsetType) else p.offset
+        if offset is not None and offset < 0:
+            raise InvalidParams("fs/writeFile offset must be >= 0")
+        await self._run(lambda: self._write_file(path, p.data_base64, spec, offset))
         return Empty()
 
     async def create_directory(self, p: FsCreateDirectoryParams) -> Empty:
@@ -494,18 +519,67 @@ class FileSystemHandler:
         finally:
             os.close(fd)
 
-    def _write_file(self, path: str, data_base64: str, spec: SandboxSpec | None) -> None:
+    def _write_file(
+        self, path: str, data_base64: str, spec: SandboxSpec | None, offset: int | None = None
+    ) -> None:
         data = decode_base64(data_base64)
         sandbox = self._sandbox(spec)
         if sandbox is not None:
             sandbox.check_write(path)
         # In place (not write-and-rename) like Rust's fs::write: a hard link keeps
         # sharing the inode, and the file keeps its mode and owner.
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NONBLOCK
+        if offset is None:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NONBLOCK
+        else:
+            flags = os.O_WRONLY | os.O_CLOEXEC | os.O_NONBLOCK
         fd = os.open(path, flags, 0o666)
         try:
             os.set_blocking(fd, True)
+            if offset is not None:
+                os.lseek(fd, offset, os.SEEK_SET)
             _write_all(fd, data)
+        finally:
+            os.close(fd)
+
+    def _open_regular(self, path: str, spec: SandboxSpec | None) -> int:
+        sandbox = self._sandbox(spec)
+        if sandbox is not None:
+            sandbox.check_read(path)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            os.close(fd)
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        if stat.S_ISFIFO(info.st_mode):
+            os.close(fd)
+            raise InvalidRequest("fs/readFile cannot read from a FIFO")
+        os.set_blocking(fd, True)
+        return fd
+
+    def _read_range(self, path: str, spec: SandboxSpec | None, offset: int, length: int) -> bytes:
+        fd = self._open_regular(path, spec)
+        try:
+            parts: list[bytes] = []
+            got = 0
+            while got < length:
+                piece = os.pread(fd, length - got, offset + got)
+                if not piece:
+                    break
+                parts.append(piece)
+                got += len(piece)
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        finally:
+            os.close(fd)
+
+    def _checksum(self, path: str, spec: SandboxSpec | None) -> FsChecksumResult:
+        fd = self._open_regular(path, spec)
+        try:
+            digest = hashlib.sha256()
+            size = 0
+            while chunk := os.read(fd, CHECKSUM_READ_BYTES):
+                digest.update(chunk)
+                size += len(chunk)
+            return FsChecksumResult(algorithm="sha256", digest=digest.hexdigest(), size=size)
         finally:
             os.close(fd)
 

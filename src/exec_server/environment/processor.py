@@ -64,6 +64,7 @@ _FS_METHODS: dict[str, tuple[type[Any], Callable[[FileSystemHandler], Handler]]]
     m.FS_READ_DIRECTORY: (m.FsReadDirectoryParams, lambda fs: fs.read_directory),
     m.FS_REMOVE: (m.FsRemoveParams, lambda fs: fs.remove),
     m.FS_COPY: (m.FsCopyParams, lambda fs: fs.copy),
+    m.FS_CHECKSUM: (m.FsChecksumParams, lambda fs: fs.checksum),
 }
 
 _PROCESS_METHODS: dict[str, tuple[type[Any], Callable[[ProcessManager], Handler]]] = {
@@ -267,5 +268,7 @@ class ConnectionProcessor:
 def _environment_info() -> m.EnvironmentInfoResult:
     shell_path = os.environ.get("SHELL") or "/bin/sh"
     return m.EnvironmentInfoResult(
-        shell=m.ShellInfo(name=os.path.basename(shell_path), path=shell_path)
+        shell=m.ShellInfo(name=os.path.basename(shell_path), path=shell_path),
+        cwd=os.getcwd(),
+        home=os.path.expanduser("~"),
     )

@@ -162,6 +162,11 @@ class FsReadFileParams(Message):
     path: str
     sandbox: Sandbox = None
     max_bytes: int | None = None
+    # Our extension: a ranged read of ``length`` bytes (default: to the end) from
+    # ``offset``, for streaming files larger than one message. A range past the end
+    # returns what exists (possibly nothing).
+    offset: int | UnsetType = UNSET
+    length: int | UnsetType = UNSET
 
 
 class FsReadFileResult(Message):
@@ -173,6 +178,23 @@ class FsWriteFileParams(Message):
     # Kept as a string so invalid base64 maps to Codex's -32600, not a decode error.
     data_base64: str
     sandbox: Sandbox = None
+    # Our extension: write at ``offset`` without truncating (the file must exist),
+    # for streaming files larger than one message.
+    offset: int | UnsetType = UNSET
+
+
+class FsChecksumParams(Message):
+    """Our extension: hash a file on the server (no transfer needed to verify it)."""
+
+    path: str
+    algorithm: Literal["sha256"] = "sha256"
+    sandbox: Sandbox = None
+
+
+class FsChecksumResult(Message):
+    algorithm: str
+    digest: str
+    size: int
 
 
 class FsCreateDirectoryParams(Message):
@@ -234,6 +256,9 @@ class ShellInfo(Message):
 
 class EnvironmentInfoResult(Message):
     shell: ShellInfo
+    # Our extensions: where processes start by default, and the server user's home.
+    cwd: str | UnsetType = UNSET
+    home: str | UnsetType = UNSET
 
 
 # --- method names --------------------------------------------------------------
@@ -256,4 +281,5 @@ FS_GET_METADATA = "fs/getMetadata"
 FS_READ_DIRECTORY = "fs/readDirectory"
 FS_REMOVE = "fs/remove"
 FS_COPY = "fs/copy"
+FS_CHECKSUM = "fs/checksum"
 ENVIRONMENT_INFO = "environment/info"
