@@ -7,7 +7,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import signal
 import sys
 import termios
@@ -177,7 +176,7 @@ async def _shell(target: Target, cwd: str | None) -> int:
     async with await target.connect() as client:
         info = await client.environment_info()
         home = info.home if isinstance(info.home, str) else "/"
-        size = shutil.get_terminal_size()
+        size = os.get_terminal_size(sys.stdin.fileno())
         proc = await client.start_process(
             [info.shell.path, "-l"],
             cwd=cwd or home,
@@ -202,7 +201,7 @@ async def _shell(target: Target, cwd: str | None) -> int:
         resizes: set[asyncio.Task[None]] = set()
 
         def on_winch() -> None:
-            cols, rows = shutil.get_terminal_size()
+            cols, rows = os.get_terminal_size(stdin_fd)
             task = loop.create_task(proc.resize(rows, cols))
             resizes.add(task)
             task.add_done_callback(resizes.discard)
