@@ -226,3 +226,58 @@ async def test_two_harness_streams_share_the_codex_executor_socket(
             (await b.start_process(["/bin/echo", "from-b"])).collect(),
         )
         assert (ra.stdout, rb.stdout) == (b"from-a\n", b"from-b\n")
+
+
+async def test_codex_executor_registers_with_our_rendezvous_and_run_drives_it(
+    codex_binary: str, tmp_path: Path
+) -> None:
+    import sys
+
+    from exec_server.rendezvous.server import RendezvousConfig, RendezvousServer
+
+    token = fake_chatgpt_jwt()
+    rendezvous = RendezvousServer(RendezvousConfig(token=token))
+    base_url = await rendezvous.start()
+    home = Path(os.environ.get("TMPDIR", "/var/tmp")) / f"codex-home-rz-{os.getpid()}"
+    write_codex_home(home, token)
+    executor = await asyncio.create_subprocess_exec(
+        codex_binary,
+        "exec-server",
+        "--remote",
+        base_url,
+        "--environment-id",
+        "codex-env",
+        env={**os.environ, "CODEX_HOME": str(home)},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not rendezvous.router.is_online("codex-env"):
+            assert time.monotonic() < deadline, "the Codex executor never came online"
+            await asyncio.sleep(0.05)
+        url = rendezvous.harness_url("codex-env")
+        run = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "exec_server",
+            "run",
+            "--url",
+            url,
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo from-codex-executor; pwd; exit 3",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(run.communicate(), 60)
+        assert run.returncode == 3, err.decode()
+        # 0.133 has no environment/info, so `run` falls back to "/" as the cwd.
+        assert out == b"from-codex-executor\n/\n"
+    finally:
+        executor.kill()
+        await executor.wait()
+        await rendezvous.close()
+        with contextlib.suppress(OSError):
+            (home / "auth.json").unlink()

@@ -21,7 +21,7 @@ import click
 
 from ..client import ExecServerClient, ExitedEvent, FailedEvent, OutputEvent
 from ..protocol import messages as m
-from ..protocol.errors import ServerError
+from ..protocol.errors import METHOD_NOT_FOUND, ServerError
 from .target import Target, TargetError, target_options
 
 #: Bytes per fs/readFile or fs/writeFile call in `cp`.
@@ -39,8 +39,18 @@ def _run_async(coro: Any) -> Any:
         raise click.ClickException(f"exec-server error: {exc.message} (code {exc.code})") from None
 
 
+async def _environment_info(client: ExecServerClient) -> m.EnvironmentInfoResult:
+    """The server's shell and directories; Codex 0.133 lacks the method, so fall back."""
+    try:
+        return await client.environment_info()
+    except ServerError as exc:
+        if exc.code != METHOD_NOT_FOUND:
+            raise
+        return m.EnvironmentInfoResult(shell=m.ShellInfo(name="sh", path="/bin/sh"))
+
+
 async def _default_cwd(client: ExecServerClient) -> str:
-    info = await client.environment_info()
+    info = await _environment_info(client)
     return info.cwd if isinstance(info.cwd, str) else "/"
 
 
@@ -174,7 +184,7 @@ def shell(
 
 async def _shell(target: Target, cwd: str | None) -> int:
     async with await target.connect() as client:
-        info = await client.environment_info()
+        info = await _environment_info(client)
         home = info.home if isinstance(info.home, str) else "/"
         size = os.get_terminal_size(sys.stdin.fileno())
         proc = await client.start_process(

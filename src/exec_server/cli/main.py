@@ -28,6 +28,8 @@ from ..environment.server import (
 from ..environment.session import DETACHED_SESSION_TTL_S, SessionConfig
 from ..transport.stdio import open_process_stdio
 from ..transport.websocket import DEFAULT_MAX_MESSAGE_BYTES
+from . import commands, up_cmd
+from .rendezvous_cmd import register_commands as register_rendezvous_commands
 
 TOKEN_ENV = "CODEX_EXEC_SERVER_CONNECTION_TOKEN"
 REGISTRATION_TOKEN_ENV = "EXEC_SERVER_REGISTRATION_TOKEN"
@@ -250,6 +252,10 @@ async def _serve(stdio: bool, host: str, port: int, config: ServerConfig) -> Non
     finally:
         await server.close()
 
+
+register_rendezvous_commands(main)
+for _command in (up_cmd.up, commands.run, commands.shell, commands.cp, commands.envs):
+    main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

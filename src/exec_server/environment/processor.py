@@ -8,7 +8,9 @@ know which transport it runs on.
 Requests are handled one at a time in arrival order, as Codex does, so a harness
 that pipelines a write and a read of the same file sees them in order. The one
 exception is a ``process/read`` long-poll that has to wait: it is parked in its own
-task so it never blocks the requests behind it (Codex blocks them).
+task so it never blocks the requests behind it (Codex blocks them). ``http/request``
+calls likewise run beside the others, in the connection's :class:`HttpHandler`, which
+also streams response bodies and cancels all of that when the connection ends.
 
 Connection-fatal input, as observed on the 0.133 binary: an unknown notification, a
 Response or Error sent by the client, and ``initialized`` before ``initialize``.
@@ -49,6 +51,7 @@ from ..transport.channel import (
     MessageTooLargeForTransport,
 )
 from .fs_handler import FileSystemHandler
+from .http_handler import HttpHandler
 from .process_handler import ProcessManager
 from .session import Lease, SessionRegistry
 
@@ -79,6 +82,7 @@ _PROCESS_METHODS: dict[str, tuple[type[Any], Callable[[ProcessManager], Handler]
 _FAMILY_EXEC = "exec"
 _FAMILY_FS = "filesystem"
 _FAMILY_ENV_INFO = "environment info"
+_FAMILY_HTTP = "http"
 
 TAKEN_OVER_MESSAGE = "session has been resumed by another connection"
 
@@ -102,6 +106,7 @@ class ConnectionProcessor:
         self._lease: Lease | None = None
         self._initialize_started = False
         self._initialized = False
+        self._http = HttpHandler(self._reply, self._send_notification)
 
     @property
     def session_id(self) -> str | None:
@@ -120,6 +125,7 @@ class ConnectionProcessor:
                 finally:
                     if self._lease is not None:
                         self._registry.detach(self._lease)
+                    await self._http.shutdown()
         finally:
             await self._channel.close()
 
@@ -186,6 +192,11 @@ class ConnectionProcessor:
                 params = decode_params(req.params, params_type)
                 lease = self._check_ready(_FAMILY_EXEC)
                 result = await bind(lease.session.processes)(params)
+            elif req.method == m.HTTP_REQUEST:
+                http_params = decode_params(req.params, m.HttpRequestParams)
+                self._check_ready(_FAMILY_HTTP)
+                self._http.submit(req.id, http_params)  # answered through self._reply
+                return
             elif req.method in _FS_METHODS:
                 params_type, bind_fs = _FS_METHODS[req.method]
                 params = decode_params(req.params, params_type)
@@ -216,6 +227,12 @@ class ConnectionProcessor:
             await self._send(
                 encode_error(request_id, InternalError(f"response cannot be delivered: {exc}"))
             )
+
+    async def _reply(self, request_id: RequestId, outcome: m.Message | RpcError) -> None:
+        if isinstance(outcome, RpcError):
+            await self._send(encode_error(request_id, outcome))
+        else:
+            await self._send_result(request_id, outcome)
 
     async def _long_poll(
         self, request_id: RequestId, lease: Lease, params: m.ProcessReadParams

@@ -11,7 +11,7 @@ set, so Codex clients see byte-compatible shapes.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -246,6 +246,48 @@ class FsCopyParams(Message):
     sandbox: Sandbox = None
 
 
+# --- http ----------------------------------------------------------------------
+
+
+class HttpHeader(Message):
+    """One header line; lists of these keep order and repeated names."""
+
+    name: str
+    value: str
+
+
+class HttpRequestParams(Message):
+    method: str
+    #: Absolute ``http://`` or ``https://`` URL.
+    url: str
+    #: Names the ``http/request/bodyDelta`` stream; required even when buffered.
+    request_id: str
+    headers: list[HttpHeader] = msgspec.field(default_factory=list)
+    body_base64: bytes | None = None
+    #: Whole-request deadline; omitted or null means no timeout.
+    timeout_ms: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    #: Answer once the headers arrive and stream the body as notifications.
+    stream_response: bool = False
+
+
+class HttpRequestResult(Message):
+    status: int
+    headers: list[HttpHeader]
+    #: Empty when the body is streamed.
+    body_base64: bytes
+
+
+class HttpRequestBodyDeltaNotification(Message):
+    request_id: str
+    #: 1, 2, 3... per stream.
+    seq: int
+    delta_base64: bytes
+    #: Set on the last notification of a stream only.
+    done: bool
+    #: Set (with ``done``) when the body could not be read to the end.
+    error: str | None = None
+
+
 # --- environment ---------------------------------------------------------------
 
 
@@ -283,3 +325,5 @@ FS_REMOVE = "fs/remove"
 FS_COPY = "fs/copy"
 FS_CHECKSUM = "fs/checksum"
 ENVIRONMENT_INFO = "environment/info"
+HTTP_REQUEST = "http/request"
+HTTP_REQUEST_BODY_DELTA = "http/request/bodyDelta"

@@ -1,0 +1,134 @@
+"""``exec-server up``: a rendezvous and an environment registered to it, in one process.
+
+The quickest way to a working remote setup on one machine: it starts the embedded
+rendezvous (registry + relay router), registers a local environment with it over the
+real registration and relay path, and prints a harness URL ready for
+``CODEX_EXEC_SERVER_URL`` plus a copy-paste ``exec-server run`` example. Ctrl-C (or
+SIGTERM) stops both and reaps every process the environment started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import click
+
+from ..environment.remote import RegistrationError, RemoteEnvironment, RemoteEnvironmentConfig
+from ..environment.server import ExecServer
+from ..rendezvous.server import RendezvousConfig, RendezvousServer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_UP_LISTEN = "http://127.0.0.1:0"
+DEFAULT_ENVIRONMENT_ID = "local"
+#: How long `up` waits for its own environment to come online.
+UP_READY_TIMEOUT_S = 15.0
+#: Lifetime of the harness URL `up` prints.
+UP_HARNESS_URL_LIFETIME_S = 7 * 24 * 3600.0
+
+
+def _parse_http_listen(listen: str) -> tuple[str, int]:
+    parts = urlsplit(listen)
+    if parts.scheme != "http" or parts.hostname is None or parts.port is None:
+        raise click.UsageError(f"--listen expects http://IP:PORT, got `{listen}`")
+    return parts.hostname, parts.port
+
+
+@click.command()
+@click.option("--listen", default=DEFAULT_UP_LISTEN, show_default=True)
+@click.option("--environment-id", default=DEFAULT_ENVIRONMENT_ID, show_default=True)
+@click.option("--name", help="Display name of the environment.")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Persist the rendezvous token, URL secret and registrations here.",
+)
+def up(listen: str, environment_id: str, name: str | None, data_dir: Path | None) -> None:
+    """Start a rendezvous and a local environment registered to it."""
+    host, port = _parse_http_listen(listen)
+    try:
+        asyncio.run(_up(host, port, environment_id, name, data_dir))
+    except RegistrationError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+async def _up(
+    host: str, port: int, environment_id: str, name: str | None, data_dir: Path | None
+) -> None:
+    rendezvous = RendezvousServer(RendezvousConfig(data_dir=data_dir))
+    server = ExecServer()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    base_url = await rendezvous.start(host, port)
+    environment = RemoteEnvironment(
+        server,
+        RemoteEnvironmentConfig(
+            base_url=base_url,
+            environment_id=environment_id,
+            token=rendezvous.token,
+            name=name or environment_id,
+        ),
+    )
+    runner = asyncio.ensure_future(environment.run())
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        ready = asyncio.ensure_future(environment.connected.wait())
+        done, _ = await asyncio.wait(
+            {ready, runner, stopper},
+            timeout=UP_READY_TIMEOUT_S,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        ready.cancel()
+        if runner in done:
+            runner.result()  # raises the registration error
+        if stopper not in done:
+            if not done:
+                raise click.ClickException(
+                    f"the environment did not come online within {UP_READY_TIMEOUT_S:.0f}s"
+                )
+            _print_banner(rendezvous, base_url, environment_id)
+            await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if runner.done():
+                runner.result()
+    finally:
+        for task in (runner, stopper):
+            task.cancel()
+        for task in (runner, stopper):
+            with contextlib.suppress(asyncio.CancelledError, RegistrationError):
+                await task
+        await server.close()
+        await rendezvous.close()
+        sys.stderr.write("exec-server up: stopped\n")
+
+
+def _print_banner(rendezvous: RendezvousServer, base_url: str, environment_id: str) -> None:
+    harness_url = rendezvous.harness_url(environment_id, lifetime_s=UP_HARNESS_URL_LIFETIME_S)
+    token_file = rendezvous.token_path
+    token_hint = (
+        f"--token-file {token_file}"
+        if token_file is not None
+        else "(token from EXEC_SERVER_RENDEZVOUS_TOKEN)"
+    )
+    lines = [
+        "exec-server is up.",
+        f"  rendezvous:   {base_url}",
+        f"  environment:  {environment_id} (online)",
+        f"  harness URL:  {harness_url}",
+        "",
+        "Point the Codex harness at it:",
+        f"  export CODEX_EXEC_SERVER_URL='{harness_url}'",
+        "Try it:",
+        f"  exec-server run --url '{harness_url}' -- uname -a",
+        f"  exec-server envs --rendezvous {base_url} {token_hint}",
+        "Press Ctrl-C to stop.",
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,654 @@
+"""The rendezvous service: registry HTTP API, relay websocket endpoint, health, metrics.
+
+One aiohttp application; :class:`RendezvousServer` is its Python API (what ``exec-server
+rendezvous`` and embedding processes such as ``exec-server up`` or tests use).
+
+HTTP API (bearer = ``Authorization: Bearer <token>``, see
+:mod:`~exec_server.rendezvous.credentials`; errors are always
+``{"error": {"code": str, "message": str}}``, the shape Codex's executor prints):
+
+``POST /cloud/{environment|executor}/{id}/register``
+    Bearer. Codex sends no body; ours may add ``?name=`` or ``{"name": str}``. 200 with
+    ``{"<flavour>_id": id, "url": <signed role=environment ws URL>}``. ``id`` is 1-256 of
+    ``[A-Za-z0-9_-]`` (else 400 ``invalid_<flavour>_id``). A Noise registration body
+    (``security_profile``, Codex 0.142+) gets 400 ``unsupported_security_profile``.
+``POST /cloud/{environment|executor}/{id}/connect``
+    Bearer; optional ``{"lifetime_s": number}``. 200 with ``{"<flavour>_id", "url"
+    (signed role=harness ws URL), "expires_at" (RFC 3339), "online": bool}``.
+``GET /cloud/environments``
+    Bearer. A JSON list of ``{"id", "name", "online", "streams", "last_seen"}``.
+``GET /relay/{id}?role=&exp=&nonce=&sig=``
+    The relay websocket (:mod:`~exec_server.rendezvous.url_signing`); refused before the
+    upgrade with 401 (missing, malformed, expired) or 403 (bad signature). Routing is
+    :mod:`~exec_server.rendezvous.router`'s.
+``GET /readyz``, ``GET /livez``, ``GET /metrics``
+    Unauthenticated; ``/readyz`` is 503 once shutdown begins.
+
+Websockets: no permessage-deflate, TCP_NODELAY, ``max_message_bytes`` (64 MiB by default,
+what legacy Codex peers accept), server pings every ``ping_interval_s`` so a vanished
+peer releases its streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import WSMsgType, web
+from aiohttp.tcp_helpers import tcp_nodelay
+from prometheus_client import CollectorRegistry
+
+from ..relay.frame_codec import DEFAULT_MAX_FRAME_BYTES, INBOUND_LIMITS
+from .credentials import ResolvedToken, bearer_matches, load_or_create_secret, resolve_token
+from .errors import UrlRejected
+from .metrics import RegistryStats, make_registry, render
+from .registration_store import (
+    MemoryRegistrationStore,
+    RegistrationStore,
+    SqliteRegistrationStore,
+)
+from .router import (
+    DEFAULT_ENVIRONMENT_GRACE_S,
+    DEFAULT_HARNESS_GRACE_S,
+    DEFAULT_MAX_QUEUE_BYTES,
+    DEFAULT_MAX_QUEUE_FRAMES,
+    DEFAULT_MAX_STREAMS_PER_ENVIRONMENT,
+    REPLACED_CLOSE_CODE,
+    Router,
+    RouterConfig,
+    SocketPeer,
+)
+from .url_signing import RELAY_PATH_PREFIX, UrlRole, UrlSigner, websocket_base_url
+
+__all__ = [
+    "DEFAULT_ENVIRONMENT_URL_LIFETIME_S",
+    "DEFAULT_HARNESS_URL_LIFETIME_S",
+    "DEFAULT_LISTEN_URL",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_PING_INTERVAL_S",
+    "MAX_HARNESS_URL_LIFETIME_S",
+    "ListenUrlError",
+    "RendezvousConfig",
+    "RendezvousServer",
+    "is_valid_environment_id",
+    "parse_listen_url",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LISTEN_URL = "http://127.0.0.1:0"
+
+DEFAULT_ENVIRONMENT_URL_LIFETIME_S = 600.0
+"""Validity of a registration's URL: environments re-register before every connect."""
+
+DEFAULT_HARNESS_URL_LIFETIME_S = 24 * 3600.0
+"""Validity of a harness URL; a harness reuses it for every reconnect of its session."""
+
+MAX_HARNESS_URL_LIFETIME_S = 30 * 24 * 3600.0
+"""Longest ``lifetime_s`` a ``/connect`` caller may ask for."""
+
+DEFAULT_MAX_MESSAGE_BYTES = DEFAULT_MAX_FRAME_BYTES
+"""Largest websocket message accepted: 64 MiB, what legacy Codex peers accept."""
+
+DEFAULT_PING_INTERVAL_S = 30.0
+"""Server websocket ping interval; a peer silent for half of it after a ping is dropped."""
+
+MAX_REGISTRY_BODY_BYTES = 64 * 1024
+"""Largest HTTP request body on the registry endpoints."""
+
+MAX_NAME_CHARS = 256
+"""Longest environment display name."""
+
+SHUTDOWN_CLOSE_TIMEOUT_S = 2.0
+"""Per-socket close handshake budget during shutdown."""
+
+ENVIRONMENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+_FLAVOURS = ("environment", "executor")
+
+
+class ListenUrlError(ValueError):
+    pass
+
+
+def parse_listen_url(url: str) -> tuple[str, int]:
+    """``http://IP:PORT`` -> (host, port)."""
+    error = ListenUrlError(f"unsupported --listen URL `{url}`; expected `http://IP:PORT`")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise error from None
+    if parts.scheme != "http" or parts.hostname is None or port is None:
+        raise error
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise error
+    try:
+        ipaddress.ip_address(parts.hostname)
+    except ValueError:
+        raise error from None
+    return parts.hostname, port
+
+
+def is_valid_environment_id(environment_id: str) -> bool:
+    """1-256 characters of ``[A-Za-z0-9_-]`` (it is interpolated into URL paths)."""
+    return ENVIRONMENT_ID_PATTERN.match(environment_id) is not None
+
+
+@dataclass(frozen=True)
+class RendezvousConfig:
+    """Everything configurable; the defaults are the CLI's."""
+
+    data_dir: Path | None = None
+    """Token, URL-signing secret and registrations persist here; memory/temp without."""
+    token: str | None = None
+    """Bearer token; overrides ``EXEC_SERVER_RENDEZVOUS_TOKEN`` and the data dir file."""
+    public_url: str | None = None
+    """Base URL clients reach us at (``http(s)://host[:port][/prefix]``), used for the
+    websocket URLs we hand out. Default: the HTTP request's ``Host``."""
+    environment_grace_s: float = DEFAULT_ENVIRONMENT_GRACE_S
+    harness_grace_s: float = DEFAULT_HARNESS_GRACE_S
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES
+    max_queue_frames: int = DEFAULT_MAX_QUEUE_FRAMES
+    max_streams_per_environment: int = DEFAULT_MAX_STREAMS_PER_ENVIRONMENT
+    environment_url_lifetime_s: float = DEFAULT_ENVIRONMENT_URL_LIFETIME_S
+    harness_url_lifetime_s: float = DEFAULT_HARNESS_URL_LIFETIME_S
+    max_harness_url_lifetime_s: float = MAX_HARNESS_URL_LIFETIME_S
+    ping_interval_s: float | None = DEFAULT_PING_INTERVAL_S
+    """``None`` disables server pings."""
+
+    def router_config(self) -> RouterConfig:
+        limits = INBOUND_LIMITS
+        return RouterConfig(
+            environment_grace_s=self.environment_grace_s,
+            harness_grace_s=self.harness_grace_s,
+            max_queue_bytes=self.max_queue_bytes,
+            max_queue_frames=self.max_queue_frames,
+            max_streams_per_environment=self.max_streams_per_environment,
+            frame_limits=type(limits)(
+                max_frame_bytes=self.max_message_bytes,
+                max_stream_id_bytes=limits.max_stream_id_bytes,
+                max_segment_count=limits.max_segment_count,
+                max_reset_reason_bytes=limits.max_reset_reason_bytes,
+                max_trace_field_bytes=limits.max_trace_field_bytes,
+            ),
+        )
+
+
+class _RegistryError(Exception):
+    """An error answer of the registry API."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class RendezvousServer:
+    """Registry + rendezvous in one process.
+
+    ::
+
+        server = RendezvousServer(RendezvousConfig(data_dir=path))
+        base_url = await server.start("127.0.0.1", 0)   # "http://127.0.0.1:43123"
+        server.token                                     # the bearer token
+        server.harness_url("my-env")                     # a signed role=harness URL
+        await server.close()
+    """
+
+    def __init__(self, config: RendezvousConfig | None = None) -> None:
+        self.config = config or RendezvousConfig()
+        self.registry_stats = RegistryStats()
+        self._resolved_token: ResolvedToken | None = None
+        self._signer: UrlSigner | None = None
+        self._router: Router | None = None
+        self._store: RegistrationStore | None = None
+        self._runner: web.AppRunner | None = None
+        self._base_url: str | None = None
+        self._peers: set[SocketPeer] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._metrics: CollectorRegistry | None = None
+        self._ready = False
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Load credentials, open the store and listen; return ``http://HOST:PORT``."""
+        if self._runner is not None:
+            raise RuntimeError("the rendezvous is already started")
+        data_dir = self.config.data_dir
+        self._resolved_token = resolve_token(data_dir, explicit=self.config.token)
+        try:
+            self._signer = UrlSigner(load_or_create_secret(data_dir))
+            self._router = Router(self.config.router_config())
+            self._store = (
+                await SqliteRegistrationStore.open(data_dir)
+                if data_dir is not None
+                else MemoryRegistrationStore()
+            )
+            self._metrics = make_registry(self._router, self.registry_stats)
+            runner = web.AppRunner(
+                self._make_app(), access_log=None, handle_signals=False, shutdown_timeout=1.0
+            )
+            await runner.setup()
+            self._runner = runner
+            site = web.TCPSite(runner, host, port, reuse_address=True)
+            await site.start()
+        except BaseException:
+            await self.close()
+            raise
+        bound = runner.addresses[0]
+        bound_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        self._base_url = f"http://{bound_host}:{bound[1]}"
+        self._ready = True
+        log.info("rendezvous listening on %s", self._base_url)
+        return self._base_url
+
+    async def close(self) -> None:
+        """Close every relay socket, stop listening, and release the store and temp files."""
+        self._ready = False
+        peers = list(self._peers)
+        if peers:
+            await asyncio.gather(
+                *(p.aclose(code=1001, message=b"rendezvous shutting down") for p in peers),
+                return_exceptions=True,
+            )
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self._router is not None:
+            self._router.close()
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+        if self._resolved_token is not None:
+            self._resolved_token.cleanup()
+
+    async def __aenter__(self) -> RendezvousServer:
+        if self._runner is None:
+            await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # --- Python API ------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """``http://HOST:PORT`` as bound (available after :meth:`start`)."""
+        if self._base_url is None:
+            raise RuntimeError("the rendezvous is not started")
+        return self._base_url
+
+    @property
+    def token(self) -> str:
+        """The registry bearer token."""
+        if self._resolved_token is None:
+            raise RuntimeError("the rendezvous is not started")
+        return self._resolved_token.token
+
+    @property
+    def token_path(self) -> Path | None:
+        """The file holding the token (data dir or temp file), or None (config/env)."""
+        return self._resolved_token.path if self._resolved_token else None
+
+    @property
+    def router(self) -> Router:
+        if self._router is None:
+            raise RuntimeError("the rendezvous is not started")
+        return self._router
+
+    @property
+    def signer(self) -> UrlSigner:
+        if self._signer is None:
+            raise RuntimeError("the rendezvous is not started")
+        return self._signer
+
+    def environment_url(
+        self, environment_id: str, *, lifetime_s: float | None = None, now: float | None = None
+    ) -> str:
+        """A signed ``role=environment`` URL, as ``/register`` returns."""
+        return self._sign(
+            UrlRole.ENVIRONMENT,
+            environment_id,
+            self._public_ws_base(None),
+            lifetime_s or self.config.environment_url_lifetime_s,
+            now,
+        )
+
+    def harness_url(
+        self, environment_id: str, *, lifetime_s: float | None = None, now: float | None = None
+    ) -> str:
+        """A signed ``role=harness`` URL, as ``/connect`` returns."""
+        return self._sign(
+            UrlRole.HARNESS,
+            environment_id,
+            self._public_ws_base(None),
+            lifetime_s or self.config.harness_url_lifetime_s,
+            now,
+        )
+
+    def _sign(
+        self, role: UrlRole, environment_id: str, base: str, lifetime_s: float, now: float | None
+    ) -> str:
+        if not is_valid_environment_id(environment_id):
+            raise ValueError(f"invalid environment id {environment_id!r}")
+        return self.signer.sign(
+            base,
+            role,
+            environment_id,
+            lifetime_s=lifetime_s,
+            now=time.time() if now is None else now,
+        )
+
+    def _public_ws_base(self, request: web.Request | None) -> str:
+        if self.config.public_url:
+            return websocket_base_url(self.config.public_url)
+        if request is not None and request.host:
+            return f"{'wss' if request.secure else 'ws'}://{request.host}"
+        return websocket_base_url(self.base_url)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- application -----------------------------------------------------------------
+
+    def _make_app(self) -> web.Application:
+        app = web.Application(
+            client_max_size=MAX_REGISTRY_BODY_BYTES, middlewares=[self._json_errors]
+        )
+        flavour = "{flavour:environment|executor}"
+        app.router.add_post(f"/cloud/{flavour}/{{id:[^/]*}}/register", self._register)
+        app.router.add_post(f"/cloud/{flavour}/{{id:[^/]*}}/connect", self._connect)
+        app.router.add_get("/cloud/environments", self._list_environments)
+        app.router.add_get(RELAY_PATH_PREFIX + "{id:[^/]*}", self._relay)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/livez", self._livez)
+        app.router.add_get("/metrics", self._metrics_handler)
+        return app
+
+    @web.middleware
+    async def _json_errors(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except _RegistryError as exc:
+            return _error_response(exc.status, exc.code, exc.message)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code = (exc.reason or "error").lower().replace(" ", "_")
+            return _error_response(exc.status, code, exc.reason or "error")
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception:
+            log.exception("%s %s failed", request.method, request.path)
+            return _error_response(500, "internal_error", "internal rendezvous error")
+
+    def _check_bearer(self, request: web.Request) -> None:
+        if not bearer_matches(request.headers.get("Authorization"), self.token):
+            raise _RegistryError(401, "unauthorized", "missing or invalid bearer token")
+
+    def _check_id(self, request: web.Request) -> tuple[str, str]:
+        flavour, environment_id = request.match_info["flavour"], request.match_info["id"]
+        if not is_valid_environment_id(environment_id):
+            raise _RegistryError(
+                400,
+                f"invalid_{flavour}_id",
+                f"invalid {flavour} id: expected 1-256 characters of [A-Za-z0-9_-]",
+            )
+        return flavour, environment_id
+
+    async def _register(self, request: web.Request) -> web.Response:
+        try:
+            self._check_bearer(request)
+            flavour, environment_id = self._check_id(request)
+            body = await _json_body(request)
+            if "security_profile" in body:
+                raise _RegistryError(
+                    400,
+                    "unsupported_security_profile",
+                    "this rendezvous speaks the legacy cleartext relay only "
+                    "(Codex 0.133/0.137 executors); Noise registration is not supported",
+                )
+            name = _display_name(request.query.get("name", body.get("name")))
+        except _RegistryError as exc:
+            self.registry_stats.registrations[exc.code] += 1
+            raise
+        assert self._store is not None
+        now = time.time()
+        await self._store.upsert(environment_id, name, now)
+        self.router.expect_environment(environment_id)
+        url = self.signer.sign(
+            self._public_ws_base(request),
+            UrlRole.ENVIRONMENT,
+            environment_id,
+            lifetime_s=self.config.environment_url_lifetime_s,
+            now=now,
+        )
+        self.registry_stats.registrations["ok"] += 1
+        log.info("%s %s registered", flavour, environment_id)
+        return web.json_response({f"{flavour}_id": environment_id, "url": url})
+
+    async def _connect(self, request: web.Request) -> web.Response:
+        try:
+            self._check_bearer(request)
+            flavour, environment_id = self._check_id(request)
+            body = await _json_body(request)
+            lifetime_s = body.get("lifetime_s", self.config.harness_url_lifetime_s)
+            if (
+                isinstance(lifetime_s, bool)
+                or not isinstance(lifetime_s, int | float)
+                or not math.isfinite(lifetime_s)
+                or not 0 < lifetime_s <= self.config.max_harness_url_lifetime_s
+            ):
+                raise _RegistryError(
+                    400,
+                    "invalid_request",
+                    "lifetime_s must be a number of seconds in "
+                    f"(0, {self.config.max_harness_url_lifetime_s:g}]",
+                )
+        except _RegistryError as exc:
+            self.registry_stats.harness_urls[exc.code] += 1
+            raise
+        now = time.time()
+        url = self.signer.sign(
+            self._public_ws_base(request),
+            UrlRole.HARNESS,
+            environment_id,
+            lifetime_s=float(lifetime_s),
+            now=now,
+        )
+        self.registry_stats.harness_urls["ok"] += 1
+        return web.json_response(
+            {
+                f"{flavour}_id": environment_id,
+                "url": url,
+                "expires_at": _rfc3339(math.ceil(now + lifetime_s)),
+                "online": self.router.is_online(environment_id),
+            }
+        )
+
+    async def _list_environments(self, request: web.Request) -> web.Response:
+        self._check_bearer(request)
+        assert self._store is not None
+        router = self.router
+        now = time.time()
+        rows = [
+            {
+                "id": row.environment_id,
+                "name": row.name,
+                "online": router.is_online(row.environment_id),
+                "streams": router.stream_count(row.environment_id),
+                "last_seen": _rfc3339(
+                    now if router.is_online(row.environment_id) else row.last_seen
+                ),
+            }
+            for row in await self._store.list_all()
+        ]
+        return web.json_response(rows)
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        if not self._ready:
+            return _error_response(503, "shutting_down", "the rendezvous is shutting down")
+        return web.json_response({"status": "ready"})
+
+    async def _livez(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def _metrics_handler(self, request: web.Request) -> web.Response:
+        assert self._metrics is not None
+        return web.Response(
+            body=render(self._metrics), headers={"Content-Type": "text/plain; version=0.0.4"}
+        )
+
+    # --- relay websocket -------------------------------------------------------------
+
+    async def _relay(self, request: web.Request) -> web.StreamResponse:
+        environment_id = request.match_info["id"]
+        try:
+            grant = self.signer.verify(environment_id, request.query_string, now=time.time())
+        except UrlRejected as exc:
+            self.registry_stats.upgrades[exc.reason.value] += 1
+            log.info("refused relay websocket for %r: %s", environment_id[:64], exc)
+            return _error_response(exc.reason.http_status, exc.reason.value, exc.detail)
+        ws = web.WebSocketResponse(
+            compress=False,
+            max_msg_size=self.config.max_message_bytes,
+            heartbeat=self.config.ping_interval_s,
+            autoping=True,
+            decode_text=False,
+            timeout=SHUTDOWN_CLOSE_TIMEOUT_S,
+        )
+        if not ws.can_prepare(request).ok:
+            return _error_response(400, "websocket_required", "expected a websocket upgrade")
+        if not self._ready:
+            return _error_response(503, "shutting_down", "the rendezvous is shutting down")
+        await ws.prepare(request)
+        if request.transport is not None:
+            tcp_nodelay(request.transport, True)
+        self.registry_stats.upgrades["accepted"] += 1
+        router = self.router
+        peer = router.new_peer(
+            ws, grant.role, environment_id, grant.nonce, label=_label(grant.role, request)
+        )
+        replaced = router.attach(peer)
+        self._peers.add(peer)
+        if replaced is not None:
+            self._spawn(
+                replaced.aclose(
+                    code=REPLACED_CLOSE_CODE, message=b"replaced by a newer environment socket"
+                )
+            )
+        if grant.role is UrlRole.ENVIRONMENT:
+            self._spawn(self._seen(environment_id))
+        log.info("%s connected", peer.label)
+        try:
+            if grant.role is UrlRole.HARNESS:
+                await self._read_harness(ws, peer)
+            else:
+                await self._read_environment(ws, peer)
+        finally:
+            router.detach(peer)
+            self._peers.discard(peer)
+            await peer.aclose()
+            if grant.role is UrlRole.ENVIRONMENT:
+                self._spawn(self._seen(environment_id))
+            log.info("%s disconnected (close code %s)", peer.label, ws.close_code)
+        return ws
+
+    async def _read_environment(self, ws: web.WebSocketResponse, peer: SocketPeer) -> None:
+        # Never awaits anything but the socket: a slow harness must not stall this reader.
+        router = self.router
+        while True:
+            msg = await ws.receive()
+            kind = msg.type
+            if kind is WSMsgType.BINARY:
+                router.on_environment_message(peer, msg.data)
+            elif kind is WSMsgType.TEXT:
+                router.on_text_message(peer)
+            elif kind in _END_TYPES:
+                return
+
+    async def _read_harness(self, ws: web.WebSocketResponse, peer: SocketPeer) -> None:
+        router = self.router
+        while True:
+            msg = await ws.receive()
+            kind = msg.type
+            if kind is WSMsgType.BINARY:
+                await router.on_harness_message(peer, msg.data)
+            elif kind is WSMsgType.TEXT:
+                router.on_text_message(peer)
+            elif kind in _END_TYPES:
+                return
+
+    async def _seen(self, environment_id: str) -> None:
+        if self._store is not None:
+            with contextlib.suppress(Exception):
+                await self._store.upsert(environment_id, None, time.time())
+
+
+_END_TYPES = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR})
+
+
+def _error_response(status: int, code: str, message: str) -> web.Response:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 and code == "unauthorized" else None
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status, headers=headers
+    )
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object; an empty body (Codex sends none) is ``{}``."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise _RegistryError(400, "invalid_request", "the request body must be a JSON object")
+    return data
+
+
+def _display_name(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_NAME_CHARS or not value.isprintable():
+        raise _RegistryError(
+            400, "invalid_request", f"name must be printable text of at most {MAX_NAME_CHARS}"
+        )
+    return value.strip() or None
+
+
+def _rfc3339(unix_s: float) -> str:
+    return datetime.fromtimestamp(unix_s, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _label(role: UrlRole, request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    where = f" from {peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else ""
+    return f"{role.value} socket for {request.match_info['id']}{where}"

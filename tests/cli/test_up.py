@@ -1,0 +1,75 @@
+"""`exec-server up`: embedded rendezvous + environment, usable through the printed URL."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from exec_server.client import ExecServerClient
+
+CLI = [sys.executable, "-m", "exec_server"]
+
+
+async def test_up_prints_a_working_harness_url_and_stops_cleanly(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "up",
+        "--data-dir",
+        str(tmp_path / "state"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    banner: dict[str, str] = {}
+    try:
+        while "harness URL" not in banner:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
+            assert line, "exec-server up exited before printing its harness URL"
+            key, sep, value = line.strip().partition(":  ")
+            if sep:
+                banner[key.strip()] = value.strip()
+        url = banner["harness URL"]
+        assert "role=harness" in url
+        pid_file = tmp_path / "pid"
+        async with await ExecServerClient.connect(url) as client:
+            result = await (
+                await client.start_process(["/bin/sh", "-c", "echo through-up; exit 6"])
+            ).collect()
+            assert (result.stdout, result.exit_code) == (b"through-up\n", 6)
+            await client.start_process(
+                ["/bin/sh", "-c", f"echo $$ > {pid_file}; exec sleep 60"], events=False
+            )
+            deadline = time.monotonic() + 5
+            while not pid_file.exists() or not pid_file.read_text().strip():
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+        envs = await asyncio.create_subprocess_exec(
+            *CLI,
+            "envs",
+            "--rendezvous",
+            banner["rendezvous"],
+            "--token-file",
+            str(tmp_path / "state" / "token"),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await envs.communicate()
+        assert envs.returncode == 0
+        assert "local" in out.decode() and "yes" in out.decode()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+    sleeper = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while psutil.pid_exists(sleeper):
+        try:
+            if psutil.Process(sleeper).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        assert time.monotonic() < deadline, "`up` left a child process behind"
+        await asyncio.sleep(0.05)

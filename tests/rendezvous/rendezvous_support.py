@@ -1,0 +1,140 @@
+"""Test support: raw HTTP and websocket clients speaking to a :class:`RendezvousServer`.
+
+Relay traffic here is built with :mod:`exec_server.relay.frame_codec` and sent over plain
+aiohttp websockets (no compression), the way a Codex peer talks to a rendezvous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import WSMsgType
+
+from exec_server.relay.frame_codec import (
+    RelayMessageFrame,
+    body_kind,
+    data_frame,
+    decode_frame,
+    encode_frame,
+    reset_frame,
+    resume_frame,
+)
+from exec_server.rendezvous import RendezvousServer
+
+TOKEN = "test-rendezvous-token"
+WAIT_S = 5.0
+"""Upper bound on any single wait in these tests."""
+
+Ws = aiohttp.ClientWebSocketResponse
+MakeRendezvous = Callable[..., Awaitable[RendezvousServer]]
+"""The ``make_rendezvous`` fixture: keyword overrides of :class:`RendezvousConfig`."""
+
+
+def auth(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def register(
+    http: aiohttp.ClientSession,
+    base_url: str,
+    environment_id: str,
+    *,
+    flavour: str = "environment",
+    token: str = TOKEN,
+) -> str:
+    async with http.post(
+        f"{base_url}/cloud/{flavour}/{environment_id}/register", headers=auth(token)
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        body = await resp.json()
+    url: str = body["url"]
+    return url
+
+
+async def harness_url(
+    http: aiohttp.ClientSession, base_url: str, environment_id: str, token: str = TOKEN
+) -> str:
+    async with http.post(
+        f"{base_url}/cloud/environment/{environment_id}/connect", headers=auth(token)
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        body = await resp.json()
+    url: str = body["url"]
+    return url
+
+
+async def dial(http: aiohttp.ClientSession, url: str) -> Ws:
+    return await asyncio.wait_for(
+        http.ws_connect(url, compress=0, max_msg_size=0, autoping=True), WAIT_S
+    )
+
+
+def data(stream_id: str, seq: int, payload: bytes) -> bytes:
+    return encode_frame(data_frame(stream_id, seq, payload))
+
+
+def resume(stream_id: str) -> bytes:
+    return encode_frame(resume_frame(stream_id, 0))
+
+
+def reset(stream_id: str, reason: str) -> bytes:
+    return encode_frame(reset_frame(stream_id, reason))
+
+
+async def recv_bytes(ws: Ws, timeout: float = WAIT_S) -> bytes:
+    """The next binary message (fails on anything else)."""
+    msg = await asyncio.wait_for(ws.receive(), timeout)
+    assert msg.type is WSMsgType.BINARY, f"expected a binary message, got {msg.type} {msg.data!r}"
+    payload: bytes = msg.data
+    return payload
+
+
+async def recv_frame(ws: Ws, timeout: float = WAIT_S) -> RelayMessageFrame:
+    return decode_frame(await recv_bytes(ws, timeout))
+
+
+async def expect_reset(ws: Ws, stream_id: str, reason: str, timeout: float = WAIT_S) -> None:
+    frame = await recv_frame(ws, timeout)
+    assert body_kind(frame) == "reset", frame
+    assert (frame.stream_id, frame.reset.reason) == (stream_id, reason)
+
+
+async def expect_silence(ws: Ws, seconds: float = 0.2) -> None:
+    """Nothing arrives on ``ws`` for ``seconds``."""
+    with contextlib.suppress(TimeoutError):
+        msg = await asyncio.wait_for(ws.receive(), seconds)
+        raise AssertionError(f"unexpected message {msg.type}: {msg.data!r}")
+
+
+async def scrape(http: aiohttp.ClientSession, base_url: str) -> dict[str, float]:
+    """``/metrics`` as ``{"name{labels}": value}``."""
+    async with http.get(f"{base_url}/metrics") as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            samples[key] = float(value)
+    return samples
+
+
+async def wait_for(predicate: Any, timeout: float = WAIT_S, interval: float = 0.01) -> None:
+    """Poll ``predicate()`` until true."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)
+
+
+def query_param(url: str, key: str) -> str:
+    match = re.search(rf"[?&]{key}=([^&]*)", url)
+    assert match, (url, key)
+    return match.group(1)
