@@ -47,7 +47,6 @@ identical trees gave identical responses and identical resulting trees.
 
 # These tests inspect the tree the handler left behind with plain blocking calls on
 # purpose: nothing else runs on the loop meanwhile.
-# ruff: noqa: ASYNC230, ASYNC240
 
 from __future__ import annotations
 

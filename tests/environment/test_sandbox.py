@@ -30,7 +30,6 @@ directories; a ``none`` directory is an empty directory there and absent here.
 
 # These tests inspect the tree the handler left behind with plain blocking calls on
 # purpose: nothing else runs on the loop meanwhile.
-# ruff: noqa: ASYNC240
 
 from __future__ import annotations
 
