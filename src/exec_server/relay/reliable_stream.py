@@ -81,10 +81,20 @@ Reliability machinery
 
 * **Acks** ride on every outbound frame. When data arrived and nothing is going out, a
   standalone ``ack_frame`` follows after ``ack_delay_s`` (batching), at once after a gap,
-  a duplicate, a resume or every ``ack_every_segments`` segments.
+  a segment that fills a gap, a duplicate, a resume or every ``ack_every_segments``
+  segments.
 * **Retransmission** after the RTO: SRTT/RTTVAR as in RFC 6298, samples only from segments
   sent once (Karn), bounded to ``[min_rto_s, max_rto_s]``, doubled per expiry until a valid
-  sample arrives. Only segments whose own RTO has elapsed are resent.
+  sample arrives. Only segments whose own RTO has elapsed are resent. A segment is sampled
+  when it is first acknowledged, selectively or cumulatively: a segment that sat SACKed
+  behind a hole would otherwise yield the hole's repair time as its RTT, and under steady
+  loss those samples drive the RTO to its maximum.
+* **Fast retransmit**: once ``FAST_RETRANSMIT_SACKS`` segments sent after an unacknowledged
+  one are selectively acknowledged, it is taken as lost and resent at once, without waiting
+  for (or backing off) the RTO (RFC 6675's ``IsLost``). Each segment is resent this way at
+  most once. A fast retransmission still unacknowledged after twice the smoothed RTT
+  (``REPAIR_RESEND_MIN_S`` at least, the RTO at most) is taken as lost too and resent
+  once more without backoff; after that only the RTO applies.
 * **Send window**: at most ``max_unacked_segments`` (<= 32, the ``ack_bits`` span) and
   ``max_unacked_bytes`` in flight. Messages wait in the send buffer beyond that;
   :meth:`ReliableStream.send_message` raises :class:`~exec_server.relay.errors.SendBlocked`
@@ -149,12 +159,14 @@ __all__ = [
     "DEFAULT_MAX_SEGMENT_PAYLOAD_BYTES",
     "DEFAULT_MAX_SEND_BUFFER_BYTES",
     "DEFAULT_MAX_UNACKED_BYTES",
+    "FAST_RETRANSMIT_SACKS",
     "HEARTBEAT_INTERVAL_S",
     "IDLE_TIMEOUT_S",
     "LEGACY_MAX_MESSAGE_BYTES",
     "MAX_UNACKED_SEGMENTS",
     "NEGOTIATION_TIMEOUT_S",
     "RELIABLE_CAPABILITY_BIT",
+    "REPAIR_RESEND_MIN_S",
     "RESEND_INITIAL_S",
     "RESEND_MAX_S",
     "RESEND_MIN_S",
@@ -206,6 +218,14 @@ ACK_DELAY_S = 0.02
 
 ACK_EVERY_SEGMENTS = 8
 """Ack at once after this many in-order segments arrived unacknowledged."""
+
+FAST_RETRANSMIT_SACKS = 3
+"""Selectively acknowledged later segments that mark an unacknowledged one as lost (TCP's
+DupThresh): enough to ride out a little reordering without waiting for the RTO."""
+
+REPAIR_RESEND_MIN_S = 0.02
+"""Shortest wait before a lost fast retransmission is sent once more (see
+``ReliableStream._repair_timeout_s``): about the ack delay."""
 
 RESEND_INITIAL_S = 0.5
 """RTO before any RTT sample (Codex ``RESEND_AFTER`` is a fixed 500 ms)."""
@@ -319,6 +339,10 @@ class StreamStats:
     data_frames_sent: int = 0
     """Data frames written, retransmissions included."""
     retransmissions: int = 0
+    """Data frames resent, for any reason (RTO, fast retransmit, resume)."""
+    fast_retransmits: int = 0
+    """Segments resent before their RTO: marked lost by selective acks, or a fast
+    retransmission that was lost too."""
     ack_frames_sent: int = 0
     heartbeats_sent: int = 0
     resumes_sent: int = 0
@@ -357,6 +381,7 @@ class _OutSegment:
     transmissions: int = 0
     sacked: bool = False
     resend: bool = False
+    fast_retransmitted: bool = False
 
 
 @dataclass(slots=True)
@@ -741,15 +766,30 @@ class ReliableStream:
 
     # ------------------------------------------------------------------ timers
 
+    def _repair_timeout_s(self) -> float:
+        """How long a fast retransmission may go unacknowledged before it is sent again:
+        twice the smoothed RTT (at least ``REPAIR_RESEND_MIN_S``), capped by the RTO. The
+        receiver acks a segment that fills a gap at once, and every later segment is
+        usually SACKed already, so waiting for the full RTO (200 ms floor) would only
+        idle the send window."""
+        srtt = self.config.initial_rto_s if self._srtt is None else self._srtt
+        return min(self.rto_s, max(REPAIR_RESEND_MIN_S, 2 * srtt))
+
+    def _timeout_of(self, segment: _OutSegment, rto: float, repair: float) -> float:
+        # Only the first fast retransmission gets the short timer; after that, the RTO.
+        return repair if segment.fast_retransmitted and segment.transmissions == 2 else rto
+
     def _rto_deadline(self) -> float | None:
         earliest: float | None = None
+        rto, repair = self.rto_s, self._repair_timeout_s()
         for i in range(self._snd_nxt - self._snd_una):
             segment = self._out[i]
             if segment.sacked or segment.resend or segment.sent_at is None:
                 continue
-            if earliest is None or segment.sent_at < earliest:
-                earliest = segment.sent_at
-        return None if earliest is None else earliest + self.rto_s
+            deadline = segment.sent_at + self._timeout_of(segment, rto, repair)
+            if earliest is None or deadline < earliest:
+                earliest = deadline
+        return earliest
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` (then :meth:`frames_to_send`) should run next, or ``None``."""
@@ -798,15 +838,19 @@ class ReliableStream:
             return
         if not self._connected:
             return
-        rto = self.rto_s
+        rto, repair = self.rto_s, self._repair_timeout_s()
         expired = False
         for i in range(self._snd_nxt - self._snd_una):
             segment = self._out[i]
             if segment.sacked or segment.resend or segment.sent_at is None:
                 continue
-            if now >= segment.sent_at + rto:
+            timeout = self._timeout_of(segment, rto, repair)
+            if now >= segment.sent_at + timeout:
                 segment.resend = True
-                expired = True
+                if timeout < rto:
+                    self.stats.fast_retransmits += 1  # a lost fast retransmission, resent
+                else:
+                    expired = True
         if expired:
             self.stats.rto_expiries += 1
             if self.rto_s < self.config.max_rto_s:
@@ -927,19 +971,20 @@ class ReliableStream:
         ack = 0 if ack_wire == 0 else seq_from_wire(ack_wire, self._snd_una)
         if ack >= self._snd_nxt:
             raise _ProtocolViolation("protocol_error:ack_beyond_sent")
+        # RTT sample: the newest segment acknowledged for the first time by this frame
+        # and sent only once (Karn). Segments SACKed earlier were sampled then.
+        sample_at: float | None = None
         if ack >= self._snd_una:
-            sample_at: float | None = None
             for _ in range(ack - self._snd_una + 1):
                 segment = self._out.popleft()
                 size = len(segment.payload)
                 self._buffered_send_bytes -= size
                 self._inflight_bytes -= size
-                if segment.transmissions == 1 and segment.sent_at is not None:
+                if segment.transmissions == 1 and not segment.sacked:
                     sample_at = segment.sent_at
             self._snd_una = ack + 1
-            if sample_at is not None:
-                self._rtt_sample(now - sample_at)
         selective = ack_bits & ~RELIABLE_CAPABILITY_BIT
+        newly_sacked = False
         while selective:
             low = selective & -selective
             selective ^= low
@@ -948,8 +993,39 @@ class ReliableStream:
                 raise _ProtocolViolation("protocol_error:sack_beyond_sent")
             if seq >= self._snd_una:
                 segment = self._out[seq - self._snd_una]
-                segment.sacked = True
+                if not segment.sacked:
+                    segment.sacked = True
+                    newly_sacked = True
+                    sent_at = segment.sent_at
+                    if (
+                        segment.transmissions == 1
+                        and sent_at is not None
+                        and (sample_at is None or sent_at > sample_at)
+                    ):
+                        sample_at = sent_at
                 segment.resend = False
+        if sample_at is not None:
+            self._rtt_sample(now - sample_at)
+        if newly_sacked:
+            self._mark_lost_by_sack()
+
+    def _mark_lost_by_sack(self) -> None:
+        """Fast retransmit: resend each unacknowledged segment with at least
+        ``FAST_RETRANSMIT_SACKS`` selectively acknowledged segments above it, once."""
+        sacked_above = 0
+        for i in range(self._snd_nxt - self._snd_una - 1, -1, -1):
+            segment = self._out[i]
+            if segment.sacked:
+                sacked_above += 1
+            elif (
+                sacked_above >= FAST_RETRANSMIT_SACKS
+                and not segment.fast_retransmitted
+                and not segment.resend
+                and segment.sent_at is not None
+            ):
+                segment.fast_retransmitted = True
+                segment.resend = True
+                self.stats.fast_retransmits += 1
 
     def _rtt_sample(self, rtt: float) -> None:
         rtt = max(rtt, 0.0)
@@ -1003,6 +1079,7 @@ class ReliableStream:
                 self._ooo_bytes += size
             self._ack_due = now
             return
+        filled_gap = bool(self._ooo)
         self._accept_in_order(segment)
         self._rcv_nxt += 1
         while self._rcv_nxt in self._ooo:
@@ -1013,7 +1090,11 @@ class ReliableStream:
         self._unacked_rx_segments += 1
         self._unacked_rx_bytes += size
         if (
-            self._ooo
+            # A segment that fills a gap is acked at once (RFC 5681 4.2): the sender's
+            # window is stuck on it, and a delayed ack would idle the stream for
+            # ack_delay_s after every repaired loss.
+            filled_gap
+            or self._ooo
             or self._unacked_rx_segments >= self.config.ack_every_segments
             or self._unacked_rx_bytes >= self.config.max_unacked_bytes // 4
         ):

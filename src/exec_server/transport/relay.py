@@ -152,6 +152,7 @@ class RelayConnection:
         self.channels: dict[str, RelayStreamChannel] = {}
         self._on_stream = on_stream
         self._wake = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
         self._progress = asyncio.Event()
         self._sockets = 0
         self.text_frames_dropped = 0
@@ -225,49 +226,48 @@ class RelayConnection:
         self._sockets += 1
         self._connected = True
         self._dispatch_events()
-        reason = "socket closed"
+        # Two long-lived tasks per socket. The reader awaits ws.receive() directly, so a
+        # burst of buffered messages is processed without a task switch per message, and
+        # the writer then answers the whole burst (acks included) in one pass.
+        reader = asyncio.ensure_future(self._read_loop(ws))
         writer = asyncio.ensure_future(self._write_loop(ws))
         try:
-            reason = await self._read_loop(ws, writer)
+            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            if reader in done:
+                reason = reader.result()
+            else:
+                exc = writer.exception() if not writer.cancelled() else None
+                reason = f"relay write failed: {exc}" if exc else "relay writer stopped"
         finally:
             self._connected = False
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
+            self._disarm_timer()
+            for task in (reader, writer):
+                task.cancel()
+            for task in (reader, writer):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
             self.mux.connection_lost(self.now())
             self._dispatch_events()
             self._notify_progress()
         return reason
 
-    async def _read_loop(self, ws: AnyWebSocket, writer: asyncio.Future[None]) -> str:
-        receive = asyncio.ensure_future(ws.receive())
-        try:
-            while True:
-                waiting: set[asyncio.Future[Any]] = {receive, writer}
-                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                if writer in done:
-                    exc = writer.exception() if not writer.cancelled() else None
-                    return f"relay write failed: {exc}" if exc else "relay writer stopped"
-                msg = receive.result()
-                if msg.type is WSMsgType.BINARY:
-                    receive = asyncio.ensure_future(ws.receive())
-                    self.mux.receive_bytes(msg.data, self.now())
-                    self._dispatch_events()
-                    self._notify_progress()
-                    self._output_pending()
-                elif msg.type is WSMsgType.TEXT:
-                    receive = asyncio.ensure_future(ws.receive())
-                    self.text_frames_dropped += 1
-                elif msg.type in (WSMsgType.PING, WSMsgType.PONG):
-                    receive = asyncio.ensure_future(ws.receive())
-                elif msg.type is WSMsgType.ERROR:
-                    return f"relay websocket error: {ws.exception()}"
-                else:
-                    return f"relay websocket closed (code {ws.close_code})"
-        finally:
-            receive.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await receive
+    async def _read_loop(self, ws: AnyWebSocket) -> str:
+        mux = self.mux
+        while True:
+            msg = await ws.receive()
+            if msg.type is WSMsgType.BINARY:
+                mux.receive_bytes(msg.data, self.now())
+                self._dispatch_events()
+                self._notify_progress()
+                self._output_pending()
+            elif msg.type is WSMsgType.TEXT:
+                self.text_frames_dropped += 1
+            elif msg.type in (WSMsgType.PING, WSMsgType.PONG):
+                continue
+            elif msg.type is WSMsgType.ERROR:
+                return f"relay websocket error: {ws.exception()}"
+            else:
+                return f"relay websocket closed (code {ws.close_code})"
 
     async def _write_loop(self, ws: AnyWebSocket) -> None:
         loop = asyncio.get_running_loop()
@@ -285,10 +285,30 @@ class RelayConnection:
                     await ws.send_frame(frame, WSMsgType.BINARY)
                 self._notify_progress()
                 continue
-            timeout = None if deadline is None else max(0.0, deadline - loop.time())
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
+            self._arm_timer(deadline)
+            await self._wake.wait()
+
+    def _arm_timer(self, deadline: float | None) -> None:
+        """Make sure the writer wakes by ``deadline``. An armed earlier wake-up is kept (an
+        early pass is harmless), so the timer is rescheduled only when it must move up,
+        not on every idle pass."""
+        if deadline is None:
+            return
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                return
+            timer.cancel()
+        self._timer = asyncio.get_running_loop().call_at(deadline, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self._wake.set()
+
+    def _disarm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def close_all(self, reason: str) -> None:
         """End every channel (used when the owner gives up on the relay)."""

@@ -1,0 +1,960 @@
+#!/usr/bin/env python3
+"""Relay benchmark: the remote (relay) path measured side by side with the direct websocket.
+
+One run starts, each as its own process:
+
+* **direct**: ``exec-server serve --listen ws://127.0.0.1:0``;
+* **forwarder**: a minimal forwarding rendezvous (this file, ``--serve-forwarder``): the
+  registry endpoint plus a websocket router that forwards binary frames by ``stream_id``
+  and reads nothing else. A harness socket whose URL carries ``&loss=P`` has a fraction
+  ``P`` of its frames dropped, seeded, in both directions; other sockets are lossless;
+* **relay environment**: ``exec-server serve --remote <forwarder> --environment-id bench``;
+* when ``exec_server.rendezvous.RendezvousServer`` is importable and works, the real
+  rendezvous (``--serve-rendezvous``) with a second relay environment, for extra rows.
+
+The client side uses the SDK's transports (``connect_websocket`` for direct,
+``connect_harness_relay`` for the relay: the reliable relay stream as a harness uses it)
+under one minimal JSON-RPC client, so the two columns differ only in the transport.
+
+Measured (samples alternate between the columns, the order flipping every round):
+
+* ``output_128mib``: one process writing 128 MiB (``head -c ... /dev/zero``), start to
+  ``process/closed``; byte count checked. Goal: relay throughput >= 0.8x direct.
+* ``getmetadata_p50``: one ``fs/getMetadata`` round trip. Goal: the relay adds <= 1 ms.
+* ``lossy_goodput``: process output through the relay with 2% of frames lost in each
+  direction vs through the lossless relay. Goal: >= 0.5x the lossless goodput.
+* ``streams_1000``: 1,000 harnesses at once, each dialing its own socket, initializing
+  and making one request; all their streams share the environment's one socket. Total
+  time and p50/p99 latency (dial to answer), with 1,000 direct websockets for reference.
+
+    python benchmarks/relay_bench.py            # full run (about 1 minute)
+    python benchmarks/relay_bench.py --quick    # smoke run
+    python benchmarks/relay_bench.py --json
+
+With two or more CPUs the client is pinned to the first and the servers (and the
+processes they spawn) to the second, as in ``run.py``; the forwarder and the rendezvous
+are left to the scheduler. ``--no-pin`` turns pinning off. Nothing passes or fails on
+numbers (exit status 1 only when a benchmark errored, e.g. lost output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+from aiohttp import WSMsgType, web
+
+BENCH_SCRIPT = Path(__file__).resolve()
+REPO_ROOT = BENCH_SCRIPT.parents[1]
+sys.path.insert(0, str(REPO_ROOT / "src"))
+
+from exec_server.transport.channel import ChannelClosed, MessageChannel  # noqa: E402
+from exec_server.transport.relay import connect_harness_relay  # noqa: E402
+from exec_server.transport.websocket import connect_websocket  # noqa: E402
+
+ENVIRONMENT_ID = "bench"
+REGISTRATION_TOKEN = "relay-bench-token"
+REGISTRATION_TOKEN_ENV = "EXEC_SERVER_REGISTRATION_TOKEN"
+START_TIMEOUT_S = 20.0
+STOP_GRACE_S = 5.0
+OP_TIMEOUT_S = 120.0
+
+MIB = 1024 * 1024
+OUTPUT_BYTES = 128 * MIB
+LOSS_RATE = 0.02
+LOSS_SEED = 1729
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
+
+
+# ------------------------------------------------------------------------------------
+# the minimal forwarding rendezvous (runs in its own process)
+# ------------------------------------------------------------------------------------
+
+
+def frame_stream_id(data: bytes) -> str | None:
+    """``stream_id`` (protobuf field 2) of a relay frame, without decoding the rest."""
+    pos, end = 0, len(data)
+    try:
+        while pos < end:
+            tag, pos = _varint(data, pos)
+            field_no, wire = tag >> 3, tag & 7
+            if wire == 0:
+                _, pos = _varint(data, pos)
+            elif wire == 2:
+                length, pos = _varint(data, pos)
+                if field_no == 2:
+                    return data[pos : pos + length].decode()
+                pos += length
+            elif wire in (1, 5):
+                pos += 8 if wire == 1 else 4
+            else:
+                return None
+    except (IndexError, UnicodeDecodeError):
+        return None
+    return None
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise IndexError("varint too long")
+
+
+class Forwarder:
+    """Registry + router: one environment socket, any number of harness sockets."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.env: web.WebSocketResponse | None = None
+        # stream id -> (harness socket, loss rate of that socket)
+        self.routes: dict[str, tuple[web.WebSocketResponse, float]] = {}
+        self.dropped = 0
+        self.forwarded = 0
+
+    async def register(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {REGISTRATION_TOKEN}":
+            return web.json_response({"error": {"message": "bad token"}}, status=401)
+        host = request.host
+        return web.json_response(
+            {
+                "environment_id": request.match_info["env_id"],
+                "url": f"ws://{host}/relay/environment?role=environment",
+            }
+        )
+
+    async def status(self, request: web.Request) -> web.Response:
+        online = self.env is not None and not self.env.closed
+        return web.json_response(
+            {"environment": online, "dropped": self.dropped, "forwarded": self.forwarded}
+        )
+
+    def _lose(self, loss: float) -> bool:
+        if loss and self.rng.random() < loss:
+            self.dropped += 1
+            return True
+        self.forwarded += 1
+        return False
+
+    async def environment(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(compress=False, max_msg_size=0)
+        await ws.prepare(request)
+        self.env = ws
+        async for msg in ws:
+            if msg.type is not WSMsgType.BINARY:
+                continue
+            data: bytes = msg.data
+            sid = frame_stream_id(data)
+            route = self.routes.get(sid) if sid is not None else None
+            if route is None:
+                continue
+            harness, loss = route
+            if not self._lose(loss) and not harness.closed:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await harness.send_bytes(data)
+        return ws
+
+    async def harness(self, request: web.Request) -> web.WebSocketResponse:
+        loss = float(request.query.get("loss", "0"))
+        ws = web.WebSocketResponse(compress=False, max_msg_size=0)
+        await ws.prepare(request)
+        owned: list[str] = []
+        try:
+            async for msg in ws:
+                if msg.type is not WSMsgType.BINARY:
+                    continue
+                data: bytes = msg.data
+                sid = frame_stream_id(data)
+                if sid is not None and self.routes.get(sid, (None,))[0] is not ws:
+                    self.routes[sid] = (ws, loss)
+                    owned.append(sid)
+                env = self.env
+                if env is not None and not env.closed and not self._lose(loss):
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await env.send_bytes(data)
+        finally:
+            for sid in owned:
+                if self.routes.get(sid, (None,))[0] is ws:
+                    del self.routes[sid]
+        return ws
+
+
+async def serve_forwarder(seed: int) -> None:
+    forwarder = Forwarder(seed)
+    app = web.Application()
+    app.router.add_post("/cloud/environment/{env_id}/register", forwarder.register)
+    app.router.add_get("/relay/environment", forwarder.environment)
+    app.router.add_get("/relay/harness", forwarder.harness)
+    app.router.add_get("/status", forwarder.status)
+    await _serve_until_signal(
+        app,
+        lambda base: {
+            "base_url": base,
+            "harness_url": base.replace("http://", "ws://") + "/relay/harness?role=harness",
+            "status_url": f"{base}/status",
+        },
+    )
+
+
+async def serve_rendezvous() -> None:
+    """The project's RendezvousServer, for the extra rows."""
+    from exec_server.rendezvous import RendezvousConfig, RendezvousServer
+
+    server = RendezvousServer(RendezvousConfig(token=REGISTRATION_TOKEN))
+    base = await server.start("127.0.0.1", 0)
+    info = {"base_url": base, "harness_url": server.harness_url(ENVIRONMENT_ID)}
+    print(json.dumps(info), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.close()
+
+
+async def _serve_until_signal(
+    app: web.Application, describe: Callable[[str], dict[str, str]]
+) -> None:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    print(json.dumps(describe(base)), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+# ------------------------------------------------------------------------------------
+# child processes
+# ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    """A subprocess whose first stdout line describes it (a URL or a JSON object)."""
+
+    name: str
+    argv: list[str]
+    cpu: int | None = None
+    env: dict[str, str] | None = None
+    wait_line: bool = True
+    proc: asyncio.subprocess.Process | None = None
+    line: str = ""
+    log: Path | None = None
+
+    async def start(self) -> None:
+        fd, log_name = tempfile.mkstemp(prefix=f"relay-bench-{self.name}-", suffix=".log")
+        self.log = Path(log_name)
+        with os.fdopen(fd, "wb") as log_file:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE if self.wait_line else asyncio.subprocess.DEVNULL,
+                stderr=log_file,
+                env={**os.environ, **(self.env or {})},
+                start_new_session=True,
+            )
+        if self.cpu is not None:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(self.proc.pid, {self.cpu})
+        if not self.wait_line:
+            return
+        assert self.proc.stdout is not None
+        try:
+            raw = await asyncio.wait_for(self.proc.stdout.readline(), START_TIMEOUT_S)
+        except TimeoutError:
+            raise RuntimeError(
+                f"{self.name}: nothing on stdout within {START_TIMEOUT_S}s"
+            ) from None
+        self.line = raw.decode(errors="replace").strip()
+        if not self.line:
+            raise RuntimeError(f"{self.name} exited early; stderr:\n{self.stderr_tail()}")
+
+    def info(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.line)
+        return data
+
+    def stderr_tail(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-2000:] if self.log else ""
+        except OSError:
+            return ""
+
+    async def stop(self) -> None:
+        proc = self.proc
+        if proc is not None:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            if proc.returncode is None:
+                await proc.wait()
+        if self.log is not None:
+            with contextlib.suppress(OSError):
+                self.log.unlink()
+
+
+def exec_server_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "exec_server", *args]
+
+
+def remote_environment(name: str, base_url: str, cpu: int | None) -> Child:
+    return Child(
+        name,
+        exec_server_argv("serve", "--remote", base_url, "--environment-id", ENVIRONMENT_ID),
+        cpu,
+        env={REGISTRATION_TOKEN_ENV: REGISTRATION_TOKEN},
+        wait_line=False,
+    )
+
+
+# ------------------------------------------------------------------------------------
+# client
+# ------------------------------------------------------------------------------------
+
+
+class RpcError(RuntimeError):
+    pass
+
+
+@dataclass
+class ProcState:
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    out_bytes: int = 0
+
+
+class Client:
+    """Minimal JSON-RPC client over any MessageChannel: futures by id, process state."""
+
+    def __init__(self, channel: MessageChannel) -> None:
+        self.channel = channel
+        self._next = 1
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self.procs: dict[str, ProcState] = {}
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def open(cls, channel: MessageChannel) -> Client:
+        client = cls(channel)
+        try:
+            await client.call("initialize", {"clientName": "relay-bench", "resumeSessionId": None})
+            await channel.send(b'{"method":"initialized","params":{}}')
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                raw = await self.channel.receive()
+                if not isinstance(raw, bytes | str):
+                    break
+                obj = _decode(raw)
+                method = obj.get("method")
+                if method is None:
+                    fut = self._pending.pop(obj.get("id"), None)
+                    if fut is not None and not fut.done():
+                        if "error" in obj:
+                            fut.set_exception(RpcError(str(obj["error"])))
+                        else:
+                            fut.set_result(obj.get("result"))
+                    continue
+                params = obj.get("params") or {}
+                state = self.procs.get(params.get("processId", ""))
+                if state is None:
+                    continue
+                if method == "process/output":
+                    chunk: str = params["chunk"]
+                    state.out_bytes += len(chunk) * 3 // 4 - chunk[-2:].count("=")
+                elif method == "process/closed":
+                    state.closed.set()
+        except ChannelClosed:
+            pass
+        finally:
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(RpcError("connection closed"))
+
+    async def call(self, method: str, params: Any) -> Any:
+        request_id = self._next
+        self._next += 1
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = fut
+        await self.channel.send(_encode({"id": request_id, "method": method, "params": params}))
+        return await asyncio.wait_for(fut, OP_TIMEOUT_S)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.channel.close("benchmark done")
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._reader
+
+
+async def open_direct(url: str) -> Client:
+    return await Client.open(await connect_websocket(url))
+
+
+async def open_relay(url: str) -> Client:
+    return await Client.open(await connect_harness_relay(url))
+
+
+class Ids:
+    n = 0
+
+    @classmethod
+    def next(cls, prefix: str) -> str:
+        cls.n += 1
+        return f"{prefix}-{cls.n}"
+
+
+async def run_output(c: Client, size: int) -> float:
+    pid = Ids.next("out")
+    state = c.procs[pid] = ProcState()
+    t0 = time.perf_counter()
+    params = {
+        "processId": pid,
+        "argv": ["/usr/bin/head", "-c", str(size), "/dev/zero"],
+        "cwd": "/",
+        "env": {},
+        "tty": False,
+    }
+    await c.call("process/start", params)
+    await asyncio.wait_for(state.closed.wait(), OP_TIMEOUT_S)
+    elapsed = time.perf_counter() - t0
+    del c.procs[pid]
+    if state.out_bytes != size:
+        raise RuntimeError(f"received {state.out_bytes} of {size} output bytes")
+    return elapsed
+
+
+async def run_getmetadata(c: Client, path: str) -> float:
+    t0 = time.perf_counter()
+    await c.call("fs/getMetadata", {"path": path})
+    return time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------
+# measurements
+# ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    key: str
+    title: str
+    left_label: str
+    left: str
+    right_label: str
+    right: str
+    comparison: str
+    goal: str
+    met: bool | None
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+
+async def alternate(
+    sides: dict[str, Callable[[], Awaitable[float]]], count: int, warmup: int
+) -> dict[str, list[float]]:
+    """``count`` samples per side in small batches, alternating, order flipping per round."""
+    names = list(sides)
+    for name in names:
+        for _ in range(warmup):
+            await sides[name]()
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    batch = max(1, count // 20)
+    round_no = 0
+    while len(samples[names[0]]) < count:
+        n = min(batch, count - len(samples[names[0]]))
+        for name in names if round_no % 2 == 0 else names[::-1]:
+            for _ in range(n):
+                samples[name].append(await sides[name]())
+        round_no += 1
+    return samples
+
+
+def fmt_s(seconds: float) -> str:
+    return f"{seconds * 1000:.3f} ms" if seconds < 0.01 else f"{seconds:.3f} s"
+
+
+def mib_s(size: int, seconds: float) -> str:
+    return f"{size / MIB / seconds:.0f} MiB/s"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+async def bench_output(
+    key: str, title: str, direct: Client, relay: Client, size: int, count: int
+) -> Row:
+    samples = await alternate(
+        {"direct": lambda: run_output(direct, size), "relay": lambda: run_output(relay, size)},
+        count,
+        warmup=1,
+    )
+    d, r = statistics.median(samples["direct"]), statistics.median(samples["relay"])
+    ratio = d / r
+    return Row(
+        key,
+        title,
+        "direct",
+        f"{fmt_s(d)} ({mib_s(size, d)})",
+        "relay",
+        f"{fmt_s(r)} ({mib_s(size, r)})",
+        f"{ratio:.2f}x throughput",
+        ">= 0.80x",
+        ratio >= 0.8,
+        {"direct_s": d, "relay_s": r, "ratio": ratio, "bytes": size, "samples": samples},
+    )
+
+
+async def bench_getmetadata(
+    key: str, title: str, direct: Client, relay: Client, path: str, count: int
+) -> Row:
+    samples = await alternate(
+        {
+            "direct": lambda: run_getmetadata(direct, path),
+            "relay": lambda: run_getmetadata(relay, path),
+        },
+        count,
+        warmup=100,
+    )
+    d, r = statistics.median(samples["direct"]), statistics.median(samples["relay"])
+    added = r - d
+    return Row(
+        key,
+        title,
+        "direct",
+        fmt_s(d),
+        "relay",
+        fmt_s(r),
+        f"+{added * 1000:.3f} ms",
+        "<= +1 ms",
+        added <= 0.001,
+        {
+            "direct_p50_s": d,
+            "relay_p50_s": r,
+            "added_s": added,
+            "direct_p99_s": percentile(samples["direct"], 0.99),
+            "relay_p99_s": percentile(samples["relay"], 0.99),
+            "samples": count,
+        },
+    )
+
+
+async def bench_lossy(lossless: Client, lossy: Client, size: int, count: int) -> Row:
+    samples = await alternate(
+        {"lossless": lambda: run_output(lossless, size), "lossy": lambda: run_output(lossy, size)},
+        count,
+        warmup=0,
+    )
+    ok, bad = statistics.median(samples["lossless"]), statistics.median(samples["lossy"])
+    ratio = ok / bad
+    return Row(
+        "lossy_goodput",
+        f"{size // MIB} MiB output, {LOSS_RATE:.0%} frame loss each way",
+        "lossless relay",
+        f"{fmt_s(ok)} ({mib_s(size, ok)})",
+        "lossy relay",
+        f"{fmt_s(bad)} ({mib_s(size, bad)})",
+        f"{ratio:.2f}x goodput",
+        ">= 0.50x",
+        ratio >= 0.5,
+        {"lossless_s": ok, "lossy_s": bad, "ratio": ratio, "bytes": size, "samples": samples},
+    )
+
+
+@dataclass
+class StreamsResult:
+    total_s: float
+    latencies: list[float]
+    request_latencies: list[float]
+    failures: int
+
+    def describe(self) -> str:
+        if not self.latencies:
+            return f"all {self.failures} failed"
+        p50, p99 = percentile(self.latencies, 0.5), percentile(self.latencies, 0.99)
+        text = f"{fmt_s(self.total_s)} total, p50 {fmt_s(p50)}, p99 {fmt_s(p99)}"
+        return text + (f", {self.failures} failed" if self.failures else "")
+
+
+async def many_clients(
+    count: int, dial: Callable[[], Awaitable[Client]], path: str
+) -> StreamsResult:
+    """``count`` clients at once: each dials, initializes and makes one request."""
+    latencies: list[float] = []
+    request_latencies: list[float] = []
+    clients: list[Client] = []
+    failures = 0
+    start = asyncio.Event()
+
+    async def one() -> None:
+        nonlocal failures
+        await start.wait()
+        t0 = time.perf_counter()
+        try:
+            client = await asyncio.wait_for(dial(), OP_TIMEOUT_S)
+        except Exception:
+            failures += 1
+            return
+        clients.append(client)
+        try:
+            request_latencies.append(await run_getmetadata(client, path))
+        except Exception:
+            failures += 1
+            return
+        latencies.append(time.perf_counter() - t0)
+
+    tasks = [asyncio.create_task(one()) for _ in range(count)]
+    await asyncio.sleep(0)
+    t0 = time.perf_counter()
+    start.set()
+    await asyncio.gather(*tasks)
+    total = time.perf_counter() - t0
+    await asyncio.gather(*(c.close() for c in clients))
+    return StreamsResult(total, latencies, request_latencies, failures)
+
+
+async def bench_streams(count: int, direct_url: str, relay_url: str, path: str) -> Row:
+    direct = await many_clients(count, lambda: open_direct(direct_url), path)
+    relay = await many_clients(count, lambda: open_relay(relay_url), path)
+
+    def numbers(r: StreamsResult) -> dict[str, Any]:
+        if not r.latencies:
+            return {"total_s": r.total_s, "failures": r.failures}
+        return {
+            "total_s": r.total_s,
+            "p50_s": percentile(r.latencies, 0.5),
+            "p99_s": percentile(r.latencies, 0.99),
+            "request_p50_s": percentile(r.request_latencies, 0.5),
+            "request_p99_s": percentile(r.request_latencies, 0.99),
+            "failures": r.failures,
+        }
+
+    return Row(
+        "streams_1000",
+        f"{count} harnesses at once (dial, init, 1 request)",
+        f"{count} direct websockets",
+        direct.describe(),
+        f"{count} streams, one env socket",
+        relay.describe(),
+        f"{direct.total_s / relay.total_s:.2f}x total" if relay.latencies else "-",
+        "report",
+        None if relay.failures == 0 else False,
+        {"direct": numbers(direct), "relay": numbers(relay)},
+    )
+
+
+# ------------------------------------------------------------------------------------
+# runner
+# ------------------------------------------------------------------------------------
+
+
+def pick_cpus(pin: bool) -> tuple[int | None, int | None]:
+    if not pin or not hasattr(os, "sched_getaffinity"):
+        return None, None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, None
+    return cpus[0], cpus[1]
+
+
+async def wait_forwarder_online(http: aiohttp.ClientSession, status_url: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        with contextlib.suppress(aiohttp.ClientError):
+            async with http.get(status_url) as resp:
+                if (await resp.json())["environment"]:
+                    return
+        await asyncio.sleep(0.05)
+    raise RuntimeError("the relay environment never connected to the forwarder")
+
+
+async def open_relay_when_online(url: str) -> Client:
+    """Dial until the environment behind a rendezvous answers ``initialize``."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            return await asyncio.wait_for(open_relay(url), 3.0)
+        except Exception as exc:
+            last = exc
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"no environment answered through the rendezvous: {last}")
+
+
+def rendezvous_available() -> str | None:
+    """Why the RendezvousServer rows cannot run, or ``None`` when they can."""
+    try:
+        from exec_server.rendezvous import RendezvousServer  # noqa: F401
+    except Exception as exc:
+        return f"exec_server.rendezvous.RendezvousServer is not importable: {exc}"
+    return None
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    client_cpu, server_cpu = pick_cpus(not args.no_pin)
+    if client_cpu is not None:
+        os.sched_setaffinity(0, {client_cpu})
+    quick = args.quick
+    output_samples = 1 if quick else 3
+    lossy_bytes = (32 if quick else 64) * MIB
+    meta_samples = 300 if quick else 2000
+    streams = args.streams or (200 if quick else 1000)
+
+    me = [sys.executable, str(BENCH_SCRIPT)]
+    direct_server = Child(
+        "direct", exec_server_argv("serve", "--listen", "ws://127.0.0.1:0"), server_cpu
+    )
+    forwarder = Child("forwarder", [*me, "--serve-forwarder", "--seed", str(LOSS_SEED)])
+    children: list[Child] = [direct_server, forwarder]
+    rows: list[Row] = []
+    errors: list[str] = []
+    notes: list[str] = []
+    tmp = Path(tempfile.mkdtemp(prefix="relay-bench-"))
+    clients: list[Client] = []
+
+    def progress(text: str) -> None:
+        if not args.json:
+            print(text, file=sys.stderr, flush=True)
+
+    try:
+        await direct_server.start()
+        await forwarder.start()
+        fwd = forwarder.info()
+        environment = remote_environment("relay-env", fwd["base_url"], server_cpu)
+        children.append(environment)
+        await environment.start()
+        async with aiohttp.ClientSession() as http:
+            await wait_forwarder_online(http, fwd["status_url"])
+        direct_url = direct_server.line
+        relay_url = fwd["harness_url"]
+        direct = await open_direct(direct_url)
+        relay = await open_relay(relay_url)
+        lossy = await open_relay(f"{relay_url}&loss={LOSS_RATE}")
+        clients += [direct, relay, lossy]
+
+        async def attempt(name: str, make: Callable[[], Awaitable[Row]]) -> None:
+            progress(f"running {name} ...")
+            try:
+                rows.append(await make())
+            except Exception as exc:
+                errors.append(f"{name}: {type(exc).__name__}: {exc}")
+
+        await attempt(
+            "output_128mib",
+            lambda: bench_output(
+                "output_128mib",
+                "128 MiB process output",
+                direct,
+                relay,
+                OUTPUT_BYTES,
+                output_samples,
+            ),
+        )
+        await attempt(
+            "getmetadata_p50",
+            lambda: bench_getmetadata(
+                "getmetadata_p50",
+                "fs/getMetadata round trip, p50",
+                direct,
+                relay,
+                str(tmp),
+                meta_samples,
+            ),
+        )
+        await attempt(
+            "lossy_goodput", lambda: bench_lossy(relay, lossy, lossy_bytes, output_samples)
+        )
+        await attempt(
+            "streams_1000", lambda: bench_streams(streams, direct_url, relay_url, str(tmp))
+        )
+
+        if args.no_rendezvous:
+            notes.append("RendezvousServer rows skipped (--no-rendezvous)")
+        elif (why := rendezvous_available()) is not None:
+            notes.append(f"RendezvousServer rows skipped: {why}")
+        else:
+            try:
+                progress("starting RendezvousServer ...")
+                rendezvous = Child("rendezvous", [*me, "--serve-rendezvous"])
+                children.append(rendezvous)
+                await rendezvous.start()
+                rdv = rendezvous.info()
+                environment2 = remote_environment("rdv-env", rdv["base_url"], server_cpu)
+                children.append(environment2)
+                await environment2.start()
+                via_rdv = await open_relay_when_online(rdv["harness_url"])
+                clients.append(via_rdv)
+            except Exception as exc:
+                notes.append(f"RendezvousServer rows skipped: {type(exc).__name__}: {exc}")
+            else:
+                await attempt(
+                    "rendezvous_output_128mib",
+                    lambda: bench_output(
+                        "rendezvous_output_128mib",
+                        "128 MiB output via RendezvousServer",
+                        direct,
+                        via_rdv,
+                        OUTPUT_BYTES,
+                        output_samples,
+                    ),
+                )
+                await attempt(
+                    "rendezvous_getmetadata_p50",
+                    lambda: bench_getmetadata(
+                        "rendezvous_getmetadata_p50",
+                        "getMetadata p50 via RendezvousServer",
+                        direct,
+                        via_rdv,
+                        str(tmp),
+                        meta_samples,
+                    ),
+                )
+    finally:
+        for client in clients:
+            await client.close()
+        for child in reversed(children):
+            await child.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "quick": quick,
+                    "pinned": {"client_cpu": client_cpu, "server_cpu": server_cpu},
+                    "results": [
+                        {
+                            "key": r.key,
+                            "title": r.title,
+                            r.left_label: r.left,
+                            r.right_label: r.right,
+                            "comparison": r.comparison,
+                            "goal": r.goal,
+                            "met": r.met,
+                            "numbers": r.numbers,
+                        }
+                        for r in rows
+                    ],
+                    "errors": errors,
+                    "notes": notes,
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(render_table(rows))
+        for note in notes:
+            print(f"  note: {note}")
+        for error in errors:
+            print(f"  ! {error}")
+    return 1 if errors else 0
+
+
+def render_table(rows: list[Row]) -> str:
+    header = ["benchmark", "baseline", "relay", "relay vs baseline", "goal", "met"]
+    table = [header]
+    for r in rows:
+        met = "-" if r.met is None else "yes" if r.met else "NO"
+        table.append(
+            [
+                r.title,
+                f"{r.left_label}: {r.left}",
+                f"{r.right_label}: {r.right}",
+                r.comparison,
+                r.goal,
+                met,
+            ]
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = []
+    for i, row in enumerate(table):
+        cells = " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+        lines.append(f"| {cells} |")
+        if i == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples, 200 streams")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--streams", type=int, help="concurrent harnesses (default 1000)")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin client and servers")
+    parser.add_argument(
+        "--no-rendezvous", action="store_true", help="skip the RendezvousServer rows"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=900.0, help="abort the whole run after this many seconds"
+    )
+    parser.add_argument("--serve-forwarder", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-rendezvous", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=LOSS_SEED, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.serve_forwarder:
+        asyncio.run(serve_forwarder(args.seed))
+        return 0
+    if args.serve_rendezvous:
+        asyncio.run(serve_rendezvous())
+        return 0
+
+    async def bounded() -> int:
+        return await asyncio.wait_for(main_async(args), args.timeout)
+
+    try:
+        return asyncio.run(bounded())
+    except TimeoutError:
+        print(f"benchmark run exceeded --timeout {args.timeout}s", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
