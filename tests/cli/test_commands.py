@@ -127,3 +127,30 @@ async def test_cp_errors_are_clear(url: str, tmp_path: Path) -> None:
     assert code == 2 and b"is a directory" in err
     code, _, err = await _cli("cp", "--url", url, "a", "b")
     assert code == 2 and b"exactly one of SOURCE and DESTINATION" in err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+async def test_cp_one_gib_both_ways(url: str, tmp_path: Path) -> None:
+    size = 1024 * 1024 * 1024
+    source = tmp_path / "gib.bin"
+    digest = hashlib.sha256()
+    block = os.urandom(4 * 1024 * 1024)
+    with source.open("wb") as fh:
+        for i in range(size // len(block)):
+            # Vary every block so misplaced chunks cannot cancel out.
+            chunk = i.to_bytes(8, "big") + block[8:]
+            fh.write(chunk)
+            digest.update(chunk)
+    remote = tmp_path / "remote-gib.bin"
+    code, _, err = await _cli("cp", "--url", url, str(source), f"env:{remote}")
+    assert code == 0, err
+    assert remote.stat().st_size == size
+    back = tmp_path / "back-gib.bin"
+    code, _, err = await _cli("cp", "--url", url, f"env:{remote}", str(back))
+    assert code == 0, err
+    check = hashlib.sha256()
+    with back.open("rb") as fh:
+        while chunk := fh.read(8 * 1024 * 1024):
+            check.update(chunk)
+    assert check.hexdigest() == digest.hexdigest()
