@@ -187,15 +187,27 @@ async def test_read_directory(differ: Differ) -> None:
         await c.call("fs/readDirectory", {"path": ctx.path("file.txt")})
         await c.call("fs/readDirectory", {"path": ctx.path("broken-link")})
         await c.call("fs/readDirectory", {"path": "rel"})
-        # Order as returned: is it sorted by name?
-        for i in (3, 1, 2):
-            ctx.write_text("", "empty", f"n{i}")
-        resp = await c.call("fs/readDirectory", {"path": ctx.path("empty")}, record=False)
-        names = [e["fileName"] for e in result_of(resp).get("entries", [])]
-        # 0.133 returns readdir order; sorting is harmless, so only strict mode compares.
-        ctx.note("entries come back sorted by name", names == sorted(names), strict_only=True)
 
     await differ.check(script)
+
+
+async def test_read_directory_order(differ: Differ) -> None:
+    """Intentional difference: 0.133 lists entries in readdir order; ours sorts by name."""
+
+    async def script(ctx: ScriptContext) -> None:
+        for name in ("n3", "b", "n1", "zz", "a", "n2", "m", "c0", "y", "c1"):
+            ctx.write_text("", name)
+        c = await ctx.connect_ready()
+        resp = await c.call("fs/readDirectory", {"path": ctx.path()}, record=False)
+        ctx.note("names", [e["fileName"] for e in result_of(resp).get("entries", [])])
+        ctx.note("readdir order", os.listdir(ctx.path()))
+
+    runs = await differ.each(script)
+    codex = {e["note"]: e["value"] for e in runs["codex"].normalized()}
+    assert codex["names"] == codex["readdir order"], codex
+    if "ours" in runs:
+        ours = {e["note"]: e["value"] for e in runs["ours"].normalized()}
+        assert ours["names"] == sorted(ours["readdir order"]), ours
 
 
 async def test_create_directory(differ: Differ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-from interop_support import Differ, ScriptContext
+from interop_support import CLOSED, Differ, ScriptContext
 
 pytestmark = pytest.mark.interop
 
@@ -127,9 +127,6 @@ MALFORMED_FRAMES = [
     '{"id":1}',
     '{"id":1,"method":5}',
     '{"params":{}}',
-    '{"id":1.5,"method":"initialize","params":{"clientName":"x"}}',
-    '{"id":true,"method":"initialize","params":{"clientName":"x"}}',
-    '{"id":[1],"method":"initialize","params":{"clientName":"x"}}',
     '{"id":"1","method":"initialize","params":{"clientName":"x"},"result":{}}',
     "\xff\xfe",
     '{"id":1,"method":"x"} trailing',
@@ -157,6 +154,51 @@ async def test_malformed_frames(differ: Differ) -> None:
             await c.close()
 
     await differ.check(script)
+
+
+#: Requests whose id is neither an integer nor a string.
+ODD_ID_FRAMES = [
+    '{"id":1.5,"method":"initialize","params":{"clientName":"x"}}',
+    '{"id":true,"method":"initialize","params":{"clientName":"x"}}',
+    '{"id":[1],"method":"initialize","params":{"clientName":"x"}}',
+]
+
+
+async def test_non_integer_non_string_ids(differ: Differ) -> None:
+    """Intentional difference: a request whose id is 1.5, true or [1].
+
+    0.133 drops the connection without a word. Ours treats the frame like any other
+    malformed input: an id -1 parse error, and the connection stays usable.
+    """
+
+    async def script(ctx: ScriptContext) -> None:
+        for frame in ODD_ID_FRAMES:
+            c = await ctx.connect()
+            await c.send_raw_expect(frame, timeout=1.0)
+            if not c.closed:
+                await c.call(
+                    "initialize",
+                    {"clientName": "after"},
+                    timeout=2.0,
+                    view=lambda r: {"id": r["id"], "initialized": "sessionId" in r["result"]},
+                )
+            await c.close()
+
+    runs = await differ.each(script)
+    codex = runs["codex"].normalized()
+    assert [e["recv"] for e in codex] == [CLOSED] * len(ODD_ID_FRAMES), codex
+    if "ours" in runs:
+        ours = runs["ours"].normalized()
+        parse_error = {
+            "error": {
+                "code": -32600,
+                "message": "failed to parse websocket JSON-RPC message from exec-server "
+                "websocket: <decoder message>",
+            },
+            "id": -1,
+        }
+        after = {"id": 1, "initialized": True}
+        assert [e["recv"] for e in ours] == [parse_error, after] * len(ODD_ID_FRAMES), ours
 
 
 async def test_binary_frames_accepted(differ: Differ) -> None:
@@ -209,7 +251,12 @@ async def test_connection_fatal_after_handshake(differ: Differ) -> None:
 
 
 async def test_pipelined_requests_answered_in_order(differ: Differ) -> None:
-    """Codex handles one request at a time per connection: a long-poll blocks the rest."""
+    """Intentional difference: a request pipelined behind a waiting long-poll.
+
+    0.133 handles one request at a time per connection, so a ``process/read`` that
+    waits blocks everything behind it. Ours parks the waiting read and answers the
+    rest at once.
+    """
 
     async def script(ctx: ScriptContext) -> None:
         c = await ctx.connect_ready()
@@ -229,10 +276,25 @@ async def test_pipelined_requests_answered_in_order(differ: Differ) -> None:
         ctx.note("getMetadata answered while the long-poll read is pending", early is not None)
         await c.response_to(read, view=lambda r: {"id": r["id"], "exited": r["result"]["exited"]})
         if early is None:
-            await c.response_to(meta)
+            await c.response_to(meta, view=lambda r: {"id": r["id"], "answered": "result" in r})
         await c.wait_closed("s")
 
-    await differ.check(script)
+    runs = await differ.each(script)
+    codex = runs["codex"].normalized()
+    read_answer = {"id": 3, "exited": True}
+    assert [e.get("value", e.get("recv")) for e in codex] == [
+        {"id": 2, "result": {"processId": "s"}},
+        False,
+        read_answer,
+        {"id": 4, "answered": True},
+    ], codex
+    if "ours" in runs:
+        ours = runs["ours"].normalized()
+        assert [e.get("value", e.get("recv")) for e in ours] == [
+            {"id": 2, "result": {"processId": "s"}},
+            True,
+            read_answer,
+        ], ours
 
 
 async def test_http_routes(differ: Differ) -> None:

@@ -15,13 +15,13 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import click
 
 from ..environment.remote import RegistrationError, RemoteEnvironment, RemoteEnvironmentConfig
 from ..environment.server import ExecServer
-from ..rendezvous.server import RendezvousConfig, RendezvousServer
+from ..rendezvous.server import RendezvousConfig, RendezvousServer, parse_listen_url
+from ..transport.listen_url import ListenUrlError
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +31,6 @@ DEFAULT_ENVIRONMENT_ID = "local"
 UP_READY_TIMEOUT_S = 15.0
 #: Lifetime of the harness URL `up` prints.
 UP_HARNESS_URL_LIFETIME_S = 7 * 24 * 3600.0
-
-
-def _parse_http_listen(listen: str) -> tuple[str, int]:
-    parts = urlsplit(listen)
-    if parts.scheme != "http" or parts.hostname is None or parts.port is None:
-        raise click.UsageError(f"--listen expects http://IP:PORT, got `{listen}`")
-    return parts.hostname, parts.port
 
 
 @click.command()
@@ -51,7 +44,10 @@ def _parse_http_listen(listen: str) -> tuple[str, int]:
 )
 def up(listen: str, environment_id: str, name: str | None, data_dir: Path | None) -> None:
     """Start a rendezvous and a local environment registered to it."""
-    host, port = _parse_http_listen(listen)
+    try:
+        host, port = parse_listen_url(listen)
+    except ListenUrlError as exc:
+        raise click.UsageError(str(exc)) from None
     try:
         asyncio.run(_up(host, port, environment_id, name, data_dir))
     except RegistrationError as exc:

@@ -16,28 +16,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import logging
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from ..transport.channel import MessageChannel
+from ..transport.listen_url import ListenUrlError, parse_ip_port_url
 from ..transport.websocket import DEFAULT_MAX_MESSAGE_BYTES, WebSocketChannel
 from .fs_handler import FileSystemHandler
 from .processor import ConnectionProcessor
 from .session import SessionConfig, SessionRegistry
+
+__all__ = ["ExecServer", "ListenAddress", "ListenUrlError", "ServerConfig", "parse_listen_url"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN_URL = "ws://127.0.0.1:0"
 #: Grace given to open websockets to close during shutdown.
 SHUTDOWN_CLOSE_TIMEOUT_S = 2.0
-
-
-class ListenUrlError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -53,21 +50,8 @@ def parse_listen_url(url: str) -> ListenAddress:
     """Parse ``ws://IP:PORT`` or ``stdio``/``stdio://`` (Codex's accepted forms)."""
     if url in ("stdio", "stdio://"):
         return ListenAddress(stdio=True)
-    error = ListenUrlError(f"unsupported --listen URL `{url}`; expected `ws://IP:PORT` or `stdio`")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise error from None
-    if parts.scheme != "ws" or parts.hostname is None or port is None:
-        raise error
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise error
-    try:
-        ipaddress.ip_address(parts.hostname)
-    except ValueError:
-        raise error from None
-    return ListenAddress(host=parts.hostname, port=port)
+    host, port = parse_ip_port_url(url, "ws", "`ws://IP:PORT` or `stdio`")
+    return ListenAddress(host=host, port=port)
 
 
 @dataclass(frozen=True)

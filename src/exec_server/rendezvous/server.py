@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import math
@@ -44,13 +43,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 from aiohttp.tcp_helpers import tcp_nodelay
 from prometheus_client import CollectorRegistry
 
 from ..relay.frame_codec import DEFAULT_MAX_FRAME_BYTES, INBOUND_LIMITS
+from ..transport.listen_url import ListenUrlError, parse_ip_port_url
 from .credentials import ResolvedToken, bearer_matches, load_or_create_secret, resolve_token
 from .errors import UrlRejected
 from .metrics import RegistryStats, make_registry, render
@@ -118,27 +117,9 @@ ENVIRONMENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 _FLAVOURS = ("environment", "executor")
 
 
-class ListenUrlError(ValueError):
-    pass
-
-
 def parse_listen_url(url: str) -> tuple[str, int]:
     """``http://IP:PORT`` -> (host, port)."""
-    error = ListenUrlError(f"unsupported --listen URL `{url}`; expected `http://IP:PORT`")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise error from None
-    if parts.scheme != "http" or parts.hostname is None or port is None:
-        raise error
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise error
-    try:
-        ipaddress.ip_address(parts.hostname)
-    except ValueError:
-        raise error from None
-    return parts.hostname, port
+    return parse_ip_port_url(url, "http", "`http://IP:PORT`")
 
 
 def is_valid_environment_id(environment_id: str) -> bool:

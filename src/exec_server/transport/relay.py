@@ -27,8 +27,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
-from aiohttp import WSMsgType
+from aiohttp import ClientSession, WSMsgType
 
 from ..relay.errors import MessageTooLarge, SendBlocked, StreamClosed
 from ..relay.events import (
@@ -41,7 +42,7 @@ from ..relay.events import (
 from ..relay.reliable_stream import ReliableStream
 from ..relay.stream_mux import MuxConfig, MuxRole, StreamMux
 from .channel import ChannelClosed, MessageTooLargeForTransport
-from .websocket import AnyWebSocket
+from .websocket import AnyWebSocket, dial_websocket
 
 log = logging.getLogger(__name__)
 
@@ -339,8 +340,6 @@ CLOSE_FLUSH_S = 0.5
 
 def is_rendezvous_harness_url(url: str) -> bool:
     """True when the URL's query has ``role=harness`` (how Codex picks the relay)."""
-    from urllib.parse import parse_qs, urlsplit
-
     return "harness" in parse_qs(urlsplit(url).query).get("role", [])
 
 
@@ -382,14 +381,13 @@ class HarnessRelayChannel:
         self._supervisor = asyncio.ensure_future(self._supervise(ws))
 
     async def _dial(self) -> AnyWebSocket:
-        ws: AnyWebSocket = await self._http.ws_connect(
+        return await dial_websocket(
+            self._http,
             self.url,
-            compress=0,
-            max_msg_size=self._max_message_bytes,
             headers=self._headers,
-            heartbeat=RELAY_PING_INTERVAL_S,
+            max_message_bytes=self._max_message_bytes,
+            heartbeat_s=RELAY_PING_INTERVAL_S,
         )
-        return ws
 
     async def _supervise(self, ws: AnyWebSocket) -> None:
         loop = asyncio.get_running_loop()
@@ -448,30 +446,19 @@ async def connect_harness_relay(
     max_message_bytes: int = 64 * 1024 * 1024,
 ) -> HarnessRelayChannel:
     """Dial a ``role=harness`` rendezvous URL and open one relay stream on it."""
-    from aiohttp import ClientError, ClientSession
-
-    from .websocket import WebSocketConnectError
-
     http = ClientSession()
     try:
-        async with asyncio.timeout(timeout_s):
-            ws = await http.ws_connect(
-                url,
-                compress=0,
-                max_msg_size=max_message_bytes,
-                headers=headers,
-                heartbeat=RELAY_PING_INTERVAL_S,
-            )
-    except TimeoutError:
+        ws = await dial_websocket(
+            http,
+            url,
+            headers=headers,
+            timeout_s=timeout_s,
+            max_message_bytes=max_message_bytes,
+            heartbeat_s=RELAY_PING_INTERVAL_S,
+        )
+    except BaseException:
         await http.close()
-        raise WebSocketConnectError(
-            f"timed out connecting to exec-server websocket `{url}` after {timeout_s}s"
-        ) from None
-    except (ClientError, OSError, ValueError) as exc:
-        await http.close()
-        raise WebSocketConnectError(
-            f"failed to connect to exec-server websocket `{url}`: {exc}"
-        ) from None
+        raise
     return HarnessRelayChannel(
         url,
         http,

@@ -100,6 +100,37 @@ class ClientWebSocketChannel(WebSocketChannel):
         await self._session.close()
 
 
+async def dial_websocket(
+    session: ClientSession,
+    url: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    timeout_s: float = 10.0,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    heartbeat_s: float | None = None,
+) -> ClientWebSocketResponse:
+    """Open a websocket (never offering compression); errors become
+    :class:`WebSocketConnectError` with Codex's wording."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await session.ws_connect(
+                url,
+                compress=0,
+                max_msg_size=max_message_bytes,
+                autoping=True,
+                headers=dict(headers or {}),
+                heartbeat=heartbeat_s,
+            )
+    except TimeoutError:
+        raise WebSocketConnectError(
+            f"timed out connecting to exec-server websocket `{url}` after {timeout_s}s"
+        ) from None
+    except (ClientError, OSError, ValueError) as exc:
+        raise WebSocketConnectError(
+            f"failed to connect to exec-server websocket `{url}`: {exc}"
+        ) from None
+
+
 async def connect_websocket(
     url: str,
     *,
@@ -107,27 +138,16 @@ async def connect_websocket(
     timeout_s: float = 10.0,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> ClientWebSocketChannel:
-    """Dial ``url`` (never offering compression) and wrap the socket as a channel."""
+    """Dial ``url`` and wrap the socket as a channel."""
     session = ClientSession()
     try:
-        async with asyncio.timeout(timeout_s):
-            ws = await session.ws_connect(
-                url,
-                compress=0,
-                max_msg_size=max_message_bytes,
-                autoping=True,
-                headers=dict(headers or {}),
-            )
-    except TimeoutError:
-        await session.close()
-        raise WebSocketConnectError(
-            f"timed out connecting to exec-server websocket `{url}` after {timeout_s}s"
-        ) from None
-    except (ClientError, OSError, ValueError) as exc:
-        await session.close()
-        raise WebSocketConnectError(
-            f"failed to connect to exec-server websocket `{url}`: {exc}"
-        ) from None
+        ws = await dial_websocket(
+            session,
+            url,
+            headers=headers,
+            timeout_s=timeout_s,
+            max_message_bytes=max_message_bytes,
+        )
     except BaseException:
         await session.close()
         raise
