@@ -31,7 +31,10 @@ STREAM = "4d2a4a4e-1111-4222-8333-444455556666"
 def _codex_binary() -> str:
     candidate = os.environ.get("CODEX_0133_BIN") or str(REPO_ROOT / _BUNDLED)
     if not os.access(candidate, os.X_OK):
-        pytest.skip("real codex 0.133.0 binary not found; run scripts/install_codex.sh")
+        reason = "real codex 0.133.0 binary not found; run scripts/install_codex.sh"
+        if os.environ.get("EXEC_SERVER_REQUIRE_INTEROP"):
+            pytest.fail(f"EXEC_SERVER_REQUIRE_INTEROP is set but {reason}")
+        pytest.skip(reason)
     return candidate
 
 
