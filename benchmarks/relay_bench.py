@@ -64,6 +64,7 @@ BENCH_SCRIPT = Path(__file__).resolve()
 REPO_ROOT = BENCH_SCRIPT.parents[1]
 sys.path.insert(0, str(REPO_ROOT / "src"))
 
+from exec_server.relay.frame_codec import peek_stream_id as frame_stream_id  # noqa: E402
 from exec_server.transport.channel import ChannelClosed, MessageChannel  # noqa: E402
 from exec_server.transport.relay import connect_harness_relay  # noqa: E402
 from exec_server.transport.websocket import connect_websocket  # noqa: E402
@@ -87,42 +88,6 @@ _decode = msgspec.json.Decoder().decode
 # ------------------------------------------------------------------------------------
 # the minimal forwarding rendezvous (runs in its own process)
 # ------------------------------------------------------------------------------------
-
-
-def frame_stream_id(data: bytes) -> str | None:
-    """``stream_id`` (protobuf field 2) of a relay frame, without decoding the rest."""
-    pos, end = 0, len(data)
-    try:
-        while pos < end:
-            tag, pos = _varint(data, pos)
-            field_no, wire = tag >> 3, tag & 7
-            if wire == 0:
-                _, pos = _varint(data, pos)
-            elif wire == 2:
-                length, pos = _varint(data, pos)
-                if field_no == 2:
-                    return data[pos : pos + length].decode()
-                pos += length
-            elif wire in (1, 5):
-                pos += 8 if wire == 1 else 4
-            else:
-                return None
-    except (IndexError, UnicodeDecodeError):
-        return None
-    return None
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            raise IndexError("varint too long")
 
 
 class Forwarder:

@@ -36,6 +36,7 @@ from aiohttp import WSMsgType, web
 
 from exec_server.environment.remote import RemoteEnvironment, RemoteEnvironmentConfig
 from exec_server.environment.server import ExecServer
+from exec_server.relay.frame_codec import peek_stream_id as frame_stream_id
 
 ENVIRONMENT_ID = "env-faults"
 REGISTRY_TOKEN = "registry-token"
@@ -57,48 +58,6 @@ class FaultPlan:
 
 
 LOSSLESS = FaultPlan()
-
-
-def frame_stream_id(data: bytes) -> str | None:
-    """``stream_id`` (field 2) of an encoded ``RelayMessageFrame``, or ``None``.
-
-    Walks the protobuf fields without decoding payloads: field 2 follows ``version``,
-    so this reads a handful of bytes per frame.
-    """
-    pos, end = 0, len(data)
-    try:
-        while pos < end:
-            tag, pos = _varint(data, pos)
-            field_no, wire = tag >> 3, tag & 7
-            if wire == 0:
-                _, pos = _varint(data, pos)
-            elif wire == 2:
-                length, pos = _varint(data, pos)
-                if field_no == 2:
-                    return data[pos : pos + length].decode()
-                pos += length
-            elif wire == 5:
-                pos += 4
-            elif wire == 1:
-                pos += 8
-            else:
-                return None
-    except (IndexError, UnicodeDecodeError):
-        return None
-    return None
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            raise IndexError("varint too long")
 
 
 @dataclass

@@ -59,6 +59,7 @@ __all__ = [
     "decode_frame",
     "encode_frame",
     "heartbeat_frame",
+    "peek_stream_id",
     "reset_frame",
     "resume_frame",
     "truncate_reason",
@@ -299,3 +300,46 @@ def heartbeat_frame(stream_id: str, *, ack: int = 0, ack_bits: int = 0) -> Relay
         ack_bits=ack_bits,
         heartbeat=RelayHeartbeat(),
     )
+
+
+def peek_stream_id(data: bytes) -> str | None:
+    """``stream_id`` (field 2) of an encoded frame, or ``None``, without decoding it.
+
+    Walks the protobuf fields and stops at field 2, which follows ``version``: a
+    handful of bytes per frame and no payload copy. For forwarders that only route;
+    it does not validate the frame (use :func:`decode_frame` for that).
+    """
+    pos, end = 0, len(data)
+    try:
+        while pos < end:
+            tag, pos = _varint(data, pos)
+            field_no, wire = tag >> 3, tag & 7
+            if wire == 0:
+                _, pos = _varint(data, pos)
+            elif wire == 2:
+                length, pos = _varint(data, pos)
+                if field_no == 2:
+                    return data[pos : pos + length].decode()
+                pos += length
+            elif wire == 5:
+                pos += 4
+            elif wire == 1:
+                pos += 8
+            else:
+                return None
+    except (IndexError, UnicodeDecodeError):
+        return None
+    return None
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise IndexError("varint too long")
