@@ -243,18 +243,18 @@ class ConnectionProcessor:
             await asyncio.wait({read, revoked}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             revoked.cancel()
+        outcome: m.Message | RpcError
         if not read.done():
             read.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await read
-            await self._send(encode_error(request_id, InvalidRequest(TAKEN_OVER_MESSAGE)))
-            return
-        try:
-            result = read.result()
-        except RpcError as err:
-            await self._send(encode_error(request_id, err))
-            return
-        await self._send_result(request_id, result)
+            outcome = InvalidRequest(TAKEN_OVER_MESSAGE)
+        else:
+            try:
+                outcome = read.result()
+            except RpcError as err:
+                outcome = err
+        await self._reply(request_id, outcome)
 
     def _initialize(self, params: m.InitializeParams) -> m.InitializeResult:
         if self._initialize_started:
