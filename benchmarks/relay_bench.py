@@ -64,6 +64,8 @@ BENCH_SCRIPT = Path(__file__).resolve()
 REPO_ROOT = BENCH_SCRIPT.parents[1]
 sys.path.insert(0, str(REPO_ROOT / "src"))
 
+from bench_support import START_TIMEOUT_S, Child  # noqa: E402
+
 from exec_server.relay.frame_codec import peek_stream_id as frame_stream_id  # noqa: E402
 from exec_server.transport.channel import ChannelClosed, MessageChannel  # noqa: E402
 from exec_server.transport.relay import connect_harness_relay  # noqa: E402
@@ -72,8 +74,6 @@ from exec_server.transport.websocket import connect_websocket  # noqa: E402
 ENVIRONMENT_ID = "bench"
 REGISTRATION_TOKEN = "relay-bench-token"
 REGISTRATION_TOKEN_ENV = "EXEC_SERVER_REGISTRATION_TOKEN"
-START_TIMEOUT_S = 20.0
-STOP_GRACE_S = 5.0
 OP_TIMEOUT_S = 120.0
 
 MIB = 1024 * 1024
@@ -225,74 +225,6 @@ async def _serve_until_signal(
 # ------------------------------------------------------------------------------------
 # child processes
 # ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Child:
-    """A subprocess whose first stdout line describes it (a URL or a JSON object)."""
-
-    name: str
-    argv: list[str]
-    cpu: int | None = None
-    env: dict[str, str] | None = None
-    wait_line: bool = True
-    proc: asyncio.subprocess.Process | None = None
-    line: str = ""
-    log: Path | None = None
-
-    async def start(self) -> None:
-        fd, log_name = tempfile.mkstemp(prefix=f"relay-bench-{self.name}-", suffix=".log")
-        self.log = Path(log_name)
-        with os.fdopen(fd, "wb") as log_file:
-            self.proc = await asyncio.create_subprocess_exec(
-                *self.argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE if self.wait_line else asyncio.subprocess.DEVNULL,
-                stderr=log_file,
-                env={**os.environ, **(self.env or {})},
-                start_new_session=True,
-            )
-        if self.cpu is not None:
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(self.proc.pid, {self.cpu})
-        if not self.wait_line:
-            return
-        assert self.proc.stdout is not None
-        try:
-            raw = await asyncio.wait_for(self.proc.stdout.readline(), START_TIMEOUT_S)
-        except TimeoutError:
-            raise RuntimeError(
-                f"{self.name}: nothing on stdout within {START_TIMEOUT_S}s"
-            ) from None
-        self.line = raw.decode(errors="replace").strip()
-        if not self.line:
-            raise RuntimeError(f"{self.name} exited early; stderr:\n{self.stderr_tail()}")
-
-    def info(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.line)
-        return data
-
-    def stderr_tail(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-2000:] if self.log else ""
-        except OSError:
-            return ""
-
-    async def stop(self) -> None:
-        proc = self.proc
-        if proc is not None:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            if proc.returncode is None:
-                await proc.wait()
-        if self.log is not None:
-            with contextlib.suppress(OSError):
-                self.log.unlink()
 
 
 def exec_server_argv(*args: str) -> list[str]:

@@ -27,7 +27,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import socket
 import statistics
 import sys
@@ -40,6 +39,7 @@ from typing import Any
 
 import aiohttp
 import msgspec
+from bench_support import Child
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CODEX_VERSION = "0.133.0"
@@ -54,8 +54,6 @@ REFERENCE_CODEX = {
     "getmetadata_p50": 0.00016,
 }
 
-SERVER_START_TIMEOUT_S = 20.0
-SERVER_STOP_GRACE_S = 5.0
 #: Upper bound for any single measured operation.
 OP_TIMEOUT_S = 120.0
 CLIENT_MAX_MSG_BYTES = 512 * 1024 * 1024
@@ -100,61 +98,16 @@ def default_codex_binary() -> Path | None:
 
 
 @dataclass
-class Server:
-    name: str
-    argv: list[str]
-    cpu: int | None = None
-    proc: asyncio.subprocess.Process | None = None
+class Server(Child):
+    """An exec-server (ours or Codex's) whose first stdout line is its ws:// URL."""
+
     url: str = ""
-    log: Path | None = None
 
     async def start(self) -> None:
-        fd, log_name = tempfile.mkstemp(prefix=f"bench-{self.name}-", suffix=".log")
-        self.log = Path(log_name)
-        with os.fdopen(fd, "wb") as log_file:
-            self.proc = await asyncio.create_subprocess_exec(
-                *self.argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log_file,
-                start_new_session=True,
-            )
-        if self.cpu is not None:
-            # Children (the benchmarked processes) inherit the server's affinity.
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(self.proc.pid, {self.cpu})
-        assert self.proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(self.proc.stdout.readline(), SERVER_START_TIMEOUT_S)
-        except TimeoutError:
-            raise RuntimeError(
-                f"{self.name}: no URL line within {SERVER_START_TIMEOUT_S}s"
-            ) from None
-        self.url = line.decode(errors="replace").strip()
+        await super().start()
+        self.url = self.line
         if not self.url.startswith("ws://"):
             raise RuntimeError(f"{self.name} printed {self.url!r}; stderr:\n{self.stderr_tail()}")
-
-    def stderr_tail(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-2000:] if self.log else ""
-        except OSError:
-            return ""
-
-    async def stop(self) -> None:
-        proc = self.proc
-        if proc is not None:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(proc.wait(), SERVER_STOP_GRACE_S)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            if proc.returncode is None:
-                await proc.wait()
-        if self.log is not None:
-            with contextlib.suppress(OSError):
-                self.log.unlink()
 
 
 # ------------------------------------------------------------------------------------

@@ -1,0 +1,84 @@
+"""Benchmark support shared by the runners: child processes with a log and a clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+START_TIMEOUT_S = 20.0
+STOP_GRACE_S = 5.0
+
+
+@dataclass
+class Child:
+    """A subprocess whose first stdout line describes it (a URL or a JSON object)."""
+
+    name: str
+    argv: list[str]
+    cpu: int | None = None
+    env: dict[str, str] | None = None
+    wait_line: bool = True
+    proc: asyncio.subprocess.Process | None = None
+    line: str = ""
+    log: Path | None = None
+
+    async def start(self) -> None:
+        fd, log_name = tempfile.mkstemp(prefix=f"bench-{self.name}-", suffix=".log")
+        self.log = Path(log_name)
+        with os.fdopen(fd, "wb") as log_file:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE if self.wait_line else asyncio.subprocess.DEVNULL,
+                stderr=log_file,
+                env={**os.environ, **(self.env or {})},
+                start_new_session=True,
+            )
+        if self.cpu is not None:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(self.proc.pid, {self.cpu})
+        if not self.wait_line:
+            return
+        assert self.proc.stdout is not None
+        try:
+            raw = await asyncio.wait_for(self.proc.stdout.readline(), START_TIMEOUT_S)
+        except TimeoutError:
+            raise RuntimeError(
+                f"{self.name}: nothing on stdout within {START_TIMEOUT_S}s"
+            ) from None
+        self.line = raw.decode(errors="replace").strip()
+        if not self.line:
+            raise RuntimeError(f"{self.name} exited early; stderr:\n{self.stderr_tail()}")
+
+    def info(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.line)
+        return data
+
+    def stderr_tail(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-2000:] if self.log else ""
+        except OSError:
+            return ""
+
+    async def stop(self) -> None:
+        proc = self.proc
+        if proc is not None:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            if proc.returncode is None:
+                await proc.wait()
+        if self.log is not None:
+            with contextlib.suppress(OSError):
+                self.log.unlink()
