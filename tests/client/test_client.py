@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from exec_server.client import (
+    DEFAULT_OUTPUT_CHUNK_BYTES,
     ClosedEvent,
     ExecServerClient,
     ExitedEvent,
@@ -54,6 +55,20 @@ async def test_events_are_in_seq_order_and_end_on_closed(client: ExecServerClien
     assert any(isinstance(e, ExitedEvent) for e in events)
     out = b"".join(e.data for e in events if isinstance(e, OutputEvent))
     assert out == b"1\n2\n3\n"
+
+
+async def test_output_chunk_size_is_negotiated_per_process(client: ExecServerClient) -> None:
+    total = 4 * 1024 * 1024
+    argv = ["head", "-c", str(total), "/dev/zero"]
+    for chunk_bytes, limit in ((None, 8192), (DEFAULT_OUTPUT_CHUNK_BYTES, 128 * 1024)):
+        proc = await client.start_process(argv, output_chunk_bytes=chunk_bytes)
+        result = await proc.collect()
+        sizes = [len(c.data) for c in result.chunks]
+        assert (sum(sizes), result.exit_code) == (total, 0)
+        assert max(sizes) == limit  # the server split its big reads at the asked size
+    # The SDK's default is the large chunk.
+    result = await (await client.start_process(argv)).collect()
+    assert max(len(c.data) for c in result.chunks) == DEFAULT_OUTPUT_CHUNK_BYTES
 
 
 async def test_out_of_order_notifications_are_reordered(client: ExecServerClient) -> None:

@@ -193,6 +193,35 @@ async def test_large_output_is_chunked_contiguous_and_complete(
     assert [e.seq for _, e in events] == list(range(1, len(events) + 1))  # type: ignore[attr-defined]
 
 
+async def test_output_chunk_bytes_extension_sets_the_chunk_size_per_process(
+    pm: ProcessManager, sink: Recorder
+) -> None:
+    total = 3_000_000
+    await pm.start(
+        start_params("wide", ["head", "-c", str(total), "/dev/zero"], output_chunk_bytes=100_000)
+    )
+    await pm.start(start_params("default", ["head", "-c", str(total), "/dev/zero"]))
+    for pid, limit in (("wide", 100_000), ("default", 8192)):
+        events = await sink.wait_closed(pid)
+        sizes = [len(e.chunk) for _, e in events if isinstance(e, ProcessOutputNotification)]
+        assert sum(sizes) == total
+        assert min(sizes) > 0 and max(sizes) <= limit
+        # Big reads fill whole chunks: the limit is what shapes them, not the reads.
+        assert max(sizes) == limit
+    r = await read(pm, "wide", after_seq=0)
+    assert all(len(c.chunk) <= 100_000 for c in r.chunks)
+
+
+@pytest.mark.parametrize("value", [0, -1, 1024 * 1024 + 1])
+async def test_output_chunk_bytes_out_of_range_is_invalid_params(
+    pm: ProcessManager, value: int
+) -> None:
+    with pytest.raises(InvalidParams, match="outputChunkBytes must be between 1 and 1048576"):
+        await pm.start(start_params("bad", ["true"], output_chunk_bytes=value))
+    # Nothing was registered: the id is free for a valid start.
+    await pm.start(start_params("bad", ["true"], output_chunk_bytes=1024 * 1024))
+
+
 async def test_grandchild_output_after_exit_is_sequenced_before_closed(
     pm: ProcessManager, sink: Recorder
 ) -> None:

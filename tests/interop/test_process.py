@@ -578,6 +578,45 @@ async def test_chunk_size_and_max_bytes_large(differ: Differ) -> None:
     await differ.check(script)
 
 
+async def test_output_chunk_bytes_extension(differ: Differ) -> None:
+    """Intentional difference: ``outputChunkBytes`` on ``process/start`` (our extension).
+
+    0.133 ignores the unknown field and keeps its 8 KiB chunks; ours honours it. Either
+    way every byte arrives, and nothing else in the exchange changes.
+    """
+
+    async def script(ctx: ScriptContext) -> None:
+        c = await ctx.connect_ready()
+        total = 1024 * 1024
+        await start(
+            c,
+            ctx,
+            "wide",
+            ["/usr/bin/head", "-c", str(total), "/dev/zero"],
+            outputChunkBytes=65536,
+        )
+        await c.wait_closed("wide")
+        sizes = [
+            len(unb64(e["chunk"])) for e in c.events("wide") if e["method"] == "process/output"
+        ]
+        ctx.note("total", sum(sizes))
+        ctx.note("largest chunk", max(sizes))
+
+    def split(run: Any) -> tuple[dict[str, Any], list[Any]]:
+        entries = run.normalized(strict=True)
+        notes = {e["note"]: e["value"] for e in entries if "note" in e}
+        rest = [e for e in entries if e.get("note") != "largest chunk"]
+        return notes, rest
+
+    runs = await differ.each(script)
+    codex_notes, codex_rest = split(runs["codex"])
+    assert codex_notes == {"total": 1024 * 1024, "largest chunk": 8192}, codex_notes
+    if "ours" in runs:
+        ours_notes, ours_rest = split(runs["ours"])
+        assert ours_notes == {"total": 1024 * 1024, "largest chunk": 65536}, ours_notes
+        assert ours_rest == codex_rest, (ours_rest, codex_rest)
+
+
 async def test_output_retention_limit(differ: Differ) -> None:
     """About 1 MiB of output is retained per process; older chunks are evicted."""
 

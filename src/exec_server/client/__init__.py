@@ -1,6 +1,7 @@
 """Harness SDK: :class:`ExecServerClient` and process handles."""
 
 from .client import (
+    DEFAULT_OUTPUT_CHUNK_BYTES,
     ClientTimeouts,
     ClosedEvent,
     ExecServerClient,
@@ -15,6 +16,7 @@ from .client import (
 from .rpc import TransportClosed
 
 __all__ = [
+    "DEFAULT_OUTPUT_CHUNK_BYTES",
     "ClientTimeouts",
     "ClosedEvent",
     "ExecServerClient",

@@ -57,6 +57,10 @@ class _Unrecoverable(Exception):
 
 #: Output a process handle holds for a slow consumer before pushing back.
 MAX_BUFFERED_EVENT_BYTES = 8 * 1024 * 1024
+#: Largest output chunk this SDK asks for (the ``outputChunkBytes`` extension of
+#: ``process/start``): 128 KiB raw is about 171 KiB of JSON, one relay segment, and a
+#: sixteenth of the messages of Codex's 8 KiB chunks. A Codex server ignores the field.
+DEFAULT_OUTPUT_CHUNK_BYTES = 128 * 1024
 
 
 @dataclass(frozen=True)
@@ -520,6 +524,7 @@ class ExecServerClient:
         rows: int | None = None,
         cols: int | None = None,
         events: bool = True,
+        output_chunk_bytes: int | None = DEFAULT_OUTPUT_CHUNK_BYTES,
     ) -> ProcessHandle:
         """Start a process and return a handle whose events begin at seq 1.
 
@@ -530,6 +535,9 @@ class ExecServerClient:
         ``env`` is the child's exact environment unless ``env_policy`` is given
         (then it is overlaid on the policy's). With neither, the server's PATH,
         HOME and LANG are passed so ordinary commands work.
+
+        ``output_chunk_bytes`` bounds each output chunk (our server honours it, Codex
+        ignores it); ``None`` leaves the server's default (8 KiB).
         """
         if env is None and env_policy is None:
             env = {k: v for k in ("PATH", "HOME", "LANG") if (v := os.environ.get(k))}
@@ -549,6 +557,9 @@ class ExecServerClient:
             env_policy=env_policy,
             rows=rows if rows is not None else msgspec.UNSET,
             cols=cols if cols is not None else msgspec.UNSET,
+            output_chunk_bytes=(
+                output_chunk_bytes if output_chunk_bytes is not None else msgspec.UNSET
+            ),
         )
         try:
             await self._call(m.PROCESS_START, params, m.ProcessStartResult)

@@ -82,6 +82,9 @@ The session's sink returns at once (dropping the notification) while detached.""
 
 #: Largest output chunk; Codex 0.133 never sends more than 8 KiB raw per chunk.
 OUTPUT_CHUNK_BYTES = 8192
+#: Upper bound of the ``outputChunkBytes`` extension of ``process/start`` (a client may
+#: ask for larger chunks than Codex's 8 KiB: fewer messages, less overhead per byte).
+MAX_OUTPUT_CHUNK_BYTES = 1024 * 1024
 #: Output kept per process for ``process/read`` (Codex: 1 MiB, oldest evicted first).
 RETAINED_OUTPUT_BYTES = 1024 * 1024
 #: How long a closed process stays readable before its id can be reused (Codex: 30 s).
@@ -405,6 +408,7 @@ class _Process:
         notify: NotificationSink,
         limits: ProcessLimits,
         on_closed: Callable[[_Process], None],
+        output_chunk_bytes: int | None = None,
     ) -> None:
         self.id = process_id
         self.popen = spawned.popen
@@ -413,6 +417,7 @@ class _Process:
         self.pipe_stdin = pipe_stdin
         self._notify = notify
         self._limits = limits
+        self._chunk_bytes = output_chunk_bytes or limits.output_chunk_bytes
         self._on_closed = on_closed
         self._loop = asyncio.get_running_loop()
 
@@ -546,7 +551,7 @@ class _Process:
             self._pause_reading()
 
     def _record_output(self, name: OutputStream, data: bytes) -> None:
-        size = self._limits.output_chunk_bytes
+        size = self._chunk_bytes
         pieces = (
             [data] if len(data) <= size else [data[i : i + size] for i in range(0, len(data), size)]
         )
@@ -886,7 +891,8 @@ class ProcessManager:
         error 2)").
 
         Extensions: ``rows``/``cols`` set the initial PTY size (default 24x80);
-        ``cwd`` may be a ``file://`` URI.
+        ``outputChunkBytes`` (1 B to 1 MiB) the largest output chunk (default the
+        session's, 8 KiB as in Codex); ``cwd`` may be a ``file://`` URI.
         """
         if self._closed:
             raise InvalidRequest("the session's process manager is shut down")
@@ -895,6 +901,12 @@ class ProcessManager:
         for name, value in (("rows", p.rows), ("cols", p.cols)):
             if isinstance(value, int) and not 0 < value <= _U16_MAX:
                 raise InvalidParams(f"{name} must be between 1 and {_U16_MAX}, got {value}")
+        chunk_bytes = p.output_chunk_bytes
+        if isinstance(chunk_bytes, int) and not 0 < chunk_bytes <= MAX_OUTPUT_CHUNK_BYTES:
+            raise InvalidParams(
+                f"outputChunkBytes must be between 1 and {MAX_OUTPUT_CHUNK_BYTES}, "
+                f"got {chunk_bytes}"
+            )
         cwd = resolve_cwd(p.cwd)
         process_id = p.process_id
         if process_id in self._processes:
@@ -916,6 +928,7 @@ class ProcessManager:
             notify=self._notify,
             limits=self._limits,
             on_closed=self._schedule_expiry,
+            output_chunk_bytes=chunk_bytes if isinstance(chunk_bytes, int) else None,
         )
         if self._closed or self._processes.get(process_id) is not _STARTING:
             # close() ran while we were spawning: do not leak the child.

@@ -64,6 +64,9 @@ class ProcessStartParams(Message):
     # Our extension: initial PTY size (Codex uses 24x80).
     rows: int | UnsetType = UNSET
     cols: int | UnsetType = UNSET
+    # Our extension: largest raw output chunk per notification (Codex: 8 KiB). Fewer,
+    # larger messages cost less per byte, above all through a relay.
+    output_chunk_bytes: int | UnsetType = UNSET
 
 
 class ProcessStartResult(Message):

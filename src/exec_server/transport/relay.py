@@ -159,10 +159,15 @@ class RelayConnection:
         self.text_frames_dropped = 0
         self.overflow_resets = 0
         self._connected = False
+        self._clock: Callable[[], float] | None = None
 
-    @staticmethod
-    def now() -> float:
-        return asyncio.get_running_loop().time()
+    def now(self) -> float:
+        # The loop's clock, looked up once: get_running_loop() costs a getpid() system
+        # call, and now() runs several times per relay frame.
+        clock = self._clock
+        if clock is None:
+            clock = self._clock = asyncio.get_running_loop().time
+        return clock()
 
     @property
     def connected(self) -> bool:
