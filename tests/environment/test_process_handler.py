@@ -10,7 +10,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import msgspec
 import psutil
 import pytest
 from msgspec import UNSET
@@ -23,6 +22,7 @@ from exec_server.environment.process_handler import (
     resolve_cwd,
 )
 from exec_server.protocol.errors import InternalError, InvalidParams, InvalidRequest
+from exec_server.protocol.jsonrpc import encode_json
 from exec_server.protocol.messages import (
     EnvPolicy,
     Message,
@@ -595,11 +595,11 @@ async def test_eviction_reports_first_retained_seq(sink: Recorder) -> None:
         assert 56 * 1024 < len(chunk_bytes(r)) <= 64 * 1024
         first = r.chunks[0].seq
         assert first > 1 and r.first_retained_seq == first
-        assert b'"firstRetainedSeq":%d' % first in msgspec.json.encode(r)
+        assert b'"firstRetainedSeq":%d' % first in encode_json(r)
         # Nothing missing after first-1: no gap, field absent from the wire.
         r = await read(pm, "big", after_seq=first - 1)
         assert r.first_retained_seq is UNSET
-        assert b"firstRetainedSeq" not in msgspec.json.encode(r)
+        assert b"firstRetainedSeq" not in encode_json(r)
         r = await read(pm, "big", after_seq=first - 2, max_bytes=1)
         assert r.first_retained_seq == first and len(r.chunks) == 1
 

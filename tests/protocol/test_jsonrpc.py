@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from exec_server.protocol import messages as m
 from exec_server.protocol.errors import InvalidParams, InvalidRequest, MethodNotFound
 from exec_server.protocol.jsonrpc import (
+    Base64Payload,
     ErrorResponse,
     MalformedMessage,
     Notification,
@@ -15,6 +18,7 @@ from exec_server.protocol.jsonrpc import (
     Response,
     decode_params,
     encode_error,
+    encode_json,
     encode_notification,
     encode_request,
     encode_response,
@@ -128,3 +132,36 @@ def test_read_result_extension_is_omitted_unless_set() -> None:
     )
     result.first_retained_seq = 5
     assert b'"firstRetainedSeq":5' in msgspec.json.encode(result)
+
+
+@given(st.binary(max_size=3000))
+def test_base64_payload_encodes_exactly_like_plain_bytes(data: bytes) -> None:
+    plain = m.ProcessOutputNotification(process_id="p", seq=1, stream="stdout", chunk=data)
+    fast = m.ProcessOutputNotification(
+        process_id="p", seq=1, stream="stdout", chunk=Base64Payload(data)
+    )
+    assert encode_notification("process/output", fast) == encode_notification(
+        "process/output", plain
+    )
+
+    def read_result(chunk: bytes) -> m.ProcessReadResult:
+        return m.ProcessReadResult(
+            chunks=[m.ProcessOutputChunk(seq=1, stream="pty", chunk=chunk)],
+            next_seq=2,
+            exited=False,
+            exit_code=None,
+            closed=False,
+        )
+
+    assert encode_response(3, read_result(Base64Payload(data))) == encode_response(
+        3, read_result(data)
+    )
+    decoded = msgspec.json.decode(encode_json(fast), type=m.ProcessOutputNotification)
+    assert decoded.chunk == data
+
+
+def test_base64_payload_is_only_understood_by_the_protocol_encoder() -> None:
+    with pytest.raises(TypeError, match="Base64Payload is unsupported"):
+        msgspec.json.encode({"chunk": Base64Payload(b"x")})
+    with pytest.raises(TypeError, match="object is unsupported"):
+        encode_json({"x": object()})

@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import msgspec
+import pybase64
 from msgspec import UnsetType
 
 from ..protocol import messages as m
@@ -61,6 +62,18 @@ MAX_BUFFERED_EVENT_BYTES = 8 * 1024 * 1024
 #: ``process/start``): 128 KiB raw is about 171 KiB of JSON, one relay segment, and a
 #: sixteenth of the messages of Codex's 8 KiB chunks. A Codex server ignores the field.
 DEFAULT_OUTPUT_CHUNK_BYTES = 128 * 1024
+
+
+class _OutputNotificationWire(m.Message):
+    """``process/output`` with the chunk left as its base64 text (decoded by pybase64)."""
+
+    process_id: str
+    seq: int
+    stream: m.OutputStream
+    chunk: str
+
+
+_output_decoder = msgspec.json.Decoder(_OutputNotificationWire)
 
 
 @dataclass(frozen=True)
@@ -476,10 +489,12 @@ class ExecServerClient:
 
     def _route_notification(self, method: str, params: msgspec.Raw) -> Awaitable[None] | None:
         if method == m.PROCESS_OUTPUT:
-            out = msgspec.json.decode(params, type=m.ProcessOutputNotification)
+            out = _output_decoder.decode(params)
             handle = self._handles.get(out.process_id)
             if handle is not None:
-                handle._accept(out.seq, OutputEvent(out.seq, out.stream, out.chunk))
+                # pybase64 decodes about twice as fast as msgspec's ``bytes`` field.
+                chunk = pybase64.b64decode(out.chunk, validate=True)
+                handle._accept(out.seq, OutputEvent(out.seq, out.stream, chunk))
                 if not handle._space.is_set():
                     return handle._wait_for_space()
         elif method == m.PROCESS_EXITED:

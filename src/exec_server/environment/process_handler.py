@@ -47,6 +47,7 @@ from urllib.parse import unquote, urlsplit
 import psutil
 
 from ..protocol.errors import InternalError, InvalidParams, InvalidRequest
+from ..protocol.jsonrpc import Base64Payload
 from ..protocol.messages import (
     PROCESS_CLOSED,
     PROCESS_EXITED,
@@ -552,9 +553,13 @@ class _Process:
 
     def _record_output(self, name: OutputStream, data: bytes) -> None:
         size = self._chunk_bytes
-        pieces = (
-            [data] if len(data) <= size else [data[i : i + size] for i in range(0, len(data), size)]
-        )
+        # Base64Payload: the chunks are encoded with pybase64 (several times msgspec's
+        # speed); slicing a memoryview keeps it to one copy per byte.
+        if len(data) <= size:
+            pieces = [Base64Payload(data)]
+        else:
+            view = memoryview(data)
+            pieces = [Base64Payload(view[i : i + size]) for i in range(0, len(data), size)]
         retained = self._retained
         outbox = self._outbox
         pid = self.id
