@@ -205,7 +205,7 @@ async def test_our_harness_runs_commands_on_the_codex_executor(
         assert stream.stats.retransmissions == 0
 
     data_frames = [decode_frame(f) for f in forwarder.harness_frames]
-    data_frames = [f for f in data_frames if f.WhichOneof("body") == "data"]
+    data_frames = [f for f in data_frames if f.kind == "data"]
     assert data_frames, "no data frames were sent"
     assert all(f.data.segment_count == 1 and f.data.segment_index == 0 for f in data_frames)
     payloads = [f.data.payload for f in data_frames]

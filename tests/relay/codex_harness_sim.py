@@ -18,7 +18,7 @@ import msgspec
 from aiohttp import ClientWebSocketResponse, WSMsgType
 
 from exec_server.relay.frame_codec import (
-    RelayMessageFrame,
+    RelayFrame,
     body_kind,
     data_frame,
     decode_frame,
@@ -37,7 +37,7 @@ class SimulatedCodexHarness:
         self.stream_id = stream_id or str(uuid.uuid4())
         self.next_seq = 0
         self._next_id = 0
-        self.frames: list[RelayMessageFrame] = []
+        self.frames: list[RelayFrame] = []
         """Every frame received for this stream, in arrival order."""
         self.raw: list[bytes] = []
         """The same frames as received bytes."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from exec_server.relay.errors import InvalidFrame
 from exec_server.relay.events import MessageReceived, StreamEvent
 from exec_server.relay.frame_codec import (
-    RelayMessageFrame,
+    RelayFrame,
     body_kind,
     data_frame,
     decode_frame,
@@ -33,7 +33,7 @@ def messages(events: list[StreamEvent]) -> list[bytes]:
     return [e.payload for e in events if isinstance(e, MessageReceived)]
 
 
-def kinds(frames: list[RelayMessageFrame]) -> list[str | None]:
+def kinds(frames: list[RelayFrame]) -> list[str | None]:
     return [body_kind(f) for f in frames]
 
 
@@ -53,14 +53,14 @@ class Pair:
         self.a = ReliableStream(STREAM_ID, initiator=True, now=self.now, config=self.config)
         self.b = ReliableStream(STREAM_ID, initiator=False, now=self.now, config=self.config)
 
-    def out(self, stream: ReliableStream) -> list[RelayMessageFrame]:
+    def out(self, stream: ReliableStream) -> list[RelayFrame]:
         """Frames ``stream`` emits now, after a round trip through the wire codec."""
         return [decode_frame(encode_frame(f)) for f in stream.frames_to_send(self.now)]
 
     def peer(self, stream: ReliableStream) -> ReliableStream:
         return self.b if stream is self.a else self.a
 
-    def deliver(self, to: ReliableStream, frames: list[RelayMessageFrame]) -> None:
+    def deliver(self, to: ReliableStream, frames: list[RelayFrame]) -> None:
         for frame in frames:
             to.receive_frame(frame, self.now)
         self.collect()
@@ -104,7 +104,7 @@ class Pair:
         self.settle(0.1)
 
 
-def decode_or_none(data: bytes) -> RelayMessageFrame | None:
+def decode_or_none(data: bytes) -> RelayFrame | None:
     try:
         return decode_frame(data)
     except InvalidFrame:
@@ -125,7 +125,7 @@ class LegacyCodexExecutor:
     executed: dict[str, list[bytes]] = field(default_factory=dict)
     next_seq: dict[str, int] = field(default_factory=dict)
     outbox: list[bytes] = field(default_factory=list)
-    frames_seen: list[RelayMessageFrame] = field(default_factory=list)
+    frames_seen: list[RelayFrame] = field(default_factory=list)
     silently_dropped: int = 0
 
     def receive(self, data: bytes) -> None:

@@ -35,7 +35,8 @@ from exec_server.relay.errors import InvalidFrameReason as R
 from exec_server.relay.events import PeerMode
 from exec_server.relay.frame_codec import (
     DEFAULT_MAX_FRAME_BYTES,
-    RelayMessageFrame,
+    HandshakeBody,
+    RelayFrame,
     ack_frame,
     data_frame,
     encode_frame,
@@ -46,6 +47,7 @@ from exec_server.relay.frame_codec import (
 from exec_server.relay.proto.relay_v1_pb2 import (
     RelayData,
     RelayHandshake,
+    RelayMessageFrame,
     RelayReset,
 )
 from exec_server.relay.reliable_stream import RELIABLE_CAPABILITY_BIT, StreamDropReason
@@ -59,7 +61,7 @@ INJECTION_GAP_S = 0.003
 def _raw(stream_id: str, **fields: Any) -> bytes:
     """A frame with arbitrary (possibly invalid) fields; the builders would refuse some."""
     frame = RelayMessageFrame(stream_id=stream_id, **fields)
-    return encode_frame(frame)
+    return frame.SerializeToString()
 
 
 class BadFrames:
@@ -121,9 +123,7 @@ class BadFrames:
                 heartbeat_frame("ghost-3"),
                 reset_frame("ghost-4", "bye"),
                 resume_frame("ghost-5", 0),  # Codex's unflagged stream claim
-                RelayMessageFrame(
-                    version=1, stream_id="ghost-6", handshake=RelayHandshake(payload=b"x")
-                ),
+                RelayFrame(stream_id="ghost-6", body=HandshakeBody(b"x")),
             )
         ):
             assert frame.stream_id == f"ghost-{i + 1}"

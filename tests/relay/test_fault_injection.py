@@ -56,7 +56,8 @@ CLIENTS = 4
 OPS_PER_CLIENT = 500
 WORKERS_PER_CLIENT = 8
 BIG_OUTPUT_BYTES = 50 * 1024 * 1024
-#: Kick the harness sockets, then the environment socket, at these fractions of the work.
+#: Kick the harness sockets, then the environment socket, at these fractions of the work
+#: (of the mixed operations or of the big output, whichever gets there first).
 KICK_HARNESS_AT = 1 / 3
 KICK_ENVIRONMENT_AT = 2 / 3
 RUN_TIMEOUT_S = 100.0
@@ -153,6 +154,7 @@ def harness_channels(monkeypatch: pytest.MonkeyPatch) -> list[RecordingChannel]:
 @dataclass
 class Progress:
     total_ops: int
+    total_output_bytes: int
     ops_done: int = 0
     output_bytes: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -160,9 +162,14 @@ class Progress:
     def bump(self) -> None:
         self.changed.set()
 
-    async def ops_reached(self, fraction: float) -> None:
-        """Wait until ``fraction`` of the mixed operations are done and output is flowing."""
-        while self.ops_done < fraction * self.total_ops or self.output_bytes == 0:
+    async def reached(self, fraction: float) -> None:
+        """Wait until output is flowing and ``fraction`` of the mixed operations or of the
+        big output is done, whichever comes first: both workloads are then mid-flight,
+        however fast each one runs relative to the other."""
+        while self.output_bytes == 0 or (
+            self.ops_done < fraction * self.total_ops
+            and self.output_bytes < fraction * self.total_output_bytes
+        ):
             self.changed.clear()
             await self.changed.wait()
 
@@ -296,10 +303,10 @@ async def inject_disconnects(
     rendezvous: ForwardingRendezvous, progress: Progress, log: list[tuple[str, int, int]]
 ) -> None:
     """Abort every harness socket at 1/3 of the work, the environment socket at 2/3."""
-    await progress.ops_reached(KICK_HARNESS_AT)
+    await progress.reached(KICK_HARNESS_AT)
     log.append(("harness", *progress.snapshot()))
     assert rendezvous.kick_harnesses() == CLIENTS + 1
-    await progress.ops_reached(KICK_ENVIRONMENT_AT)
+    await progress.reached(KICK_ENVIRONMENT_AT)
     log.append(("environment", *progress.snapshot()))
     assert rendezvous.kick_environment()
 
@@ -323,7 +330,9 @@ async def test_lossy_rendezvous_with_disconnects_loses_and_repeats_nothing(
             for i in range(CLIENTS + 1)
         ]
         try:
-            progress = Progress(total_ops=CLIENTS * OPS_PER_CLIENT)
+            progress = Progress(
+                total_ops=CLIENTS * OPS_PER_CLIENT, total_output_bytes=BIG_OUTPUT_BYTES
+            )
             counts = OpCounts()
             kicks: list[tuple[str, int, int]] = []
             async with asyncio.timeout(RUN_TIMEOUT_S), asyncio.TaskGroup() as group:

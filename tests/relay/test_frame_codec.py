@@ -12,6 +12,8 @@ from exec_server.relay.frame_codec import (
     INBOUND_LIMITS,
     OUTBOUND_LIMITS,
     FrameLimits,
+    HandshakeBody,
+    RelayFrame,
     ack_frame,
     body_kind,
     data_frame,
@@ -53,11 +55,11 @@ def data_body(**fields: object) -> pb.RelayData:
         resume_frame("s", 0),
         reset_frame("s", "test_reset"),
         heartbeat_frame("s"),
-        pb.RelayMessageFrame(version=1, stream_id="s", handshake=pb.RelayHandshake(payload=b"h")),
+        RelayFrame(version=1, stream_id="s", body=HandshakeBody(payload=b"h")),
         data_frame("s", 1, b"p", traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01"),
     ],
 )
-def test_valid_frames_round_trip(frame: pb.RelayMessageFrame) -> None:
+def test_valid_frames_round_trip(frame: RelayFrame) -> None:
     decoded = decode_frame(encode_frame(frame))
     assert decoded == frame
     assert body_kind(decoded) == body_kind(frame)

@@ -92,11 +92,11 @@ def test_never_retransmits_or_segments_towards_a_legacy_executor() -> None:
     assert executed[-1] == big  # one unsegmented frame
     assert sim.stream.stats.retransmissions == 0
     assert sim.executor.silently_dropped == 0
-    sent_kinds = {frame.WhichOneof("body") for frame in sim.executor.frames_seen}
+    sent_kinds = {frame.kind for frame in sim.executor.frames_seen}
     assert sent_kinds == {"resume", "data"}  # no ack_frame, heartbeat or reset, ever
-    data = [f.data for f in sim.executor.frames_seen if f.HasField("data")]
+    data = [f.data for f in sim.executor.frames_seen if f.kind == "data"]
     assert all((d.segment_index, d.segment_count) == (0, 1) for d in data)
-    after_resolution = [f for f in sim.executor.frames_seen if f.HasField("data")][1:]
+    after_resolution = [f for f in sim.executor.frames_seen if f.kind == "data"][1:]
     assert all(f.ack == 0 and f.ack_bits == 0 for f in after_resolution)
     assert sim.received == [b"resp:req-initialize"] + [f"resp:req-{i}".encode() for i in range(40)]
     assert not sim.stream.is_closed
@@ -306,8 +306,8 @@ def test_any_schedule_against_a_legacy_executor_sends_each_message_once(
     assert all(
         (f.data.segment_index, f.data.segment_count) == (0, 1)
         for f in sim.executor.frames_seen
-        if f.HasField("data")
+        if f.kind == "data"
     )
-    assert {f.WhichOneof("body") for f in sim.executor.frames_seen} <= {"resume", "data"}
+    assert {f.kind for f in sim.executor.frames_seen} <= {"resume", "data"}
     replies = [b"resp:" + m for m in sent if m.startswith(b"req")]
     assert sim.received == replies

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 from relay_sim import Pair, kinds
 
-from exec_server.relay.frame_codec import RelayMessageFrame
+from exec_server.relay.frame_codec import RelayFrame
 from exec_server.relay.reliable_stream import FAST_RETRANSMIT_SACKS, REPAIR_RESEND_MIN_S
 
 ONE_WAY_S = 0.01
 
 
-def _send(pair: Pair, count: int) -> list[RelayMessageFrame]:
+def _send(pair: Pair, count: int) -> list[RelayFrame]:
     for i in range(count):
         pair.a.send_message(f"m{i}".encode(), pair.now)
     frames = pair.out(pair.a)
@@ -31,7 +31,7 @@ def _send(pair: Pair, count: int) -> list[RelayMessageFrame]:
     return frames
 
 
-def _ack_back(pair: Pair, frames: list[RelayMessageFrame]) -> list[RelayMessageFrame]:
+def _ack_back(pair: Pair, frames: list[RelayFrame]) -> list[RelayFrame]:
     """Deliver ``frames`` to b after one way, return b's answer after one more way."""
     pair.now += ONE_WAY_S
     pair.deliver(pair.b, frames)
@@ -50,7 +50,7 @@ def test_segments_sacked_behind_a_hole_give_no_inflated_rtt_sample() -> None:
     pair.a.frames_to_send(pair.now)  # the fast retransmission: lost
     pair.now += 2.0
     pair.advance(0.0)
-    resent = [f for f in pair.out(pair.a) if f.WhichOneof("body") == "data"]
+    resent = [f for f in pair.out(pair.a) if f.kind == "data"]
     assert [f.data.seq for f in resent] == [frames[0].data.seq]
     pair.now += ONE_WAY_S
     pair.deliver(pair.b, resent)
@@ -72,7 +72,7 @@ def test_fast_retransmit_after_enough_selective_acks() -> None:
     assert pair.a.stats.fast_retransmits == 1 and pair.a.stats.rto_expiries == 0
     # More SACKs for the same hole do not resend it again: the RTO covers a second loss.
     pair.deliver(pair.a, _ack_back(pair, frames[1:]))
-    assert [f for f in pair.out(pair.a) if f.WhichOneof("body") == "data"] == []
+    assert [f for f in pair.out(pair.a) if f.kind == "data"] == []
     pair.deliver(pair.b, resent)
     pair.settle()
     assert pair.received_b == [f"m{i}".encode() for i in range(len(frames))]
@@ -84,7 +84,7 @@ def test_no_fast_retransmit_below_the_threshold() -> None:
     pair.open()
     frames = _send(pair, FAST_RETRANSMIT_SACKS)
     pair.deliver(pair.a, _ack_back(pair, frames[1:]))  # only threshold - 1 SACKed above
-    assert [f for f in pair.out(pair.a) if f.WhichOneof("body") == "data"] == []
+    assert [f for f in pair.out(pair.a) if f.kind == "data"] == []
     assert pair.a.stats.fast_retransmits == 0
     pair.advance(pair.a.rto_s)  # the RTO still repairs it
     assert [f.data.seq for f in pair.out(pair.a)] == [frames[0].data.seq]

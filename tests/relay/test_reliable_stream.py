@@ -107,7 +107,7 @@ def test_trace_context_rides_on_the_first_segment() -> None:
     pair.open()
     pair.a.send_message(b"x" * 25, pair.now, traceparent="tp", tracestate="ts")
     frames = pair.out(pair.a)
-    assert [f.HasField("traceparent") for f in frames] == [True, False, False]
+    assert [f.traceparent is not None for f in frames] == [True, False, False]
     events = []
     for frame in frames:
         pair.b.receive_frame(frame, pair.now)
@@ -522,7 +522,7 @@ def test_streams_cross_the_u32_wrap() -> None:
         pair.a.send_message(m, pair.now)
         pair.b.send_message(m, pair.now)
     frames = pair.out(pair.a)
-    seqs = [f.data.seq for f in frames if f.HasField("data")]
+    seqs = [f.data.seq for f in frames if f.kind == "data"]
     assert SEQ_SPACE in seqs and 1 in seqs and 0 not in seqs
     pair.deliver(pair.b, frames)
     pair.settle()

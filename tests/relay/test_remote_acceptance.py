@@ -113,7 +113,7 @@ async def _next_data(ws: web.WebSocketResponse) -> tuple[str, dict[str, Any]]:
         assert msg.type is not WSMsgType.TEXT, "environment sent text frame on relay websocket"
         assert msg.type is WSMsgType.BINARY, f"unexpected websocket message {msg.type}"
         frame = decode_frame(msg.data)
-        if frame.WhichOneof("body") != "data":
+        if frame.kind != "data":
             continue
         assert frame.version == 1
         assert frame.data.segment_index == 0 and frame.data.segment_count == 1

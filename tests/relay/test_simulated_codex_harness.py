@@ -123,7 +123,7 @@ def _assert_codex_shaped(harness: SimulatedCodexHarness, remote: RemoteEnvironme
     for frame, raw in zip(frames, harness.raw, strict=True):
         assert (frame.version, frame.ack, frame.ack_bits) == (1, 0, 0)
         assert (frame.data.segment_index, frame.data.segment_count) == (0, 1)
-        assert not frame.HasField("traceparent") and not frame.HasField("tracestate")
+        assert frame.traceparent is None and frame.tracestate is None
         # Byte for byte what the 0.133 executor writes for this frame.
         expected = data_frame(harness.stream_id, frame.data.seq, frame.data.payload)
         assert raw == encode_frame(expected)

@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 from exec_server.relay.errors import InvalidFrameReason
 from exec_server.relay.events import MessageReceived, PeerMode, StreamOpened, StreamReset
 from exec_server.relay.frame_codec import (
+    HandshakeBody,
+    RelayFrame,
     ack_frame,
     data_frame,
     decode_frame,
@@ -71,11 +73,14 @@ class Link:
     ("data", "reason"),
     [
         (b"\xff\xff", InvalidFrameReason.UNDECODABLE),
-        (encode_frame(pb.RelayMessageFrame(version=3, stream_id="s", heartbeat={})), "bad_version"),
-        (encode_frame(pb.RelayMessageFrame(version=1, stream_id="s")), "missing_body"),
+        (
+            pb.RelayMessageFrame(version=3, stream_id="s", heartbeat={}).SerializeToString(),
+            "bad_version",
+        ),
+        (pb.RelayMessageFrame(version=1, stream_id="s").SerializeToString(), "missing_body"),
         (encode_frame(data_frame("", 0, b"x")), "missing_stream_id"),
         (
-            encode_frame(pb.RelayMessageFrame(version=1, stream_id="s", reset={})),
+            pb.RelayMessageFrame(version=1, stream_id="s", reset={}).SerializeToString(),
             "empty_reset_reason",
         ),
     ],
@@ -114,7 +119,7 @@ def test_control_frames_for_unknown_streams_are_ignored_and_counted() -> None:
         heartbeat_frame("s", ack_bits=FLAG),
         reset_frame("s", "bye"),
         resume_frame("s", 0),  # Codex's unflagged claim
-        pb.RelayMessageFrame(version=1, stream_id="s", handshake={"payload": b"h"}),
+        RelayFrame(stream_id="s", body=HandshakeBody(b"h")),
     ):
         mux.receive_bytes(encode_frame(frame), 0.0)
     assert mux.dropped == {MuxDropReason.UNKNOWN_STREAM_CONTROL: 5}
@@ -128,7 +133,7 @@ def test_flagged_resume_creates_the_stream_and_is_acked() -> None:
     assert mux.next_event() == StreamOpened("s")
     assert mux.streams["s"].mode is PeerMode.RELIABLE
     (reply,) = [decode_frame(b) for b in mux.frames_to_send(0.0)]
-    assert reply.WhichOneof("body") == "ack_frame"
+    assert reply.kind == "ack_frame"
     assert reply.ack_bits & FLAG
 
 
@@ -149,9 +154,7 @@ def test_stream_limit_drops_and_answers_with_reset() -> None:
     assert mux.dropped[MuxDropReason.TOO_MANY_STREAMS] == 2
     assert set(mux.streams) == {"a", "b"}
     resets = {
-        f.stream_id: f
-        for f in map(decode_frame, mux.frames_to_send(0.0))
-        if f.WhichOneof("body") == "reset"
+        f.stream_id: f for f in map(decode_frame, mux.frames_to_send(0.0)) if f.kind == "reset"
     }
     assert resets["c"].reset.reason == resets["d"].reset.reason == "too_many_streams"
     assert resets["c"].ack_bits == FLAG and resets["d"].ack_bits == 0
@@ -247,7 +250,7 @@ def test_reconnect_resumes_every_reliable_stream() -> None:
     assert link.harness.frames_to_send(link.now) == []
     link.harness.on_reconnect(link.now)
     out = [decode_frame(b) for b in link.harness.frames_to_send(link.now)]
-    assert sorted((f.stream_id, f.WhichOneof("body")) for f in out) == [
+    assert sorted((f.stream_id, f.kind) for f in out) == [
         ("a", "data"),
         ("a", "resume"),
         ("b", "data"),

@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import WSMsgType
 
 from exec_server.relay.frame_codec import (
-    RelayMessageFrame,
+    RelayFrame,
     body_kind,
     data_frame,
     decode_frame,
@@ -94,7 +94,7 @@ async def recv_bytes(ws: Ws, timeout: float = WAIT_S) -> bytes:
     return payload
 
 
-async def recv_frame(ws: Ws, timeout: float = WAIT_S) -> RelayMessageFrame:
+async def recv_frame(ws: Ws, timeout: float = WAIT_S) -> RelayFrame:
     return decode_frame(await recv_bytes(ws, timeout))
 
 

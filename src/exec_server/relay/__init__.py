@@ -2,7 +2,8 @@
 
 Layout (each module's docstring states its limits and failure modes):
 
-* :mod:`~exec_server.relay.frame_codec`: ``RelayMessageFrame`` encode/decode/validation;
+* :mod:`~exec_server.relay.frame_codec`: the frame model (``RelayFrame``) and the
+  ``RelayMessageFrame`` wire codec (hand-written proto3; the official runtime is the fallback);
 * :mod:`~exec_server.relay.reliable_stream`: one virtual stream with acks, retransmission,
   segmentation, resume, heartbeats, and Codex-legacy negotiation;
 * :mod:`~exec_server.relay.stream_mux`: many streams over one socket;

@@ -1,13 +1,15 @@
 """Events the sans-IO relay hands to its owner (``next_event()`` of a stream or the mux).
 
-Small immutable values, one per thing that happened; every event names its stream so the
-multiplexer can pass stream events through unchanged.
+Small immutable values (frozen ``msgspec.Struct`` s: cheap to create, one per message),
+one per thing that happened; every event names its stream so the multiplexer can pass
+stream events through unchanged.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
+
+import msgspec
 
 
 class PeerMode(StrEnum):
@@ -22,8 +24,7 @@ class PeerMode(StrEnum):
     """The peer is a Codex 0.133/0.137-style endpoint: fire-and-forget, one frame per message."""
 
 
-@dataclass(frozen=True, slots=True)
-class MessageReceived:
+class MessageReceived(msgspec.Struct, frozen=True, gc=False):
     """One whole message (reassembled if it was segmented), in the peer's send order."""
 
     stream_id: str
@@ -32,8 +33,7 @@ class MessageReceived:
     tracestate: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class StreamReset:
+class StreamReset(msgspec.Struct, frozen=True, gc=False):
     """The stream ended. ``remote`` is true when the peer sent ``reset{reason}``; false when
     this side ended it (protocol violation by the peer, idle timeout, connection loss of a
     stream that cannot resume). No further event follows for this stream."""
@@ -43,24 +43,21 @@ class StreamReset:
     remote: bool
 
 
-@dataclass(frozen=True, slots=True)
-class PeerResumed:
+class PeerResumed(msgspec.Struct, frozen=True, gc=False):
     """The peer sent ``resume`` (it reattached): unacknowledged data was queued again."""
 
     stream_id: str
     next_seq: int
 
 
-@dataclass(frozen=True, slots=True)
-class PeerModeResolved:
+class PeerModeResolved(msgspec.Struct, frozen=True, gc=False):
     """Negotiation finished: the peer is ``RELIABLE`` or ``LEGACY``. Emitted once."""
 
     stream_id: str
     mode: PeerMode
 
 
-@dataclass(frozen=True, slots=True)
-class StreamOpened:
+class StreamOpened(msgspec.Struct, frozen=True, gc=False):
     """The multiplexer (environment side) created a stream for a new ``stream_id``."""
 
     stream_id: str

@@ -19,25 +19,36 @@ Every failure raises :class:`~exec_server.relay.errors.InvalidFrame` with an
 :class:`~exec_server.relay.errors.InvalidFrameReason`; nothing else escapes
 :func:`decode_frame`, whatever the input bytes.
 
-Encoding is proto3: zero scalars are omitted and a selected empty oneof member is still
-emitted, so ``resume{next_seq: 0}`` is ``3a 00`` and a data frame with ``seq=0`` has no seq
-field at all. The builders below produce exactly Codex's bytes for Codex-shaped frames.
+Frames in memory are :class:`RelayFrame` s: small immutable values with one ``body``
+(:class:`DataBody`, :class:`AckBody`, :class:`ResumeBody`, :class:`ResetBody`,
+:class:`HeartbeatBody`, :class:`HandshakeBody`, or ``None``), read as ``frame.data.seq``,
+``frame.reset.reason``... like the protobuf message they stand for. The generated protobuf
+bindings (:mod:`~exec_server.relay.proto.relay_v1_pb2`) are not used on the hot path:
+
+* :func:`encode_frame` writes proto3 by hand, byte-identical to the official runtime's
+  ``SerializeToString()``: fields in field-number order, zero scalars and empty
+  non-optional strings/bytes omitted, a selected empty oneof member still emitted (so
+  ``resume{next_seq: 0}`` is ``3a 00`` and a data frame with ``seq=0`` has no seq field
+  at all), ``traceparent``/``tracestate`` emitted whenever they are not ``None``. A data
+  frame is one small header plus its payload, joined once (one payload copy).
+* :func:`decode_frame` reads canonical encodings directly (each field at most once, in
+  increasing field-number order, known fields with their proto wire types, varints of at
+  most 32 bits), slicing the payload once. Anything else (unknown, repeated or reordered
+  fields, over-long varints, truncation, bad UTF-8...) goes to the official protobuf
+  parser, so the result is always exactly what protobuf makes of the bytes (last-one-wins
+  scalars, merged submessages, oneof semantics). The tests check both directions against
+  the official runtime.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
+
+import msgspec
 
 from exec_server.relay.errors import InvalidFrame, InvalidFrameReason
-from exec_server.relay.proto.relay_v1_pb2 import (
-    RelayAck,
-    RelayData,
-    RelayHeartbeat,
-    RelayMessageFrame,
-    RelayReset,
-    RelayResume,
-)
+from exec_server.relay.proto import relay_v1_pb2 as _pb
 
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
@@ -50,13 +61,21 @@ __all__ = [
     "OUTBOUND_LIMITS",
     "RELAY_MESSAGE_FRAME_VERSION",
     "U32_MAX",
+    "AckBody",
     "BodyKind",
+    "DataBody",
+    "FrameBody",
     "FrameLimits",
-    "RelayMessageFrame",
+    "HandshakeBody",
+    "HeartbeatBody",
+    "RelayFrame",
+    "ResetBody",
+    "ResumeBody",
     "ack_frame",
     "body_kind",
     "data_frame",
     "decode_frame",
+    "decode_route",
     "encode_frame",
     "heartbeat_frame",
     "peek_stream_id",
@@ -113,110 +132,138 @@ OUTBOUND_LIMITS = FrameLimits(max_stream_id_bytes=MAX_OUTBOUND_STREAM_ID_BYTES)
 """Limits for frames we build: stream ids at most 128 bytes, as newer Codex requires."""
 
 
-def body_kind(frame: RelayMessageFrame) -> BodyKind | None:
-    """Which ``body`` member is set, or ``None``."""
-    kind: BodyKind | None = frame.WhichOneof("body")
-    return kind
+# --------------------------------------------------------------------------- frame model
+#
+# Integers are proto ``uint32`` values (0 .. U32_MAX); nothing checks that on
+# construction, but encode_frame refuses (ValueError) to write one out of range, as the
+# protobuf runtime refuses to hold one.
 
 
-def decode_frame(
-    data: bytes | bytearray | memoryview, limits: FrameLimits = INBOUND_LIMITS
-) -> RelayMessageFrame:
-    """Decode and validate one binary websocket message.
+class DataBody(msgspec.Struct, frozen=True, gc=False):
+    """``RelayData``: one segment of a message (``message_start_seq = seq - segment_index``)."""
 
-    Raises :class:`InvalidFrame` (and nothing else) when the bytes are oversize, are not a
-    ``RelayMessageFrame`` or fail :func:`validate_frame`.
+    seq: int = 0
+    segment_index: int = 0
+    segment_count: int = 0
+    payload: bytes = b""
+    kind: ClassVar[BodyKind] = "data"
+
+
+class AckBody(msgspec.Struct, frozen=True, gc=False):
+    """``RelayAck``: a standalone acknowledgement (the frame's ``ack``/``ack_bits``)."""
+
+    kind: ClassVar[BodyKind] = "ack_frame"
+
+
+class ResumeBody(msgspec.Struct, frozen=True, gc=False):
+    """``RelayResume``: the sender's next data seq, after (re)attaching."""
+
+    next_seq: int = 0
+    kind: ClassVar[BodyKind] = "resume"
+
+
+class ResetBody(msgspec.Struct, frozen=True, gc=False):
+    """``RelayReset``: ends the stream in both directions."""
+
+    reason: str = ""
+    kind: ClassVar[BodyKind] = "reset"
+
+
+class HeartbeatBody(msgspec.Struct, frozen=True, gc=False):
+    """``RelayHeartbeat``: liveness; the frame's acks ride along."""
+
+    kind: ClassVar[BodyKind] = "heartbeat"
+
+
+class HandshakeBody(msgspec.Struct, frozen=True, gc=False):
+    """``RelayHandshake``: an opaque handshake message (Noise in later Codex)."""
+
+    payload: bytes = b""
+    kind: ClassVar[BodyKind] = "handshake"
+
+
+FrameBody = DataBody | AckBody | ResumeBody | ResetBody | HeartbeatBody | HandshakeBody
+"""One member of the ``body`` oneof."""
+
+
+class RelayFrame(msgspec.Struct, frozen=True, gc=False):
+    """One ``RelayMessageFrame``, as an immutable value.
+
+    ``body`` is the selected ``body`` member (``None`` when none is); ``traceparent`` and
+    ``tracestate`` are ``None`` when absent (proto3 ``optional``). The properties
+    ``data``, ``ack_frame``, ``resume``, ``reset``, ``heartbeat`` and ``handshake`` return
+    the body when it is of that kind and raise ``AttributeError`` otherwise; check
+    :attr:`kind` (or :func:`body_kind`) first.
     """
-    if len(data) > limits.max_frame_bytes:
-        raise InvalidFrame(
-            InvalidFrameReason.OVERSIZE,
-            f"frame of {len(data)} bytes exceeds {limits.max_frame_bytes} bytes",
-        )
-    frame = RelayMessageFrame()
-    try:
-        frame.ParseFromString(bytes(data) if not isinstance(data, bytes) else data)
-    except Exception as exc:  # the decoder's failure modes vary by backend; all mean one thing
-        raise InvalidFrame(
-            InvalidFrameReason.UNDECODABLE, f"not a RelayMessageFrame: {exc}"
-        ) from None
-    validate_frame(frame, limits)
-    return frame
+
+    version: int = RELAY_MESSAGE_FRAME_VERSION
+    stream_id: str = ""
+    ack: int = 0
+    ack_bits: int = 0
+    body: FrameBody | None = None
+    traceparent: str | None = None
+    tracestate: str | None = None
+
+    @property
+    def kind(self) -> BodyKind | None:
+        """Which ``body`` member is set, or ``None``."""
+        body = self.body
+        return None if body is None else body.kind
+
+    @property
+    def data(self) -> DataBody:
+        body = self.body
+        if not isinstance(body, DataBody):
+            raise _wrong_body(self, "data")
+        return body
+
+    @property
+    def ack_frame(self) -> AckBody:
+        body = self.body
+        if not isinstance(body, AckBody):
+            raise _wrong_body(self, "ack_frame")
+        return body
+
+    @property
+    def resume(self) -> ResumeBody:
+        body = self.body
+        if not isinstance(body, ResumeBody):
+            raise _wrong_body(self, "resume")
+        return body
+
+    @property
+    def reset(self) -> ResetBody:
+        body = self.body
+        if not isinstance(body, ResetBody):
+            raise _wrong_body(self, "reset")
+        return body
+
+    @property
+    def heartbeat(self) -> HeartbeatBody:
+        body = self.body
+        if not isinstance(body, HeartbeatBody):
+            raise _wrong_body(self, "heartbeat")
+        return body
+
+    @property
+    def handshake(self) -> HandshakeBody:
+        body = self.body
+        if not isinstance(body, HandshakeBody):
+            raise _wrong_body(self, "handshake")
+        return body
 
 
-def validate_frame(frame: RelayMessageFrame, limits: FrameLimits = INBOUND_LIMITS) -> None:
-    """Check the rules in the module docstring; raise :class:`InvalidFrame` on the first miss."""
-    if frame.version != RELAY_MESSAGE_FRAME_VERSION:
-        raise InvalidFrame(
-            InvalidFrameReason.BAD_VERSION,
-            f"unsupported relay message frame version {frame.version}",
-        )
-    _check_stream_id(frame.stream_id, limits.max_stream_id_bytes)
-    kind = body_kind(frame)
-    if kind is None:
-        raise InvalidFrame(InvalidFrameReason.MISSING_BODY, "relay message frame is missing body")
-    if kind == "data":
-        data = frame.data
-        if not data.payload:
-            raise InvalidFrame(
-                InvalidFrameReason.EMPTY_PAYLOAD, "relay data frame has an empty payload"
-            )
-        if not 0 <= data.segment_index < data.segment_count <= limits.max_segment_count:
-            raise InvalidFrame(
-                InvalidFrameReason.BAD_SEGMENT,
-                f"segment {data.segment_index}/{data.segment_count} is outside "
-                f"0 <= index < count <= {limits.max_segment_count}",
-            )
-    elif kind == "reset":
-        reason = frame.reset.reason
-        if not reason:
-            raise InvalidFrame(
-                InvalidFrameReason.EMPTY_RESET_REASON, "relay reset frame has no reason"
-            )
-        if len(reason.encode()) > limits.max_reset_reason_bytes:
-            raise InvalidFrame(
-                InvalidFrameReason.RESET_REASON_TOO_LONG,
-                f"reset reason exceeds {limits.max_reset_reason_bytes} bytes",
-            )
-    elif kind == "handshake" and not frame.handshake.payload:
-        raise InvalidFrame(
-            InvalidFrameReason.EMPTY_HANDSHAKE, "relay handshake frame has no payload"
-        )
-    for field in ("traceparent", "tracestate"):
-        if (
-            frame.HasField(field)
-            and len(getattr(frame, field).encode()) > limits.max_trace_field_bytes
-        ):
-            raise InvalidFrame(
-                InvalidFrameReason.TRACE_CONTEXT_TOO_LONG,
-                f"{field} exceeds {limits.max_trace_field_bytes} bytes",
-            )
+def _wrong_body(frame: RelayFrame, wanted: BodyKind) -> AttributeError:
+    return AttributeError(f"relay frame body is {frame.kind or 'not set'}, not {wanted}")
 
 
-def _check_stream_id(stream_id: str, max_bytes: int) -> None:
-    stripped = stream_id.strip()
-    if not stripped:
-        raise InvalidFrame(
-            InvalidFrameReason.MISSING_STREAM_ID, "relay message frame is missing stream_id"
-        )
-    if stripped != stream_id:
-        raise InvalidFrame(
-            InvalidFrameReason.NON_CANONICAL_STREAM_ID,
-            "relay stream_id has surrounding whitespace",
-        )
-    # len(str) <= len(utf-8) <= 4 * len(str): skip the encode in the common short case.
-    if len(stream_id) * 4 > max_bytes and len(stream_id.encode()) > max_bytes:
-        raise InvalidFrame(
-            InvalidFrameReason.STREAM_ID_TOO_LONG,
-            f"relay stream_id exceeds {max_bytes} bytes",
-        )
+def body_kind(frame: RelayFrame) -> BodyKind | None:
+    """Which ``body`` member is set, or ``None``."""
+    body = frame.body
+    return None if body is None else body.kind
 
 
-def encode_frame(frame: RelayMessageFrame) -> bytes:
-    """Serialize a frame. No validation: build frames with the helpers below, or call
-    :func:`validate_frame` with :data:`OUTBOUND_LIMITS` first when the fields come from
-    elsewhere."""
-    data: bytes = frame.SerializeToString()
-    return data
+# --------------------------------------------------------------------------- builders
 
 
 def truncate_reason(reason: str, max_bytes: int = MAX_RESET_REASON_BYTES) -> str:
@@ -239,67 +286,559 @@ def data_frame(
     segment_count: int = 1,
     traceparent: str | None = None,
     tracestate: str | None = None,
-) -> RelayMessageFrame:
+) -> RelayFrame:
     """A ``data`` frame; the defaults give Codex's unsegmented ``0/1`` shape."""
-    return RelayMessageFrame(
-        version=RELAY_MESSAGE_FRAME_VERSION,
-        stream_id=stream_id,
-        ack=ack,
-        ack_bits=ack_bits,
-        data=RelayData(
-            seq=seq, segment_index=segment_index, segment_count=segment_count, payload=payload
-        ),
-        traceparent=traceparent,
-        tracestate=tracestate,
+    return RelayFrame(
+        RELAY_MESSAGE_FRAME_VERSION,
+        stream_id,
+        ack,
+        ack_bits,
+        DataBody(seq, segment_index, segment_count, payload),
+        traceparent,
+        tracestate,
     )
 
 
-def ack_frame(stream_id: str, *, ack: int, ack_bits: int) -> RelayMessageFrame:
+_ACK_BODY = AckBody()
+_HEARTBEAT_BODY = HeartbeatBody()
+
+
+def ack_frame(stream_id: str, *, ack: int, ack_bits: int) -> RelayFrame:
     """A standalone acknowledgement (``ack_frame`` body, state in ``ack``/``ack_bits``)."""
-    return RelayMessageFrame(
-        version=RELAY_MESSAGE_FRAME_VERSION,
-        stream_id=stream_id,
-        ack=ack,
-        ack_bits=ack_bits,
-        ack_frame=RelayAck(),
-    )
+    return RelayFrame(RELAY_MESSAGE_FRAME_VERSION, stream_id, ack, ack_bits, _ACK_BODY)
 
 
-def resume_frame(
-    stream_id: str, next_seq: int, *, ack: int = 0, ack_bits: int = 0
-) -> RelayMessageFrame:
+def resume_frame(stream_id: str, next_seq: int, *, ack: int = 0, ack_bits: int = 0) -> RelayFrame:
     """A ``resume{next_seq}`` frame; ``resume_frame(id, 0)`` is Codex's stream claim."""
-    return RelayMessageFrame(
-        version=RELAY_MESSAGE_FRAME_VERSION,
-        stream_id=stream_id,
-        ack=ack,
-        ack_bits=ack_bits,
-        resume=RelayResume(next_seq=next_seq),
-    )
+    return RelayFrame(RELAY_MESSAGE_FRAME_VERSION, stream_id, ack, ack_bits, ResumeBody(next_seq))
 
 
-def reset_frame(
-    stream_id: str, reason: str, *, ack: int = 0, ack_bits: int = 0
-) -> RelayMessageFrame:
+def reset_frame(stream_id: str, reason: str, *, ack: int = 0, ack_bits: int = 0) -> RelayFrame:
     """A ``reset{reason}`` frame; ``reason`` is truncated to 256 bytes if needed."""
-    return RelayMessageFrame(
-        version=RELAY_MESSAGE_FRAME_VERSION,
-        stream_id=stream_id,
-        ack=ack,
-        ack_bits=ack_bits,
-        reset=RelayReset(reason=truncate_reason(reason)),
+    return RelayFrame(
+        RELAY_MESSAGE_FRAME_VERSION,
+        stream_id,
+        ack,
+        ack_bits,
+        ResetBody(truncate_reason(reason)),
     )
 
 
-def heartbeat_frame(stream_id: str, *, ack: int = 0, ack_bits: int = 0) -> RelayMessageFrame:
+def heartbeat_frame(stream_id: str, *, ack: int = 0, ack_bits: int = 0) -> RelayFrame:
     """A ``heartbeat`` frame (liveness; it also carries the current acks)."""
-    return RelayMessageFrame(
-        version=RELAY_MESSAGE_FRAME_VERSION,
-        stream_id=stream_id,
-        ack=ack,
-        ack_bits=ack_bits,
-        heartbeat=RelayHeartbeat(),
+    return RelayFrame(RELAY_MESSAGE_FRAME_VERSION, stream_id, ack, ack_bits, _HEARTBEAT_BODY)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate_frame(frame: RelayFrame, limits: FrameLimits = INBOUND_LIMITS) -> None:
+    """Check the rules in the module docstring; raise :class:`InvalidFrame` on the first miss."""
+    if frame.version != RELAY_MESSAGE_FRAME_VERSION:
+        raise InvalidFrame(
+            InvalidFrameReason.BAD_VERSION,
+            f"unsupported relay message frame version {frame.version}",
+        )
+    stream_id = frame.stream_id
+    stripped = stream_id.strip()
+    if not stripped:
+        raise InvalidFrame(
+            InvalidFrameReason.MISSING_STREAM_ID, "relay message frame is missing stream_id"
+        )
+    if stripped != stream_id:
+        raise InvalidFrame(
+            InvalidFrameReason.NON_CANONICAL_STREAM_ID,
+            "relay stream_id has surrounding whitespace",
+        )
+    # len(str) <= len(utf-8) <= 4 * len(str): skip the encode in the common short case.
+    max_id = limits.max_stream_id_bytes
+    if len(stream_id) * 4 > max_id and len(stream_id.encode()) > max_id:
+        raise InvalidFrame(
+            InvalidFrameReason.STREAM_ID_TOO_LONG,
+            f"relay stream_id exceeds {max_id} bytes",
+        )
+    body = frame.body
+    if isinstance(body, DataBody):
+        if not body.payload:
+            raise InvalidFrame(
+                InvalidFrameReason.EMPTY_PAYLOAD, "relay data frame has an empty payload"
+            )
+        if not 0 <= body.segment_index < body.segment_count <= limits.max_segment_count:
+            raise InvalidFrame(
+                InvalidFrameReason.BAD_SEGMENT,
+                f"segment {body.segment_index}/{body.segment_count} is outside "
+                f"0 <= index < count <= {limits.max_segment_count}",
+            )
+    elif body is None:
+        raise InvalidFrame(InvalidFrameReason.MISSING_BODY, "relay message frame is missing body")
+    elif isinstance(body, ResetBody):
+        reason = body.reason
+        if not reason:
+            raise InvalidFrame(
+                InvalidFrameReason.EMPTY_RESET_REASON, "relay reset frame has no reason"
+            )
+        max_reason = limits.max_reset_reason_bytes
+        if len(reason) * 4 > max_reason and len(reason.encode()) > max_reason:
+            raise InvalidFrame(
+                InvalidFrameReason.RESET_REASON_TOO_LONG,
+                f"reset reason exceeds {max_reason} bytes",
+            )
+    elif isinstance(body, HandshakeBody) and not body.payload:
+        raise InvalidFrame(
+            InvalidFrameReason.EMPTY_HANDSHAKE, "relay handshake frame has no payload"
+        )
+    if frame.traceparent is not None:
+        _check_trace_field("traceparent", frame.traceparent, limits.max_trace_field_bytes)
+    if frame.tracestate is not None:
+        _check_trace_field("tracestate", frame.tracestate, limits.max_trace_field_bytes)
+
+
+def _check_trace_field(name: str, value: str, max_bytes: int) -> None:
+    # len(str) <= len(utf-8) <= 4 * len(str): skip the encode in the common case.
+    if len(value) * 4 > max_bytes and len(value.encode()) > max_bytes:
+        raise InvalidFrame(
+            InvalidFrameReason.TRACE_CONTEXT_TOO_LONG, f"{name} exceeds {max_bytes} bytes"
+        )
+
+
+# --------------------------------------------------------------------------- encoding
+
+_ONE_BYTE = tuple(bytes((value,)) for value in range(0x80))
+_ACK_BITS_FLAG = b"\x20\x01"  # ack_bits = 1: the capability flag alone
+_ONE_SEGMENT = b"\x18\x01"  # data.segment_count = 1
+_MAX_CACHED_PREFIXES = 4096
+_prefixes: dict[str, bytes] = {}  # stream_id -> encoded version 1 + stream_id
+
+
+def _varint(value: int) -> bytes:
+    """A ``uint32`` varint; ``ValueError`` outside ``0 .. U32_MAX`` (protobuf refuses those)."""
+    if value < 0x80:
+        if value < 0:
+            raise ValueError(f"relay frame field value {value} is outside the uint32 range")
+        return _ONE_BYTE[value]
+    if value < 0x4000:
+        return bytes((value & 0x7F | 0x80, value >> 7))
+    if value < 0x20_0000:
+        return bytes((value & 0x7F | 0x80, (value >> 7) & 0x7F | 0x80, value >> 14))
+    if value > U32_MAX:
+        raise ValueError(f"relay frame field value {value} is outside the uint32 range")
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _uint_field(tag: int, value: int) -> bytes:
+    """Tag byte ``tag`` followed by ``value`` as a ``uint32`` varint, in one ``bytes``."""
+    if value < 0x80:
+        if value < 0:
+            raise ValueError(f"relay frame field value {value} is outside the uint32 range")
+        return bytes((tag, value))
+    if value < 0x4000:
+        return bytes((tag, value & 0x7F | 0x80, value >> 7))
+    if value < 0x20_0000:
+        return bytes((tag, value & 0x7F | 0x80, (value >> 7) & 0x7F | 0x80, value >> 14))
+    return bytes((tag,)) + _varint(value)
+
+
+def _length_delimited(tag: bytes, value: bytes) -> bytes:
+    return tag + _varint(len(value)) + value
+
+
+def _prefix(version: int, stream_id: str) -> bytes:
+    """Fields 1 and 2 (``version``, ``stream_id``), cached per stream for version 1."""
+    if version == RELAY_MESSAGE_FRAME_VERSION:
+        cached = _prefixes.get(stream_id)
+        if cached is not None:
+            return cached
+    raw = stream_id.encode()
+    prefix = (b"\x08" + _varint(version) if version else b"") + (
+        _length_delimited(b"\x12", raw) if raw else b""
     )
+    if version == RELAY_MESSAGE_FRAME_VERSION:
+        if len(_prefixes) >= _MAX_CACHED_PREFIXES:
+            _prefixes.clear()
+        _prefixes[stream_id] = prefix
+    return prefix
+
+
+def encode_frame(frame: RelayFrame) -> bytes:
+    """Serialize a frame, byte for byte as protobuf's ``SerializeToString()`` would.
+
+    No validation: build frames with the helpers above, or call :func:`validate_frame`
+    with :data:`OUTBOUND_LIMITS` first when the fields come from elsewhere. Raises
+    ``ValueError`` for an integer outside the ``uint32`` range and ``UnicodeEncodeError``
+    for a string that is not valid Unicode, as protobuf does.
+    """
+    stream_id = frame.stream_id
+    head = _prefixes.get(stream_id) if frame.version == RELAY_MESSAGE_FRAME_VERSION else None
+    if head is None:
+        head = _prefix(frame.version, stream_id)
+    ack = frame.ack
+    if ack:
+        head += _uint_field(0x18, ack)
+    ack_bits = frame.ack_bits
+    if ack_bits:
+        head += _ACK_BITS_FLAG if ack_bits == 1 else _uint_field(0x20, ack_bits)
+    traceparent, tracestate = frame.traceparent, frame.tracestate
+    tail = b""
+    if traceparent is not None:
+        tail = _length_delimited(b"\x5a", traceparent.encode())
+    if tracestate is not None:
+        tail += _length_delimited(b"\x62", tracestate.encode())
+    body = frame.body
+    if isinstance(body, DataBody):
+        seq, index, count = body.seq, body.segment_index, body.segment_count
+        inner = _uint_field(0x08, seq) if seq else b""
+        if index:
+            inner += _uint_field(0x10, index)
+        if count:
+            inner += _ONE_SEGMENT if count == 1 else _uint_field(0x18, count)
+        payload = body.payload
+        size = len(payload)
+        if size:
+            inner += _uint_field(0x22, size)
+        head += _uint_field(0x2A, len(inner) + size) + inner
+        # The one copy of the payload.
+        return b"".join((head, payload, tail)) if tail else head + payload
+    if isinstance(body, AckBody):
+        head += b"\x32\x00"
+    elif isinstance(body, ResumeBody):
+        head += (
+            _length_delimited(b"\x3a", b"\x08" + _varint(body.next_seq))
+            if body.next_seq
+            else b"\x3a\x00"
+        )
+    elif isinstance(body, ResetBody):
+        reason = body.reason.encode()
+        head += (
+            _length_delimited(b"\x42", _length_delimited(b"\x0a", reason))
+            if reason
+            else b"\x42\x00"
+        )
+    elif isinstance(body, HeartbeatBody):
+        head += b"\x4a\x00"
+    elif isinstance(body, HandshakeBody):
+        payload = body.payload
+        head += (
+            _length_delimited(b"\x52", _length_delimited(b"\x0a", payload))
+            if payload
+            else b"\x52\x00"
+        )
+    return head + tail if tail else head
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+class _NotCanonical(Exception):
+    """Internal: the fast decoder hands the bytes to the protobuf parser."""
+
+
+def _read_u32(data: bytes, pos: int) -> tuple[int, int]:
+    """The varint at ``pos`` and the position after it, for a varint of at most 5 bytes
+    holding a ``uint32``; anything else is not canonical here (protobuf truncates longer
+    varints to 32 bits; let it)."""
+    byte = data[pos]
+    if byte < 0x80:
+        return byte, pos + 1
+    value = byte & 0x7F
+    byte = data[pos + 1]
+    if byte < 0x80:
+        return value | byte << 7, pos + 2
+    value |= (byte & 0x7F) << 7
+    byte = data[pos + 2]
+    if byte < 0x80:
+        return value | byte << 14, pos + 3
+    value |= (byte & 0x7F) << 14
+    byte = data[pos + 3]
+    if byte < 0x80:
+        return value | byte << 21, pos + 4
+    value |= (byte & 0x7F) << 21
+    byte = data[pos + 4]
+    if byte < 0x10:  # no continuation and at most 32 bits in all
+        return value | byte << 28, pos + 5
+    raise _NotCanonical
+
+
+# Stands in for a data payload the caller never reads (decode_route): validation only
+# looks at whether the payload is empty.
+_UNREAD_PAYLOAD = b"\x00"
+
+
+def _decode_canonical(data: bytes, keep_payload: bool) -> RelayFrame:
+    """Decode a canonical encoding; raise ``_NotCanonical`` (or ``IndexError`` /
+    ``UnicodeDecodeError``) for bytes the protobuf parser must judge.
+
+    Straight-line: each field is read at most once, in field-number order, so a repeated,
+    reordered or unknown field leaves bytes unread (``pos != end``) and is not canonical.
+    ``tag`` is the byte at ``pos``, or 0 (never a valid tag) at the end.
+    """
+    end = len(data)
+    pos = version = ack = ack_bits = 0
+    stream_id = ""
+    body: FrameBody | None = None
+    traceparent: str | None = None
+    tracestate: str | None = None
+    tag = data[0] if end else 0
+    if tag == 0x08:  # version
+        version = data[1]
+        if version < 0x80:
+            pos = 2
+        else:
+            version, pos = _read_u32(data, 1)
+        tag = data[pos] if pos < end else 0
+    if tag == 0x12:  # stream_id
+        size = data[pos + 1]
+        if size < 0x80:
+            pos += 2
+        elif data[pos + 2] < 0x80:  # two bytes, inlined
+            size = size & 0x7F | data[pos + 2] << 7
+            pos += 3
+        else:
+            size, pos = _read_u32(data, pos + 1)
+        stop = pos + size
+        if stop > end:
+            raise _NotCanonical
+        stream_id = data[pos:stop].decode()
+        pos = stop
+        tag = data[pos] if pos < end else 0
+    if tag == 0x18:  # ack
+        ack = data[pos + 1]
+        if ack < 0x80:
+            pos += 2
+        elif data[pos + 2] < 0x80:  # two bytes, inlined
+            ack = ack & 0x7F | data[pos + 2] << 7
+            pos += 3
+        else:
+            ack, pos = _read_u32(data, pos + 1)
+        tag = data[pos] if pos < end else 0
+    if tag == 0x20:  # ack_bits
+        ack_bits = data[pos + 1]
+        if ack_bits < 0x80:
+            pos += 2
+        elif data[pos + 2] < 0x80:  # two bytes, inlined
+            ack_bits = ack_bits & 0x7F | data[pos + 2] << 7
+            pos += 3
+        else:
+            ack_bits, pos = _read_u32(data, pos + 1)
+        tag = data[pos] if pos < end else 0
+    if tag == 0x2A:  # data
+        size = data[pos + 1]
+        if size < 0x80:
+            pos += 2
+        elif data[pos + 2] < 0x80:  # two bytes, inlined
+            size = size & 0x7F | data[pos + 2] << 7
+            pos += 3
+        else:
+            size, pos = _read_u32(data, pos + 1)
+        stop = pos + size
+        if stop > end:
+            raise _NotCanonical
+        seq = index = count = 0
+        payload = b""
+        tag = data[pos] if pos < stop else 0
+        if tag == 0x08:  # data.seq
+            seq = data[pos + 1]
+            if seq < 0x80:
+                pos += 2
+            elif data[pos + 2] < 0x80:  # two bytes, inlined
+                seq = seq & 0x7F | data[pos + 2] << 7
+                pos += 3
+            else:
+                seq, pos = _read_u32(data, pos + 1)
+            tag = data[pos] if pos < stop else 0
+        if tag == 0x10:  # data.segment_index
+            index = data[pos + 1]
+            if index < 0x80:
+                pos += 2
+            elif data[pos + 2] < 0x80:  # two bytes, inlined
+                index = index & 0x7F | data[pos + 2] << 7
+                pos += 3
+            else:
+                index, pos = _read_u32(data, pos + 1)
+            tag = data[pos] if pos < stop else 0
+        if tag == 0x18:  # data.segment_count
+            count = data[pos + 1]
+            if count < 0x80:
+                pos += 2
+            elif data[pos + 2] < 0x80:  # two bytes, inlined
+                count = count & 0x7F | data[pos + 2] << 7
+                pos += 3
+            else:
+                count, pos = _read_u32(data, pos + 1)
+            tag = data[pos] if pos < stop else 0
+        if tag == 0x22:  # data.payload
+            size = data[pos + 1]
+            if size < 0x80:
+                pos += 2
+            elif data[pos + 2] < 0x80:  # two bytes, inlined
+                size = size & 0x7F | data[pos + 2] << 7
+                pos += 3
+            else:
+                size, pos = _read_u32(data, pos + 1)
+            payload_end = pos + size
+            if payload_end > stop:
+                raise _NotCanonical
+            if keep_payload:
+                payload = data[pos:payload_end]  # the one copy of the payload
+            elif size:
+                payload = _UNREAD_PAYLOAD
+            pos = payload_end
+        if pos != stop:
+            raise _NotCanonical
+        body = DataBody(seq, index, count, payload)
+        tag = data[pos] if pos < end else 0
+    elif 0x32 <= tag <= 0x52 and tag & 7 == 2:  # fields 6..10, length-delimited
+        body, pos = _decode_control_body(data, pos, tag)
+        tag = data[pos] if pos < end else 0
+    if tag == 0x5A:  # traceparent
+        size, pos = _read_u32(data, pos + 1)
+        stop = pos + size
+        if stop > end:
+            raise _NotCanonical
+        traceparent = data[pos:stop].decode()
+        pos = stop
+        tag = data[pos] if pos < end else 0
+    if tag == 0x62:  # tracestate
+        size, pos = _read_u32(data, pos + 1)
+        stop = pos + size
+        if stop > end:
+            raise _NotCanonical
+        tracestate = data[pos:stop].decode()
+        pos = stop
+    if pos != end:
+        raise _NotCanonical
+    return RelayFrame(version, stream_id, ack, ack_bits, body, traceparent, tracestate)
+
+
+def _decode_control_body(data: bytes, pos: int, tag: int) -> tuple[FrameBody, int]:
+    """A canonical ``ack_frame``/``resume``/``reset``/``heartbeat``/``handshake`` member
+    whose tag is at ``pos``; returns it and the position after it."""
+    size, pos = _read_u32(data, pos + 1)
+    stop = pos + size
+    if stop > len(data):
+        raise _NotCanonical
+    body: FrameBody
+    if tag == 0x3A:  # resume{next_seq}
+        next_seq = 0
+        if pos < stop and data[pos] == 0x08:
+            next_seq, pos = _read_u32(data, pos + 1)
+        body = ResumeBody(next_seq)
+    elif tag == 0x42:  # reset{reason}
+        reason = ""
+        if pos < stop and data[pos] == 0x0A:
+            size, pos = _read_u32(data, pos + 1)
+            if pos + size > stop:
+                raise _NotCanonical
+            reason = data[pos : pos + size].decode()
+            pos += size
+        body = ResetBody(reason)
+    elif tag == 0x52:  # handshake{payload}
+        payload = b""
+        if pos < stop and data[pos] == 0x0A:
+            size, pos = _read_u32(data, pos + 1)
+            if pos + size > stop:
+                raise _NotCanonical
+            payload = data[pos : pos + size]
+            pos += size
+        body = HandshakeBody(payload)
+    elif tag == 0x32:
+        body = _ACK_BODY
+    else:  # 0x4A
+        body = _HEARTBEAT_BODY
+    if pos != stop:  # unknown, repeated or reordered fields inside the body
+        raise _NotCanonical
+    return body, pos
+
+
+def _decode_with_protobuf(data: bytes) -> RelayFrame:
+    """The official parser, for every encoding the fast path does not take."""
+    message = _pb.RelayMessageFrame()
+    try:
+        message.ParseFromString(data)
+    except Exception as exc:  # the decoder's failure modes vary by backend; all mean one thing
+        raise InvalidFrame(
+            InvalidFrameReason.UNDECODABLE, f"not a RelayMessageFrame: {exc}"
+        ) from None
+    kind = message.WhichOneof("body")
+    body: FrameBody | None
+    if kind == "data":
+        data_body = message.data
+        body = DataBody(
+            data_body.seq, data_body.segment_index, data_body.segment_count, data_body.payload
+        )
+    elif kind == "ack_frame":
+        body = _ACK_BODY
+    elif kind == "resume":
+        body = ResumeBody(message.resume.next_seq)
+    elif kind == "reset":
+        body = ResetBody(message.reset.reason)
+    elif kind == "heartbeat":
+        body = _HEARTBEAT_BODY
+    elif kind == "handshake":
+        body = HandshakeBody(message.handshake.payload)
+    else:
+        body = None
+    return RelayFrame(
+        message.version,
+        message.stream_id,
+        message.ack,
+        message.ack_bits,
+        body,
+        message.traceparent if message.HasField("traceparent") else None,
+        message.tracestate if message.HasField("tracestate") else None,
+    )
+
+
+def _oversize(size: int, limits: FrameLimits) -> InvalidFrame:
+    return InvalidFrame(
+        InvalidFrameReason.OVERSIZE, f"frame of {size} bytes exceeds {limits.max_frame_bytes} bytes"
+    )
+
+
+def decode_frame(
+    data: bytes | bytearray | memoryview, limits: FrameLimits = INBOUND_LIMITS
+) -> RelayFrame:
+    """Decode and validate one binary websocket message.
+
+    Raises :class:`InvalidFrame` (and nothing else) when the bytes are oversize, are not a
+    ``RelayMessageFrame`` or fail :func:`validate_frame`.
+    """
+    if len(data) > limits.max_frame_bytes:
+        raise _oversize(len(data), limits)
+    if type(data) is not bytes:
+        data = bytes(data)
+    try:
+        frame = _decode_canonical(data, True)
+    except (_NotCanonical, IndexError, UnicodeDecodeError):
+        frame = _decode_with_protobuf(data)
+    validate_frame(frame, limits)
+    return frame
+
+
+def decode_route(
+    data: bytes | bytearray | memoryview, limits: FrameLimits = INBOUND_LIMITS
+) -> tuple[str, BodyKind]:
+    """``(stream_id, body kind)`` of a frame, validated exactly as :func:`decode_frame`
+    does (same :class:`InvalidFrame` for the same bytes), without copying a data payload.
+
+    For forwarders that route the original bytes and never read the payload.
+    """
+    if len(data) > limits.max_frame_bytes:
+        raise _oversize(len(data), limits)
+    if type(data) is not bytes:
+        data = bytes(data)
+    try:
+        frame = _decode_canonical(data, False)
+    except (_NotCanonical, IndexError, UnicodeDecodeError):
+        frame = _decode_with_protobuf(data)
+    validate_frame(frame, limits)
+    body = frame.body
+    assert body is not None  # validate_frame rejects a frame without body
+    return frame.stream_id, body.kind
 
 
 def peek_stream_id(data: bytes) -> str | None:
@@ -312,12 +851,12 @@ def peek_stream_id(data: bytes) -> str | None:
     pos, end = 0, len(data)
     try:
         while pos < end:
-            tag, pos = _varint(data, pos)
+            tag, pos = _varint_any(data, pos)
             field_no, wire = tag >> 3, tag & 7
             if wire == 0:
-                _, pos = _varint(data, pos)
+                _, pos = _varint_any(data, pos)
             elif wire == 2:
-                length, pos = _varint(data, pos)
+                length, pos = _varint_any(data, pos)
                 if field_no == 2:
                     return data[pos : pos + length].decode()
                 pos += length
@@ -332,7 +871,7 @@ def peek_stream_id(data: bytes) -> str | None:
     return None
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
+def _varint_any(data: bytes, pos: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         byte = data[pos]

@@ -1,6 +1,7 @@
 """Sans-IO reliable relay stream: one virtual stream, both directions, no clock, no sockets.
 
-A :class:`ReliableStream` turns whole messages into ``RelayMessageFrame`` s and back. The
+A :class:`ReliableStream` turns whole messages into relay frames
+(:class:`~exec_server.relay.frame_codec.RelayFrame`) and back. The
 owner feeds it frames (:meth:`~ReliableStream.receive_frame`) and timer expiries
 (:meth:`~ReliableStream.handle_timer`), passing the current time as ``now`` (seconds, any
 monotonic origin); it collects frames to write (:meth:`~ReliableStream.frames_to_send`) and
@@ -123,6 +124,7 @@ down, so undelivered events are bounded only by the owner draining them.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter, deque
 from collections.abc import Callable
@@ -139,11 +141,15 @@ from exec_server.relay.events import (
     StreamReset,
 )
 from exec_server.relay.frame_codec import (
+    RELAY_MESSAGE_FRAME_VERSION,
     U32_MAX,
-    RelayMessageFrame,
+    DataBody,
+    FrameBody,
+    HandshakeBody,
+    RelayFrame,
+    ResetBody,
+    ResumeBody,
     ack_frame,
-    body_kind,
-    data_frame,
     heartbeat_frame,
     reset_frame,
     resume_frame,
@@ -247,6 +253,9 @@ IDLE_TIMEOUT_S = 60.0
 
 NEGOTIATION_TIMEOUT_S = 10.0
 """A probing initiator that heard nothing for this long treats the peer as legacy."""
+
+_MAX_TIMER_QUEUE = 4 * MAX_UNACKED_SEGMENTS
+"""Entries a retransmission-deadline queue may hold before it is rebuilt from the window."""
 
 
 class StreamDropReason(StrEnum):
@@ -352,6 +361,9 @@ class StreamStats:
     dropped: Counter[str] = field(default_factory=Counter)
 
 
+_HALF_SEQ_SPACE = SEQ_SPACE // 2
+
+
 def seq_to_wire(seq: int) -> int:
     """Wire form of logical seq ``seq``: ``1 .. 2**32 - 1`` cyclically; 0 stays 0."""
     return 0 if seq <= 0 else (seq - 1) % SEQ_SPACE + 1
@@ -363,8 +375,9 @@ def seq_from_wire(wire: int, reference: int) -> int:
     Correct while the true value is within ``2**31`` of ``reference``; the relay keeps every
     live seq within a few dozen of it. May return a value < 1 for a stale seq.
     """
-    delta = (wire - seq_to_wire(reference)) % SEQ_SPACE
-    if delta > SEQ_SPACE // 2:
+    # seq_to_wire(reference), inlined: this runs for every inbound data frame and ack.
+    delta = (wire - (0 if reference <= 0 else (reference - 1) % SEQ_SPACE + 1)) % SEQ_SPACE
+    if delta > _HALF_SEQ_SPACE:
         delta -= SEQ_SPACE
     return reference + delta
 
@@ -382,15 +395,6 @@ class _OutSegment:
     sacked: bool = False
     resend: bool = False
     fast_retransmitted: bool = False
-
-
-@dataclass(slots=True)
-class _InSegment:
-    index: int
-    count: int
-    payload: bytes
-    traceparent: str | None
-    tracestate: str | None
 
 
 class _ProtocolViolation(Exception):
@@ -450,9 +454,22 @@ class ReliableStream:
         self._srtt: float | None = None
         self._rttvar = 0.0
         self._backoff = 0
+        self._rto = self._repair = 0.0  # rto_s and _repair_timeout_s(), see _update_rto
+        self._update_rto()
+        # Retransmission deadlines without scanning the send window: every transmission
+        # appends (sent_at, seq, transmissions) to the queue of its timeout class (RTO, or
+        # the short repair timeout of a first fast retransmission). Entries stay in sent_at
+        # order (the queues are rebuilt if the clock goes backwards), and an entry whose
+        # segment was acked, SACKed, marked for resend or sent again since is stale and
+        # dropped, so the first live entry of a queue holds its earliest deadline.
+        self._rto_queue: deque[tuple[float, int, int]] = deque()
+        self._repair_queue: deque[tuple[float, int, int]] = deque()
+        # False while no segment can have ``resend`` set: _next_frame skips its scan.
+        self._maybe_resend = False
         # receive side
         self._rcv_nxt = cfg.initial_seq
-        self._ooo: dict[int, _InSegment] = {}
+        # out-of-order data frames by logical seq (their body is a DataBody)
+        self._ooo: dict[int, RelayFrame] = {}
         self._ooo_bytes = 0
         self._reasm_parts: list[bytes] = []
         self._reasm_count = 0
@@ -529,13 +546,26 @@ class ReliableStream:
     @property
     def rto_s(self) -> float:
         """The current retransmission timeout, backoff included."""
+        return self._rto
+
+    def _update_rto(self) -> None:
+        """Recompute ``rto_s`` and ``_repair_timeout_s()``; call after every change of
+        ``_srtt``, ``_rttvar`` or ``_backoff``."""
         cfg = self.config
-        if self._srtt is None:
+        srtt = self._srtt
+        if srtt is None:
             base = cfg.initial_rto_s
         else:
-            base = self._srtt + max(CLOCK_GRANULARITY_S, 4 * self._rttvar)
+            base = srtt + max(CLOCK_GRANULARITY_S, 4 * self._rttvar)
         base = min(max(base, cfg.min_rto_s), cfg.max_rto_s)
-        return float(min(base * (1 << self._backoff), cfg.max_rto_s))
+        self._rto = rto = float(min(base * (1 << self._backoff), cfg.max_rto_s))
+        smoothed = cfg.initial_rto_s if srtt is None else srtt
+        self._repair = min(rto, max(REPAIR_RESEND_MIN_S, 2 * smoothed))
+
+    def _set_backoff(self, backoff: int) -> None:
+        if backoff != self._backoff:
+            self._backoff = backoff
+            self._update_rto()
 
     # ------------------------------------------------------------------ sending
 
@@ -595,6 +625,11 @@ class ReliableStream:
         if self._mode is PeerMode.LEGACY:
             self._out.append(_OutSegment(self._legacy_seq, payload, 0, 1, traceparent, tracestate))
             self._legacy_seq = (self._legacy_seq + 1) & U32_MAX
+        elif size <= self.config.max_segment_payload_bytes:  # one segment: the common case
+            self._out.append(
+                _OutSegment(self._next_assign, bytes(payload), 0, 1, traceparent, tracestate)
+            )
+            self._next_assign += 1
         else:
             step = self.config.max_segment_payload_bytes
             count = max(1, math.ceil(size / step))
@@ -647,51 +682,54 @@ class ReliableStream:
         self._last_sent_at = now
         return self._ack_fields()
 
-    def _data(self, segment: _OutSegment, now: float) -> RelayMessageFrame:
+    def _data(self, segment: _OutSegment, now: float) -> RelayFrame:
         ack, ack_bits = self._stamp(now)
+        seq = segment.seq
         wire_seq = (
-            segment.seq & U32_MAX if self._mode is PeerMode.LEGACY else seq_to_wire(segment.seq)
+            seq & U32_MAX
+            if self._mode is PeerMode.LEGACY
+            else (0 if seq <= 0 else (seq - 1) % SEQ_SPACE + 1)  # seq_to_wire, inlined
         )
         self.stats.data_frames_sent += 1
-        return data_frame(
+        return RelayFrame(
+            RELAY_MESSAGE_FRAME_VERSION,
             self.stream_id,
-            wire_seq,
-            segment.payload,
-            ack=ack,
-            ack_bits=ack_bits,
-            segment_index=segment.index,
-            segment_count=segment.count,
-            traceparent=segment.traceparent,
-            tracestate=segment.tracestate,
+            ack,
+            ack_bits,
+            DataBody(wire_seq, segment.index, segment.count, segment.payload),
+            segment.traceparent,
+            segment.tracestate,
         )
 
-    def frames_to_send(self, now: float, max_frames: int | None = None) -> list[RelayMessageFrame]:
+    def frames_to_send(self, now: float, max_frames: int | None = None) -> list[RelayFrame]:
         """Frames to write now, in order (at most ``max_frames``); call after every input.
 
         Priority: reset, resume, retransmissions, new data (within the send window),
         heartbeat, standalone ack. Nothing is produced while disconnected.
         """
-        out: list[RelayMessageFrame] = []
-        if not self._connected:
-            return out
-        if self._pending_reset is not None:
-            if max_frames is None or max_frames > 0:
-                ack, ack_bits = self._stamp(now)
-                out.append(
-                    reset_frame(self.stream_id, self._pending_reset, ack=ack, ack_bits=ack_bits)
-                )
-                self._pending_reset = None
-            return out
-        if self._closed_reason is not None:
-            return out
+        out: list[RelayFrame] = []
         while max_frames is None or len(out) < max_frames:
-            frame = self._next_frame(now)
+            frame = self.next_frame(now)
             if frame is None:
                 break
             out.append(frame)
         return out
 
-    def _next_frame(self, now: float) -> RelayMessageFrame | None:
+    def next_frame(self, now: float) -> RelayFrame | None:
+        """The next frame to write now, or ``None``: ``frames_to_send(now, 1)`` without the
+        list (a reset, once written, is the stream's last frame)."""
+        if not self._connected:
+            return None
+        if self._pending_reset is not None:
+            ack, ack_bits = self._stamp(now)
+            frame = reset_frame(self.stream_id, self._pending_reset, ack=ack, ack_bits=ack_bits)
+            self._pending_reset = None
+            return frame
+        if self._closed_reason is not None:
+            return None
+        return self._next_frame(now)
+
+    def _next_frame(self, now: float) -> RelayFrame | None:
         mode = self._mode
         if self._pending_resume:
             self._pending_resume = False
@@ -711,17 +749,20 @@ class ReliableStream:
                 return self._data(segment, now)
             return None
         in_flight = self._snd_nxt - self._snd_una
-        if mode is PeerMode.RELIABLE:
+        out = self._out
+        if mode is PeerMode.RELIABLE and self._maybe_resend:
             for i in range(in_flight):
-                segment = self._out[i]
+                segment = out[i]
                 if segment.resend:
                     segment.resend = False
                     segment.sent_at = now
                     segment.transmissions += 1
                     self.stats.retransmissions += 1
+                    self._track_transmission(segment, now)
                     return self._data(segment, now)
-        if in_flight < len(self._out) and in_flight < self.config.max_unacked_segments:
-            segment = self._out[in_flight]
+            self._maybe_resend = False
+        if in_flight < len(out) and in_flight < self.config.max_unacked_segments:
+            segment = out[in_flight]
             size = len(segment.payload)
             if (
                 self._inflight_bytes == 0
@@ -731,6 +772,7 @@ class ReliableStream:
                 segment.transmissions = 1
                 self._snd_nxt += 1
                 self._inflight_bytes += size
+                self._track_transmission(segment, now)
                 return self._data(segment, now)
         if mode is PeerMode.RELIABLE:
             if now >= self._last_sent_at + self.config.heartbeat_interval_s:
@@ -771,47 +813,87 @@ class ReliableStream:
         twice the smoothed RTT (at least ``REPAIR_RESEND_MIN_S``), capped by the RTO. The
         receiver acks a segment that fills a gap at once, and every later segment is
         usually SACKed already, so waiting for the full RTO (200 ms floor) would only
-        idle the send window."""
-        srtt = self.config.initial_rto_s if self._srtt is None else self._srtt
-        return min(self.rto_s, max(REPAIR_RESEND_MIN_S, 2 * srtt))
+        idle the send window. Cached with ``rto_s`` (see ``_update_rto``)."""
+        return self._repair
 
-    def _timeout_of(self, segment: _OutSegment, rto: float, repair: float) -> float:
+    @staticmethod
+    def _is_repair(segment: _OutSegment) -> bool:
         # Only the first fast retransmission gets the short timer; after that, the RTO.
-        return repair if segment.fast_retransmitted and segment.transmissions == 2 else rto
+        return segment.fast_retransmitted and segment.transmissions == 2
+
+    def _track_transmission(self, segment: _OutSegment, now: float) -> None:
+        """Queue the retransmission deadline of a segment just (re)sent at ``now``."""
+        queue = self._repair_queue if self._is_repair(segment) else self._rto_queue
+        if queue and (now < queue[-1][0] or len(queue) >= _MAX_TIMER_QUEUE):
+            # The clock went backwards, or stale entries piled up behind a live one.
+            self._rebuild_timer_queues()
+        else:
+            queue.append((now, segment.seq, segment.transmissions))
+
+    def _rebuild_timer_queues(self) -> None:
+        """Both queues from the send window: its live segments, in ``sent_at`` order."""
+        live = sorted(
+            (segment.sent_at, segment.seq, segment.transmissions, self._is_repair(segment))
+            for segment in itertools.islice(self._out, self._snd_nxt - self._snd_una)
+            if not (segment.sacked or segment.resend or segment.sent_at is None)
+        )
+        self._rto_queue.clear()
+        self._repair_queue.clear()
+        for sent_at, seq, transmissions, repair in live:
+            queue = self._repair_queue if repair else self._rto_queue
+            queue.append((sent_at, seq, transmissions))
 
     def _rto_deadline(self) -> float | None:
+        """The earliest retransmission deadline of a segment in flight (not SACKed, not
+        already marked for resend): its ``sent_at`` plus the RTO, or plus the repair
+        timeout for a first fast retransmission."""
+        snd_una, out = self._snd_una, self._out
         earliest: float | None = None
-        rto, repair = self.rto_s, self._repair_timeout_s()
-        for i in range(self._snd_nxt - self._snd_una):
-            segment = self._out[i]
-            if segment.sacked or segment.resend or segment.sent_at is None:
-                continue
-            deadline = segment.sent_at + self._timeout_of(segment, rto, repair)
-            if earliest is None or deadline < earliest:
-                earliest = deadline
+        for queue, timeout in ((self._rto_queue, self._rto), (self._repair_queue, self._repair)):
+            while queue:
+                sent_at, seq, transmissions = queue[0]
+                if seq >= snd_una:
+                    segment = out[seq - snd_una]
+                    if (
+                        segment.transmissions == transmissions
+                        and not segment.sacked
+                        and not segment.resend
+                    ):
+                        # Float addition is monotonic, so the earliest sent_at of a timeout
+                        # class gives that class's earliest deadline.
+                        deadline = sent_at + timeout
+                        if earliest is None or deadline < earliest:
+                            earliest = deadline
+                        break
+                queue.popleft()  # stale: acked, SACKed, marked for resend or sent again
         return earliest
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` (then :meth:`frames_to_send`) should run next, or ``None``."""
         if self._closed_reason is not None:
             return None
-        if self._mode is PeerMode.PROBING:
+        mode = self._mode
+        if mode is PeerMode.RELIABLE:
+            cfg = self.config
+            deadline = self._last_received_at + cfg.idle_timeout_s
+            if self._connected:
+                heartbeat = self._last_sent_at + cfg.heartbeat_interval_s
+                if heartbeat < deadline:
+                    deadline = heartbeat
+                ack_due = self._ack_due
+                if ack_due is not None and ack_due < deadline:
+                    deadline = ack_due
+                rto = self._rto_deadline()
+                if rto is not None and rto < deadline:
+                    deadline = rto
+            return deadline
+        if mode is PeerMode.PROBING:
             if not self.initiator:
                 return None
             if self._probe_resend_at is None or not self._connected:
                 return self._negotiation_deadline
             return min(self._negotiation_deadline, self._probe_resend_at)
-        if self._mode is PeerMode.LEGACY:
-            return None
-        deadlines = [self._last_received_at + self.config.idle_timeout_s]
-        if self._connected:
-            deadlines.append(self._last_sent_at + self.config.heartbeat_interval_s)
-            if self._ack_due is not None:
-                deadlines.append(self._ack_due)
-            rto = self._rto_deadline()
-            if rto is not None:
-                deadlines.append(rto)
-        return min(deadlines)
+        return None
 
     def handle_timer(self, now: float) -> None:
         """Process every deadline that is due at ``now`` (early calls are harmless)."""
@@ -828,8 +910,8 @@ class ReliableStream:
                 # acks, even if every data frame so far was lost. A Codex peer ignores it.
                 self._probe_resend_at = None
                 self._pending_resume = True
-                if self.rto_s < self.config.max_rto_s:
-                    self._backoff += 1
+                if self._rto < self.config.max_rto_s:
+                    self._set_backoff(self._backoff + 1)
             return
         if self._mode is not PeerMode.RELIABLE:
             return
@@ -838,23 +920,27 @@ class ReliableStream:
             return
         if not self._connected:
             return
-        rto, repair = self.rto_s, self._repair_timeout_s()
+        earliest = self._rto_deadline()
+        if earliest is None or now < earliest:
+            return  # no segment is due: the scan below would change nothing
+        rto, repair = self._rto, self._repair
         expired = False
         for i in range(self._snd_nxt - self._snd_una):
             segment = self._out[i]
             if segment.sacked or segment.resend or segment.sent_at is None:
                 continue
-            timeout = self._timeout_of(segment, rto, repair)
+            timeout = repair if self._is_repair(segment) else rto
             if now >= segment.sent_at + timeout:
                 segment.resend = True
+                self._maybe_resend = True
                 if timeout < rto:
                     self.stats.fast_retransmits += 1  # a lost fast retransmission, resent
                 else:
                     expired = True
         if expired:
             self.stats.rto_expiries += 1
-            if self.rto_s < self.config.max_rto_s:
-                self._backoff += 1
+            if self._rto < self.config.max_rto_s:
+                self._set_backoff(self._backoff + 1)
 
     # ------------------------------------------------------------------ connection
 
@@ -885,7 +971,7 @@ class ReliableStream:
             self._connected = True  # lets a pending reset out
             return
         self._connected = True
-        self._backoff = 0
+        self._set_backoff(0)
         if self._mode is PeerMode.RELIABLE:
             self._pending_resume = True
             self._mark_all_for_resend()
@@ -898,63 +984,61 @@ class ReliableStream:
             segment = self._out[i]
             if not segment.sacked:
                 segment.resend = True
+                self._maybe_resend = True
 
     # ------------------------------------------------------------------ input
 
-    def receive_frame(self, frame: RelayMessageFrame, now: float) -> None:
+    def receive_frame(self, frame: RelayFrame, now: float) -> None:
         """Process one validated inbound frame of this stream."""
         if self._closed_reason is not None:
             self.stats.dropped[StreamDropReason.CLOSED] += 1
             return
-        flagged = bool(frame.ack_bits & RELIABLE_CAPABILITY_BIT)
-        if self._mode is PeerMode.PROBING:
-            resolved = PeerMode.RELIABLE if flagged else PeerMode.LEGACY
-            self._resolve(resolved)
-            if resolved is PeerMode.RELIABLE and not self.initiator:
+        ack_bits = frame.ack_bits
+        flagged = bool(ack_bits & RELIABLE_CAPABILITY_BIT)
+        mode = self._mode
+        if mode is PeerMode.PROBING:
+            mode = PeerMode.RELIABLE if flagged else PeerMode.LEGACY
+            self._resolve(mode)
+            if mode is PeerMode.RELIABLE and not self.initiator:
                 self._ack_due = now  # let a probing initiator resolve within one round trip
-        elif flagged != (self._mode is PeerMode.RELIABLE) and self.config.allow_reliable:
+        elif flagged != (mode is PeerMode.RELIABLE) and self.config.allow_reliable:
             if self._legacy_by_timeout:
                 self._close("negotiation_conflict", remote=False, send_reset=True, emit=True)
             else:
                 self.stats.dropped[StreamDropReason.MODE_MISMATCH] += 1
             return
         self._last_received_at = now
-        kind = body_kind(frame)
-        if kind == "reset":
-            self._close(frame.reset.reason, remote=True, send_reset=False, emit=True)
+        body = frame.body
+        if isinstance(body, ResetBody):
+            self._close(body.reason, remote=True, send_reset=False, emit=True)
             return
-        if self._mode is PeerMode.LEGACY:
-            self._receive_legacy(frame, kind)
+        if mode is PeerMode.LEGACY:
+            self._receive_legacy(frame, body)
             return
         try:
-            self._on_ack(frame.ack, frame.ack_bits, now)
-            if kind == "data":
-                self._on_data(frame, now)
-            elif kind == "resume":
-                self._on_resume(frame.resume.next_seq, now)
-            elif kind == "handshake":
+            self._on_ack(frame.ack, ack_bits, now)
+            if isinstance(body, DataBody):
+                self._on_data(frame, body, now)
+            elif isinstance(body, ResumeBody):
+                self._on_resume(body.next_seq, now)
+            elif isinstance(body, HandshakeBody):
                 self.stats.dropped[StreamDropReason.HANDSHAKE_UNSUPPORTED] += 1
         except _ProtocolViolation as violation:
             self._close(violation.reason, remote=False, send_reset=True, emit=True)
 
-    def _receive_legacy(self, frame: RelayMessageFrame, kind: str | None) -> None:
-        if kind != "data":
+    def _receive_legacy(self, frame: RelayFrame, body: FrameBody | None) -> None:
+        if not isinstance(body, DataBody):
             self.stats.dropped[StreamDropReason.LEGACY_CONTROL] += 1
             return
-        data = frame.data
-        if data.segment_index != 0 or data.segment_count != 1:
+        if body.segment_index != 0 or body.segment_count != 1:
             self.stats.dropped[StreamDropReason.LEGACY_SEGMENTED] += 1
             return
-        self._emit_message(
-            data.payload,
-            frame.traceparent if frame.HasField("traceparent") else None,
-            frame.tracestate if frame.HasField("tracestate") else None,
-        )
+        self._emit_message(body.payload, frame.traceparent, frame.tracestate)
 
     def _resolve(self, mode: PeerMode) -> None:
         self._mode = mode
         self._probe_resend_at = None
-        self._backoff = 0
+        self._set_backoff(0)
         if mode is PeerMode.LEGACY:
             # Forget retained copies: a legacy peer must never see a retransmission.
             self._legacy_seq = (
@@ -965,25 +1049,32 @@ class ReliableStream:
                 self._buffered_send_bytes -= len(segment.payload)
             self._snd_una = self._snd_nxt
             self._inflight_bytes = 0
+            self._rto_queue.clear()
+            self._repair_queue.clear()
         self._events.append(PeerModeResolved(self.stream_id, mode))
 
     def _on_ack(self, ack_wire: int, ack_bits: int, now: float) -> None:
-        ack = 0 if ack_wire == 0 else seq_from_wire(ack_wire, self._snd_una)
+        snd_una = self._snd_una
+        ack = 0 if ack_wire == 0 else seq_from_wire(ack_wire, snd_una)
         if ack >= self._snd_nxt:
             raise _ProtocolViolation("protocol_error:ack_beyond_sent")
+        selective = ack_bits & ~RELIABLE_CAPABILITY_BIT
+        if ack < snd_una and not selective:
+            return  # nothing new (the common case on a receiving stream)
         # RTT sample: the newest segment acknowledged for the first time by this frame
         # and sent only once (Karn). Segments SACKed earlier were sampled then.
         sample_at: float | None = None
-        if ack >= self._snd_una:
-            for _ in range(ack - self._snd_una + 1):
-                segment = self._out.popleft()
-                size = len(segment.payload)
-                self._buffered_send_bytes -= size
-                self._inflight_bytes -= size
+        if ack >= snd_una:
+            out = self._out
+            acked_bytes = 0
+            for _ in range(ack - snd_una + 1):
+                segment = out.popleft()
+                acked_bytes += len(segment.payload)
                 if segment.transmissions == 1 and not segment.sacked:
                     sample_at = segment.sent_at
+            self._buffered_send_bytes -= acked_bytes
+            self._inflight_bytes -= acked_bytes
             self._snd_una = ack + 1
-        selective = ack_bits & ~RELIABLE_CAPABILITY_BIT
         newly_sacked = False
         while selective:
             low = selective & -selective
@@ -1025,6 +1116,7 @@ class ReliableStream:
             ):
                 segment.fast_retransmitted = True
                 segment.resend = True
+                self._maybe_resend = True
                 self.stats.fast_retransmits += 1
 
     def _rtt_sample(self, rtt: float) -> None:
@@ -1036,22 +1128,23 @@ class ReliableStream:
             self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - rtt)
             self._srtt = 0.875 * self._srtt + 0.125 * rtt
         self._backoff = 0
+        self._update_rto()
         self.stats.rtt_samples += 1
 
     def _on_resume(self, next_seq: int, now: float) -> None:
-        self._backoff = 0
+        self._set_backoff(0)
         self._mark_all_for_resend()
         self._ack_due = now
         self._events.append(PeerResumed(self.stream_id, next_seq))
 
-    def _on_data(self, frame: RelayMessageFrame, now: float) -> None:
-        data = frame.data
+    def _on_data(self, frame: RelayFrame, data: DataBody, now: float) -> None:
         if data.seq == 0:
             self.stats.dropped[StreamDropReason.BAD_SEQ] += 1
             return
         rcv_nxt = self._rcv_nxt
         seq = seq_from_wire(data.seq, rcv_nxt)
-        if seq < rcv_nxt or seq in self._ooo:
+        ooo = self._ooo
+        if seq < rcv_nxt or seq in ooo:
             self.stats.duplicates_received += 1
             self._ack_due = now
             return
@@ -1063,30 +1156,27 @@ class ReliableStream:
             self.stats.dropped[StreamDropReason.RECEIVE_BUFFER_FULL] += 1
             self._rx_starved = True
             return
-        segment = _InSegment(
-            data.segment_index,
-            data.segment_count,
-            data.payload,
-            frame.traceparent if frame.HasField("traceparent") else None,
-            frame.tracestate if frame.HasField("tracestate") else None,
-        )
-        size = len(segment.payload)
+        size = len(data.payload)
+        cfg = self.config
         if seq != rcv_nxt:
-            if self._ooo_bytes + size > self.config.max_reorder_bytes:
+            if self._ooo_bytes + size > cfg.max_reorder_bytes:
                 self.stats.dropped[StreamDropReason.REORDER_BUFFER_FULL] += 1
             else:
-                self._ooo[seq] = segment
+                ooo[seq] = frame
                 self._ooo_bytes += size
             self._ack_due = now
             return
-        filled_gap = bool(self._ooo)
-        self._accept_in_order(segment)
-        self._rcv_nxt += 1
-        while self._rcv_nxt in self._ooo:
-            pending = self._ooo.pop(self._rcv_nxt)
-            self._ooo_bytes -= len(pending.payload)
-            self._accept_in_order(pending)
-            self._rcv_nxt += 1
+        filled_gap = bool(ooo)
+        self._accept_in_order(frame, data)
+        rcv_nxt += 1
+        self._rcv_nxt = rcv_nxt
+        while rcv_nxt in ooo:
+            pending = ooo.pop(rcv_nxt)
+            pending_data = pending.data
+            self._ooo_bytes -= len(pending_data.payload)
+            self._accept_in_order(pending, pending_data)
+            rcv_nxt += 1
+            self._rcv_nxt = rcv_nxt
         self._unacked_rx_segments += 1
         self._unacked_rx_bytes += size
         if (
@@ -1094,29 +1184,32 @@ class ReliableStream:
             # window is stuck on it, and a delayed ack would idle the stream for
             # ack_delay_s after every repaired loss.
             filled_gap
-            or self._ooo
-            or self._unacked_rx_segments >= self.config.ack_every_segments
-            or self._unacked_rx_bytes >= self.config.max_unacked_bytes // 4
+            or ooo
+            or self._unacked_rx_segments >= cfg.ack_every_segments
+            or self._unacked_rx_bytes >= cfg.max_unacked_bytes // 4
         ):
             self._ack_due = now
         elif self._ack_due is None:
-            self._ack_due = now + self.config.ack_delay_s
+            self._ack_due = now + cfg.ack_delay_s
 
-    def _accept_in_order(self, segment: _InSegment) -> None:
+    def _accept_in_order(self, frame: RelayFrame, data: DataBody) -> None:
+        """Deliver or reassemble the next in-order data frame (``data`` is its body)."""
         if not self._reasm_parts:
-            if segment.index != 0:
+            if data.segment_index != 0:
                 raise _ProtocolViolation("protocol_error:segment_out_of_order")
-            if segment.count == 1:
-                self._emit_message(segment.payload, segment.traceparent, segment.tracestate)
+            if data.segment_count == 1:
+                self._emit_message(data.payload, frame.traceparent, frame.tracestate)
                 return
-            self._reasm_count = segment.count
-            self._reasm_trace = (segment.traceparent, segment.tracestate)
-        elif segment.count != self._reasm_count or segment.index != len(self._reasm_parts):
+            self._reasm_count = data.segment_count
+            self._reasm_trace = (frame.traceparent, frame.tracestate)
+        elif data.segment_count != self._reasm_count or data.segment_index != len(
+            self._reasm_parts
+        ):
             raise _ProtocolViolation("protocol_error:segment_mismatch")
-        self._reasm_bytes += len(segment.payload)
+        self._reasm_bytes += len(data.payload)
         if self._reasm_bytes > self.config.max_message_bytes:
             raise _ProtocolViolation("protocol_error:message_too_large")
-        self._reasm_parts.append(segment.payload)
+        self._reasm_parts.append(data.payload)
         if len(self._reasm_parts) == self._reasm_count:
             payload = b"".join(self._reasm_parts)
             self._reasm_parts = []
@@ -1139,6 +1232,8 @@ class ReliableStream:
         self._buffered_send_bytes = 0
         self._inflight_bytes = 0
         self._snd_una = self._snd_nxt
+        self._rto_queue.clear()
+        self._repair_queue.clear()
         self._ooo.clear()
         self._ooo_bytes = 0
         self._reasm_parts = []

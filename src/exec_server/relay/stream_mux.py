@@ -49,9 +49,10 @@ from exec_server.relay.events import MuxEvent, StreamOpened
 from exec_server.relay.frame_codec import (
     INBOUND_LIMITS,
     MAX_OUTBOUND_STREAM_ID_BYTES,
+    DataBody,
     FrameLimits,
-    RelayMessageFrame,
-    body_kind,
+    RelayFrame,
+    ResumeBody,
     decode_frame,
     encode_frame,
     reset_frame,
@@ -210,7 +211,7 @@ class StreamMux:
             return
         self.receive_frame(frame, now)
 
-    def receive_frame(self, frame: RelayMessageFrame, now: float) -> None:
+    def receive_frame(self, frame: RelayFrame, now: float) -> None:
         """Route one already validated frame (:meth:`receive_bytes` does the validation)."""
         stream = self._streams.get(frame.stream_id)
         if stream is None:
@@ -220,13 +221,13 @@ class StreamMux:
         stream.receive_frame(frame, now)
         self._after_input(stream)
 
-    def _accept(self, frame: RelayMessageFrame, now: float) -> ReliableStream | None:
+    def _accept(self, frame: RelayFrame, now: float) -> ReliableStream | None:
         stream_id = frame.stream_id
-        kind = body_kind(frame)
+        body = frame.body
         reliable = (
             bool(frame.ack_bits & RELIABLE_CAPABILITY_BIT) and self.config.stream.allow_reliable
         )
-        if kind != "data" and not (kind == "resume" and reliable):
+        if not isinstance(body, DataBody) and not (isinstance(body, ResumeBody) and reliable):
             self.dropped[MuxDropReason.UNKNOWN_STREAM_CONTROL] += 1
             return None
         if reliable and stream_id in self._retired:
@@ -277,22 +278,32 @@ class StreamMux:
             return out
         start = self._rotation % len(streams)
         self._rotation += 1
+        if start:
+            streams = streams[start:] + streams[:start]
         pending, timers = self._pending_output, self._timers
-        active = [
-            stream
-            for stream in streams[start:] + streams[:start]
-            if stream in pending or timers.get(stream, now + 1.0) <= now
-        ]
+        active = [s for s in streams if s in pending or timers.get(s, now + 1.0) <= now]
         touched: set[ReliableStream] = set()
         while active and (max_bytes is None or total < max_bytes):
+            if len(active) == 1:  # a round of one stream: take its frames in a row
+                stream = active[0]
+                while (frame := stream.next_frame(now)) is not None:
+                    touched.add(stream)
+                    frame_bytes = encode_frame(frame)
+                    out.append(frame_bytes)
+                    total += len(frame_bytes)
+                    if max_bytes is not None and total >= max_bytes:
+                        break
+                else:
+                    pending.discard(stream)
+                break
             still_active = []
             for stream in active:
-                frames = stream.frames_to_send(now, 1)
-                if not frames:
+                frame = stream.next_frame(now)
+                if frame is None:
                     pending.discard(stream)
                     continue
                 touched.add(stream)
-                frame_bytes = encode_frame(frames[0])
+                frame_bytes = encode_frame(frame)
                 out.append(frame_bytes)
                 total += len(frame_bytes)
                 still_active.append(stream)

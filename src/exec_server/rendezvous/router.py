@@ -2,9 +2,10 @@
 
 The router owns all routing state: which socket is an environment's live socket, which
 harness socket owns each stream, and the grace timers that decide when a missing peer
-is given up on. It never touches payloads: every binary message is decoded with
-:func:`~exec_server.relay.frame_codec.decode_frame` only to learn ``stream_id`` and the
-body kind (and to drop invalid frames), then the *same bytes* are queued to the peer.
+is given up on. It never touches payloads: every binary message goes through
+:func:`~exec_server.relay.frame_codec.decode_route` only to learn ``stream_id`` and the
+body kind (and to drop invalid frames: the same validation as ``decode_frame``, without
+copying the payload), then the *same bytes* are queued to the peer.
 
 Rules (stream ids are scoped to one environment id):
 
@@ -53,10 +54,9 @@ from typing import Protocol
 from ..relay.errors import InvalidFrame
 from ..relay.frame_codec import (
     INBOUND_LIMITS,
+    BodyKind,
     FrameLimits,
-    RelayMessageFrame,
-    body_kind,
-    decode_frame,
+    decode_route,
     encode_frame,
     reset_frame,
 )
@@ -451,15 +451,16 @@ class Router:
         if route is None or route.socket is not peer:
             self.stats.dropped[DropReason.REPLACED_SOCKET] += 1
             return
-        frame = self._decode(data)
-        if frame is None:
+        decoded = self._decode(data)
+        if decoded is None:
             return
-        stream = route.streams.get(frame.stream_id)
+        stream_id, kind = decoded
+        stream = route.streams.get(stream_id)
         if stream is None:
             self.stats.dropped[DropReason.UNKNOWN_STREAM] += 1
             return
         owner = stream.owner
-        if body_kind(frame) == "reset":
+        if kind == "reset":
             self._end_stream(route, stream)
         if owner is None:
             self.stats.dropped[DropReason.HARNESS_OFFLINE] += 1
@@ -482,19 +483,20 @@ class Router:
     async def on_harness_message(self, peer: SocketPeer, data: bytes) -> None:
         """A binary message from a harness socket (waits while the environment's
         outbound queue is full)."""
-        frame = self._decode(data)
-        if frame is None:
+        decoded = self._decode(data)
+        if decoded is None:
             return
         route = self._routes.get(peer.environment_id)
         environment = route.socket if route is not None else None
         if environment is not None and not environment.has_room():
             await environment.wait_for_room()
-        self._route_from_harness(peer, frame, data)
+        stream_id, kind = decoded
+        self._route_from_harness(peer, stream_id, kind == "reset", data)
 
-    def _route_from_harness(self, peer: SocketPeer, frame: RelayMessageFrame, data: bytes) -> None:
+    def _route_from_harness(
+        self, peer: SocketPeer, stream_id: str, is_reset: bool, data: bytes
+    ) -> None:
         route = self._route(peer.environment_id)
-        stream_id = frame.stream_id
-        is_reset = body_kind(frame) == "reset"
         stream = route.streams.get(stream_id)
         if stream is None:
             if not is_reset:
@@ -529,9 +531,10 @@ class Router:
 
     # --- internals -------------------------------------------------------------------
 
-    def _decode(self, data: bytes) -> RelayMessageFrame | None:
+    def _decode(self, data: bytes) -> tuple[str, BodyKind] | None:
+        """``(stream_id, body kind)`` of a valid frame; an invalid one is counted."""
         try:
-            return decode_frame(data, self.config.frame_limits)
+            return decode_route(data, self.config.frame_limits)
         except InvalidFrame as exc:
             self.stats.dropped[exc.reason.value] += 1
             return None
