@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import msgspec
 import psutil
 import pytest
 from msgspec import UNSET
@@ -22,7 +23,6 @@ from exec_server.environment.process_handler import (
     resolve_cwd,
 )
 from exec_server.protocol.errors import InternalError, InvalidParams, InvalidRequest
-from exec_server.protocol.jsonrpc import encode_json
 from exec_server.protocol.messages import (
     EnvPolicy,
     Message,
@@ -586,6 +586,29 @@ async def test_read_errors(pm: ProcessManager) -> None:
         await read(pm, "p", after_seq=-1)
 
 
+@pytest.mark.parametrize("chunk_bytes", [64, 8192, 131072, 1024 * 1024])
+async def test_evicted_output_is_released_whatever_the_chunk_size(
+    sink: Recorder, chunk_bytes: int
+) -> None:
+    """Memory held for retention stays near the limit: evicted chunks must not stay
+    referenced (a list compacted only every 1024 evictions once held 1024 chunks of
+    1 MiB per process, for 30 s after it closed)."""
+    limit = 256 * 1024
+    total = 16 * 1024 * 1024 if chunk_bytes >= 8192 else 2 * 1024 * 1024
+    async with _manager(sink, ProcessLimits(retained_output_bytes=limit)) as pm:
+        await pm.start(
+            start_params(
+                "big", ["head", "-c", str(total), "/dev/zero"], output_chunk_bytes=chunk_bytes
+            )
+        )
+        await sink.wait_closed("big")
+        process = pm._processes["big"]
+        assert not isinstance(process, str)
+        held = sum(len(chunk.chunk) for chunk in process._retained)  # type: ignore[union-attr]
+        assert held <= limit + limit // 4 + chunk_bytes, held
+    assert len(sink.output("big")) == total
+
+
 async def test_eviction_reports_first_retained_seq(sink: Recorder) -> None:
     limits = ProcessLimits(retained_output_bytes=64 * 1024, output_chunk_bytes=8192)
     async with _manager(sink, limits) as pm:
@@ -595,11 +618,11 @@ async def test_eviction_reports_first_retained_seq(sink: Recorder) -> None:
         assert 56 * 1024 < len(chunk_bytes(r)) <= 64 * 1024
         first = r.chunks[0].seq
         assert first > 1 and r.first_retained_seq == first
-        assert b'"firstRetainedSeq":%d' % first in encode_json(r)
+        assert b'"firstRetainedSeq":%d' % first in msgspec.json.encode(r)
         # Nothing missing after first-1: no gap, field absent from the wire.
         r = await read(pm, "big", after_seq=first - 1)
         assert r.first_retained_seq is UNSET
-        assert b"firstRetainedSeq" not in encode_json(r)
+        assert b"firstRetainedSeq" not in msgspec.json.encode(r)
         r = await read(pm, "big", after_seq=first - 2, max_bytes=1)
         assert r.first_retained_seq == first and len(r.chunks) == 1
 

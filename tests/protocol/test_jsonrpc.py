@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from exec_server.protocol import messages as m
 from exec_server.protocol.errors import InvalidParams, InvalidRequest, MethodNotFound
 from exec_server.protocol.jsonrpc import (
-    Base64Payload,
     ErrorResponse,
     MalformedMessage,
     Notification,
@@ -18,7 +17,6 @@ from exec_server.protocol.jsonrpc import (
     Response,
     decode_params,
     encode_error,
-    encode_json,
     encode_notification,
     encode_request,
     encode_response,
@@ -134,34 +132,18 @@ def test_read_result_extension_is_omitted_unless_set() -> None:
     assert b'"firstRetainedSeq":5' in msgspec.json.encode(result)
 
 
-@given(st.binary(max_size=3000))
-def test_base64_payload_encodes_exactly_like_plain_bytes(data: bytes) -> None:
-    plain = m.ProcessOutputNotification(process_id="p", seq=1, stream="stdout", chunk=data)
-    fast = m.ProcessOutputNotification(
-        process_id="p", seq=1, stream="stdout", chunk=Base64Payload(data)
-    )
-    assert encode_notification("process/output", fast) == encode_notification(
-        "process/output", plain
-    )
-
-    def read_result(chunk: bytes) -> m.ProcessReadResult:
-        return m.ProcessReadResult(
-            chunks=[m.ProcessOutputChunk(seq=1, stream="pty", chunk=chunk)],
-            next_seq=2,
-            exited=False,
-            exit_code=None,
-            closed=False,
-        )
-
-    assert encode_response(3, read_result(Base64Payload(data))) == encode_response(
-        3, read_result(data)
-    )
-    decoded = msgspec.json.decode(encode_json(fast), type=m.ProcessOutputNotification)
-    assert decoded.chunk == data
-
-
-def test_base64_payload_is_only_understood_by_the_protocol_encoder() -> None:
-    with pytest.raises(TypeError, match="Base64Payload is unsupported"):
-        msgspec.json.encode({"chunk": Base64Payload(b"x")})
-    with pytest.raises(TypeError, match="object is unsupported"):
-        encode_json({"x": object()})
+@given(
+    st.text(max_size=40),
+    st.integers(min_value=0, max_value=2**64 - 1),
+    st.sampled_from(["stdout", "stderr", "pty"]),
+    st.binary(max_size=3000),
+    st.sampled_from(["process/output", 'we"ird\\method\u2028']),
+)
+def test_output_notification_fast_path_is_byte_identical_to_msgspec(
+    process_id: str, seq: int, stream: m.OutputStream, chunk: bytes, method: str
+) -> None:
+    note = m.ProcessOutputNotification(process_id=process_id, seq=seq, stream=stream, chunk=chunk)
+    fast = encode_notification(method, note)
+    assert fast == msgspec.json.encode({"method": method, "params": note})
+    decoded = msgspec.json.decode(fast)
+    assert decoded["params"]["processId"] == process_id

@@ -47,7 +47,6 @@ from urllib.parse import unquote, urlsplit
 import psutil
 
 from ..protocol.errors import InternalError, InvalidParams, InvalidRequest
-from ..protocol.jsonrpc import Base64Payload
 from ..protocol.messages import (
     PROCESS_CLOSED,
     PROCESS_EXITED,
@@ -98,6 +97,8 @@ MAX_PENDING_STDIN_BYTES = 8 * 1024 * 1024
 #: One ``os.read`` takes up to this much; large reads keep syscalls and wakeups per
 #: byte low, and the data is split into chunks afterwards.
 READ_BYTES = 256 * 1024
+#: Output chunks at least this big are read one chunk per ``os.read`` (no slicing copy).
+CHUNKED_READ_MIN_BYTES = 64 * 1024
 #: Requested capacity of output pipes (Linux F_SETPIPE_SZ); a bigger pipe lets a fast
 #: writer run longer between our wakeups. Best effort: the per-user pipe budget may
 #: refuse it, and then the 64 KiB default stays.
@@ -419,6 +420,9 @@ class _Process:
         self._notify = notify
         self._limits = limits
         self._chunk_bytes = output_chunk_bytes or limits.output_chunk_bytes
+        self._read_size = (
+            self._chunk_bytes if self._chunk_bytes >= CHUNKED_READ_MIN_BYTES else READ_BYTES
+        )
         self._on_closed = on_closed
         self._loop = asyncio.get_running_loop()
 
@@ -434,6 +438,7 @@ class _Process:
         self._retained: list[ProcessOutputChunk] = []
         self._head = 0
         self._retained_bytes = 0
+        self._dead_bytes = 0  # evicted chunks still referenced below the head
         self._max_retained_chunks = max(
             1, limits.retained_output_bytes // MIN_ACCOUNTED_CHUNK_BYTES
         )
@@ -530,19 +535,31 @@ class _Process:
         fd = stream.fd
         if fd is None:
             return
-        try:
-            data = os.read(fd, READ_BYTES)
-        except BlockingIOError:
+        # Large chunks are read one chunk per os.read, so no chunk is a copy sliced out
+        # of a bigger read; small ones are read in bulk and sliced (fewer syscalls).
+        size = self._read_size
+        budget = READ_BYTES
+        recorded = False
+        while budget > 0:
+            try:
+                data = os.read(fd, size)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                # A PTY master reports EIO once every slave fd is closed: that is its EOF.
+                if exc.errno != errno.EIO:
+                    log.warning("process %s: reading %s failed: %s", self.id, stream.name, exc)
+                data = b""
+            if not data:
+                self._stream_eof(stream)
+                break
+            self._record_output(stream.name, data)
+            recorded = True
+            budget -= len(data)
+            if len(data) < size:
+                break
+        if not recorded:
             return
-        except OSError as exc:
-            # A PTY master reports EIO once every slave fd is closed: that is its EOF.
-            if exc.errno != errno.EIO:
-                log.warning("process %s: reading %s failed: %s", self.id, stream.name, exc)
-            data = b""
-        if not data:
-            self._stream_eof(stream)
-            return
-        self._record_output(stream.name, data)
         self._wake_readers()
         self._wake_sender()
         if not self._paused and (
@@ -553,13 +570,9 @@ class _Process:
 
     def _record_output(self, name: OutputStream, data: bytes) -> None:
         size = self._chunk_bytes
-        # Base64Payload: the chunks are encoded with pybase64 (several times msgspec's
-        # speed); slicing a memoryview keeps it to one copy per byte.
-        if len(data) <= size:
-            pieces = [Base64Payload(data)]
-        else:
-            view = memoryview(data)
-            pieces = [Base64Payload(view[i : i + size]) for i in range(0, len(data), size)]
+        pieces = (
+            [data] if len(data) <= size else [data[i : i + size] for i in range(0, len(data), size)]
+        )
         retained = self._retained
         outbox = self._outbox
         pid = self.id
@@ -590,10 +603,16 @@ class _Process:
             evicted = retained[head]
             head += 1
             self._retained_bytes -= len(evicted.chunk)
+            self._dead_bytes += len(evicted.chunk)
             self.evicted_through_seq = evicted.seq
-        if head > 1024 and head * 2 > len(retained):
+        # Evicted chunks stay referenced below the head until the list is compacted:
+        # compact once they hold a quarter of the limit (so memory stays within 1.25x
+        # the retention limit plus one chunk, whatever the chunk size) or outnumber
+        # the live ones (so compaction stays amortized O(1) for tiny chunks).
+        if self._dead_bytes > limit // 4 or (head > 1024 and head * 2 > len(retained)):
             del retained[:head]
             head = 0
+            self._dead_bytes = 0
         self._head = head
 
     def _stream_eof(self, stream: _OutputStream) -> None:

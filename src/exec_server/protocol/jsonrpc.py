@@ -25,6 +25,7 @@ import pybase64
 from msgspec import UNSET, UnsetType
 
 from .errors import InvalidParams, RpcError
+from .messages import ProcessOutputNotification
 
 RequestId = int | str
 
@@ -87,31 +88,8 @@ class _Envelope(msgspec.Struct):
     error: _ErrorEnvelope | UnsetType = UNSET
 
 
-class Base64Payload(bytes):
-    """Bytes the protocol encoder writes as a base64 string using pybase64.
-
-    A ``bytes`` field holding one of these encodes exactly as plain ``bytes`` would
-    (standard padded base64), several times faster than msgspec's own base64 encoder
-    (measured here: ~9 GB/s against ~1.3 GB/s for 128 KiB chunks). Hot paths (process
-    output, file reads) wrap their data in it; everything else may keep plain bytes.
-    """
-
-    __slots__ = ()
-
-
-def _enc_hook(obj: Any) -> Any:
-    if isinstance(obj, Base64Payload):
-        return msgspec.Raw(b"".join((b'"', pybase64.b64encode(obj), b'"')))
-    raise TypeError(f"Encoding objects of type {type(obj).__name__} is unsupported")
-
-
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
-_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
-
-
-def encode_json(obj: Any) -> bytes:
-    """JSON of ``obj`` with the protocol's encoder (understands :class:`Base64Payload`)."""
-    return _encoder.encode(obj)
+_encoder = msgspec.json.Encoder()
 
 
 def parse_message(data: bytes | str) -> Incoming:
@@ -178,7 +156,30 @@ def encode_request(request_id: RequestId, method: str, params: Any = None) -> by
 def encode_notification(method: str, params: Any = None) -> bytes:
     if params is None:
         return _encoder.encode({"method": method})
+    if type(params) is ProcessOutputNotification:
+        return _encode_output_notification(method, params)
     return _encoder.encode({"method": method, "params": params})
+
+
+def _encode_output_notification(method: str, note: ProcessOutputNotification) -> bytes:
+    """The bytes msgspec would produce, built in one join: the chunk is base64-encoded
+    by pybase64 (~9 GB/s against msgspec's ~1.3 GB/s) and copied once. Output
+    notifications are most of the bytes an exec-server sends."""
+    return b"".join(
+        (
+            b'{"method":',
+            _encoder.encode(method),
+            b',"params":{"processId":',
+            _encoder.encode(note.process_id),
+            b',"seq":',
+            _encoder.encode(note.seq),
+            b',"stream":',
+            _encoder.encode(note.stream),
+            b',"chunk":"',
+            pybase64.b64encode(note.chunk),
+            b'"}}',
+        )
+    )
 
 
 def encode_response(request_id: RequestId, result: Any) -> bytes:
