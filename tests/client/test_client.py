@@ -60,15 +60,19 @@ async def test_events_are_in_seq_order_and_end_on_closed(client: ExecServerClien
 async def test_output_chunk_size_is_negotiated_per_process(client: ExecServerClient) -> None:
     total = 4 * 1024 * 1024
     argv = ["head", "-c", str(total), "/dev/zero"]
+    largest = {}
     for chunk_bytes, limit in ((None, 8192), (DEFAULT_OUTPUT_CHUNK_BYTES, 128 * 1024)):
         proc = await client.start_process(argv, output_chunk_bytes=chunk_bytes)
         result = await proc.collect()
         sizes = [len(c.data) for c in result.chunks]
         assert (sum(sizes), result.exit_code) == (total, 0)
-        assert max(sizes) == limit  # the server split its big reads at the asked size
+        assert max(sizes) <= limit
+        largest[chunk_bytes] = max(sizes)
+    # How much one read gets is timing; 4 MiB never all comes in 8 KiB pieces.
+    assert largest[DEFAULT_OUTPUT_CHUNK_BYTES] > 8192
     # The SDK's default is the large chunk.
     result = await (await client.start_process(argv)).collect()
-    assert max(len(c.data) for c in result.chunks) == DEFAULT_OUTPUT_CHUNK_BYTES
+    assert 8192 < max(len(c.data) for c in result.chunks) <= DEFAULT_OUTPUT_CHUNK_BYTES
 
 
 async def test_out_of_order_notifications_are_reordered(client: ExecServerClient) -> None:

@@ -206,8 +206,10 @@ async def test_output_chunk_bytes_extension_sets_the_chunk_size_per_process(
         sizes = [len(e.chunk) for _, e in events if isinstance(e, ProcessOutputNotification)]
         assert sum(sizes) == total
         assert min(sizes) > 0 and max(sizes) <= limit
-        # Big reads fill whole chunks: the limit is what shapes them, not the reads.
-        assert max(sizes) == limit
+    # How much one read gets is timing, but 3 MB from head cannot all come in <= 8 KiB
+    # pieces unless the server split them.
+    wide = [len(e.chunk) for _, e in sink.of("wide") if isinstance(e, ProcessOutputNotification)]
+    assert max(wide) > 8192
     r = await read(pm, "wide", after_seq=0)
     assert all(len(c.chunk) <= 100_000 for c in r.chunks)
 

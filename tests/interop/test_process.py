@@ -613,7 +613,9 @@ async def test_output_chunk_bytes_extension(differ: Differ) -> None:
     assert codex_notes == {"total": 1024 * 1024, "largest chunk": 8192}, codex_notes
     if "ours" in runs:
         ours_notes, ours_rest = split(runs["ours"])
-        assert ours_notes == {"total": 1024 * 1024, "largest chunk": 65536}, ours_notes
+        # How much one read gets is timing; 1 MiB never all comes in 8 KiB pieces.
+        assert ours_notes["total"] == 1024 * 1024
+        assert 8192 < ours_notes["largest chunk"] <= 65536, ours_notes
         assert ours_rest == codex_rest, (ours_rest, codex_rest)
 
 
