@@ -71,6 +71,7 @@ sys.path.insert(0, str(REPO_ROOT / "src"))
 from bench_support import START_TIMEOUT_S, Child  # noqa: E402
 
 from exec_server.client import DEFAULT_OUTPUT_CHUNK_BYTES  # noqa: E402
+from exec_server.malloc_tuning import tune_malloc  # noqa: E402
 from exec_server.relay.frame_codec import peek_stream_id as frame_stream_id  # noqa: E402
 from exec_server.transport.channel import ChannelClosed, MessageChannel  # noqa: E402
 from exec_server.transport.relay import connect_harness_relay  # noqa: E402
@@ -875,6 +876,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # As the exec-server CLI does for every command; the client process here serves
+    # both columns, so each side gets the same allocator.
+    tune_malloc()
     if args.serve_forwarder:
         asyncio.run(serve_forwarder(args.seed))
         return 0

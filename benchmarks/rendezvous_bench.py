@@ -47,6 +47,7 @@ from aiohttp import WSMsgType, web
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "src"))
 
+from exec_server.malloc_tuning import tune_malloc  # noqa: E402
 from exec_server.relay.frame_codec import data_frame, encode_frame  # noqa: E402
 
 START_TIMEOUT_S = 20.0
@@ -386,6 +387,9 @@ async def main_async(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
+    # As the exec-server CLI does for every command; the client process here serves
+    # both columns, so each side gets the same allocator.
+    tune_malloc()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples, shorter runs")
     parser.add_argument("--json", action="store_true")

@@ -41,6 +41,8 @@ import aiohttp
 import msgspec
 from bench_support import Child
 
+from exec_server.malloc_tuning import tune_malloc
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CODEX_VERSION = "0.133.0"
 CODEX_BIN_ENV = "CODEX_0133_BIN"
@@ -534,6 +536,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # As the exec-server CLI does for every command; the client process here serves
+    # both columns, so each side gets the same allocator.
+    tune_malloc()
 
     async def bounded() -> int:
         return await asyncio.wait_for(main_async(args), args.timeout)

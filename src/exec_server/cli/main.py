@@ -26,6 +26,7 @@ from ..environment.server import (
     parse_listen_url,
 )
 from ..environment.session import DETACHED_SESSION_TTL_S, SessionConfig
+from ..malloc_tuning import tune_malloc
 from ..transport.stdio import open_process_stdio
 from ..transport.websocket import DEFAULT_MAX_MESSAGE_BYTES
 from . import commands, up_cmd
@@ -71,6 +72,8 @@ def _read_token(token_file: Path | None) -> str | None:
 def main(log_level: str) -> None:
     """Run commands and touch files for a coding agent (Codex-compatible)."""
     _setup_logging(log_level)
+    # Every subcommand streams large buffers (servers, run, cp); see the module.
+    tune_malloc()
 
 
 @main.command()
