@@ -57,6 +57,11 @@ class Child:
         if not self.line:
             raise RuntimeError(f"{self.name} exited early; stderr:\n{self.stderr_tail()}")
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, f"{self.name} was not started"
+        return self.proc.pid
+
     def info(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(self.line)
         return data

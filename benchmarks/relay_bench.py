@@ -24,6 +24,13 @@ Measured (samples alternate between the columns, the order flipping every round)
   >= 0.8x direct.
 * ``output_128mib_codex_chunks``: the same with Codex's 8 KiB chunks (what a Codex
   harness gets): sixteen times the messages, so the per-message cost shows. Reported.
+
+  Both output rows also give the CPU time per run summed over every process on the
+  path (the client, plus the server, or the forwarder/rendezvous and the relay
+  environment), and the shortest time the relay's CPU could take on the available
+  CPUs. The relay is one more process moving every byte through one more pair of
+  sockets: when that sum divided by the CPUs exceeds 1.25x the direct time, 0.8x is
+  out of reach on this machine whatever the endpoints do.
 * ``getmetadata_p50``: one ``fs/getMetadata`` round trip. Goal: the relay adds <= 1 ms.
 * ``lossy_goodput``: process output through the relay with 2% of frames lost in each
   direction vs through the lossless relay. Goal: >= 0.5x the lossless goodput.
@@ -419,6 +426,22 @@ async def alternate(
     return samples
 
 
+#: CPUs the whole benchmark may use (taken before the client pins itself to one).
+AVAILABLE_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) of this process plus the live processes ``pids``
+    (children a server spawned and reaped, like ``head``, are not included)."""
+    total = time.process_time()
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def fmt_s(seconds: float) -> str:
     return f"{seconds * 1000:.3f} ms" if seconds < 0.01 else f"{seconds:.3f} s"
 
@@ -441,24 +464,41 @@ async def bench_output(
     count: int,
     chunk_bytes: int | None = SDK_CHUNK_BYTES,
     goal: bool = True,
+    *,
+    direct_pids: list[int] | None = None,
+    relay_pids: list[int] | None = None,
 ) -> Row:
+    cpu: dict[str, list[float]] = {"direct": [], "relay": []}
+
+    def metered(side: str, c: Client, pids: list[int]) -> Callable[[], Awaitable[float]]:
+        async def run() -> float:
+            before = cpu_seconds(pids)
+            elapsed = await run_output(c, size, chunk_bytes)
+            cpu[side].append(cpu_seconds(pids) - before)
+            return elapsed
+
+        return run
+
     samples = await alternate(
         {
-            "direct": lambda: run_output(direct, size, chunk_bytes),
-            "relay": lambda: run_output(relay, size, chunk_bytes),
+            "direct": metered("direct", direct, direct_pids or []),
+            "relay": metered("relay", relay, relay_pids or []),
         },
         count,
         warmup=1,
     )
     d, r = statistics.median(samples["direct"]), statistics.median(samples["relay"])
+    d_cpu, r_cpu = statistics.median(cpu["direct"]), statistics.median(cpu["relay"])
     ratio = d / r
+    cores = AVAILABLE_CPUS
     return Row(
         key,
         title,
         "direct",
-        f"{fmt_s(d)} ({mib_s(size, d)})",
+        f"{fmt_s(d)} ({mib_s(size, d)}), {d_cpu:.2f} CPU-s",
         "relay",
-        f"{fmt_s(r)} ({mib_s(size, r)})",
+        f"{fmt_s(r)} ({mib_s(size, r)}), {r_cpu:.2f} CPU-s (needs >= {r_cpu / cores:.2f} s "
+        f"on {cores} CPUs)",
         f"{ratio:.2f}x throughput",
         ">= 0.80x" if goal else "report",
         ratio >= 0.8 if goal else None,
@@ -468,7 +508,11 @@ async def bench_output(
             "ratio": ratio,
             "bytes": size,
             "output_chunk_bytes": chunk_bytes or CODEX_CHUNK_BYTES,
+            "direct_cpu_s": d_cpu,
+            "relay_cpu_s": r_cpu,
+            "cores": cores,
             "samples": samples,
+            "cpu_samples": cpu,
         },
     )
 
@@ -695,6 +739,8 @@ async def main_async(args: argparse.Namespace) -> int:
             await wait_forwarder_online(http, fwd["status_url"])
         direct_url = direct_server.line
         relay_url = fwd["harness_url"]
+        direct_pids = [child.pid for child in (direct_server,)]
+        relay_pids = [child.pid for child in (forwarder, environment)]
         direct = await open_direct(direct_url)
         relay = await open_relay(relay_url)
         lossy = await open_relay(f"{relay_url}&loss={LOSS_RATE}")
@@ -716,6 +762,8 @@ async def main_async(args: argparse.Namespace) -> int:
                 relay,
                 OUTPUT_BYTES,
                 output_samples,
+                direct_pids=direct_pids,
+                relay_pids=relay_pids,
             ),
         )
         await attempt(
@@ -729,6 +777,8 @@ async def main_async(args: argparse.Namespace) -> int:
                 output_samples,
                 None,
                 goal=False,
+                direct_pids=direct_pids,
+                relay_pids=relay_pids,
             ),
         )
         await attempt(
@@ -777,6 +827,8 @@ async def main_async(args: argparse.Namespace) -> int:
                         via_rdv,
                         OUTPUT_BYTES,
                         output_samples,
+                        direct_pids=direct_pids,
+                        relay_pids=[rendezvous.pid, environment2.pid],
                     ),
                 )
                 await attempt(
