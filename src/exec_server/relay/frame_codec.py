@@ -43,7 +43,7 @@ bindings (:mod:`~exec_server.relay.proto.relay_v1_pb2`) are not used on the hot 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, TypeVar
 
 import msgspec
 
@@ -184,6 +184,7 @@ class HandshakeBody(msgspec.Struct, frozen=True, gc=False):
 
 FrameBody = DataBody | AckBody | ResumeBody | ResetBody | HeartbeatBody | HandshakeBody
 """One member of the ``body`` oneof."""
+_Body = TypeVar("_Body", DataBody, AckBody, ResumeBody, ResetBody, HeartbeatBody, HandshakeBody)
 
 
 class RelayFrame(msgspec.Struct, frozen=True, gc=False):
@@ -210,47 +211,35 @@ class RelayFrame(msgspec.Struct, frozen=True, gc=False):
         body = self.body
         return None if body is None else body.kind
 
+    def _body_as(self, cls: type[_Body], wanted: BodyKind) -> _Body:
+        body = self.body
+        if not isinstance(body, cls):
+            raise _wrong_body(self, wanted)
+        return body
+
     @property
     def data(self) -> DataBody:
-        body = self.body
-        if not isinstance(body, DataBody):
-            raise _wrong_body(self, "data")
-        return body
+        return self._body_as(DataBody, "data")
 
     @property
     def ack_frame(self) -> AckBody:
-        body = self.body
-        if not isinstance(body, AckBody):
-            raise _wrong_body(self, "ack_frame")
-        return body
+        return self._body_as(AckBody, "ack_frame")
 
     @property
     def resume(self) -> ResumeBody:
-        body = self.body
-        if not isinstance(body, ResumeBody):
-            raise _wrong_body(self, "resume")
-        return body
+        return self._body_as(ResumeBody, "resume")
 
     @property
     def reset(self) -> ResetBody:
-        body = self.body
-        if not isinstance(body, ResetBody):
-            raise _wrong_body(self, "reset")
-        return body
+        return self._body_as(ResetBody, "reset")
 
     @property
     def heartbeat(self) -> HeartbeatBody:
-        body = self.body
-        if not isinstance(body, HeartbeatBody):
-            raise _wrong_body(self, "heartbeat")
-        return body
+        return self._body_as(HeartbeatBody, "heartbeat")
 
     @property
     def handshake(self) -> HandshakeBody:
-        body = self.body
-        if not isinstance(body, HandshakeBody):
-            raise _wrong_body(self, "handshake")
-        return body
+        return self._body_as(HandshakeBody, "handshake")
 
 
 def _wrong_body(frame: RelayFrame, wanted: BodyKind) -> AttributeError:
