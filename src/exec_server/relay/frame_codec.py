@@ -552,6 +552,15 @@ def _read_u32(data: bytes, pos: int) -> tuple[int, int]:
     raise _NotCanonical
 
 
+def _read_str(data: bytes, pos: int, end: int) -> tuple[str, int]:
+    """The length-prefixed UTF-8 string whose length varint is at ``pos``."""
+    size, pos = _read_u32(data, pos)
+    stop = pos + size
+    if stop > end:
+        raise _NotCanonical
+    return data[pos:stop].decode(), stop
+
+
 # Stands in for a data payload the caller never reads (decode_route): validation only
 # looks at whether the payload is empty.
 _UNREAD_PAYLOAD = b"\x00"
@@ -573,56 +582,19 @@ def _decode_canonical(data: bytes, keep_payload: bool) -> RelayFrame:
     tracestate: str | None = None
     tag = data[0] if end else 0
     if tag == 0x08:  # version
-        version = data[1]
-        if version < 0x80:
-            pos = 2
-        else:
-            version, pos = _read_u32(data, 1)
+        version, pos = _read_u32(data, 1)
         tag = data[pos] if pos < end else 0
     if tag == 0x12:  # stream_id
-        size = data[pos + 1]
-        if size < 0x80:
-            pos += 2
-        elif data[pos + 2] < 0x80:  # two bytes, inlined
-            size = size & 0x7F | data[pos + 2] << 7
-            pos += 3
-        else:
-            size, pos = _read_u32(data, pos + 1)
-        stop = pos + size
-        if stop > end:
-            raise _NotCanonical
-        stream_id = data[pos:stop].decode()
-        pos = stop
+        stream_id, pos = _read_str(data, pos + 1, end)
         tag = data[pos] if pos < end else 0
     if tag == 0x18:  # ack
-        ack = data[pos + 1]
-        if ack < 0x80:
-            pos += 2
-        elif data[pos + 2] < 0x80:  # two bytes, inlined
-            ack = ack & 0x7F | data[pos + 2] << 7
-            pos += 3
-        else:
-            ack, pos = _read_u32(data, pos + 1)
+        ack, pos = _read_u32(data, pos + 1)
         tag = data[pos] if pos < end else 0
     if tag == 0x20:  # ack_bits
-        ack_bits = data[pos + 1]
-        if ack_bits < 0x80:
-            pos += 2
-        elif data[pos + 2] < 0x80:  # two bytes, inlined
-            ack_bits = ack_bits & 0x7F | data[pos + 2] << 7
-            pos += 3
-        else:
-            ack_bits, pos = _read_u32(data, pos + 1)
+        ack_bits, pos = _read_u32(data, pos + 1)
         tag = data[pos] if pos < end else 0
     if tag == 0x2A:  # data
-        size = data[pos + 1]
-        if size < 0x80:
-            pos += 2
-        elif data[pos + 2] < 0x80:  # two bytes, inlined
-            size = size & 0x7F | data[pos + 2] << 7
-            pos += 3
-        else:
-            size, pos = _read_u32(data, pos + 1)
+        size, pos = _read_u32(data, pos + 1)
         stop = pos + size
         if stop > end:
             raise _NotCanonical
@@ -630,44 +602,16 @@ def _decode_canonical(data: bytes, keep_payload: bool) -> RelayFrame:
         payload = b""
         tag = data[pos] if pos < stop else 0
         if tag == 0x08:  # data.seq
-            seq = data[pos + 1]
-            if seq < 0x80:
-                pos += 2
-            elif data[pos + 2] < 0x80:  # two bytes, inlined
-                seq = seq & 0x7F | data[pos + 2] << 7
-                pos += 3
-            else:
-                seq, pos = _read_u32(data, pos + 1)
+            seq, pos = _read_u32(data, pos + 1)
             tag = data[pos] if pos < stop else 0
         if tag == 0x10:  # data.segment_index
-            index = data[pos + 1]
-            if index < 0x80:
-                pos += 2
-            elif data[pos + 2] < 0x80:  # two bytes, inlined
-                index = index & 0x7F | data[pos + 2] << 7
-                pos += 3
-            else:
-                index, pos = _read_u32(data, pos + 1)
+            index, pos = _read_u32(data, pos + 1)
             tag = data[pos] if pos < stop else 0
         if tag == 0x18:  # data.segment_count
-            count = data[pos + 1]
-            if count < 0x80:
-                pos += 2
-            elif data[pos + 2] < 0x80:  # two bytes, inlined
-                count = count & 0x7F | data[pos + 2] << 7
-                pos += 3
-            else:
-                count, pos = _read_u32(data, pos + 1)
+            count, pos = _read_u32(data, pos + 1)
             tag = data[pos] if pos < stop else 0
         if tag == 0x22:  # data.payload
-            size = data[pos + 1]
-            if size < 0x80:
-                pos += 2
-            elif data[pos + 2] < 0x80:  # two bytes, inlined
-                size = size & 0x7F | data[pos + 2] << 7
-                pos += 3
-            else:
-                size, pos = _read_u32(data, pos + 1)
+            size, pos = _read_u32(data, pos + 1)
             payload_end = pos + size
             if payload_end > stop:
                 raise _NotCanonical
@@ -684,20 +628,10 @@ def _decode_canonical(data: bytes, keep_payload: bool) -> RelayFrame:
         body, pos = _decode_control_body(data, pos, tag)
         tag = data[pos] if pos < end else 0
     if tag == 0x5A:  # traceparent
-        size, pos = _read_u32(data, pos + 1)
-        stop = pos + size
-        if stop > end:
-            raise _NotCanonical
-        traceparent = data[pos:stop].decode()
-        pos = stop
+        traceparent, pos = _read_str(data, pos + 1, end)
         tag = data[pos] if pos < end else 0
     if tag == 0x62:  # tracestate
-        size, pos = _read_u32(data, pos + 1)
-        stop = pos + size
-        if stop > end:
-            raise _NotCanonical
-        tracestate = data[pos:stop].decode()
-        pos = stop
+        tracestate, pos = _read_str(data, pos + 1, end)
     if pos != end:
         raise _NotCanonical
     return RelayFrame(version, stream_id, ack, ack_bits, body, traceparent, tracestate)
