@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from ..transport.bearer import bearer_matches
 from ..transport.channel import MessageChannel
 from ..transport.listen_url import ListenUrlError, parse_ip_port_url
 from ..transport.websocket import DEFAULT_MAX_MESSAGE_BYTES, WebSocketChannel
@@ -113,7 +113,7 @@ class ExecServer:
                 text="cross-origin websocket connections are not allowed "
                 "(start the server with --allow-origin to permit this origin)\n",
             )
-        if self.config.token is not None and not _bearer_matches(
+        if self.config.token is not None and not bearer_matches(
             request.headers.get("Authorization"), self.config.token
         ):
             return web.Response(
@@ -154,12 +154,3 @@ def _peer(request: web.Request) -> str | None:
         host = f"[{peer[0]}]" if ":" in str(peer[0]) else str(peer[0])
         return f"{host}:{peer[1]}"
     return None
-
-
-def _bearer_matches(header: str | None, token: str) -> bool:
-    if header is None:
-        return False
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(value.strip().encode(), token.encode())

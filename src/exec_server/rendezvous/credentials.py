@@ -20,7 +20,6 @@ data dir.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 import os
 import secrets
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from ..transport.bearer import bearer_matches
 from .errors import CredentialError
 from .url_signing import MIN_SECRET_BYTES, SECRET_BYTES
 
@@ -141,16 +141,6 @@ def load_or_create_secret(data_dir: Path | None) -> bytes:
     if len(secret) < MIN_SECRET_BYTES:
         raise CredentialError(f"{path} holds a secret shorter than {MIN_SECRET_BYTES} bytes")
     return secret
-
-
-def bearer_matches(header: str | None, token: str) -> bool:
-    """Whether an ``Authorization`` header is ``Bearer <token>`` (constant-time compare)."""
-    if header is None:
-        return False
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(value.strip().encode(), token.encode())
 
 
 def ensure_private_dir(path: Path) -> Path:
