@@ -41,16 +41,10 @@ import aiohttp
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CODEX_VERSION = "0.133.0"
-CODEX_BIN_ENV = "CODEX_0133_BIN"
 OURS_CMD_ENV = "EXEC_SERVER_INTEROP_CMD"
 MODE_ENV = "INTEROP_MODE"
 STRICT_ENV = "INTEROP_STRICT"
 RECORD_ENV = "INTEROP_RECORD_DIR"
-CODEX_MISSING_REASON = (
-    f"real codex {CODEX_VERSION} binary not found; run scripts/install_codex.sh "
-    f"or set {CODEX_BIN_ENV}"
-)
 
 #: How long a server may take to print its URL line.
 SERVER_START_TIMEOUT_S = 20.0
@@ -66,38 +60,6 @@ JSON = Any
 # --------------------------------------------------------------------------------------
 # locating and starting servers
 # --------------------------------------------------------------------------------------
-
-_PLATFORM_PACKAGES = {
-    ("linux", "x86_64"): ("codex-linux-x64", "x86_64-unknown-linux-musl"),
-    ("linux", "aarch64"): ("codex-linux-arm64", "aarch64-unknown-linux-musl"),
-    ("darwin", "x86_64"): ("codex-darwin-x64", "x86_64-apple-darwin"),
-    ("darwin", "arm64"): ("codex-darwin-arm64", "aarch64-apple-darwin"),
-}
-
-
-def find_codex_binary() -> Path | None:
-    """The real Codex binary: ``$CODEX_0133_BIN``, else the project-local install."""
-    env = os.environ.get(CODEX_BIN_ENV)
-    if env:
-        path = Path(env)
-        return path if path.is_file() and os.access(path, os.X_OK) else None
-    key = (sys.platform, os.uname().machine)
-    if key not in _PLATFORM_PACKAGES:
-        return None
-    pkg, triple = _PLATFORM_PACKAGES[key]
-    path = (
-        REPO_ROOT
-        / ".interop"
-        / f"codex-{CODEX_VERSION}"
-        / "node_modules"
-        / "@openai"
-        / pkg
-        / "vendor"
-        / triple
-        / "bin"
-        / "codex"
-    )
-    return path if path.is_file() and os.access(path, os.X_OK) else None
 
 
 def ours_command() -> list[str]:

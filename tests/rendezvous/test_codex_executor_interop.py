@@ -14,34 +14,20 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from codex_binary import require_codex_binary
 from rendezvous_support import MakeRendezvous, auth, data, dial, recv_frame, resume, wait_for
 
 from exec_server.rendezvous import UrlRole, write_codex_auth_json
 
 pytestmark = pytest.mark.interop
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-_BUNDLED = (
-    ".interop/codex-0.133.0/node_modules/@openai/codex-linux-x64/vendor/"
-    "x86_64-unknown-linux-musl/bin/codex"
-)
 STREAM = "4d2a4a4e-1111-4222-8333-444455556666"
-
-
-def _codex_binary() -> str:
-    candidate = os.environ.get("CODEX_0133_BIN") or str(REPO_ROOT / _BUNDLED)
-    if not os.access(candidate, os.X_OK):
-        reason = "real codex 0.133.0 binary not found; run scripts/install_codex.sh"
-        if os.environ.get("EXEC_SERVER_REQUIRE_INTEROP"):
-            pytest.fail(f"EXEC_SERVER_REQUIRE_INTEROP is set but {reason}")
-        pytest.skip(reason)
-    return candidate
 
 
 async def test_codex_executor_registers_serves_and_reregisters(
     make_rendezvous: MakeRendezvous, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    codex = _codex_binary()
+    codex = require_codex_binary()
     codex_home = tmp_path / "codex-home"
     jwt = write_codex_auth_json(codex_home)
     rendezvous = await make_rendezvous(token=jwt, environment_grace_s=10.0)
