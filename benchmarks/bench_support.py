@@ -1,4 +1,5 @@
-"""Benchmark support shared by the runners: child processes with a log and a clean stop."""
+"""Benchmark support shared by the runners: child processes with a log and a clean stop,
+and the transport-free half of their minimal JSON-RPC clients."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import json
 import os
 import signal
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 START_TIMEOUT_S = 20.0
 STOP_GRACE_S = 5.0
@@ -87,3 +90,73 @@ class Child:
         if self.log is not None:
             with contextlib.suppress(OSError):
                 self.log.unlink()
+
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
+
+
+class RpcError(RuntimeError):
+    pass
+
+
+@dataclass
+class ProcState:
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    out_bytes: int = 0
+
+
+class Ids:
+    """Unique process ids and file names across a run."""
+
+    n = 0
+
+    @classmethod
+    def next(cls, prefix: str) -> str:
+        cls.n += 1
+        return f"{prefix}-{cls.n}"
+
+
+class RpcState:
+    """Requests awaiting answers and per-process output counts; the clients add the
+    transport (a raw websocket in ``run.py``, any MessageChannel in ``relay_bench.py``).
+
+    No base64 is decoded: output byte counts come from the base64 length."""
+
+    def __init__(self) -> None:
+        self._next = 1
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self.procs: dict[str, ProcState] = {}
+
+    def _request(self, method: str, params: Any) -> tuple[bytes, asyncio.Future[Any]]:
+        request_id = self._next
+        self._next += 1
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = fut
+        return _encode({"id": request_id, "method": method, "params": params}), fut
+
+    def _dispatch(self, raw: bytes | str) -> None:
+        obj = _decode(raw)
+        method = obj.get("method")
+        if method is None:
+            fut = self._pending.pop(obj.get("id"), None)
+            if fut is not None and not fut.done():
+                if "error" in obj:
+                    fut.set_exception(RpcError(str(obj["error"])))
+                else:
+                    fut.set_result(obj.get("result"))
+            return
+        params = obj.get("params") or {}
+        state = self.procs.get(params.get("processId", ""))
+        if state is None:
+            return
+        if method == "process/output":
+            chunk: str = params["chunk"]
+            state.out_bytes += len(chunk) * 3 // 4 - chunk[-2:].count("=")
+        elif method == "process/closed":
+            state.closed.set()
+
+    def _fail_pending(self) -> None:
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(RpcError("connection closed"))

@@ -68,14 +68,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import msgspec
 from aiohttp import WSMsgType, web
 
 BENCH_SCRIPT = Path(__file__).resolve()
 REPO_ROOT = BENCH_SCRIPT.parents[1]
 sys.path.insert(0, str(REPO_ROOT / "src"))
 
-from bench_support import START_TIMEOUT_S, Child  # noqa: E402
+from bench_support import START_TIMEOUT_S, Child, Ids, ProcState, RpcState  # noqa: E402
 
 from exec_server.client import DEFAULT_OUTPUT_CHUNK_BYTES  # noqa: E402
 from exec_server.malloc_tuning import tune_malloc  # noqa: E402
@@ -97,9 +96,6 @@ SDK_CHUNK_BYTES = DEFAULT_OUTPUT_CHUNK_BYTES
 CODEX_CHUNK_BYTES = 8192
 LOSS_RATE = 0.02
 LOSS_SEED = 1729
-
-_encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder().decode
 
 
 # ------------------------------------------------------------------------------------
@@ -263,24 +259,12 @@ def remote_environment(name: str, base_url: str, cpu: int | None) -> Child:
 # ------------------------------------------------------------------------------------
 
 
-class RpcError(RuntimeError):
-    pass
-
-
-@dataclass
-class ProcState:
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
-    out_bytes: int = 0
-
-
-class Client:
-    """Minimal JSON-RPC client over any MessageChannel: futures by id, process state."""
+class Client(RpcState):
+    """Minimal JSON-RPC client over any MessageChannel: one reader task."""
 
     def __init__(self, channel: MessageChannel) -> None:
+        super().__init__()
         self.channel = channel
-        self._next = 1
-        self._pending: dict[int, asyncio.Future[Any]] = {}
-        self.procs: dict[str, ProcState] = {}
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
@@ -300,38 +284,15 @@ class Client:
                 raw = await self.channel.receive()
                 if not isinstance(raw, bytes | str):
                     break
-                obj = _decode(raw)
-                method = obj.get("method")
-                if method is None:
-                    fut = self._pending.pop(obj.get("id"), None)
-                    if fut is not None and not fut.done():
-                        if "error" in obj:
-                            fut.set_exception(RpcError(str(obj["error"])))
-                        else:
-                            fut.set_result(obj.get("result"))
-                    continue
-                params = obj.get("params") or {}
-                state = self.procs.get(params.get("processId", ""))
-                if state is None:
-                    continue
-                if method == "process/output":
-                    chunk: str = params["chunk"]
-                    state.out_bytes += len(chunk) * 3 // 4 - chunk[-2:].count("=")
-                elif method == "process/closed":
-                    state.closed.set()
+                self._dispatch(raw)
         except ChannelClosed:
             pass
         finally:
-            for fut in self._pending.values():
-                if not fut.done():
-                    fut.set_exception(RpcError("connection closed"))
+            self._fail_pending()
 
     async def call(self, method: str, params: Any) -> Any:
-        request_id = self._next
-        self._next += 1
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = fut
-        await self.channel.send(_encode({"id": request_id, "method": method, "params": params}))
+        data, fut = self._request(method, params)
+        await self.channel.send(data)
         return await asyncio.wait_for(fut, OP_TIMEOUT_S)
 
     async def close(self) -> None:
@@ -348,15 +309,6 @@ async def open_direct(url: str) -> Client:
 
 async def open_relay(url: str) -> Client:
     return await Client.open(await connect_harness_relay(url))
-
-
-class Ids:
-    n = 0
-
-    @classmethod
-    def next(cls, prefix: str) -> str:
-        cls.n += 1
-        return f"{prefix}-{cls.n}"
 
 
 async def run_output(c: Client, size: int, chunk_bytes: int | None = SDK_CHUNK_BYTES) -> float:
@@ -739,8 +691,8 @@ async def main_async(args: argparse.Namespace) -> int:
             await wait_forwarder_online(http, fwd["status_url"])
         direct_url = direct_server.line
         relay_url = fwd["harness_url"]
-        direct_pids = [child.pid for child in (direct_server,)]
-        relay_pids = [child.pid for child in (forwarder, environment)]
+        direct_pids = [direct_server.pid]
+        relay_pids = [forwarder.pid, environment.pid]
         direct = await open_direct(direct_url)
         relay = await open_relay(relay_url)
         lossy = await open_relay(f"{relay_url}&loss={LOSS_RATE}")

@@ -38,8 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import msgspec
-from bench_support import Child
+from bench_support import Child, Ids, ProcState, RpcState
 
 from exec_server.malloc_tuning import tune_malloc
 
@@ -63,9 +62,6 @@ CLIENT_MAX_MSG_BYTES = 512 * 1024 * 1024
 STDOUT_BYTES = 128 * 1024 * 1024
 FS_BYTES = 8 * 1024 * 1024
 CONCURRENT_PROCESSES = 50
-
-_encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder().decode
 
 
 # ------------------------------------------------------------------------------------
@@ -117,24 +113,12 @@ class Server(Child):
 # ------------------------------------------------------------------------------------
 
 
-@dataclass
-class ProcState:
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
-    out_bytes: int = 0
-
-
-class RpcError(RuntimeError):
-    pass
-
-
-class Client:
-    """Minimal JSON-RPC client: one reader task, futures by id, per-process state."""
+class Client(RpcState):
+    """Minimal JSON-RPC client over a raw websocket: one reader task."""
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        super().__init__()
         self.ws = ws
-        self._next = 1
-        self._pending: dict[int, asyncio.Future[Any]] = {}
-        self.procs: dict[str, ProcState] = {}
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
@@ -156,36 +140,13 @@ class Client:
             async for msg in self.ws:
                 if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                     break
-                obj = _decode(msg.data)
-                method = obj.get("method")
-                if method is None:
-                    fut = self._pending.pop(obj.get("id"), None)
-                    if fut is not None and not fut.done():
-                        if "error" in obj:
-                            fut.set_exception(RpcError(str(obj["error"])))
-                        else:
-                            fut.set_result(obj.get("result"))
-                    continue
-                params = obj.get("params") or {}
-                state = self.procs.get(params.get("processId", ""))
-                if state is None:
-                    continue
-                if method == "process/output":
-                    chunk: str = params["chunk"]
-                    state.out_bytes += len(chunk) * 3 // 4 - chunk[-2:].count("=")
-                elif method == "process/closed":
-                    state.closed.set()
+                self._dispatch(msg.data)
         finally:
-            for fut in self._pending.values():
-                if not fut.done():
-                    fut.set_exception(RpcError("connection closed"))
+            self._fail_pending()
 
     async def send(self, method: str, params: Any) -> asyncio.Future[Any]:
-        request_id = self._next
-        self._next += 1
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = fut
-        await self.ws.send_bytes(_encode({"id": request_id, "method": method, "params": params}))
+        data, fut = self._request(method, params)
+        await self.ws.send_bytes(data)
         return fut
 
     async def call(self, method: str, params: Any) -> Any:
@@ -209,15 +170,6 @@ def start_params(pid: str, argv: list[str]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------
 # benchmarks (each returns seconds for one sample)
 # ------------------------------------------------------------------------------------
-
-
-class Ids:
-    n = 0
-
-    @classmethod
-    def next(cls, prefix: str) -> str:
-        cls.n += 1
-        return f"{prefix}-{cls.n}"
 
 
 async def bench_spawn_true(c: Client, _tmp: Path) -> float:
