@@ -8,7 +8,9 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,3 +162,19 @@ class RpcState:
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(RpcError("connection closed"))
+
+
+def run_bounded(main: Callable[[], Awaitable[int]], timeout_s: float) -> int:
+    """``asyncio.run`` a runner's main under the whole-run ``--timeout``; exit status 3
+    on timeout, 130 on Ctrl-C."""
+
+    async def bounded() -> int:
+        return await asyncio.wait_for(main(), timeout_s)
+
+    try:
+        return asyncio.run(bounded())
+    except TimeoutError:
+        print(f"benchmark run exceeded --timeout {timeout_s}s", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 130

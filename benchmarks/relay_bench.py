@@ -74,7 +74,7 @@ BENCH_SCRIPT = Path(__file__).resolve()
 REPO_ROOT = BENCH_SCRIPT.parents[1]
 sys.path.insert(0, str(REPO_ROOT / "src"))
 
-from bench_support import START_TIMEOUT_S, Child, Ids, ProcState, RpcState  # noqa: E402
+from bench_support import START_TIMEOUT_S, Child, Ids, ProcState, RpcState, run_bounded  # noqa: E402
 
 from exec_server.client import DEFAULT_OUTPUT_CHUNK_BYTES  # noqa: E402
 from exec_server.malloc_tuning import tune_malloc  # noqa: E402
@@ -198,6 +198,15 @@ async def serve_forwarder(seed: int) -> None:
     )
 
 
+async def _stop_signal() -> None:
+    """Return on SIGTERM or SIGINT (how the runner stops its helper processes)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
 async def serve_rendezvous() -> None:
     """The project's RendezvousServer, for the extra rows."""
     from exec_server.rendezvous import RendezvousConfig, RendezvousServer
@@ -206,12 +215,8 @@ async def serve_rendezvous() -> None:
     base = await server.start("127.0.0.1", 0)
     info = {"base_url": base, "harness_url": server.harness_url(ENVIRONMENT_ID)}
     print(json.dumps(info), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await _stop_signal()
     finally:
         await server.close()
 
@@ -225,12 +230,8 @@ async def _serve_until_signal(
     await site.start()
     base = f"http://127.0.0.1:{runner.addresses[0][1]}"
     print(json.dumps(describe(base)), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await _stop_signal()
     finally:
         await runner.cleanup()
 
@@ -889,17 +890,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_rendezvous:
         asyncio.run(serve_rendezvous())
         return 0
-
-    async def bounded() -> int:
-        return await asyncio.wait_for(main_async(args), args.timeout)
-
-    try:
-        return asyncio.run(bounded())
-    except TimeoutError:
-        print(f"benchmark run exceeded --timeout {args.timeout}s", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:
-        return 130
+    return run_bounded(lambda: main_async(args), args.timeout)
 
 
 if __name__ == "__main__":

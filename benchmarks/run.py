@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from bench_support import Child, Ids, ProcState, RpcState
+from bench_support import Child, Ids, ProcState, RpcState, run_bounded
 
 from exec_server.malloc_tuning import tune_malloc
 
@@ -491,17 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     # As the exec-server CLI does for every command; the client process here serves
     # both columns, so each side gets the same allocator.
     tune_malloc()
-
-    async def bounded() -> int:
-        return await asyncio.wait_for(main_async(args), args.timeout)
-
-    try:
-        return asyncio.run(bounded())
-    except TimeoutError:
-        print(f"benchmark run exceeded --timeout {args.timeout}s", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:
-        return 130
+    return run_bounded(lambda: main_async(args), args.timeout)
 
 
 if __name__ == "__main__":
