@@ -10,7 +10,7 @@
 #   CODEX_VERSION=0.137.0 scripts/install_codex.sh
 #   CODEX_INTEROP_DIR=/some/dir scripts/install_codex.sh
 #
-# The tests look in .interop/codex-0.133.0/ or use $CODEX_0133_BIN.
+# The tests look in .interop/codex-<version>/ or use $CODEX_0133_BIN / $CODEX_0171_BIN.
 set -euo pipefail
 
 version="${CODEX_VERSION:-0.133.0}"

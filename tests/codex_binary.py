@@ -1,5 +1,8 @@
-"""Locating (and if need be installing) the real Codex 0.133.0 binary for the tests
-that run against it: ``tests/interop`` and the rendezvous executor interop test."""
+"""Locating (and if need be installing) the real Codex binaries for the tests that run
+against them: the seed-era 0.133.0 and today's 0.171.0.
+
+``require_codex_binary()`` gives 0.133.0 (``$CODEX_0133_BIN`` overrides the location);
+``require_codex_binary(CODEX_0171)`` gives 0.171.0 (``$CODEX_0171_BIN``)."""
 
 from __future__ import annotations
 
@@ -11,15 +14,13 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CODEX_VERSION = "0.133.0"
-CODEX_BIN_ENV = "CODEX_0133_BIN"
+CODEX_0133 = "0.133.0"
+CODEX_0171 = "0.171.0"
+#: The default version (the seed era), kept for callers that name no version.
+CODEX_VERSION = CODEX_0133
 #: Set by CI: a missing binary fails the run instead of skipping it.
 REQUIRE_ENV = "EXEC_SERVER_REQUIRE_INTEROP"
 INSTALL_SCRIPT = REPO_ROOT / "scripts" / "install_codex.sh"
-CODEX_MISSING_REASON = (
-    f"real codex {CODEX_VERSION} binary not found; run scripts/install_codex.sh "
-    f"or set {CODEX_BIN_ENV}"
-)
 
 _PLATFORM_PACKAGES = {
     ("linux", "x86_64"): ("codex-linux-x64", "x86_64-unknown-linux-musl"),
@@ -29,9 +30,30 @@ _PLATFORM_PACKAGES = {
 }
 
 
-def find_codex_binary() -> Path | None:
-    """The real Codex binary: ``$CODEX_0133_BIN``, else the project-local install."""
-    env = os.environ.get(CODEX_BIN_ENV)
+def binary_env_var(version: str = CODEX_0133) -> str:
+    """The variable that overrides where the binary of ``version`` is: ``CODEX_0133_BIN``."""
+    major_minor = "".join(version.split(".")[:2])
+    return f"CODEX_{major_minor.zfill(4)}_BIN"
+
+
+#: Kept for callers of the single-version locator.
+CODEX_BIN_ENV = binary_env_var(CODEX_0133)
+
+
+def missing_reason(version: str = CODEX_0133) -> str:
+    return (
+        f"real codex {version} binary not found; run "
+        f"CODEX_VERSION={version} scripts/install_codex.sh or set {binary_env_var(version)}"
+    )
+
+
+CODEX_MISSING_REASON = missing_reason(CODEX_0133)
+
+
+def find_codex_binary(version: str = CODEX_0133) -> Path | None:
+    """The real Codex binary of ``version``: its ``$CODEX_xxxx_BIN``, else the
+    project-local install under ``.interop/codex-<version>``."""
+    env = os.environ.get(binary_env_var(version))
     if env:
         path = Path(env)
         return path if path.is_file() and os.access(path, os.X_OK) else None
@@ -42,7 +64,7 @@ def find_codex_binary() -> Path | None:
     path = (
         REPO_ROOT
         / ".interop"
-        / f"codex-{CODEX_VERSION}"
+        / f"codex-{version}"
         / "node_modules"
         / "@openai"
         / pkg
@@ -54,27 +76,31 @@ def find_codex_binary() -> Path | None:
     return path if path.is_file() and os.access(path, os.X_OK) else None
 
 
-def _install_codex() -> str:
+def _install_codex(version: str) -> str:
     """Run the project's installer (npm); returns its diagnostics on failure."""
     try:
         done = subprocess.run(
-            ["bash", str(INSTALL_SCRIPT)], capture_output=True, text=True, timeout=600
+            ["bash", str(INSTALL_SCRIPT)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "CODEX_VERSION": version},
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return str(exc)
     return "" if done.returncode == 0 else (done.stderr.strip()[-500:] or "installer failed")
 
 
-def require_codex_binary() -> str:
-    """The binary, installed from npm on first use; skips the test when it cannot be
-    had, or fails it when ``$EXEC_SERVER_REQUIRE_INTEROP`` is set (CI)."""
-    binary = find_codex_binary()
+def require_codex_binary(version: str = CODEX_0133) -> str:
+    """The binary of ``version``, installed from npm on first use; skips the test when
+    it cannot be had, or fails it when ``$EXEC_SERVER_REQUIRE_INTEROP`` is set (CI)."""
+    binary = find_codex_binary(version)
     detail = ""
-    if binary is None and not os.environ.get(CODEX_BIN_ENV):
-        detail = _install_codex()
-        binary = find_codex_binary()
+    if binary is None and not os.environ.get(binary_env_var(version)):
+        detail = _install_codex(version)
+        binary = find_codex_binary(version)
     if binary is None:
-        reason = CODEX_MISSING_REASON + (f" (install attempt: {detail})" if detail else "")
+        reason = missing_reason(version) + (f" (install attempt: {detail})" if detail else "")
         if os.environ.get(REQUIRE_ENV):
             pytest.fail(f"{REQUIRE_ENV} is set but {reason}")
         pytest.skip(reason)
