@@ -183,3 +183,24 @@ async def test_output_notifications_in_any_encoding_reach_the_handle() -> None:
         await server.notify("process/closed", {"processId": "p", "seq": 4})
         result = await asyncio.wait_for(proc.collect(), 5)
     assert (result.stdout, result.stderr, result.exit_code) == (b"hi", b"!", 4)
+
+
+async def test_absolute_paths_go_as_uris_to_an_environment_that_uses_them() -> None:
+    server = ScriptedServer(
+        environment_info={"shell": {"name": "sh", "path": "/bin/sh"}, "cwd": "file:///w"},
+        answers={"process/start": {"processId": "p"}, "fs/readFile": {"dataBase64": ""}},
+    )
+    async with scripted(server) as channel, ExecServerClient.over_channel(channel) as client:
+        await client.start_process(["ls"], process_id="p", events=False, cwd="/tmp/a b")
+        await client.fs.read_file("/etc/hostname")
+        await client.fs.read_file("file:///already/a/uri")
+    assert server.calls("process/start")[0]["cwd"] == "file:///tmp/a%20b"
+    assert [c["path"] for c in server.calls("fs/readFile")] == [
+        "file:///etc/hostname",
+        "file:///already/a/uri",
+    ]
+    # An environment that did not announce URI paths gets them as given.
+    plain = ScriptedServer(answers={"fs/readFile": {"dataBase64": ""}})
+    async with scripted(plain) as channel, ExecServerClient.over_channel(channel) as client:
+        await client.fs.read_file("/etc/hostname")
+    assert plain.calls("fs/readFile")[0]["path"] == "/etc/hostname"

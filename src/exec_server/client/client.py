@@ -49,7 +49,7 @@ from .errors import (
 )
 from .events import ClosedEvent, ExitedEvent, OutputEvent, output_params_decoder
 from .fs import FileSystem
-from .info import EnvironmentInfo, InitializeWire, parse_environment_info
+from .info import EnvironmentInfo, InitializeWire, parse_environment_info, path_uri, uses_uris
 from .process import OutputCollector, ProcessHandle, ProcessResult
 from .recovery import again, recover, splice
 from .rpc import RpcClient
@@ -95,6 +95,7 @@ class ExecServerClient:
         self._closing = False
         self._failure: ExecServerError | None = None
         self._info: EnvironmentInfo | None = None
+        self._uri_paths = False
 
     # --- construction -------------------------------------------------------------
 
@@ -214,7 +215,10 @@ class ExecServerClient:
         if resume_session_id is not None and result.session_id != resume_session_id:
             raise ServerError(0, f"resumed session {result.session_id}, not {resume_session_id}")
         self.session_id = result.session_id
-        self._info = parse_environment_info(result.environment_info) or self._info
+        announced = parse_environment_info(result.environment_info)
+        if announced is not None:
+            self._info = announced
+            self._uri_paths = uses_uris(announced)
         await rpc.notify(m.INITIALIZED, {})
 
     async def __aenter__(self) -> ExecServerClient:
@@ -263,6 +267,10 @@ class ExecServerClient:
             raise RequestTimeout(
                 f"`{method}` got no answer within {limit:g}s", method=method, timeout=limit
             ) from None
+
+    def _wire_path(self, path: str) -> str:
+        """``path`` in the form the server takes (see :mod:`~exec_server.client.info`)."""
+        return path_uri(path) if self._uri_paths else path
 
     async def call(
         self,
@@ -325,6 +333,8 @@ class ExecServerClient:
             raise ValueError("argv must not be empty")
         if cwd is None:
             cwd = (await self.environment_info(timeout=timeout)).default_cwd
+        else:
+            cwd = self._wire_path(cwd)
         if isinstance(env_policy, _Default):
             env_policy = m.EnvPolicy(inherit="all", ignore_default_excludes=True)
         if isinstance(output_chunk_bytes, _Default):

@@ -1,7 +1,8 @@
 """``client.fs``: the environment's filesystem (Codex's ``fs/*`` methods).
 
-Paths are the environment's: absolute paths, or ``file://`` URIs where the server
-takes them (ours always; Codex 0.171 requires them, 0.133 refuses them). ``sandbox``
+Paths are the environment's: absolute paths or ``file://`` URIs. Ours takes both;
+Codex 0.171 requires URIs and 0.133 refuses them. Absolute paths are sent as URIs to
+an environment that announced URI paths in ``initialize`` (0.171), as given otherwise. ``sandbox``
 is Codex's optional per-call sandbox object, passed through. Every method takes
 ``timeout=`` (seconds, ``None`` for no limit; the client's default otherwise).
 Errors are :class:`~exec_server.client.ServerError` with the server's code: -32004
@@ -42,7 +43,7 @@ class FileSystem:
         file size. A whole-file read is refused above the server's limit (384 MiB on
         ours)."""
         params = m.FsReadFileParams(
-            path=path,
+            path=self._client._wire_path(path),
             sandbox=sandbox,
             max_bytes=max_bytes,
             offset=msgspec.UNSET if offset is None else offset,
@@ -63,7 +64,7 @@ class FileSystem:
         """Create or truncate a file with ``data``; with ``offset`` (our extension)
         write into an existing file at that position without truncating it."""
         params = _WriteFileBytes(
-            path=path,
+            path=self._client._wire_path(path),
             data_base64=data,
             sandbox=sandbox,
             offset=msgspec.UNSET if offset is None else offset,
@@ -79,21 +80,23 @@ class FileSystem:
         timeout: Timeout = DEFAULT,
     ) -> None:
         """Create a directory (and its parents unless ``recursive=False``)."""
-        params = m.FsCreateDirectoryParams(path=path, recursive=recursive, sandbox=sandbox)
+        params = m.FsCreateDirectoryParams(
+            path=self._client._wire_path(path), recursive=recursive, sandbox=sandbox
+        )
         await self._client._call(m.FS_CREATE_DIRECTORY, params, m.Empty, timeout)
 
     async def get_metadata(
         self, path: str, *, sandbox: m.Sandbox = None, timeout: Timeout = DEFAULT
     ) -> m.FsMetadata:
         """Type, size and times of a path (``size`` is 0 from servers that omit it)."""
-        params = m.FsGetMetadataParams(path=path, sandbox=sandbox)
+        params = m.FsGetMetadataParams(path=self._client._wire_path(path), sandbox=sandbox)
         return await self._client._call(m.FS_GET_METADATA, params, _MetadataLenient, timeout)
 
     async def read_directory(
         self, path: str, *, sandbox: m.Sandbox = None, timeout: Timeout = DEFAULT
     ) -> list[m.FsDirectoryEntry]:
         """The entries of a directory (sorted by name on our server)."""
-        params = m.FsReadDirectoryParams(path=path, sandbox=sandbox)
+        params = m.FsReadDirectoryParams(path=self._client._wire_path(path), sandbox=sandbox)
         result = await self._client._call(
             m.FS_READ_DIRECTORY, params, m.FsReadDirectoryResult, timeout
         )
@@ -109,7 +112,9 @@ class FileSystem:
         timeout: Timeout = DEFAULT,
     ) -> None:
         """Remove a file or (with ``recursive``) a tree; ``force`` ignores a missing path."""
-        params = m.FsRemoveParams(path=path, recursive=recursive, force=force, sandbox=sandbox)
+        params = m.FsRemoveParams(
+            path=self._client._wire_path(path), recursive=recursive, force=force, sandbox=sandbox
+        )
         await self._client._call(m.FS_REMOVE, params, m.Empty, timeout)
 
     async def copy(
@@ -123,8 +128,8 @@ class FileSystem:
     ) -> None:
         """Copy a file, or a directory tree with ``recursive=True``, on the environment."""
         params = m.FsCopyParams(
-            source_path=source_path,
-            destination_path=destination_path,
+            source_path=self._client._wire_path(source_path),
+            destination_path=self._client._wire_path(destination_path),
             recursive=recursive,
             sandbox=sandbox,
         )
@@ -134,7 +139,7 @@ class FileSystem:
         self, path: str, *, sandbox: m.Sandbox = None, timeout: Timeout = DEFAULT
     ) -> m.FsChecksumResult:
         """The file's SHA-256 and size, computed on the server (our extension)."""
-        params = m.FsChecksumParams(path=path, sandbox=sandbox)
+        params = m.FsChecksumParams(path=self._client._wire_path(path), sandbox=sandbox)
         return await self._client._call(m.FS_CHECKSUM, params, m.FsChecksumResult, timeout)
 
 

@@ -6,6 +6,10 @@ Codex 0.171 sends it in the ``initialize`` result (``environmentInfo``, paths as
 has neither (-32601), and then nothing is known. Paths are kept as the server wrote
 them, because that is the form it accepts back (0.171 refuses plain paths, 0.133
 refuses URIs); :func:`local_path` turns either into a plain path for display.
+
+When the environment announced URI paths in ``initialize``, the client sends the
+absolute paths it is given as URIs too (:func:`path_uri`), so the same code drives
+both eras; otherwise paths go as given.
 """
 
 from __future__ import annotations
@@ -45,6 +49,20 @@ def local_path(path_or_uri: str) -> str:
 
     parts = urlsplit(path_or_uri)
     return unquote(parts.path) or "/"
+
+
+def path_uri(path: str) -> str:
+    """``/a b`` -> ``file:///a%20b``; anything not an absolute path is returned unchanged."""
+    if not path.startswith("/"):
+        return path
+    from urllib.parse import quote
+
+    return "file://" + quote(path, safe="/")
+
+
+def uses_uris(info: EnvironmentInfo | None) -> bool:
+    """Whether the environment writes its paths as ``file://`` URIs (Codex 0.169+)."""
+    return info is not None and (info.cwd or info.home or "").startswith("file:")
 
 
 class _ShellWire(msgspec.Struct):
