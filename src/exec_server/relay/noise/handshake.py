@@ -239,10 +239,6 @@ class InitiatorHandshake:
         self._done = True
         if len(response) > MAX_MESSAGE_LEN:
             raise NoiseHandshakeError("handshake response is too large")
-        if len(response) != MESSAGE2_LEN:
-            raise NoiseHandshakeError(
-                f"handshake response must be {MESSAGE2_LEN} bytes, not {len(response)}"
-            )
         state = self._state
         reader = _Reader(response)
         # ekem
