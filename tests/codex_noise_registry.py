@@ -292,6 +292,25 @@ class NoiseHarness:
             self._fail_all(reason)
 
 
+async def fetch_bundle(
+    http: aiohttp.ClientSession,
+    base_url: str,
+    environment_id: str,
+    token: str,
+    harness_key: NoisePublicKey,
+) -> dict[str, Any]:
+    """``POST /connect`` with ``harness_key``: the Noise bundle."""
+    async with http.post(
+        f"{base_url}/cloud/environment/{environment_id}/connect",
+        headers={"Authorization": f"Bearer {token}"},
+        json={"harness_public_key": harness_key.to_json_obj()},
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        bundle: dict[str, Any] = await resp.json()
+    assert bundle["security_profile"] == SECURITY_PROFILE
+    return bundle
+
+
 @contextlib.asynccontextmanager
 async def noise_connect(
     http: aiohttp.ClientSession,
@@ -301,22 +320,19 @@ async def noise_connect(
     *,
     identity: NoiseIdentity | None = None,
     connect_key: NoisePublicKey | None = None,
+    bundle: dict[str, Any] | None = None,
     initialize: bool = True,
 ) -> AsyncIterator[NoiseHarness]:
     """``/connect`` + websocket + handshake (+ ``initialize``/``initialized``).
 
     ``connect_key`` (default: the identity's) is the key sent to ``/connect``: another
-    key makes the handshake prove a key the registry did not authorize."""
+    key makes the handshake prove a key the registry did not authorize. ``bundle`` skips
+    ``/connect`` and reuses one (with the same ``identity``: a replay)."""
     identity = identity or NoiseIdentity.generate()
-    connect_key = connect_key or identity.public_key
-    async with http.post(
-        f"{base_url}/cloud/environment/{environment_id}/connect",
-        headers={"Authorization": f"Bearer {token}"},
-        json={"harness_public_key": connect_key.to_json_obj()},
-    ) as resp:
-        assert resp.status == 200, await resp.text()
-        bundle = await resp.json()
-    assert bundle["security_profile"] == SECURITY_PROFILE
+    if bundle is None:
+        bundle = await fetch_bundle(
+            http, base_url, environment_id, token, connect_key or identity.public_key
+        )
     stream = NoiseInitiatorStream(
         stream_id=str(uuid.uuid4()),
         environment_id=bundle["environment_id"],
