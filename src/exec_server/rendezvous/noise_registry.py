@@ -48,10 +48,14 @@ import re
 import secrets
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..relay.noise import NoiseKeyError, NoisePublicKey
 from .errors import RendezvousError
+
+if TYPE_CHECKING:
+    # Imported where used: ``cryptography`` costs ~0.1 s of start-up, which every CLI
+    # command would pay through the rendezvous import (the stdio server included).
+    from ..relay.noise import NoisePublicKey
 
 __all__ = [
     "DEFAULT_AUTHORIZATION_LIFETIME_S",
@@ -229,6 +233,8 @@ class NoiseRegistration:
 
 
 def _parse_key(body: dict[str, Any], field: str) -> NoisePublicKey:
+    from ..relay.noise import NoiseKeyError, NoisePublicKey
+
     if field not in body:
         raise RegistryRefusal(400, "invalid_request", f"missing {field}")
     try:

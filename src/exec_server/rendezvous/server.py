@@ -58,7 +58,6 @@ from aiohttp.tcp_helpers import tcp_nodelay
 from prometheus_client import CollectorRegistry
 
 from ..relay.frame_codec import DEFAULT_MAX_FRAME_BYTES, INBOUND_LIMITS
-from ..relay.noise import NoisePublicKey
 from ..transport.listen_url import ListenUrlError, parse_ip_port_url
 from .credentials import ResolvedToken, bearer_matches, load_or_create_secret, resolve_token
 from .errors import UrlRejected
@@ -527,6 +526,8 @@ class RendezvousServer:
         if registration is None and self._store is not None:
             stored = await self._store.get_noise(environment_id)
             if stored is not None:
+                from ..relay.noise import NoisePublicKey  # lazily: see noise_registry
+
                 registration = NoiseRegistration(
                     environment_id, stored[0], NoisePublicKey.from_json(stored[1])
                 )
