@@ -122,7 +122,7 @@ def _registry_call(
     try:
         return asyncio.run(go())
     except RegistryError as exc:
-        if exc.status == 0:
+        if exc.status == 0 and exc.transient:
             raise CliError(
                 f"cannot reach the rendezvous at {registry.base_url}: {exc.message}",
                 hint="is `exec-server rendezvous` (or `exec-server up`) running there?",
