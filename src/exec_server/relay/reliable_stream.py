@@ -112,7 +112,9 @@ Reliability machinery
 * **Heartbeats**: a reliable stream that sent nothing for ``heartbeat_interval_s`` sends a
   ``heartbeat``; one that heard nothing for ``idle_timeout_s`` (disconnected time
   included) resets itself with reason ``idle_timeout``.
-* **Reset** ends both directions at once (``reset{reason}``, reason <= 256 bytes).
+* **Reset** ends both directions at once (``reset{reason}``, reason <= 256 bytes). It is
+  terminal whatever its capability flag and the stream's mode: the rendezvous and the
+  peer's multiplexer send resets too (:func:`~exec_server.relay.frame_codec.reset_for_peer`).
 
 Memory per stream is bounded by the configuration: send side ``max(max_send_buffer_bytes,
 max_message_bytes)``; receive side ``max_reorder_bytes`` (out-of-order segments) +
@@ -142,6 +144,7 @@ from exec_server.relay.events import (
 )
 from exec_server.relay.frame_codec import (
     RELAY_MESSAGE_FRAME_VERSION,
+    RELIABLE_CAPABILITY_BIT,
     U32_MAX,
     DataBody,
     FrameBody,
@@ -184,10 +187,6 @@ __all__ = [
     "seq_from_wire",
     "seq_to_wire",
 ]
-
-RELIABLE_CAPABILITY_BIT = 0x1
-"""Bit 0 of ``ack_bits``: set by our endpoints on every frame while reliable mode is
-possible. A genuine ack never sets it (see the module docstring)."""
 
 SEQ_SPACE = U32_MAX
 """Number of distinct non-zero wire seqs (``1 .. 2**32 - 1``); 0 is reserved."""
@@ -993,6 +992,14 @@ class ReliableStream:
         if self._closed_reason is not None:
             self.stats.dropped[StreamDropReason.CLOSED] += 1
             return
+        body = frame.body
+        if isinstance(body, ResetBody):
+            # Terminal whatever the capability flag: resets also come from outside the
+            # stream (the rendezvous giving up on the peer, a multiplexer refusing the
+            # stream), and dropping one would leave the stream to its idle timeout.
+            self._last_received_at = now
+            self._close(body.reason, remote=True, send_reset=False, emit=True)
+            return
         ack_bits = frame.ack_bits
         flagged = bool(ack_bits & RELIABLE_CAPABILITY_BIT)
         mode = self._mode
@@ -1008,10 +1015,6 @@ class ReliableStream:
                 self.stats.dropped[StreamDropReason.MODE_MISMATCH] += 1
             return
         self._last_received_at = now
-        body = frame.body
-        if isinstance(body, ResetBody):
-            self._close(body.reason, remote=True, send_reset=False, emit=True)
-            return
         if mode is PeerMode.LEGACY:
             self._receive_legacy(frame, body)
             return
