@@ -22,6 +22,7 @@ import click
 from ..client import ExecServerClient, ExitedEvent, FailedEvent, OutputEvent
 from ..protocol import messages as m
 from ..protocol.errors import METHOD_NOT_FOUND, ServerError
+from ..transport.relay import RelayStatus
 from .target import Target, TargetError, target_options
 
 #: Bytes per fs/readFile or fs/writeFile call in `cp`.
@@ -90,6 +91,15 @@ def run(
     sys.exit(code)
 
 
+def _print_relay_status(status: RelayStatus) -> None:
+    """Tell the person at the terminal why nothing is happening (stderr)."""
+    if status.state == "offline":
+        wait = f" up to {status.grace_s:.0f}s" if status.grace_s is not None else ""
+        click.echo(f"exec-server: the environment is offline; waiting{wait} for it", err=True)
+    elif status.state == "online":
+        click.echo("exec-server: the environment is back online", err=True)
+
+
 async def _run(
     target: Target,
     argv: list[str],
@@ -98,7 +108,7 @@ async def _run(
     use_tty: bool,
     interactive: bool,
 ) -> int:
-    async with await target.connect() as client:
+    async with await target.connect(on_relay_status=_print_relay_status) as client:
         proc = await client.start_process(
             argv,
             cwd=cwd or await _default_cwd(client),
@@ -354,28 +364,40 @@ async def _upload(target: Target, local: Path, fh: BinaryIO, remote_path: str) -
         remote_path += local.name
     progress = _Progress(f"{local.name} ->", total)
     digest = hashlib.sha256()
-    async with await target.connect() as client:
-        first = fh.read(CP_CHUNK_BYTES)
-        digest.update(first)
-        await client.write_file(remote_path, first)  # creates or truncates
-        progress.advance(len(first))
-        offset = len(first)
+    async with await target.connect(on_relay_status=_print_relay_status) as client:
         pending: set[asyncio.Future[None]] = set()
 
         async def put(chunk: bytes, at: int) -> None:
             await client.write_file(remote_path, chunk, offset=at)
             progress.advance(len(chunk))
 
-        while chunk := fh.read(CP_CHUNK_BYTES):
-            digest.update(chunk)
-            if len(pending) >= CP_PIPELINE_DEPTH:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()
-            pending.add(asyncio.ensure_future(put(chunk, offset)))
-            offset += len(chunk)
-        for task in asyncio.as_completed(pending):
-            await task
+        written = False
+        try:
+            first = fh.read(CP_CHUNK_BYTES)
+            digest.update(first)
+            await client.write_file(remote_path, first)  # creates or truncates
+            written = True
+            progress.advance(len(first))
+            offset = len(first)
+            while chunk := fh.read(CP_CHUNK_BYTES):
+                digest.update(chunk)
+                if len(pending) >= CP_PIPELINE_DEPTH:
+                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        task.result()
+                pending.add(asyncio.ensure_future(put(chunk, offset)))
+                offset += len(chunk)
+            for task in asyncio.as_completed(pending):
+                await task
+        except ServerError as exc:
+            if not written:  # nothing of ours is there (a directory, no permission...)
+                raise click.ClickException(
+                    f"upload to {remote_path} failed: {exc.message}"
+                ) from None
+            raise click.ClickException(
+                f"upload to {remote_path} failed: {exc.message}; "
+                + await _remove_partial(client, remote_path, pending)
+            ) from None
         progress.finish()
         remote = await client.checksum(remote_path)
     if remote.digest != digest.hexdigest() or remote.size != total:
@@ -386,8 +408,22 @@ async def _upload(target: Target, local: Path, fh: BinaryIO, remote_path: str) -
     click.echo(f"copied {_human(total)} to {remote_path} (sha256 {remote.digest[:16]}…)", err=True)
 
 
+async def _remove_partial(
+    client: ExecServerClient, remote_path: str, pending: set[asyncio.Future[None]]
+) -> str:
+    """Remove what a failed upload left, so no partial file passes for the whole one."""
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    try:
+        await client.remove(remote_path, recursive=False, force=True)
+    except ServerError as exc:
+        return f"the partial file may remain ({exc.message})"
+    return "the partial file was removed"
+
+
 async def _download(target: Target, remote_path: str, local: Path) -> None:
-    async with await target.connect() as client:
+    async with await target.connect(on_relay_status=_print_relay_status) as client:
         meta = await client.get_metadata(remote_path)
         if meta.is_directory:
             raise click.UsageError(f"{remote_path} is a directory; cp copies files")

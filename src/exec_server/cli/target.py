@@ -25,6 +25,7 @@ import aiohttp
 import click
 
 from ..client import ExecServerClient
+from ..transport.relay import StatusCallback
 
 URL_ENV = "EXEC_SERVER_URL"
 CODEX_URL_ENV = "CODEX_EXEC_SERVER_URL"
@@ -138,11 +139,18 @@ class Target:
             raise TargetError(f"cannot reach rendezvous {base}: {exc}") from None
         return _url_from_connect(status, body, self.environment_id)
 
-    async def connect(self, client_name: str = "exec-server-cli") -> ExecServerClient:
+    async def connect(
+        self,
+        client_name: str = "exec-server-cli",
+        on_relay_status: StatusCallback | None = None,
+    ) -> ExecServerClient:
         url = await self.harness_url()
         try:
             return await ExecServerClient.connect(
-                url, client_name=client_name, token=self.connection_token
+                url,
+                client_name=client_name,
+                token=self.connection_token,
+                on_relay_status=on_relay_status,
             )
         except (OSError, TimeoutError) as exc:
             raise TargetError(str(exc)) from None

@@ -37,7 +37,12 @@ from msgspec import UnsetType
 from ..protocol import messages as m
 from ..protocol.errors import ServerError
 from ..transport.channel import MessageChannel
-from ..transport.relay import connect_harness_relay, is_rendezvous_harness_url
+from ..transport.relay import (
+    RelayStatus,
+    StatusCallback,
+    connect_harness_relay,
+    is_rendezvous_harness_url,
+)
 from ..transport.stdio import spawn_stdio_server
 from ..transport.websocket import DEFAULT_MAX_MESSAGE_BYTES, connect_websocket
 from .rpc import RpcClient, TransportClosed
@@ -54,6 +59,21 @@ Reconnect = Callable[[], Awaitable[MessageChannel]]
 
 class _Unrecoverable(Exception):
     pass
+
+
+class _RelayStatusHook:
+    """Hears the relay's reports for every channel the client dials; remembers when the
+    rendezvous gave the environment up, so recovery does not dial it again."""
+
+    def __init__(self, user: StatusCallback | None) -> None:
+        self.user = user
+        self.gone: RelayStatus | None = None
+
+    def __call__(self, status: RelayStatus) -> None:
+        if status.state == "gone":
+            self.gone = status
+        if self.user is not None:
+            self.user(status)
 
 
 #: Output a process handle holds for a slow consumer before pushing back.
@@ -262,6 +282,7 @@ class ExecServerClient:
         self._recovery: asyncio.Task[None] | None = None
         self._closing = False
         self._failure: str | None = None
+        self._relay_status: _RelayStatusHook | None = None
         self.recoveries = 0
 
     # --- construction -------------------------------------------------------------
@@ -276,15 +297,22 @@ class ExecServerClient:
         resume_session_id: str | None = None,
         timeouts: ClientTimeouts | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        on_relay_status: StatusCallback | None = None,
     ) -> ExecServerClient:
-        """Connect to a local websocket exec-server and initialize a session."""
+        """Connect to a local websocket exec-server and initialize a session.
+
+        With a ``role=harness`` rendezvous URL, ``on_relay_status`` hears what the
+        rendezvous reports about the environment (offline and being waited for, back
+        online, gone), in time to tell a person why nothing is happening.
+        """
         timeouts = timeouts or ClientTimeouts()
         headers = {"Authorization": f"Bearer {token}"} if token else None
+        relay_status = _RelayStatusHook(on_relay_status)
 
         async def dial() -> MessageChannel:
             if is_rendezvous_harness_url(url):
                 return await connect_harness_relay(
-                    url, headers=headers, timeout_s=timeouts.connect_s
+                    url, headers=headers, timeout_s=timeouts.connect_s, on_status=relay_status
                 )
             return await connect_websocket(
                 url,
@@ -293,13 +321,15 @@ class ExecServerClient:
                 max_message_bytes=max_message_bytes,
             )
 
-        return await cls.over_channel(
+        client = await cls.over_channel(
             await dial(),
             client_name=client_name,
             resume_session_id=resume_session_id,
             initialize_timeout_s=timeouts.initialize_s,
             reconnect=dial,
         )
+        client._relay_status = relay_status
+        return client
 
     @classmethod
     async def spawn_stdio(
@@ -418,6 +448,8 @@ class ExecServerClient:
                         await rpc.close()
                     if "unknown session id" in exc.message:
                         raise _Unrecoverable(f"{message}; session expired: {exc.message}") from None
+                    if (gone := self._environment_gone()) is not None:
+                        raise _Unrecoverable(f"{message}; {gone}") from None
                     last_error = exc.message  # e.g. still attached: the old stream lingers
                 except (OSError, TimeoutError, ConnectionError) as exc:
                     if rpc is not None:
@@ -509,8 +541,15 @@ class ExecServerClient:
                 handle._accept(cl.seq, ClosedEvent(cl.seq))
         return None
 
+    def _environment_gone(self) -> str | None:
+        gone = self._relay_status.gone if self._relay_status is not None else None
+        return gone.detail if gone is not None else None
+
     def _on_disconnect(self, message: str) -> None:
         if self._closing or self._failure is not None:
+            return
+        if (gone := self._environment_gone()) is not None:
+            self._give_up(f"{message}: {gone}")  # the rendezvous already waited for it
             return
         if self._reconnect is not None and self.session_id is not None:
             if self._recovery is None or self._recovery.done():
