@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 import aiohttp
 import click
 
-from ..client import ExecServerClient, ExitedEvent, FailedEvent, OutputEvent
+from ..client import ExecServerClient, ExitedEvent, FailedEvent, OutputEvent, TransportClosed
 from ..protocol import messages as m
 from ..protocol.errors import METHOD_NOT_FOUND, ServerError
 from ..transport.relay import RelayStatus
@@ -98,6 +98,10 @@ def _print_relay_status(status: RelayStatus) -> None:
         click.echo(f"exec-server: the environment is offline; waiting{wait} for it", err=True)
     elif status.state == "online":
         click.echo("exec-server: the environment is back online", err=True)
+    elif status.state == "reconnecting":
+        click.echo(f"exec-server: lost the rendezvous ({status.detail}); reconnecting", err=True)
+    elif status.state == "reconnected":
+        click.echo("exec-server: reconnected to the rendezvous", err=True)
 
 
 async def _run(
@@ -371,12 +375,13 @@ async def _upload(target: Target, local: Path, fh: BinaryIO, remote_path: str) -
             await client.write_file(remote_path, chunk, offset=at)
             progress.advance(len(chunk))
 
-        written = False
+        with contextlib.suppress(ServerError):  # absent is fine; a directory is not ours
+            if (await client.get_metadata(remote_path)).is_directory:
+                raise click.ClickException(f"{remote_path} is a directory; cp copies files")
         try:
             first = fh.read(CP_CHUNK_BYTES)
             digest.update(first)
             await client.write_file(remote_path, first)  # creates or truncates
-            written = True
             progress.advance(len(first))
             offset = len(first)
             while chunk := fh.read(CP_CHUNK_BYTES):
@@ -389,11 +394,7 @@ async def _upload(target: Target, local: Path, fh: BinaryIO, remote_path: str) -
                 offset += len(chunk)
             for task in asyncio.as_completed(pending):
                 await task
-        except ServerError as exc:
-            if not written:  # nothing of ours is there (a directory, no permission...)
-                raise click.ClickException(
-                    f"upload to {remote_path} failed: {exc.message}"
-                ) from None
+        except (ServerError, TransportClosed) as exc:
             raise click.ClickException(
                 f"upload to {remote_path} failed: {exc.message}; "
                 + await _remove_partial(client, remote_path, pending)
@@ -417,6 +418,8 @@ async def _remove_partial(
     await asyncio.gather(*pending, return_exceptions=True)
     try:
         await client.remove(remote_path, recursive=False, force=True)
+    except TransportClosed:
+        return "the partial file may remain (the environment is unreachable)"
     except ServerError as exc:
         return f"the partial file may remain ({exc.message})"
     return "the partial file was removed"

@@ -538,9 +538,10 @@ class Router:
         route = self._route(peer.environment_id)
         if peer.role is UrlRole.HARNESS:
             route.harnesses.add(peer)
-            if route.socket is None and route.grace_timer is not None:
+            if route.socket is None and route.grace_timer is not None and peer.control:
                 remaining = max(0.0, route.grace_deadline - self._loop.time())
                 peer.send_control(PeerOffline("environment", remaining))
+                route.offline_told = True
             return None
         old = route.socket
         route.socket = peer

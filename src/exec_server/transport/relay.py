@@ -86,8 +86,10 @@ class RelayStatus:
     """What a harness learns about the environment behind its relay stream.
 
     ``state`` is ``"offline"`` (the rendezvous lost the environment's socket and holds
-    the stream for ``grace_s`` seconds), ``"online"`` (it is back), or ``"gone"`` (the
-    grace ended: the stream was reset with ``environment_offline``; nothing will come).
+    the stream for ``grace_s`` seconds), ``"online"`` (it is back), ``"gone"`` (the
+    grace ended: the stream was reset with ``environment_offline``; nothing will come),
+    ``"reconnecting"`` (the harness lost its own socket to the rendezvous and redials
+    for up to ``grace_s`` seconds; ``detail`` says why) or ``"reconnected"``.
     """
 
     state: str
@@ -490,6 +492,9 @@ class HarnessRelayChannel:
             if self.channel.ended:
                 return
             log.info("relay socket lost (%s); reconnecting stream %s", reason, self.stream_id)
+            self.connection._report(
+                RelayStatus("reconnecting", grace_s=self._reconnect_deadline_s, detail=reason)
+            )
             deadline = loop.time() + self._reconnect_deadline_s
             delay = HARNESS_RECONNECT_INITIAL_S
             while True:
@@ -497,6 +502,7 @@ class HarnessRelayChannel:
                     async with asyncio.timeout(max(0.1, deadline - loop.time())):
                         ws = await self._dial()
                     self.reconnects += 1
+                    self.connection._report(RelayStatus("reconnected"))
                     break
                 except Exception as exc:
                     if loop.time() + delay >= deadline:
