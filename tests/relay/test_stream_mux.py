@@ -349,3 +349,21 @@ def test_a_reliable_frame_acknowledging_data_on_an_unknown_stream_is_refused() -
     # An unflagged (Codex) frame is a new stream whatever its ack field.
     env.receive_bytes(encode_frame(data_frame("codex", 0, b"{}", ack=4)), 0.0)
     assert set(env.streams) == {"codex"}
+
+
+def test_held_events_stay_in_the_stream_until_released() -> None:
+    link = Link()
+    a = link.harness.open_stream(0.0, "a")
+    b = link.harness.open_stream(0.0, "b")
+    a.send_message(b"a1", 0.0)
+    b.send_message(b"b1", 0.0)
+    link.flush()
+    assert messages_by_stream(link.env) == {"a": [b"a1"], "b": [b"b1"]}
+    link.env.hold_events("a")
+    a.send_message(b"a2", 0.0)
+    b.send_message(b"b2", 0.0)
+    link.flush()
+    assert messages_by_stream(link.env) == {"b": [b"b2"]}
+    assert link.env.streams["a"].undelivered_bytes == 2
+    link.env.release_events("a")
+    assert messages_by_stream(link.env) == {"a": [b"a2"]}

@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
+
 CLI = [sys.executable, "-m", "exec_server"]
 TOKEN = "fault-matrix-token"
 ENV = "fm"
@@ -183,6 +185,15 @@ class Stack:
         except OSError:
             return {}
         return {row["id"]: row for row in rows}
+
+    async def harness_url(self, http: aiohttp.ClientSession) -> str:
+        async with http.post(
+            f"{self.base}/cloud/environment/{ENV}/connect",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+            url: str = (await resp.json())["url"]
+        return url
 
     def streams(self) -> object:
         return self._environments().get(ENV, {}).get("streams")

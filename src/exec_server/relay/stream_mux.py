@@ -163,6 +163,8 @@ class StreamMux:
         self._pending_output: set[ReliableStream] = set()
         # Streams whose output is held back (pause_output).
         self._paused: set[ReliableStream] = set()
+        # Streams whose events are held back (hold_events).
+        self._held: set[ReliableStream] = set()
 
     # ------------------------------------------------------------------ streams
 
@@ -217,6 +219,25 @@ class StreamMux:
     @property
     def paused_streams(self) -> int:
         return len(self._paused)
+
+    def hold_events(self, stream_id: str) -> None:
+        """Stop handing out the stream's events (its consumer is full) until
+        :meth:`release_events`. A reliable stream then stops acknowledging new data once
+        ``max_receive_buffer_bytes`` wait, which pushes back on the peer; a legacy peer
+        cannot be slowed down, so holding a legacy stream only buffers."""
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            self._held.add(stream)
+
+    def release_events(self, stream_id: str) -> None:
+        """Hand out the stream's events again (see :meth:`hold_events`)."""
+        for stream in self._held:
+            if stream.stream_id == stream_id:
+                self._held.discard(stream)
+                if stream.has_events and stream not in self._ready_set:
+                    self._ready_set.add(stream)
+                    self._ready.append(stream)
+                return
 
     def _stream_count(self) -> int:
         return len(self._streams) + len(self._closing)
@@ -357,6 +378,9 @@ class StreamMux:
             return self._opened.popleft()
         while self._ready:
             stream = self._ready.popleft()
+            if stream in self._held:  # release_events puts it back in turn
+                self._ready_set.discard(stream)
+                continue
             event = stream.next_event()
             if stream.has_events:
                 self._ready.append(stream)
@@ -377,7 +401,7 @@ class StreamMux:
     def _after_input(self, stream: ReliableStream) -> None:
         """After a call that may have changed anything about ``stream``."""
         self._pending_output.add(stream)
-        if stream.has_events and stream not in self._ready_set:
+        if stream.has_events and stream not in self._ready_set and stream not in self._held:
             self._ready_set.add(stream)
             self._ready.append(stream)
         self._update(stream)
@@ -404,6 +428,7 @@ class StreamMux:
             del self._closing[stream]
             self._pending_output.discard(stream)
             self._paused.discard(stream)
+            self._held.discard(stream)
             stream.on_output_pending = None
 
     # ------------------------------------------------------------------ timers, connection

@@ -21,9 +21,12 @@ get the rendezvous's control messages: ``pause_output``/``resume_output`` hold o
 stream's output at the source while its (legacy) harness is too slow, and
 ``peer_offline``/``peer_online`` become :class:`RelayStatus` reports for the harness.
 
-Limits: a stream whose undelivered inbound messages exceed
-``max_channel_inbox_bytes`` (a consumer that stopped reading while its peer keeps
-sending) is reset with ``receive_buffer_overflow`` instead of growing memory.
+Limits: a consumer that stops reading holds back its stream. On a reliable stream,
+once ``inbox_hold_bytes`` wait in the channel, the stream's events stay in the
+multiplexer, which stops acknowledging new data past its receive buffer: the peer
+waits and nothing is lost. A legacy stream's peer cannot be slowed down: once its
+undelivered messages exceed ``max_channel_inbox_bytes`` it is reset with
+``receive_buffer_overflow`` instead of growing memory.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from ..relay.control import (
 from ..relay.errors import MessageTooLarge, SendBlocked, StreamClosed
 from ..relay.events import (
     MessageReceived,
+    PeerMode,
     PeerModeResolved,
     PeerResumed,
     StreamOpened,
@@ -70,14 +74,17 @@ log = logging.getLogger(__name__)
 
 #: Bytes of outbound frames written per writer pass before yielding to the loop.
 WRITE_BATCH_BYTES = 1024 * 1024
-#: Undelivered inbound bytes per stream before it is reset (see module docstring).
+#: Undelivered inbound bytes per legacy stream before it is reset (see module docstring).
 MAX_CHANNEL_INBOX_BYTES = 64 * 1024 * 1024
+#: Undelivered inbound bytes at which a reliable stream's events are held back.
+INBOX_HOLD_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class RelayConfig:
     mux: MuxConfig = field(default_factory=MuxConfig)
     max_channel_inbox_bytes: int = MAX_CHANNEL_INBOX_BYTES
+    inbox_hold_bytes: int = INBOX_HOLD_BYTES
     keepalive: KeepaliveConfig = field(default_factory=KeepaliveConfig)
 
 
@@ -114,6 +121,7 @@ class RelayStreamChannel:
         self._inbox_bytes = 0
         self._readable = asyncio.Event()
         self._end_reason: str | None = None
+        self._held = False
 
     @property
     def ended(self) -> bool:
@@ -128,11 +136,19 @@ class RelayStreamChannel:
     def _deliver(self, payload: bytes) -> bool:
         if self._end_reason is not None:
             return True
-        if self._inbox_bytes + len(payload) > self._connection.config.max_channel_inbox_bytes:
+        config = self._connection.config
+        if self._inbox_bytes + len(payload) > config.max_channel_inbox_bytes:
             return False
         self._inbox.append(payload)
         self._inbox_bytes += len(payload)
         self._readable.set()
+        if (
+            not self._held
+            and self._inbox_bytes >= config.inbox_hold_bytes
+            and self.stream.mode is PeerMode.RELIABLE
+        ):
+            self._held = True
+            self._connection.mux.hold_events(self.stream_id)
         return True
 
     def _end(self, reason: str) -> None:
@@ -150,6 +166,9 @@ class RelayStreamChannel:
             await self._readable.wait()
         payload = self._inbox.popleft()
         self._inbox_bytes -= len(payload)
+        if self._held and self._inbox_bytes <= self._connection.config.inbox_hold_bytes // 2:
+            self._held = False
+            self._connection._release(self.stream_id)
         return payload
 
     async def send(self, message: bytes) -> None:
@@ -233,8 +252,16 @@ class RelayConnection:
         self._progress.set()
         self._progress = asyncio.Event()
 
+    def _release(self, stream_id: str) -> None:
+        """A consumer drained its inbox: hand out the stream's held events again (taking
+        them may reopen its receive window, which sends ``resume``)."""
+        self.mux.release_events(stream_id)
+        self._dispatch_events()
+        self._output_pending()
+
     def _close_stream(self, stream_id: str, reason: str) -> None:
         self.channels.pop(stream_id, None)
+        self.mux.release_events(stream_id)
         self.mux.reset_stream(stream_id, reason)
         self._output_pending()
 
