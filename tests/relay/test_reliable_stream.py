@@ -532,7 +532,7 @@ def test_streams_cross_the_u32_wrap() -> None:
 
 def test_config_is_validated() -> None:
     with pytest.raises(ValueError, match="max_unacked_segments"):
-        ReliableStreamConfig(max_unacked_segments=33)
+        ReliableStreamConfig(max_unacked_segments=257)
     with pytest.raises(ValueError, match="max_segment_payload_bytes"):
         ReliableStreamConfig(max_segment_payload_bytes=10, max_unacked_bytes=5)
     with pytest.raises(ValueError, match="rto"):
