@@ -138,7 +138,7 @@ class Stack:
         self.environment: Proc | None = None
         self.procs: list[Proc] = []
 
-    async def start_rendezvous(self) -> None:
+    async def start_rendezvous(self, grace_s: float = GRACE_S) -> None:
         self.rendezvous = await Proc.start(
             *CLI,
             "rendezvous",
@@ -147,9 +147,9 @@ class Stack:
             "--data-dir",
             str(self.tmp_path / "rz"),
             "--environment-grace",
-            str(GRACE_S),
+            str(grace_s),
             "--harness-grace",
-            str(GRACE_S),
+            str(grace_s),
             env={"EXEC_SERVER_RENDEZVOUS_TOKEN": TOKEN},
         )
         self.procs.append(self.rendezvous)

@@ -101,6 +101,8 @@ async def test_environment_killed_mid_upload_cp_says_so_then_fails_clearly(
 
 # --- kill -9 of the rendezvous (restarted) --------------------------------------------
 
+RESTART_GRACE_S = 15.0
+
 
 async def test_rendezvous_killed_and_restarted_mid_output_loses_nothing(stack: Stack) -> None:
     run = await stack.run_slow_output()
@@ -109,7 +111,9 @@ async def test_rendezvous_killed_and_restarted_mid_output_loses_nothing(stack: S
     killed_at = stack.rendezvous.kill()
     await stack.rendezvous.wait()
     await asyncio.sleep(1.0)  # a supervisor restarting it
-    await stack.start_rendezvous()
+    # A grace long enough for the environment's reconnect backoff (1 s, 2 s, 4 s) even
+    # on a loaded machine; the production default is 30 s.
+    await stack.start_rendezvous(grace_s=RESTART_GRACE_S)
     code = await run.wait()
     assert code == 0, run.lines
     assert run.stdout_bytes == OUTPUT_BYTES
@@ -134,7 +138,7 @@ async def test_rendezvous_killed_and_restarted_mid_upload_completes(
     killed_at = stack.rendezvous.kill()
     await stack.rendezvous.wait()
     await asyncio.sleep(1.0)
-    await stack.start_rendezvous()
+    await stack.start_rendezvous(grace_s=RESTART_GRACE_S)
     code = await cp.wait()
     assert code == 0, cp.lines
     assert hashlib.sha256(dest.read_bytes()).digest() == hashlib.sha256(data).digest()

@@ -388,12 +388,12 @@ async def _upload(target: Target, local: Path, fh: BinaryIO, remote_path: str) -
                 digest.update(chunk)
                 if len(pending) >= CP_PIPELINE_DEPTH:
                     done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                    for task in done:
-                        task.result()
+                    _raise_first_failure(done)
                 pending.add(asyncio.ensure_future(put(chunk, offset)))
                 offset += len(chunk)
-            for task in asyncio.as_completed(pending):
-                await task
+            await asyncio.wait(pending)
+            done, pending = pending, set()
+            _raise_first_failure(done)
         except (ServerError, TransportClosed) as exc:
             raise click.ClickException(
                 f"upload to {remote_path} failed: {exc.message}; "
@@ -407,6 +407,13 @@ async def _upload(target: Target, local: Path, fh: BinaryIO, remote_path: str) -
             f"({total} bytes), remote {remote.digest} ({remote.size} bytes)"
         )
     click.echo(f"copied {_human(total)} to {remote_path} (sha256 {remote.digest[:16]}…)", err=True)
+
+
+def _raise_first_failure(done: set[asyncio.Future[None]]) -> None:
+    """Raise the first failure among finished writes (every one's is retrieved)."""
+    failures = [exc for task in done if (exc := task.exception()) is not None]
+    if failures:
+        raise failures[0]
 
 
 async def _remove_partial(
