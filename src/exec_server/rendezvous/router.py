@@ -387,6 +387,8 @@ class SocketPeer:
                 data, stream = queue.popleft()
                 size = len(data)
                 self.queued_bytes -= size
+                if stream is not None:
+                    stream.queued_bytes -= size
                 if not self._room.is_set() and self.has_room():
                     self._room.set()
                 if type(data) is bytes:
@@ -394,10 +396,8 @@ class SocketPeer:
                 else:
                     assert isinstance(data, str)
                     await sink.send_str(data)
-                if stream is not None:
-                    stream.queued_bytes -= size
-                    if self.on_sent is not None:
-                        self.on_sent(self, stream, size)
+                if stream is not None and self.on_sent is not None:
+                    self.on_sent(self, stream, size)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the socket is gone; its reader sees the close next
@@ -409,9 +409,9 @@ class SocketPeer:
 
     def _mark_closed(self) -> None:
         self.closed = True
-        for _, stream in self._queue:
+        for data, stream in self._queue:
             if stream is not None:
-                stream.queued_bytes = 0
+                stream.queued_bytes -= len(data)
         self._queue.clear()
         self.queued_bytes = 0
         self._room.set()
@@ -791,7 +791,8 @@ class Router:
             route.socket.send_control(ResumeOutput(stream.stream_id))
 
     def _on_sent(self, peer: SocketPeer, stream: _StreamRoute, size: int) -> None:
-        """A legacy frame of ``stream`` was written to ``peer``: resume paused streams
+        """A legacy frame of ``stream`` (``size`` bytes, no longer counted in its queued
+        bytes) was written to ``peer``: resume paused streams
         once both the stream and the socket drained to half their pause thresholds."""
         paused = peer.paused
         if not paused:
