@@ -391,7 +391,8 @@ async def _upload(target: Target, local: Path, fh: BinaryIO, remote_path: str) -
                     _raise_first_failure(done)
                 pending.add(asyncio.ensure_future(put(chunk, offset)))
                 offset += len(chunk)
-            await asyncio.wait(pending)
+            if pending:
+                await asyncio.wait(pending)
             done, pending = pending, set()
             _raise_first_failure(done)
         except (ServerError, TransportClosed) as exc:
