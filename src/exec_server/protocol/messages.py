@@ -39,6 +39,13 @@ class InitializeResult(Message):
 
 # --- processes -----------------------------------------------------------------
 
+#: Codex's ``FileSystemSandboxContext`` (a portable sandbox intent), kept as decoded
+#: JSON: ``environment/sandbox.py`` parses and validates it.
+Sandbox = dict[str, Any] | None
+
+#: ``process/start`` result ``sandboxType`` (Codex 0.171's ``ProcessSandboxType``).
+ProcessSandboxType = Literal["none", "linuxSeccomp", "macosSeatbelt", "windowsRestrictedToken"]
+
 InheritPolicy = Literal["core", "all", "none"]
 
 
@@ -52,6 +59,13 @@ class EnvPolicy(Message):
     include_only: list[str] = msgspec.field(default_factory=list)
 
 
+class ProcessMetadata(Message):
+    """Codex 0.171 ``ExecMetadata``: which thread and tool call started a process."""
+
+    thread_id: str | None = None
+    tool_call_id: str | None = None
+
+
 class ProcessStartParams(Message):
     process_id: str
     argv: list[str]
@@ -61,6 +75,12 @@ class ProcessStartParams(Message):
     pipe_stdin: bool = False
     arg0: str | None = None
     env_policy: EnvPolicy | None = None
+    # Codex 0.171: who asked, the confinement to apply in the child (``null``: none),
+    # and the managed-network settings.
+    metadata: ProcessMetadata | None = None
+    sandbox: Sandbox = None
+    enforce_managed_network: bool = False
+    managed_network: dict[str, Any] | None = None
     # Our extension: initial PTY size (Codex uses 24x80).
     rows: int | UnsetType = UNSET
     cols: int | UnsetType = UNSET
@@ -71,6 +91,8 @@ class ProcessStartParams(Message):
 
 class ProcessStartResult(Message):
     process_id: str
+    # Codex 0.171 (absent for 0.133 clients): the confinement the child runs under.
+    sandbox_type: ProcessSandboxType | UnsetType = UNSET
 
 
 OutputStream = Literal["stdout", "stderr", "pty"]
@@ -96,6 +118,8 @@ class ProcessReadResult(Message):
     exit_code: int | None
     closed: bool
     failure: str | None = None
+    # Codex 0.171 (absent for 0.133 clients): the failure was a sandbox denial.
+    sandbox_denied: bool | UnsetType = UNSET
     # Our extension: set only when output after ``afterSeq`` was evicted from the
     # retention buffer; names the first seq still retained so the gap is explicit.
     first_retained_seq: int | UnsetType = UNSET
@@ -149,6 +173,8 @@ class ProcessExitedNotification(Message):
     process_id: str
     seq: int
     exit_code: int
+    # Codex 0.171 (absent for 0.133 clients): the failure was a sandbox denial.
+    sandbox_denied: bool | UnsetType = UNSET
 
 
 class ProcessClosedNotification(Message):
@@ -157,8 +183,6 @@ class ProcessClosedNotification(Message):
 
 
 # --- filesystem ----------------------------------------------------------------
-
-Sandbox = dict[str, Any] | None
 
 
 class FsReadFileParams(Message):
