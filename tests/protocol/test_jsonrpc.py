@@ -185,3 +185,16 @@ def test_output_notification_fast_path_is_byte_identical_to_msgspec(
     assert fast == msgspec.json.encode({"method": method, "params": note})
     decoded = msgspec.json.decode(fast)
     assert decoded["params"]["processId"] == process_id
+
+
+def test_file_bytes_answers_are_encoded_by_hand_as_msgspec_would() -> None:
+    encoder = msgspec.json.Encoder()
+    results = [
+        m.FsReadBlockResult(chunk=bytes(range(256)) * 3, eof=True),
+        m.FsReadBlockResult(chunk=b"", eof=False),
+        m.FsReadFileResult(data_base64=b"\x00\xffabc"),
+    ]
+    for result in results:
+        for request_id in (1, 'x"y', -1):
+            expected = encoder.encode({"id": request_id, "result": result})
+            assert encode_response(request_id, result) == expected

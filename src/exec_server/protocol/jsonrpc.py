@@ -25,7 +25,7 @@ import pybase64
 from msgspec import UNSET, UnsetType
 
 from .errors import InvalidParams, RpcError
-from .messages import ProcessOutputNotification
+from .messages import FsReadBlockResult, FsReadFileResult, ProcessOutputNotification
 
 RequestId = int | str
 
@@ -205,6 +205,30 @@ def _encode_output_notification(method: str, note: ProcessOutputNotification) ->
 
 
 def encode_response(request_id: RequestId, result: Any) -> bytes:
+    kind = type(result)
+    if kind is FsReadBlockResult:
+        # File bytes dominate these answers: base64 by pybase64, as for process output.
+        return b"".join(
+            (
+                b'{"id":',
+                _encoder.encode(request_id),
+                b',"result":{"chunk":"',
+                pybase64.b64encode(result.chunk),
+                b'","eof":',
+                b"true" if result.eof else b"false",
+                b"}}",
+            )
+        )
+    if kind is FsReadFileResult:
+        return b"".join(
+            (
+                b'{"id":',
+                _encoder.encode(request_id),
+                b',"result":{"dataBase64":"',
+                pybase64.b64encode(result.data_base64),
+                b'"}}',
+            )
+        )
     return _encoder.encode({"id": request_id, "result": result})
 
 
