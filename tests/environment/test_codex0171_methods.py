@@ -460,3 +460,29 @@ async def test_write_ids_and_signals(server: InProcessServer, tmp_path: Path) ->
     reply = await conn.request("process/signal", {"processId": "o", "signal": "terminate"})
     assert reply["result"] == {}
     assert (await closed_read(conn, "o"))["exitCode"] == -1
+
+
+async def test_a_0171_session_is_kept_as_long_as_0171_keeps_it(tmp_path: Path) -> None:
+    from exec_server.environment.server import ExecServer, ServerConfig
+    from exec_server.environment.session import SessionConfig
+
+    config = SessionConfig(detached_ttl_s=0.2, detached_ttl_0171_s=30)
+    holder = InProcessServer(ExecServer(ServerConfig(session=config)))
+    try:
+        sessions = {}
+        for era, path in (("0.133", str(tmp_path)), ("0.171", uri(tmp_path))):
+            conn = holder.connect()
+            sessions[era] = await conn.initialize()
+            assert "result" in await conn.request("fs/getMetadata", {"path": path})
+            await conn.close()
+        await asyncio.sleep(0.6)
+        for era, expected in (("0.133", "error"), ("0.171", "result")):
+            conn = holder.connect()
+            reply = await conn.request(
+                "initialize", {"clientName": "t", "resumeSessionId": sessions[era]}
+            )
+            assert expected in reply, (era, reply)
+    finally:
+        for conn in holder.connections:
+            await conn.close()
+        await holder.server.close()

@@ -25,7 +25,11 @@ from ..environment.server import (
     ServerConfig,
     parse_listen_url,
 )
-from ..environment.session import DETACHED_SESSION_TTL_S, SessionConfig
+from ..environment.session import (
+    DETACHED_SESSION_TTL_0171_S,
+    DETACHED_SESSION_TTL_S,
+    SessionConfig,
+)
 from ..environment.ws_auth import (
     WsAuthConfigError,
     build_ws_auth,
@@ -125,8 +129,8 @@ def main(log_level: str) -> None:
 @click.option(
     "--session-ttl",
     type=float,
-    default=DETACHED_SESSION_TTL_S,
-    show_default=True,
+    default=None,
+    show_default=f"{DETACHED_SESSION_TTL_S:g}, or {DETACHED_SESSION_TTL_0171_S:g} for Codex 0.171",
     help="Seconds a detached session (and its processes) survives for resume.",
 )
 @click.option(
@@ -161,7 +165,7 @@ def serve(
     ws_audience: str | None,
     ws_max_clock_skew_seconds: float | None,
     allow_origin: tuple[str, ...],
-    session_ttl: float,
+    session_ttl: float | None,
     max_message_bytes: int,
     remote_url: str | None,
     environment_id: str | None,
@@ -185,7 +189,9 @@ def serve(
     if auth is not None and token_file is not None:
         raise click.UsageError("--token-file cannot be combined with --ws-auth")
     config = ServerConfig(
-        session=SessionConfig(detached_ttl_s=session_ttl),
+        session=SessionConfig()
+        if session_ttl is None
+        else SessionConfig(detached_ttl_s=session_ttl, detached_ttl_0171_s=session_ttl),
         max_message_bytes=max_message_bytes,
         token=_read_token(token_file),
         ws_auth=auth,

@@ -45,6 +45,7 @@ from ..protocol.jsonrpc import (
     encode_response,
     parse_message,
 )
+from ..protocol.path_uri import speaks_uri
 from ..transport.channel import (
     ChannelClosed,
     MalformedFrame,
@@ -214,6 +215,7 @@ class ConnectionProcessor:
                 params_type, bind = _PROCESS_METHODS[req.method]
                 params = decode_params(req.params, params_type)
                 lease = self._check_ready(_FAMILY_EXEC)
+                _note_era(lease, params)
                 result = await bind(lease.session.processes)(params)
             elif req.method == m.HTTP_REQUEST:
                 http_params = decode_params(req.params, m.HttpRequestParams)
@@ -223,12 +225,12 @@ class ConnectionProcessor:
             elif req.method in _FS_METHODS:
                 params_type, bind_fs = _FS_METHODS[req.method]
                 params = decode_params(req.params, params_type)
-                self._check_ready(_FAMILY_FS)
+                _note_era(self._check_ready(_FAMILY_FS), params)
                 result = await bind_fs(self._fs)(params)
             elif req.method in _CONNECTION_FS_METHODS:
                 params_type, bind_conn = _CONNECTION_FS_METHODS[req.method]
                 params = decode_params(req.params, params_type)
-                self._check_ready(_FAMILY_FS)
+                _note_era(self._check_ready(_FAMILY_FS), params)
                 result = await bind_conn(self)(params)
             elif req.method == m.ENVIRONMENT_INFO:
                 self._check_ready(_FAMILY_ENV_INFO)
@@ -321,3 +323,15 @@ class ConnectionProcessor:
         if self._lease.revoked.is_set():
             raise InvalidRequest(TAKEN_OVER_MESSAGE)
         return self._lease
+
+
+def _note_era(lease: Lease, params: object) -> None:
+    """Mark the session as a Codex 0.171 one once a request of it speaks URIs."""
+    session = lease.session
+    if session.speaks_uris:
+        return
+    for name in ("path", "cwd", "source_path"):
+        value = getattr(params, name, None)
+        if isinstance(value, str) and speaks_uri(value):
+            session.speaks_uris = True
+            return
