@@ -145,8 +145,14 @@ class FakeModel:
 class RecordingProxy:
     """A websocket proxy that records every frame between a harness and a server."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(
+        self, upstream: str, *, drop_after: Callable[[str, JSON], bool] | None = None
+    ) -> None:
         self.upstream = upstream
+        #: Drop the harness's connection (TCP abort, no close frame) once, right after
+        #: forwarding the first frame this predicate accepts: a network failure.
+        self.drop_after = drop_after
+        self.connections = 0
         self.frames: list[tuple[str, JSON]] = []
         self.url = ""
         self._runner: web.AppRunner | None = None
@@ -174,6 +180,7 @@ class RecordingProxy:
         assert self._session is not None
         downstream = web.WebSocketResponse(max_msg_size=256 * 1024 * 1024, compress=False)
         await downstream.prepare(request)
+        self.connections += 1
         async with self._session.ws_connect(
             self.upstream, max_msg_size=256 * 1024 * 1024, compress=0
         ) as upstream:
@@ -187,9 +194,17 @@ class RecordingProxy:
                     if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                         break
                     data = msg.data if isinstance(msg.data, str) else msg.data.decode()
+                    frame: JSON = None
                     with contextlib.suppress(ValueError):
-                        self.frames.append((direction, json.loads(data)))
+                        frame = json.loads(data)
+                        self.frames.append((direction, frame))
                     await dst.send_str(data)
+                    if self.drop_after is not None and self.drop_after(direction, frame):
+                        self.drop_after = None
+                        self.frames.append(("--", {"dropped": True}))
+                        if request.transport is not None:
+                            request.transport.abort()
+                        break
                 await dst.close()
 
             tasks = [
@@ -211,6 +226,9 @@ class RecordingProxy:
             if direction == "c2s" and "id" in frame and "method" in frame
             if method is None or frame["method"] == method
         ]
+
+    def initializes(self) -> list[JSON]:
+        return [frame["params"] for frame in self.requests("initialize")]
 
     def methods(self) -> list[str]:
         return [frame["method"] for frame in self.requests()]

@@ -179,3 +179,49 @@ async def test_workspace_write_is_refused_not_run_unconfined(
     assert all(
         code in (-32004, -32603) for code in (error["code"] for _, error in proxy.errors())
     ), proxy.errors()
+
+
+async def test_harness_recovers_a_dropped_connection_by_resuming(
+    codex0171: str, tmp_path: Path
+) -> None:
+    """The connection dies right after a command started: the 0.171 harness reconnects,
+    resumes its session (initialize with resumeSessionId) and the turn completes."""
+    work = tmp_path / "work"
+    work.mkdir()
+    steps: list[object] = [
+        [exec_command("call_slow", "sleep 1; echo slow-done")],
+        [exec_command("call_after", "echo after-recovery")],
+        [message("recovered")],
+    ]
+
+    def after_first_start(direction: str, frame: object) -> bool:
+        return (
+            direction == "s2c"
+            and isinstance(frame, dict)
+            and isinstance(frame.get("result"), dict)
+            and "sandboxType" in frame["result"]
+        )
+
+    async with (
+        our_server(tmp_path) as server_url,
+        RecordingProxy(server_url, drop_after=after_first_start) as proxy,
+        FakeModel(steps) as model,
+    ):
+        run = await run_codex_exec(
+            codex0171,
+            model=model,
+            exec_server_url=proxy.url,
+            workdir=work,
+            codex_home=tmp_path / "codex-home",
+            sandbox="danger-full-access",
+        )
+    report = f"stdout:\n{run.stdout[-3000:]}\nstderr:\n{run.stderr[-3000:]}\n{proxy.methods()}"
+    assert proxy.connections >= 2, report
+    inits = proxy.initializes()
+    assert inits[0]["resumeSessionId"] is None, inits
+    first_session = proxy.result_of(proxy.requests("initialize")[0])["sessionId"]
+    assert any(i.get("resumeSessionId") == first_session for i in inits[1:]), inits
+    assert run.returncode == 0 and "recovered" in run.stdout, report
+    assert "after-recovery" in (model.tool_output("call_after") or ""), report
+    # The command kept running while no one was attached; its output was not lost.
+    assert "slow-done" in (model.tool_output("call_slow") or ""), report
