@@ -329,7 +329,7 @@ def _parse_legacy_profile(raw: Mapping[Any, Any]) -> _Profile:
 
 def _parse_network(raw: Mapping[Any, Any]) -> bool:
     """Whether the profile's ``network`` is ``restricted`` (else ``enabled``)."""
-    network = raw.get("network")
+    network: object = raw.get("network")
     if network not in ("restricted", "enabled"):
         raise _Malformed
     return network == "restricted"
