@@ -3,10 +3,10 @@
 This module owns two things:
 
 * **Request paths.** :func:`parse_absolute_path` turns a wire path into the native
-  path an fs method operates on: absolute paths as Codex 0.133 takes them, plus
-  ``file://`` URIs (our extension; later Codex sends them), both lexically
-  normalised the way Codex's ``AbsolutePathBuf`` is (``a/link/../x`` becomes
-  ``a/x`` *before* anything touches the disk).
+  path an fs method operates on: absolute paths as Codex 0.133 takes them, and
+  ``file://`` URIs as 0.171 sends them, both lexically normalised the way Codex's
+  ``AbsolutePathBuf`` is (``a/link/../x`` becomes ``a/x`` *before* anything touches
+  the disk); :mod:`exec_server.protocol.path_uri` does the parsing.
 * **The ``sandbox`` parameter** (Codex's ``FileSystemSandboxContext``, sent with the
   fs methods and, since 0.171, with ``process/start``). It is parsed by
   :func:`parse_sandbox` and resolved by :func:`resolve_policy` into one
@@ -53,61 +53,27 @@ import enum
 import errno
 import os
 import posixpath
-import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ...protocol.errors import InternalError, InvalidParams, InvalidRequest
+from ...protocol.path_uri import (
+    RELATIVE_PATH_MESSAGE,
+    normalize_path,
+    parse_wire_path,
+)
 
 # --- request paths -----------------------------------------------------------------
-
-#: Codex's serde error for a relative (or, in 0.133, ``file://``) path.
-RELATIVE_PATH_MESSAGE = "AbsolutePathBuf deserialized without a base path"
-#: Rust's io::Error for a path containing NUL, answered with -32600 by 0.133.
-NUL_IN_PATH_MESSAGE = "file name contained an unexpected NUL byte"
 
 
 def parse_absolute_path(raw: str) -> str:
     """Return the lexically normalised native path named by ``raw``.
 
-    Accepts absolute paths and ``file:`` URIs (``file:///x``, ``file://localhost/x``;
-    percent-escapes decoded, non-UTF-8 bytes kept via surrogateescape). Anything
-    else raises :class:`InvalidParams` with Codex's message; a NUL byte raises
-    :class:`InvalidRequest`, as 0.133 does.
+    Accepts absolute paths (Codex 0.133) and ``file:`` URIs (0.171); errors carry
+    the texts of the era the path speaks. See :mod:`exec_server.protocol.path_uri`.
     """
-    path = _file_uri_to_path(raw) if raw[:5].lower() == "file:" else raw
-    if not path.startswith("/"):
-        raise InvalidParams(RELATIVE_PATH_MESSAGE)
-    if "\x00" in path:
-        raise InvalidRequest(NUL_IN_PATH_MESSAGE)
-    try:
-        os.fsencode(path)
-    except UnicodeEncodeError:
-        # Only possible for lone surrogates outside surrogateescape's range.
-        raise InvalidParams("path is not valid unicode") from None
-    return normalize_path(path)
-
-
-def normalize_path(path: str) -> str:
-    """Lexical normalisation of an absolute path, like Codex's ``AbsolutePathBuf``.
-
-    ``.`` and ``..`` are resolved without looking at the disk, repeated and trailing
-    slashes go away, and the POSIX "``//`` may be special" rule is not kept.
-    """
-    normalized = posixpath.normpath(path)
-    if normalized.startswith("//"):
-        normalized = "/" + normalized.lstrip("/")
-    return normalized
-
-
-def _file_uri_to_path(uri: str) -> str:
-    parts = urllib.parse.urlsplit(uri)
-    if parts.netloc not in ("", "localhost"):
-        raise InvalidParams(f"file URI with a remote host is not supported: {uri}")
-    if parts.query or parts.fragment:
-        raise InvalidParams(f"file URI must not have a query or fragment: {uri}")
-    return os.fsdecode(urllib.parse.unquote_to_bytes(parts.path))
+    return parse_wire_path(raw).native
 
 
 # --- policy model --------------------------------------------------------------------
