@@ -62,6 +62,7 @@ from ..protocol.messages import (
     ProcessReadParams,
     ProcessReadResult,
     ProcessResizeParams,
+    ProcessSandboxType,
     ProcessSignalParams,
     ProcessStartParams,
     ProcessStartResult,
@@ -72,6 +73,14 @@ from ..protocol.messages import (
     SignalName,
     WriteStatus,
 )
+from .sandbox import parse_sandbox, resolve_policy
+from .sandbox.confinement import (
+    DEFAULT_ENFORCER,
+    Confinement,
+    ConfinementLease,
+    SandboxEnforcer,
+)
+from .sandbox.denial import looks_like_sandbox_denial
 
 log = logging.getLogger(__name__)
 
@@ -283,16 +292,49 @@ class _Spawned:
     outputs: list[tuple[int, OutputStream]]
     #: Where writes go: the stdin pipe, the PTY master, or None.
     stdin_fd: int | None
+    #: A sandboxed child's hold on its placeholders (released once it is closed).
+    lease: ConfinementLease | None = None
 
 
-def _spawn(params: ProcessStartParams, cwd: str, env: dict[str, str]) -> _Spawned:
-    """Fork/exec the child; raises InternalError with the OS error text on failure."""
+_Popen = subprocess.Popen[bytes]
+#: How ``_spawn_*`` run their ``Popen``: directly, or in a confined thread.
+_Launcher = Callable[[Callable[[], _Popen]], _Popen]
+
+
+def _launch_directly(popen: Callable[[], _Popen]) -> _Popen:
+    return popen()
+
+
+def _spawn(
+    params: ProcessStartParams,
+    cwd: str,
+    env: dict[str, str],
+    confinement: Confinement | None = None,
+    enforcer: SandboxEnforcer = DEFAULT_ENFORCER,
+) -> _Spawned:
+    """Fork/exec the child; raises InternalError with the OS error text on failure.
+
+    With a ``confinement`` the child is spawned from a thread confined by it (see
+    :mod:`.sandbox.confinement`); if that cannot be done the start is refused.
+    """
     program = params.argv[0]
     args = [params.arg0 if params.arg0 is not None else program, *params.argv[1:]]
+    leases: list[ConfinementLease] = []
+
+    def launch_confined(popen: Callable[[], _Popen]) -> _Popen:
+        assert confinement is not None
+        child, lease = enforcer.spawn(confinement, popen)
+        leases.append(lease)
+        return child
+
+    launch = _launch_directly if confinement is None else launch_confined
     try:
         if params.tty:
-            return _spawn_pty(params, program, args, cwd, env)
-        return _spawn_pipes(params, program, args, cwd, env)
+            spawned = _spawn_pty(params, program, args, cwd, env, launch)
+        else:
+            spawned = _spawn_pipes(params, program, args, cwd, env, launch)
+        spawned.lease = leases[0] if leases else None
+        return spawned
     except OSError as exc:
         raise InternalError(_os_error_text(exc)) from exc
     except ValueError as exc:
@@ -304,7 +346,12 @@ def _spawn(params: ProcessStartParams, cwd: str, env: dict[str, str]) -> _Spawne
 
 
 def _spawn_pty(
-    params: ProcessStartParams, program: str, args: list[str], cwd: str, env: dict[str, str]
+    params: ProcessStartParams,
+    program: str,
+    args: list[str],
+    cwd: str,
+    env: dict[str, str],
+    launch: _Launcher = _launch_directly,
 ) -> _Spawned:
     rows = params.rows if isinstance(params.rows, int) else DEFAULT_PTY_ROWS
     cols = params.cols if isinstance(params.cols, int) else DEFAULT_PTY_COLS
@@ -313,16 +360,18 @@ def _spawn_pty(
         _set_winsize(slave, rows, cols)
         # preexec_fn forces fork() instead of vfork(); TIOCSCTTY needs code in the
         # child and the alternatives (posix_spawn) cannot set a cwd.
-        popen = subprocess.Popen(
-            args,
-            executable=program,
-            stdin=slave,
-            stdout=slave,
-            stderr=slave,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
-            preexec_fn=_acquire_controlling_tty,
+        popen = launch(
+            lambda: subprocess.Popen(
+                args,
+                executable=program,
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_acquire_controlling_tty,
+            )
         )
     except BaseException:
         os.close(master)
@@ -335,7 +384,12 @@ def _spawn_pty(
 
 
 def _spawn_pipes(
-    params: ProcessStartParams, program: str, args: list[str], cwd: str, env: dict[str, str]
+    params: ProcessStartParams,
+    program: str,
+    args: list[str],
+    cwd: str,
+    env: dict[str, str],
+    launch: _Launcher = _launch_directly,
 ) -> _Spawned:
     parent_fds: list[int] = []
     child_fds: list[int] = []
@@ -353,17 +407,21 @@ def _spawn_pipes(
             child_fds.append(stdin)
             parent_fds.append(stdin_w)
         else:
-            stdin = subprocess.DEVNULL
+            # Opened here, not by Popen: a sandboxed launch need not reach /dev.
+            stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            child_fds.append(stdin)
         # No preexec_fn, so CPython can use vfork(): spawning stays around 1 ms.
-        popen = subprocess.Popen(
-            args,
-            executable=program,
-            stdin=stdin,
-            stdout=out_w,
-            stderr=err_w,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
+        popen = launch(
+            lambda: subprocess.Popen(
+                args,
+                executable=program,
+                stdin=stdin,
+                stdout=out_w,
+                stderr=err_w,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+            )
         )
     except BaseException:
         _close_fds(parent_fds)
@@ -411,9 +469,15 @@ class _Process:
         limits: ProcessLimits,
         on_closed: Callable[[_Process], None],
         output_chunk_bytes: int | None = None,
+        sandbox_type: ProcessSandboxType | None = None,
     ) -> None:
         self.id = process_id
         self.popen = spawned.popen
+        # 0.171 requests: the confinement reported, and sandboxDenied once exited
+        # (``None``: a 0.133 request, whose messages carry neither).
+        self.sandbox_type = sandbox_type
+        self.sandbox_denied = False
+        self._lease = spawned.lease
         self.pid = spawned.popen.pid
         self.tty = tty
         self.pipe_stdin = pipe_stdin
@@ -528,6 +592,8 @@ class _Process:
         if not self.exit_observed.done():
             self.exit_observed.set_result(None)
         self._wake_readers()
+        if self._lease is not None:
+            self._lease.release()
 
     # -- output -------------------------------------------------------------------
 
@@ -667,10 +733,15 @@ class _Process:
         seq = self.next_seq
         self.next_seq = seq + 1
         self.exit_code = self._exit_code_of(returncode)
-        self._enqueue(
-            PROCESS_EXITED,
-            ProcessExitedNotification(process_id=self.id, seq=seq, exit_code=self.exit_code),
-        )
+        exited = ProcessExitedNotification(process_id=self.id, seq=seq, exit_code=self.exit_code)
+        if self.sandbox_type is not None:
+            if self.sandbox_type != "none":
+                # Judged as 0.171 does, with a death by signal N counted as 128 + N.
+                shell_code = returncode if returncode >= 0 else 128 - returncode
+                output = (chunk.chunk for chunk in self._retained[self._head :])
+                self.sandbox_denied = looks_like_sandbox_denial(shell_code, output)
+            exited.sandbox_denied = self.sandbox_denied
+        self._enqueue(PROCESS_EXITED, exited)
         if not self.exit_observed.done():
             self.exit_observed.set_result(None)
         self._maybe_close()
@@ -702,6 +773,8 @@ class _Process:
         self._enqueue(PROCESS_CLOSED, ProcessClosedNotification(process_id=self.id, seq=seq))
         self._close_stdin()
         self._wake_readers()
+        if self._lease is not None:
+            self._lease.release()
         self._on_closed(self)
 
     # -- notifications ------------------------------------------------------------
@@ -778,6 +851,8 @@ class _Process:
             closed=self.closed,
             failure=None,
         )
+        if self.sandbox_type is not None:
+            result.sandbox_denied = self.sandbox_denied
         if after_seq < self.evicted_through_seq and chunks:
             result.first_retained_seq = chunks[0].seq
         return result
@@ -882,6 +957,12 @@ class _Process:
 # --- the manager -------------------------------------------------------------------
 
 
+def _speaks_0171(p: ProcessStartParams) -> bool:
+    """Whether a ``process/start`` comes from a 0.171-era client (URIs, metadata or a
+    sandbox), which gets ``sandboxType`` and ``sandboxDenied``."""
+    return p.sandbox is not None or p.metadata is not None or p.cwd[:5].lower() == "file:"
+
+
 def _check_u64(name: str, value: int | None) -> None:
     # Codex decodes these as u64 and answers -32602 with serde's wording.
     if value is not None and not 0 <= value <= _U64_MAX:
@@ -892,10 +973,15 @@ class ProcessManager:
     """The processes of one session, addressed by the client's ``processId``."""
 
     def __init__(
-        self, notify: NotificationSink, limits: ProcessLimits = DEFAULT_PROCESS_LIMITS
+        self,
+        notify: NotificationSink,
+        limits: ProcessLimits = DEFAULT_PROCESS_LIMITS,
+        *,
+        enforcer: SandboxEnforcer = DEFAULT_ENFORCER,
     ) -> None:
         self._notify = notify
         self._limits = limits
+        self._enforcer = enforcer
         self._processes: dict[str, _Process | _Starting] = {}
         self._closed = False
         self._close_done: asyncio.Event | None = None
@@ -932,6 +1018,12 @@ class ProcessManager:
                 f"got {chunk_bytes}"
             )
         cwd = resolve_cwd(p.cwd)
+        # Codex 0.171's sandbox intent: enforced in the child, or the start is
+        # refused (never run with less confinement than asked).
+        confinement = self._enforcer.prepare(resolve_policy(parse_sandbox(p.sandbox)))
+        sandbox_type: ProcessSandboxType | None = None
+        if _speaks_0171(p):
+            sandbox_type = "none" if confinement is None else confinement.sandbox_type
         process_id = p.process_id
         if process_id in self._processes:
             raise InvalidRequest(f"process {process_id} already exists")
@@ -939,7 +1031,7 @@ class ProcessManager:
         self._processes[process_id] = _STARTING
         try:
             env = build_child_env(p, os.environ)
-            spawned = await self._spawn(p, cwd, env)
+            spawned = await self._spawn(p, cwd, env, confinement)
         except BaseException:
             if self._processes.get(process_id) is _STARTING:
                 del self._processes[process_id]
@@ -953,6 +1045,7 @@ class ProcessManager:
             limits=self._limits,
             on_closed=self._schedule_expiry,
             output_chunk_bytes=chunk_bytes if isinstance(chunk_bytes, int) else None,
+            sandbox_type=sandbox_type,
         )
         if self._closed or self._processes.get(process_id) is not _STARTING:
             # close() ran while we were spawning: do not leak the child.
@@ -965,13 +1058,19 @@ class ProcessManager:
             raise InvalidRequest("the session's process manager is shut down")
         self._processes[process_id] = process
         process.begin()
-        return ProcessStartResult(process_id=process_id)
+        result = ProcessStartResult(process_id=process_id)
+        if sandbox_type is not None:
+            result.sandbox_type = sandbox_type
+        return result
 
-    async def _spawn(self, p: ProcessStartParams, cwd: str, env: dict[str, str]) -> _Spawned:
+    async def _spawn(
+        self, p: ProcessStartParams, cwd: str, env: dict[str, str], confinement: Confinement | None
+    ) -> _Spawned:
         # Synchronous on purpose: a vfork spawn takes about a millisecond, less than a
-        # thread hand-off would add. Kept as a coroutine so the "starting" window is
-        # a real await point (and tests can widen it).
-        return _spawn(p, cwd, env)
+        # thread hand-off would add (a sandboxed one joins its confining thread). Kept
+        # as a coroutine so the "starting" window is a real await point (and tests can
+        # widen it).
+        return _spawn(p, cwd, env, confinement, self._enforcer)
 
     def _make_room(self) -> None:
         if len(self._processes) < self._limits.max_processes:

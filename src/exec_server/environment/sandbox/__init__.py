@@ -9,13 +9,13 @@
   capabilities), and fails closed when this machine cannot apply what it asks.
 """
 
+from ...protocol.path_uri import RELATIVE_PATH_MESSAGE, normalize_path
 from .policy import (
     DYNAMIC_PERMISSIONS_NEED_CWD_MESSAGE,
     MALFORMED_PROFILE_MESSAGE,
     PLATFORM_DEFAULT_READ_ROOTS,
     PROTECTED_SUBDIRECTORIES,
     PROTECTED_SUBDIRECTORIES_0171,
-    RELATIVE_PATH_MESSAGE,
     UNRESTRICTED,
     Access,
     EntrySpec,
@@ -25,7 +25,6 @@ from .policy import (
     SandboxPolicy,
     SandboxSpec,
     UnsupportedPolicy,
-    normalize_path,
     parse_absolute_path,
     parse_sandbox,
     resolve_location,
