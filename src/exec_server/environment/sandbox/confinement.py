@@ -269,8 +269,12 @@ def plan_confinement(policy: SandboxPolicy, support: KernelSupport) -> Confineme
         return Confinement(
             landlock_rules=(), restricts_files=False, restricts_network=policy.restricts_network
         )
-    if support.landlock_problem is not None or support.landlock_abi < MIN_LANDLOCK_ABI:
-        raise _refuse(support.landlock_problem or "Landlock is not available")
+    if support.landlock_problem is not None:
+        raise _refuse(support.landlock_problem)
+    if support.landlock_abi < MIN_LANDLOCK_ABI:
+        raise _refuse(
+            f"Landlock ABI {support.landlock_abi} is too old (need >= {MIN_LANDLOCK_ABI})"
+        )
     rules, mounts, placeholders = _plan_files(files, support.landlock_abi)
     if mounts and support.mount_namespace_problem is not None:
         first = mounts[0].path
@@ -533,12 +537,13 @@ DEFAULT_ENFORCER = SandboxEnforcer()
 def _apply(confinement: Confinement) -> int | None:
     """Confine the calling thread; returns its new mount namespace's inode, if any."""
     namespace: int | None = None
+    last_cap = _last_capability()  # read while /proc is still readable
     if confinement.mounts:
         namespace = _make_mounts(confinement.mounts)
     if confinement.restricts_files:
         _restrict_landlock(confinement)
     _seccomp_filter(confinement.restricts_network).load()
-    _drop_capabilities()
+    _drop_capabilities(last_cap)
     return namespace
 
 
@@ -652,7 +657,13 @@ class _CapData(ctypes.Structure):
     ]
 
 
-def _drop_capabilities() -> None:
+@functools.lru_cache(maxsize=1)
+def _last_capability() -> int:
+    with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as f:
+        return int(f.read())
+
+
+def _drop_capabilities(last_cap: int) -> None:
     """Empty this thread's capability sets, so the child starts with none.
 
     For root the bounding set goes too: exec would otherwise hand a uid-0 child
@@ -661,8 +672,6 @@ def _drop_capabilities() -> None:
     """
     libc = _libc()
     if os.geteuid() == 0:
-        with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as f:
-            last_cap = int(f.read())
         for cap in range(last_cap + 1):
             dropped = libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) == 0
             if not dropped and ctypes.get_errno() != errno.EINVAL:
