@@ -76,6 +76,7 @@ from ..protocol.messages import (
 from .sandbox import parse_sandbox, resolve_policy
 from .sandbox.confinement import (
     DEFAULT_ENFORCER,
+    PLACEHOLDERS,
     Confinement,
     ConfinementLease,
     SandboxEnforcer,
@@ -130,6 +131,11 @@ DEFAULT_PTY_ROWS = 24
 DEFAULT_PTY_COLS = 80
 #: ``close()`` waits this long for SIGKILLed children to be reaped.
 CLOSE_REAP_TIMEOUT_S = 2.0
+#: After a sandboxed child closes, its unused placeholder directories are removed
+#: this much later (one /proc scan for a burst of commands, off the spawn path) ...
+PLACEHOLDER_COLLECT_DELAY_S = 0.2
+#: ... and rechecked this often while a lingering process still needs them.
+PLACEHOLDER_RECHECK_S = 5.0
 
 #: Codex reports -1 when a process has no exit code (it was killed by a signal).
 NO_EXIT_CODE = -1
@@ -982,6 +988,7 @@ class ProcessManager:
         self._notify = notify
         self._limits = limits
         self._enforcer = enforcer
+        self._placeholder_timer: asyncio.TimerHandle | None = None
         self._processes: dict[str, _Process | _Starting] = {}
         self._closed = False
         self._close_done: asyncio.Event | None = None
@@ -1086,9 +1093,22 @@ class ProcessManager:
 
     def _schedule_expiry(self, process: _Process) -> None:
         loop = asyncio.get_running_loop()
+        if process.sandbox_type == "linuxSeccomp":
+            self._collect_placeholders_later(PLACEHOLDER_COLLECT_DELAY_S)
         process.retention_timer = loop.call_later(
             self._limits.closed_process_retention_s, self._forget, process.id, process
         )
+
+    def _collect_placeholders_later(self, delay_s: float) -> None:
+        if self._placeholder_timer is None and not self._closed:
+            loop = asyncio.get_running_loop()
+            self._placeholder_timer = loop.call_later(delay_s, self._collect_placeholders)
+
+    def _collect_placeholders(self) -> None:
+        self._placeholder_timer = None
+        PLACEHOLDERS.collect()
+        if PLACEHOLDERS.idle:
+            self._collect_placeholders_later(PLACEHOLDER_RECHECK_S)
 
     def _forget(self, process_id: str, process: _Process) -> None:
         if self._processes.get(process_id) is process:
@@ -1241,6 +1261,10 @@ class ProcessManager:
             for proc in processes:
                 proc.dispose()
             await asyncio.gather(*senders, return_exceptions=True)
+            if self._placeholder_timer is not None:
+                self._placeholder_timer.cancel()
+                self._placeholder_timer = None
+            PLACEHOLDERS.collect()
         finally:
             self._close_done.set()
 

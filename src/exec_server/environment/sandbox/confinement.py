@@ -230,21 +230,25 @@ def _fs_bits() -> Any:
     return landlockpy.AccessFS
 
 
+@functools.cache
 def _read_rights() -> int:
     fs = _fs_bits()
     return int(fs.READ_FILE | fs.READ_DIR | fs.EXECUTE)
 
 
+@functools.cache
 def _device_rights() -> int:
     fs = _fs_bits()
     return int(fs.READ_FILE | fs.WRITE_FILE | fs.READ_DIR | fs.TRUNCATE | fs.IOCTL_DEV)
 
 
+@functools.cache
 def _file_rights() -> int:
     fs = _fs_bits()
     return int(fs.EXECUTE | fs.WRITE_FILE | fs.READ_FILE | fs.TRUNCATE | fs.IOCTL_DEV)
 
 
+@functools.lru_cache(maxsize=16)
 def _all_rights(abi: int) -> int:
     import landlockpy
 
@@ -340,13 +344,23 @@ def _plan_files(files: FsSandbox, abi: int) -> tuple[list[tuple[str, int]], list
         else:
             is_dir = os.path.isdir(path)
             mounts.append(Mount("hide_dir" if is_dir else "hide_file", path))
-    for device in WRITABLE_DEVICES:
-        if os.path.exists(device) and files.can_read(os.path.realpath(device)):
+    for device, location, is_dir in _devices():
+        if files.can_read(location):
             rights = _device_rights() & _all_rights(abi)
-            if not os.path.isdir(device):
+            if not is_dir:
                 rights &= _file_rights()
             rules.append((device, rights))
     return rules, mounts, placeholders
+
+
+@functools.lru_cache(maxsize=1)
+def _devices() -> tuple[tuple[str, str, bool], ...]:
+    """The existing :data:`WRITABLE_DEVICES`: (path, real location, is a directory)."""
+    return tuple(
+        (device, os.path.realpath(device), os.path.isdir(device))
+        for device in WRITABLE_DEVICES
+        if os.path.exists(device)
+    )
 
 
 def _depth(path: str) -> int:
@@ -379,10 +393,12 @@ def _is_within(path: str, root: str) -> bool:
 class _PlaceholderRegistry:
     """Empty directories created for missing protected paths, shared by children.
 
-    A placeholder is removed once no confined child uses it any more and every
-    process of the mount namespaces that mounted over it is gone (a lingering
-    background process must keep its protection); until then it stays and is
-    retried on the next acquire or release. Thread-safe.
+    A placeholder stays while a confined child uses it, and is reused by the next
+    one (a workspace's commands mostly need the same ones). It is removed by
+    :meth:`collect` once it is idle and every process of the mount namespaces that
+    mounted over it is gone: a lingering background process keeps its protection.
+    :meth:`collect` scans ``/proc``, so the process manager runs it shortly after
+    a confined child closes rather than on the spawn path. Thread-safe.
     """
 
     def __init__(self) -> None:
@@ -395,7 +411,6 @@ class _PlaceholderRegistry:
         """Create (or share) the placeholders; returns those now held."""
         held: list[str] = []
         with self._lock:
-            self._collect()
             try:
                 for path in paths:
                     if path not in self._users:
@@ -416,7 +431,32 @@ class _PlaceholderRegistry:
     def release(self, paths: Iterable[str], namespace: int | None) -> None:
         with self._lock:
             self._release(list(paths), namespace)
-            self._collect()
+
+    @property
+    def idle(self) -> bool:
+        """Whether some placeholder waits for :meth:`collect`."""
+        with self._lock:
+            return any(users == 0 for users in self._users.values())
+
+    def collect(self) -> None:
+        """Remove the idle placeholders no live mount namespace can still use."""
+        with self._lock:
+            idle = [path for path, users in self._users.items() if users == 0]
+            if not idle:
+                return
+            alive = _live_mount_namespaces()
+            for path in idle:
+                if self._namespaces[path] & alive:
+                    continue
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
+                del self._users[path]
+                del self._namespaces[path]
+
+    def held_under(self, root: str) -> list[str]:
+        """Placeholders (idle or not) at or below ``root`` (for tests and logs)."""
+        with self._lock:
+            return [path for path in self._users if _is_within(path, root)]
 
     def _release(self, paths: list[str], namespace: int | None) -> None:
         for path in paths:
@@ -425,19 +465,6 @@ class _PlaceholderRegistry:
             self._users[path] -= 1
             if namespace is not None:
                 self._namespaces[path].add(namespace)
-
-    def _collect(self) -> None:
-        idle = [path for path, users in self._users.items() if users == 0]
-        if not idle:
-            return
-        alive = _live_mount_namespaces()
-        for path in idle:
-            if self._namespaces[path] & alive:
-                continue
-            with contextlib.suppress(OSError):
-                os.rmdir(path)
-            del self._users[path]
-            del self._namespaces[path]
 
 
 def _live_mount_namespaces() -> set[int]:

@@ -536,10 +536,14 @@ def _protected_paths(root: str, names: Sequence[str]) -> list[ResolvedEntry]:
     protected: list[ResolvedEntry] = []
     for name in names:
         literal = posixpath.join(root, name)
-        # The literal path guards removing a symlinked `.git` itself; the resolved
-        # one guards writing through it.
-        for path in {literal, os.path.realpath(literal)}:
-            protected.append(ResolvedEntry(path, Access.READ, protected=True))
+        protected.append(ResolvedEntry(literal, Access.READ, protected=True))
+        # A symlinked `.git`: the literal path guards removing the link itself, the
+        # resolved one writing through it. (`root` is canonical, so a path that is
+        # not a symlink is its own realpath.)
+        if os.path.islink(literal):
+            target = os.path.realpath(literal)
+            if target != literal:
+                protected.append(ResolvedEntry(target, Access.READ, protected=True))
     gitdir = _gitdir_from_pointer_file(posixpath.join(root, ".git"))
     if gitdir is not None:
         protected.append(ResolvedEntry(os.path.realpath(gitdir), Access.READ, protected=True))
@@ -611,6 +615,11 @@ class FsSandbox:
     def __init__(self, entries: Iterable[ResolvedEntry], *, modern: bool = False) -> None:
         self.entries: tuple[ResolvedEntry, ...] = tuple(entries)
         self.modern = modern
+        # (entry, its path + "/", (specificity, access)) for `governing`.
+        self._ranked = tuple(
+            (entry, entry.path + "/", (entry.specificity, int(entry.access)))
+            for entry in self.entries
+        )
         self._readable_roots = tuple(e.path for e in self.entries if self.can_read(e.path))
 
     def governing(self, resolved: str) -> ResolvedEntry | None:
@@ -620,14 +629,12 @@ class FsSandbox:
         ``write`` over ``read``.
         """
         best: ResolvedEntry | None = None
-        for entry in self.entries:
-            if not _is_within(resolved, entry.path):
-                continue
-            if best is None or (entry.specificity, entry.access) > (
-                best.specificity,
-                best.access,
+        best_key = (-1, -1)
+        for entry, prefix, key in self._ranked:
+            if key > best_key and (
+                resolved == entry.path or resolved.startswith(prefix) or prefix == "//"
             ):
-                best = entry
+                best, best_key = entry, key
         return best
 
     def access(self, resolved: str) -> Access | None:
