@@ -15,7 +15,10 @@ Variants:
 * ``thread`` (what the server does): confinement applied in a throwaway thread
   that then spawns, so pipes keep vfork;
 * ``preexec``: the same confinement applied by ``preexec_fn`` in the forked child
-  (the obvious alternative; forces fork() for pipes too).
+  (the obvious alternative; forces fork() for pipes too);
+* ``nomounts``: ``thread`` without the mount namespace (Landlock, seccomp and
+  capabilities only). Not a valid sandbox for this policy (its .git would be
+  writable): it shows what the carve-out namespace costs.
 
 It also prints CPU seconds per spawn (this process, and the children) per variant.
 ``measure_sandbox_spawn()`` is the function another runner can call.
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import resource
@@ -109,6 +113,16 @@ class PreexecEnforcer(SandboxEnforcer):
             subprocess.Popen.__init__ = original  # type: ignore[method-assign]
 
 
+class NoMountsEnforcer(SandboxEnforcer):
+    """Reference only: the thread design without the carve-out mount namespace."""
+
+    def prepare(self, policy: Any) -> Confinement | None:
+        confinement = super().prepare(policy)
+        if confinement is None:
+            return None
+        return dataclasses.replace(confinement, mounts=(), placeholders=())
+
+
 class Sink:
     def __init__(self) -> None:
         self.closed: dict[str, asyncio.Event] = {}
@@ -143,16 +157,18 @@ async def measure_sandbox_spawn(samples: int = 200, warmup: int = 20) -> dict[st
         sandbox = workspace_write(work)
         # Planned once here only to fail early with the reason if it cannot be.
         DEFAULT_ENFORCER.prepare(resolve_policy(parse_sandbox(sandbox)))
-        sinks = {name: Sink() for name in ("none", "thread", "preexec")}
+        names = ("none", "thread", "nomounts", "preexec")
+        sinks = {name: Sink() for name in names}
         managers = {
             "none": ProcessManager(sinks["none"]),
             "thread": ProcessManager(sinks["thread"]),
+            "nomounts": ProcessManager(sinks["nomounts"], enforcer=NoMountsEnforcer()),
             "preexec": ProcessManager(sinks["preexec"], enforcer=PreexecEnforcer()),
         }
         variants = [
             (f"{name}/{'pty' if tty else 'pipes'}", name, tty)
             for tty in (False, True)
-            for name in ("none", "thread", "preexec")
+            for name in names
         ]
         times: dict[str, list[float]] = {label: [] for label, _, _ in variants}
         cpu: dict[str, list[float]] = {label: [] for label, _, _ in variants}

@@ -406,7 +406,7 @@ async def test_no_privileges_no_ptrace_no_signals_outside(
 ) -> None:
     work = tree["work"]
     script = f"""
-        grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status
+        grep -E '^(CapEff|CapPrm|NoNewPrivs|Seccomp):' /proc/self/status
         kill -0 {os.getpid()} 2>/dev/null || echo signal-server=denied
         ls /proc/{os.getpid()}/root/ >/dev/null 2>&1 || echo server-root=denied
     """
@@ -414,7 +414,7 @@ async def test_no_privileges_no_ptrace_no_signals_outside(
     found = {line.split(":")[0]: line.split()[-1] for line in output.splitlines() if ":" in line}
     assert found["NoNewPrivs"] == "1" and found["Seccomp"] == "2", output
     if os.geteuid() == 0:
-        assert int(found["CapEff"], 16) == 0 and int(found["CapBnd"], 16) == 0, output
+        assert int(found["CapEff"], 16) == 0 and int(found["CapPrm"], 16) == 0, output
     assert "server-root=denied" in lines(output), output
     if _SUPPORT.landlock_abi >= 6:
         assert "signal-server=denied" in lines(output), output

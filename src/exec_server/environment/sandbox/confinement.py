@@ -56,6 +56,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+from . import landlock
 from .policy import Access, FsSandbox, SandboxPolicy, UnsupportedPolicy
 
 log = logging.getLogger(__name__)
@@ -118,10 +119,16 @@ _MS_REMOUNT = 0x20
 _MS_BIND = 0x1000
 _MS_REC = 0x4000
 _MS_PRIVATE = 0x40000
-_PR_CAPBSET_DROP = 24
 _PR_CAP_AMBIENT = 47
 _PR_CAP_AMBIENT_CLEAR_ALL = 4
 _PR_GET_SECCOMP = 21
+_PR_SET_SECCOMP = 22
+_SECCOMP_MODE_FILTER = 2
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_SECUREBITS = 28
+# NOROOT, NO_SETUID_FIXUP, KEEP_CAPS and NO_CAP_AMBIENT_RAISE, all locked: exec no
+# longer makes uid 0 privileged, and nothing can undo that.
+_LOCKED_SECUREBITS = 0b11111111
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _CAP_SYS_ADMIN = 21
 
@@ -158,11 +165,9 @@ def probe_kernel_support() -> KernelSupport:
 
 def _probe_landlock() -> tuple[int, str | None]:
     try:
-        import landlockpy
-
-        abi = landlockpy.abi_version()
-    except Exception as exc:
-        return 0, f"Landlock is not available ({exc})"
+        abi = landlock.abi_version()
+    except OSError as exc:
+        return 0, f"Landlock is not available ({exc.strerror})"
     if abi < MIN_LANDLOCK_ABI:
         return abi, f"Landlock ABI {abi} is too old (need >= {MIN_LANDLOCK_ABI})"
     return abi, None
@@ -170,7 +175,7 @@ def _probe_landlock() -> tuple[int, str | None]:
 
 def _probe_seccomp() -> str | None:
     try:
-        _seccomp_filter(restrict_network=True)
+        _seccomp_program(restrict_network=True)
     except Exception as exc:
         return f"seccomp through libseccomp is not available ({exc})"
     libc = _libc()
@@ -224,35 +229,26 @@ class Confinement:
         return CONFINED_SANDBOX_TYPE
 
 
-def _fs_bits() -> Any:
-    import landlockpy
-
-    return landlockpy.AccessFS
-
-
-@functools.cache
 def _read_rights() -> int:
-    fs = _fs_bits()
-    return int(fs.READ_FILE | fs.READ_DIR | fs.EXECUTE)
+    return landlock.READ_RIGHTS
 
 
-@functools.cache
 def _device_rights() -> int:
-    fs = _fs_bits()
-    return int(fs.READ_FILE | fs.WRITE_FILE | fs.READ_DIR | fs.TRUNCATE | fs.IOCTL_DEV)
+    return (
+        landlock.READ_FILE
+        | landlock.WRITE_FILE
+        | landlock.READ_DIR
+        | landlock.TRUNCATE
+        | landlock.IOCTL_DEV
+    )
 
 
-@functools.cache
 def _file_rights() -> int:
-    fs = _fs_bits()
-    return int(fs.EXECUTE | fs.WRITE_FILE | fs.READ_FILE | fs.TRUNCATE | fs.IOCTL_DEV)
+    return landlock.FILE_RIGHTS
 
 
-@functools.lru_cache(maxsize=16)
 def _all_rights(abi: int) -> int:
-    import landlockpy
-
-    return int(landlockpy.fs_for_abi(abi))
+    return landlock.fs_rights_for_abi(abi)
 
 
 _RANK = {Access.NONE: 0, Access.READ: 1, Access.WRITE: 2}
@@ -268,6 +264,8 @@ def plan_confinement(policy: SandboxPolicy, support: KernelSupport) -> Confineme
         return None
     if support.seccomp_problem is not None:
         raise _refuse(support.seccomp_problem)
+    # Built here, in the parent: the confining thread only makes system calls.
+    _seccomp_program(policy.restricts_network)
     files = policy.files
     if files is None:
         return Confinement(
@@ -286,6 +284,8 @@ def plan_confinement(policy: SandboxPolicy, support: KernelSupport) -> Confineme
             f"its carve-outs (such as {first}) need a private mount namespace, but "
             f"{support.mount_namespace_problem}"
         )
+    if any(mount.kind == "hide_file" for mount in mounts):
+        _inaccessible_file()
     return Confinement(
         landlock_rules=tuple(rules),
         restricts_files=True,
@@ -564,13 +564,12 @@ DEFAULT_ENFORCER = SandboxEnforcer()
 def _apply(confinement: Confinement) -> int | None:
     """Confine the calling thread; returns its new mount namespace's inode, if any."""
     namespace: int | None = None
-    last_cap = _last_capability()  # read while /proc is still readable
     if confinement.mounts:
         namespace = _make_mounts(confinement.mounts)
     if confinement.restricts_files:
         _restrict_landlock(confinement)
-    _seccomp_filter(confinement.restricts_network).load()
-    _drop_capabilities(last_cap)
+    _load_seccomp(_seccomp_program(confinement.restricts_network))
+    _drop_capabilities()
     return namespace
 
 
@@ -634,29 +633,31 @@ def _inaccessible_file() -> str:
 
 
 def _restrict_landlock(confinement: Confinement) -> None:
-    import landlockpy
-
     abi = confinement.landlock_abi
-    scoped = landlockpy.Scope.NONE
+    scoped = 0
     if abi >= 6:
-        scoped = landlockpy.Scope.SIGNAL
+        scoped = landlock.SCOPE_SIGNAL
         if confinement.restricts_network:
-            scoped |= landlockpy.Scope.ABSTRACT_UNIX_SOCKET
-    handled = landlockpy.fs_for_abi(abi)
-    with landlockpy.Ruleset(
-        handled_fs=handled, handled_net=landlockpy.AccessNet.NONE, scoped=scoped
-    ) as ruleset:
-        for path, rights in confinement.landlock_rules:
-            try:
-                ruleset.allow_path(path, landlockpy.AccessFS(rights))
-            except FileNotFoundError:
-                # Vanished since planning: nothing to grant there.
-                continue
-        ruleset.restrict()
+            scoped |= landlock.SCOPE_ABSTRACT_UNIX_SOCKET
+    landlock.restrict_thread(abi, list(confinement.landlock_rules), scoped)
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+@dataclass(frozen=True)
+class _SeccompProgram:
+    """A BPF program generated once by libseccomp, loaded with one ``prctl``."""
+
+    code: ctypes.Array[ctypes.c_char]
+    fprog: _SockFprog
 
 
 @functools.lru_cache(maxsize=2)
-def _seccomp_filter(restrict_network: bool) -> Any:
+def _seccomp_program(restrict_network: bool) -> _SeccompProgram:
+    """libseccomp's program for the filter (built once; it adds the arch and x32
+    checks), exported as raw BPF so each spawn only loads it."""
     import socket
 
     import pyseccomp
@@ -669,7 +670,25 @@ def _seccomp_filter(restrict_network: bool) -> Any:
     if restrict_network:
         for name in UNIX_ONLY_SYSCALLS:
             syscall_filter.add_rule(deny, name, pyseccomp.Arg(0, pyseccomp.NE, socket.AF_UNIX))
-    return syscall_filter
+    with tempfile.TemporaryFile() as exported:
+        syscall_filter.export_bpf(exported)
+        exported.seek(0)
+        raw = exported.read()
+    if not raw or len(raw) % 8:
+        raise RuntimeError(f"libseccomp exported a {len(raw)}-byte program")
+    code = ctypes.create_string_buffer(raw, len(raw))
+    fprog = _SockFprog(len(raw) // 8, ctypes.addressof(code))
+    return _SeccompProgram(code, fprog)
+
+
+def _load_seccomp(program: _SeccompProgram) -> None:
+    libc = _libc()
+    # Landlock set it already when files are restricted; required either way.
+    _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    _check(
+        libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(program.fprog), 0, 0),
+        "installing the seccomp filter",
+    )
 
 
 class _CapHeader(ctypes.Structure):
@@ -684,25 +703,17 @@ class _CapData(ctypes.Structure):
     ]
 
 
-@functools.lru_cache(maxsize=1)
-def _last_capability() -> int:
-    with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as f:
-        return int(f.read())
+def _drop_capabilities() -> None:
+    """Leave this thread, and so the child, with no capabilities.
 
-
-def _drop_capabilities(last_cap: int) -> None:
-    """Empty this thread's capability sets, so the child starts with none.
-
-    For root the bounding set goes too: exec would otherwise hand a uid-0 child
-    every capability again. Other users gain none at exec (``no_new_privs`` stops
-    file capabilities), and may not touch the bounding set.
+    For root, locked securebits make exec stop granting uid 0 every capability
+    (with ``no_new_privs``, file capabilities are ignored too); then the ambient,
+    effective, permitted and inheritable sets are emptied. Other users gain none
+    at exec and only clear what they hold.
     """
     libc = _libc()
     if os.geteuid() == 0:
-        for cap in range(last_cap + 1):
-            dropped = libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) == 0
-            if not dropped and ctypes.get_errno() != errno.EINVAL:
-                _check(-1, f"dropping capability {cap}")
+        _check(libc.prctl(_PR_SET_SECUREBITS, _LOCKED_SECUREBITS, 0, 0, 0), "securebits")
     _check(libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clearing ambient caps")
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import functools
 import os
 import posixpath
 from collections.abc import Iterable, Mapping, Sequence
@@ -620,7 +621,6 @@ class FsSandbox:
             (entry, entry.path + "/", (entry.specificity, int(entry.access)))
             for entry in self.entries
         )
-        self._readable_roots = tuple(e.path for e in self.entries if self.can_read(e.path))
 
     def governing(self, resolved: str) -> ResolvedEntry | None:
         """The entry that decides access to ``resolved`` (``None``: no entry covers it).
@@ -636,6 +636,10 @@ class FsSandbox:
             ):
                 best, best_key = entry, key
         return best
+
+    @functools.cached_property
+    def _readable_roots(self) -> tuple[str, ...]:
+        return tuple(e.path for e in self.entries if self.can_read(e.path))
 
     def access(self, resolved: str) -> Access | None:
         """The governing entry's access, or ``None`` when no entry contains the path."""
