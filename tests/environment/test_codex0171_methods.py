@@ -16,6 +16,7 @@ import pytest
 from inprocess import InProcessServer, RawConnection
 
 from exec_server.environment.file_handles import MAX_OPEN_HANDLES
+from exec_server.environment.sandbox.confinement import probe_kernel_support
 
 
 def uri(path: Path | str) -> str:
@@ -284,3 +285,184 @@ async def test_watch_missing(server: InProcessServer, tmp_path: Path) -> None:
     assert await next_change() == 16
     await asyncio.sleep(0.2)
     assert conn.notifications == []
+
+
+# --- processes: each client in its own era ----------------------------------------------
+
+ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+
+
+def start(process_id: str, script: str, cwd: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "processId": process_id,
+        "argv": ["/bin/sh", "-c", script],
+        "cwd": cwd,
+        "env": ENV,
+        "tty": False,
+        **extra,
+    }
+
+
+async def closed_read(conn: RawConnection, process_id: str, **params: Any) -> dict[str, Any]:
+    while True:
+        reply = await conn.request(
+            "process/read", {"processId": process_id, "waitMs": 2000, **params}
+        )
+        result: dict[str, Any] = reply["result"]
+        if result["closed"]:
+            return result
+
+
+async def test_0171_process_shapes(server: InProcessServer, tmp_path: Path) -> None:
+    conn = await ready(server)
+    cwd = uri(tmp_path)
+    reply = await conn.request("process/start", start("a", "echo hi; exit 3", cwd))
+    assert reply["result"] == {"processId": "a", "sandboxType": "none"}
+    result = await closed_read(conn, "a")
+    # 0.171 counts the exit and close events in nextSeq (0.133: after the last chunk).
+    assert (result["nextSeq"], result["exitCode"], result["sandboxDenied"]) == (4, 3, False)
+    limited = (await conn.request("process/read", {"processId": "a", "maxBytes": 1}))["result"]
+    assert limited["nextSeq"] == 2
+    exited = [n for n in conn.notifications if n["method"] == "process/exited"]
+    assert exited[0]["params"] == {
+        "processId": "a",
+        "seq": 2,
+        "exitCode": 3,
+        "sandboxDenied": False,
+    }
+    # A death by signal is 128 + N.
+    await conn.request("process/start", start("k", "kill -TERM $$", cwd))
+    assert (await closed_read(conn, "k"))["exitCode"] == 143
+
+
+async def test_0133_process_shapes_unchanged(server: InProcessServer, tmp_path: Path) -> None:
+    conn = await ready(server)
+    reply = await conn.request("process/start", start("a", "echo hi; exit 3", str(tmp_path)))
+    assert reply["result"] == {"processId": "a"}
+    result = await closed_read(conn, "a")
+    assert "sandboxDenied" not in result and result["nextSeq"] == 2
+    await conn.request("process/start", start("k", "kill -TERM $$", str(tmp_path)))
+    assert (await closed_read(conn, "k"))["exitCode"] == -1
+
+
+async def test_0171_process_errors(server: InProcessServer, tmp_path: Path) -> None:
+    conn = await ready(server)
+    cwd = uri(tmp_path)
+    reply = await conn.request(
+        "process/start", start("m", "true", cwd, metadata={"threadId": "nope", "toolCallId": "x"})
+    )
+    assert error(reply) == (
+        -32602,
+        "invalid character: expected an optional prefix of `urn:uuid:` followed by "
+        "[0-9a-fA-F-], found `n` at 1",
+    )
+    ok = {"threadId": "01a24d57-a03f-77a3-aa02-306e172ba445", "toolCallId": "call"}
+    assert "result" in await conn.request("process/start", start("m2", "true", cwd, metadata=ok))
+    reply = await conn.request("process/start", start("s", "true", cwd, sandbox={}))
+    assert error(reply) == (-32602, "missing field `permissions`")
+    reply = await conn.request(
+        "process/start",
+        {**start("e", "true", cwd), "argv": [str(tmp_path / "nonexistent")]},
+    )
+    assert reply["error"] == {
+        "code": -32603,
+        "message": "No such file or directory (os error 2)",
+        "data": {"kind": "spawnNotFound"},
+    }
+    reply = await conn.request(
+        "process/start", {**start("d", "true", cwd), "argv": [str(tmp_path)]}
+    )
+    assert reply["error"]["data"] == {"kind": "spawnPermissionDenied"}
+    # 0.133 requests keep 0.133's error shape.
+    reply = await conn.request(
+        "process/start", {**start("e2", "true", str(tmp_path)), "argv": ["/nonexistent"]}
+    )
+    assert "data" not in reply["error"]
+
+
+@pytest.mark.skipif(
+    probe_kernel_support().landlock_problem is not None,
+    reason="no Landlock here: tests/environment/test_sandbox_confinement.py covers the refusal",
+)
+async def test_sandbox_is_enforced_never_ignored(server: InProcessServer, tmp_path: Path) -> None:
+    conn = await ready(server)
+    work = tmp_path / "work"
+    work.mkdir()
+    outside = tmp_path / "outside"
+    workspace_write = {
+        "permissions": {
+            "type": "managed",
+            "file_system": {
+                "type": "restricted",
+                "entries": [
+                    {"path": {"type": "special", "value": {"kind": "root"}}, "access": "read"},
+                    {
+                        "path": {"type": "special", "value": {"kind": "project_roots"}},
+                        "access": "write",
+                    },
+                ],
+            },
+            "network": "restricted",
+        },
+        "cwd": uri(work),
+        "windowsSandboxLevel": "disabled",
+    }
+    script = f"touch {work}/inside; touch {outside}"
+    reply = await conn.request(
+        "process/start", start("w", script, uri(work), sandbox=workspace_write)
+    )
+    assert reply["result"]["sandboxType"] == "linuxSeccomp", reply
+    await closed_read(conn, "w")
+    assert (work / "inside").exists()
+    assert not outside.exists()
+    # Network restricted alone is confinement too.
+    net_only = {
+        "permissions": {
+            "type": "managed",
+            "file_system": {"type": "unrestricted"},
+            "network": "restricted",
+        },
+        "windowsSandboxLevel": "disabled",
+    }
+    reply = await conn.request("process/start", start("n", "true", uri(work), sandbox=net_only))
+    assert reply["result"]["sandboxType"] == "linuxSeccomp", reply
+    # A profile that confines nothing runs as is.
+    disabled = {"permissions": {"type": "disabled"}, "windowsSandboxLevel": "disabled"}
+    reply = await conn.request("process/start", start("d", "true", uri(work), sandbox=disabled))
+    assert reply["result"]["sandboxType"] == "none"
+
+
+async def test_write_ids_and_signals(server: InProcessServer, tmp_path: Path) -> None:
+    conn = await ready(server)
+    cwd = uri(tmp_path)
+    await conn.request("process/start", start("w", "cat", cwd, pipeStdin=True))
+
+    async def write(chunk: bytes, **extra: Any) -> dict[str, Any]:
+        params = {"processId": "w", "chunk": base64.b64encode(chunk).decode(), **extra}
+        return await conn.request("process/write", params)
+
+    assert (await write(b"a\n", writeId="1"))["result"] == {"status": "accepted"}
+    assert (await write(b"a\n", writeId="1"))["result"] == {"status": "accepted"}  # a retry
+    assert (await write(b"b\n", writeId="2"))["result"] == {"status": "accepted"}
+    assert (await write(b"c\n", writeId="1"))["result"] == {"status": "accepted"}  # seen id
+    assert error(await write(b"x")) == (-32602, "missing field `writeId`")
+    assert error(await write(b"x", writeId="")) == (-32602, "writeId must not be empty")
+    output = b""
+    while output != b"a\nb\n":  # what cat echoed: each write once
+        read = await conn.request("process/read", {"processId": "w", "waitMs": 2000})
+        output = b"".join(base64.b64decode(c["chunk"]) for c in read["result"]["chunks"])
+        assert len(output) <= 4, output
+    reply = await conn.request("process/signal", {"processId": "w", "signal": "terminate"})
+    assert error(reply) == (-32602, "unknown variant `terminate`, expected `interrupt`")
+    reply = await conn.request("process/signal", {"processId": "nope", "signal": "interrupt"})
+    assert reply["result"] == {}
+    reply = await conn.request("process/signal", {"processId": "w", "signal": "interrupt"})
+    assert reply["result"] == {}
+    assert (await closed_read(conn, "w"))["exitCode"] == 130
+    # A 0.133 process keeps the extension's signals and needs no writeId.
+    await conn.request("process/start", start("o", "cat", str(tmp_path), pipeStdin=True))
+    reply = await conn.request("process/write", {"processId": "o", "chunk": "eAo="})
+    assert reply["result"] == {"status": "accepted"}
+    reply = await conn.request("process/signal", {"processId": "o", "signal": "terminate"})
+    assert reply["result"] == {}
+    assert (await closed_read(conn, "o"))["exitCode"] == -1

@@ -34,6 +34,7 @@ def capabilities() -> m.EnvironmentCapabilities:
     """The features this server implements, as 0.171 names them (all others false)."""
     return m.EnvironmentCapabilities(
         fs_watch_missing=inotify_available(),
+        environment_config_read=True,
         file_write_streaming=True,
     )
 

@@ -42,7 +42,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from urllib.parse import unquote, urlsplit
 
 import psutil
 
@@ -62,7 +61,6 @@ from ..protocol.messages import (
     ProcessReadParams,
     ProcessReadResult,
     ProcessResizeParams,
-    ProcessSandboxType,
     ProcessSignalParams,
     ProcessStartParams,
     ProcessStartResult,
@@ -73,7 +71,9 @@ from ..protocol.messages import (
     SignalName,
     WriteStatus,
 )
-from .sandbox import parse_sandbox, resolve_policy
+from ..protocol.path_uri import file_uri_to_path, speaks_uri
+from ..protocol.rust_uuid import uuid_error
+from .sandbox import UnsupportedPolicy, parse_sandbox, resolve_policy
 from .sandbox.confinement import (
     DEFAULT_ENFORCER,
     PLACEHOLDERS,
@@ -137,8 +137,12 @@ PLACEHOLDER_COLLECT_DELAY_S = 0.2
 #: ... and rechecked this often while a lingering process still needs them.
 PLACEHOLDER_RECHECK_S = 5.0
 
-#: Codex reports -1 when a process has no exit code (it was killed by a signal).
+#: Codex 0.133 reports -1 when a process has no exit code (it was killed by a signal).
 NO_EXIT_CODE = -1
+#: Codex 0.171 reports death by signal N as 128 + N.
+SIGNAL_EXIT_BASE = 128
+#: ``writeId``s remembered per process to drop retried writes (oldest forgotten first).
+MAX_REMEMBERED_WRITE_IDS = 4096
 
 _SIGNALS: dict[SignalName, signal_module.Signals] = {
     "interrupt": signal_module.SIGINT,
@@ -244,18 +248,15 @@ def resolve_cwd(cwd: str) -> str:
     """An absolute native path from a ``process/start`` cwd (path or ``file://`` URI).
 
     Codex 0.133 passes the string to the OS as is (a relative cwd resolves against
-    the server's cwd, a URI fails with ENOENT); we accept both generations' forms
-    and reject relative paths, which would depend on where the server was started.
+    the server's cwd, a URI fails with ENOENT); a URI is parsed as Codex 0.171 does
+    (with its error texts); a relative path is rejected, since it would depend on
+    where the server was started.
     """
-    path = cwd
-    if cwd.startswith("file:"):
-        parts = urlsplit(cwd)
-        if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
-            raise InvalidParams(f"cwd must be a local file:// URI, got {cwd!r}")
-        path = unquote(parts.path)
-    if not os.path.isabs(path):
+    if speaks_uri(cwd):
+        return file_uri_to_path(cwd)
+    if not os.path.isabs(cwd):
         raise InvalidParams(f"cwd must be an absolute path or a file:// URI, got {cwd!r}")
-    return path
+    return cwd
 
 
 # --- spawning --------------------------------------------------------------------
@@ -302,6 +303,15 @@ class _Spawned:
     lease: ConfinementLease | None = None
 
 
+def _spawn_failure_kind(exc: OSError) -> str:
+    # Codex 0.171's ProcessStartErrorData kinds.
+    if exc.errno == errno.ENOENT:
+        return "spawnNotFound"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "spawnPermissionDenied"
+    return "spawnFailed"
+
+
 _Popen = subprocess.Popen[bytes]
 #: How ``_spawn_*`` run their ``Popen``: directly, or in a confined thread.
 _Launcher = Callable[[Callable[[], _Popen]], _Popen]
@@ -341,8 +351,13 @@ def _spawn(
             spawned = _spawn_pipes(params, program, args, cwd, env, launch)
         spawned.lease = leases[0] if leases else None
         return spawned
+    except UnsupportedPolicy as refused:
+        if speaks_uri(params.cwd):
+            refused.data = {"kind": "sandboxUnavailable"}
+        raise
     except OSError as exc:
-        raise InternalError(_os_error_text(exc)) from exc
+        data = {"kind": _spawn_failure_kind(exc)} if speaks_uri(params.cwd) else None
+        raise InternalError(_os_error_text(exc), data=data) from exc
     except ValueError as exc:
         # Embedded NUL bytes and malformed env names; the first wording is Rust's.
         text = "nul byte found in provided data" if "null byte" in str(exc) else str(exc)
@@ -475,14 +490,19 @@ class _Process:
         limits: ProcessLimits,
         on_closed: Callable[[_Process], None],
         output_chunk_bytes: int | None = None,
-        sandbox_type: ProcessSandboxType | None = None,
+        codex_0171: bool = False,
+        confined: bool = False,
     ) -> None:
         self.id = process_id
-        self.popen = spawned.popen
-        # 0.171 requests: the confinement reported, and sandboxDenied once exited
-        # (``None``: a 0.133 request, whose messages carry neither).
-        self.sandbox_type = sandbox_type
+        #: Started by a 0.171 request (a ``file://`` cwd): answered in 0.171's shapes.
+        self.codex_0171 = codex_0171
+        #: Whether a sandbox denial caused the failure (reported to 0.171 clients).
         self.sandbox_denied = False
+        #: Recent ``process/write`` ids, so a retried write is not written twice.
+        self.write_ids: dict[str, None] = {}
+        self.popen = spawned.popen
+        #: Spawned under kernel confinement (sandboxType linuxSeccomp).
+        self.confined = confined
         self._lease = spawned.lease
         self.pid = spawned.popen.pid
         self.tty = tty
@@ -718,10 +738,12 @@ class _Process:
 
     # -- exit and close -----------------------------------------------------------
 
-    @staticmethod
-    def _exit_code_of(returncode: int) -> int:
-        # Popen reports death by signal N as -N; Codex 0.133 reports -1 for it.
-        return returncode if returncode >= 0 else NO_EXIT_CODE
+    def _exit_code_of(self, returncode: int) -> int:
+        # Popen reports death by signal N as -N. Codex 0.133 reports -1 for it, 0.171
+        # 128 + N, as a shell does (for a PTY child 0.171 says 1; we say 128 + N too).
+        if returncode >= 0:
+            return returncode
+        return SIGNAL_EXIT_BASE - returncode if self.codex_0171 else NO_EXIT_CODE
 
     def _on_exit(self) -> None:
         if self._disposed or self.exit_code is not None:
@@ -740,12 +762,12 @@ class _Process:
         self.next_seq = seq + 1
         self.exit_code = self._exit_code_of(returncode)
         exited = ProcessExitedNotification(process_id=self.id, seq=seq, exit_code=self.exit_code)
-        if self.sandbox_type is not None:
-            if self.sandbox_type != "none":
-                # Judged as 0.171 does, with a death by signal N counted as 128 + N.
-                shell_code = returncode if returncode >= 0 else 128 - returncode
-                output = (chunk.chunk for chunk in self._retained[self._head :])
-                self.sandbox_denied = looks_like_sandbox_denial(shell_code, output)
+        if self.confined:
+            # Judged as 0.171 does, with a death by signal N counted as 128 + N.
+            shell_code = returncode if returncode >= 0 else SIGNAL_EXIT_BASE - returncode
+            output = (chunk.chunk for chunk in self._retained[self._head :])
+            self.sandbox_denied = looks_like_sandbox_denial(shell_code, output)
+        if self.codex_0171:
             exited.sandbox_denied = self.sandbox_denied
         self._enqueue(PROCESS_EXITED, exited)
         if not self.exit_observed.done():
@@ -839,25 +861,34 @@ class _Process:
         start = bisect_right(retained, after_seq, lo=self._head, key=_seq_of)
         chunks: list[ProcessOutputChunk] = []
         total = 0
+        limited = False
         for index in range(start, len(retained)):
             chunk = retained[index]
             size = len(chunk.chunk)
             # Whole chunks only; the first one is always included.
             if max_bytes is not None and chunks and total + size > max_bytes:
+                limited = True
                 break
             chunks.append(chunk)
             total += size
             if max_bytes is not None and total >= max_bytes:
+                limited = True
                 break
+        if chunks and (limited or not self.codex_0171):
+            # 0.133: after the last chunk returned. 0.171 does so only when maxBytes
+            # cut the read short; otherwise it counts the exit and close events too.
+            next_seq = chunks[-1].seq + 1
+        else:
+            next_seq = self.next_seq
         result = ProcessReadResult(
             chunks=chunks,
-            next_seq=chunks[-1].seq + 1 if chunks else self.next_seq,
+            next_seq=next_seq,
             exited=self.exit_code is not None,
             exit_code=self.exit_code,
             closed=self.closed,
             failure=None,
         )
-        if self.sandbox_type is not None:
+        if self.codex_0171:
             result.sandbox_denied = self.sandbox_denied
         if after_seq < self.evicted_through_seq and chunks:
             result.first_retained_seq = chunks[0].seq
@@ -963,12 +994,6 @@ class _Process:
 # --- the manager -------------------------------------------------------------------
 
 
-def _speaks_0171(p: ProcessStartParams) -> bool:
-    """Whether a ``process/start`` comes from a 0.171-era client (URIs, metadata or a
-    sandbox), which gets ``sandboxType`` and ``sandboxDenied``."""
-    return p.sandbox is not None or p.metadata is not None or p.cwd[:5].lower() == "file:"
-
-
 def _check_u64(name: str, value: int | None) -> None:
     # Codex decodes these as u64 and answers -32602 with serde's wording.
     if value is not None and not 0 <= value <= _U64_MAX:
@@ -1009,8 +1034,22 @@ class ProcessManager:
 
         Extensions: ``rows``/``cols`` set the initial PTY size (default 24x80);
         ``outputChunkBytes`` (1 B to 1 MiB) the largest output chunk (default the
-        session's, 8 KiB as in Codex); ``cwd`` may be a ``file://`` URI.
+        session's, 8 KiB as in Codex).
+
+        Eras: a ``file://`` cwd (Codex 0.171's form) makes a 0.171 process: its
+        start result carries ``sandboxType``, a spawn failure ``data.kind``, its
+        exit and reads ``sandboxDenied``, a death by signal N exits 128 + N, and
+        writes need a ``writeId``. A native cwd makes a 0.133 process. A
+        ``metadata.threadId`` must be a UUID (0.171's -32602 otherwise). A
+        ``sandbox`` that asks for confinement is refused with -32603: this server
+        does not run a command with less confinement than asked.
         """
+        if p.metadata is not None and p.metadata.thread_id is not None:
+            problem = uuid_error(p.metadata.thread_id)
+            if problem is not None:
+                raise InvalidParams(problem)
+        if p.sandbox is not None:
+            parse_sandbox(p.sandbox)  # the shape: -32602 as Codex, e.g. for `{}`
         if self._closed:
             raise InvalidRequest("the session's process manager is shut down")
         if not p.argv:
@@ -1025,12 +1064,15 @@ class ProcessManager:
                 f"got {chunk_bytes}"
             )
         cwd = resolve_cwd(p.cwd)
+        codex_0171 = speaks_uri(p.cwd)
         # Codex 0.171's sandbox intent: enforced in the child, or the start is
         # refused (never run with less confinement than asked).
-        confinement = self._enforcer.prepare(resolve_policy(parse_sandbox(p.sandbox)))
-        sandbox_type: ProcessSandboxType | None = None
-        if _speaks_0171(p):
-            sandbox_type = "none" if confinement is None else confinement.sandbox_type
+        try:
+            confinement = self._enforcer.prepare(resolve_policy(parse_sandbox(p.sandbox)))
+        except UnsupportedPolicy as refused:
+            if codex_0171:
+                refused.data = {"kind": "sandboxUnavailable"}
+            raise
         process_id = p.process_id
         if process_id in self._processes:
             raise InvalidRequest(f"process {process_id} already exists")
@@ -1052,7 +1094,8 @@ class ProcessManager:
             limits=self._limits,
             on_closed=self._schedule_expiry,
             output_chunk_bytes=chunk_bytes if isinstance(chunk_bytes, int) else None,
-            sandbox_type=sandbox_type,
+            codex_0171=codex_0171,
+            confined=confinement is not None,
         )
         if self._closed or self._processes.get(process_id) is not _STARTING:
             # close() ran while we were spawning: do not leak the child.
@@ -1066,8 +1109,8 @@ class ProcessManager:
         self._processes[process_id] = process
         process.begin()
         result = ProcessStartResult(process_id=process_id)
-        if sandbox_type is not None:
-            result.sandbox_type = sandbox_type
+        if codex_0171:
+            result.sandbox_type = "none" if confinement is None else confinement.sandbox_type
         return result
 
     async def _spawn(
@@ -1093,7 +1136,7 @@ class ProcessManager:
 
     def _schedule_expiry(self, process: _Process) -> None:
         loop = asyncio.get_running_loop()
-        if process.sandbox_type == "linuxSeccomp":
+        if process.confined:
             self._collect_placeholders_later(PLACEHOLDER_COLLECT_DELAY_S)
         process.retention_timer = loop.call_later(
             self._limits.closed_process_retention_s, self._forget, process.id, process
@@ -1162,6 +1205,10 @@ class ProcessManager:
         non-PTY process without ``pipeStdin``, or stdin already closed, or the
         child has closed), ``accepted`` (queued in order).
 
+        ``writeId`` (Codex 0.171): a write whose id this process already accepted is
+        answered ``accepted`` and not written again (the last 4096 ids are kept); a
+        0.171 process requires a non-empty one, as 0.171 does.
+
         Extension: an empty ``chunk`` on a ``pipeStdin`` process closes its stdin
         once the queued bytes are written, so the child reads EOF; later writes get
         ``stdinClosed``. On a PTY an empty chunk does nothing (send ``\\x04``).
@@ -1172,6 +1219,20 @@ class ProcessManager:
             return ProcessWriteResult(status="unknownProcess")
         if isinstance(entry, _Starting):
             return ProcessWriteResult(status="starting")
+        if entry.codex_0171:
+            if p.write_id is None:
+                raise InvalidParams("missing field `writeId`")
+            if not p.write_id:
+                raise InvalidParams("writeId must not be empty")
+        if p.write_id:
+            if p.write_id in entry.write_ids:
+                return ProcessWriteResult(status="accepted")  # a retry: written once
+            status = entry.write_stdin(p.chunk)
+            if status == "accepted":
+                entry.write_ids[p.write_id] = None
+                if len(entry.write_ids) > MAX_REMEMBERED_WRITE_IDS:
+                    del entry.write_ids[next(iter(entry.write_ids))]
+            return ProcessWriteResult(status=status)
         return ProcessWriteResult(status=entry.write_stdin(p.chunk))
 
     # -- process/terminate and process/signal -----------------------------------
@@ -1201,10 +1262,16 @@ class ProcessManager:
         ``hangup``, ``quit``) to the process group; for a PTY, to the terminal's
         foreground group, which is what a keyboard signal would reach.
 
-        Codex 0.133 does not implement ``process/signal`` (-32601); later Codex
-        supports ``interrupt``. A process that already closed is not signalled.
+        Codex 0.133 does not implement ``process/signal`` (-32601); 0.171 supports
+        ``interrupt`` only, so a 0.171 process gets 0.171's -32602 for the others.
+        An unknown or closed process is not signalled (``{}``, as 0.171 answers).
         """
-        process = self._get(p.process_id)
+        entry = self._processes.get(p.process_id)
+        if not isinstance(entry, _Process):
+            return Empty()
+        process = entry
+        if process.codex_0171 and p.signal != "interrupt":
+            raise InvalidParams(f"unknown variant `{p.signal}`, expected `interrupt`")
         signum = _SIGNALS.get(p.signal)
         if signum is None:  # only reachable if params bypassed decoding
             raise InvalidParams(f"unsupported signal {p.signal!r}")

@@ -51,6 +51,7 @@ from ..transport.channel import (
     MessageChannel,
     MessageTooLargeForTransport,
 )
+from .environment_config import read_environment_config
 from .environment_info import environment_info
 from .file_handles import FileHandleTable
 from .fs_handler import FileSystemHandler
@@ -99,6 +100,7 @@ _FAMILY_EXEC = "exec"
 _FAMILY_FS = "filesystem"
 _FAMILY_ENV_INFO = "environment info"
 _FAMILY_ENV_STATUS = "environment status"
+_FAMILY_ENV_CONFIG = "environment config"
 _FAMILY_HTTP = "http"
 
 TAKEN_OVER_MESSAGE = "session has been resumed by another connection"
@@ -232,6 +234,12 @@ class ConnectionProcessor:
                 self._check_ready(_FAMILY_ENV_INFO)
                 decode_unit_params(req.params)
                 result = environment_info()
+            elif req.method == m.ENVIRONMENT_CONFIG_READ:
+                config_params = decode_params(req.params, m.EnvironmentConfigReadParams)
+                self._check_ready(_FAMILY_ENV_CONFIG)
+                result = await self._fs.run_blocking(
+                    functools.partial(read_environment_config, config_params)
+                )
             elif req.method == m.ENVIRONMENT_STATUS:
                 self._check_ready(_FAMILY_ENV_STATUS)
                 decode_unit_params(req.params)

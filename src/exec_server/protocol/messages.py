@@ -496,6 +496,36 @@ class EnvironmentInfoResult(Message):
     capabilities: EnvironmentCapabilities | UnsetType = UNSET
 
 
+class EnvironmentConfigReadParams(Message):
+    """Codex 0.171: the config (and requirements) key paths wanted, e.g. ``[["mcp_servers"]]``."""
+
+    rust_name: ClassVar[str] = "EnvironmentConfigReadParams"
+    cwd: str
+    config_paths: list[list[str]]
+    requirements_paths: list[list[str]]
+
+
+class ConfigLayer(Message):
+    #: Where it comes from, e.g. ``user (/root/.codex/config.toml)``.
+    source: str
+    base_dir: str
+    #: The requested key paths of that file, as TOML.
+    toml: str
+
+
+class ConfigLayers(Message):
+    layers: list[ConfigLayer]
+    cloud_insertion_index: int = 0
+
+
+class EnvironmentConfigReadResult(Message):
+    user_home_dir: str
+    codex_home_dir: str
+    hostname: str
+    config: ConfigLayers
+    requirements: ConfigLayers
+
+
 class EnvironmentStatusResult(Message):
     status: Literal["ready"] = "ready"
 
@@ -531,5 +561,6 @@ FS_WATCH_MISSING = "fs/watchMissing"
 FS_MISSING_CHANGED = "fs/missingChanged"
 ENVIRONMENT_INFO = "environment/info"
 ENVIRONMENT_STATUS = "environment/status"
+ENVIRONMENT_CONFIG_READ = "environmentConfig/read"
 HTTP_REQUEST = "http/request"
 HTTP_REQUEST_BODY_DELTA = "http/request/bodyDelta"
