@@ -16,6 +16,7 @@ import pytest
 from inprocess import InProcessServer, RawConnection
 
 from exec_server.environment.file_handles import MAX_OPEN_HANDLES
+from exec_server.environment.sandbox.confinement import probe_kernel_support
 
 
 def uri(path: Path | str) -> str:
@@ -379,11 +380,15 @@ async def test_0171_process_errors(server: InProcessServer, tmp_path: Path) -> N
     assert "data" not in reply["error"]
 
 
-async def test_sandbox_that_confines_is_refused_never_run_unconfined(
-    server: InProcessServer, tmp_path: Path
-) -> None:
+@pytest.mark.skipif(
+    probe_kernel_support().landlock_problem is not None,
+    reason="no Landlock here: tests/environment/test_sandbox_confinement.py covers the refusal",
+)
+async def test_sandbox_is_enforced_never_ignored(server: InProcessServer, tmp_path: Path) -> None:
     conn = await ready(server)
-    marker = tmp_path / "ran"
+    work = tmp_path / "work"
+    work.mkdir()
+    outside = tmp_path / "outside"
     workspace_write = {
         "permissions": {
             "type": "managed",
@@ -399,16 +404,17 @@ async def test_sandbox_that_confines_is_refused_never_run_unconfined(
             },
             "network": "restricted",
         },
-        "cwd": uri(tmp_path),
+        "cwd": uri(work),
         "windowsSandboxLevel": "disabled",
     }
-    for cwd in (uri(tmp_path), str(tmp_path)):
-        reply = await conn.request(
-            "process/start", start("w", f"touch {marker}", cwd, sandbox=workspace_write)
-        )
-        assert reply["error"]["code"] == -32603, reply
-        assert "refusing to run the command unconfined" in reply["error"]["message"]
-    assert not marker.exists()
+    script = f"touch {work}/inside; touch {outside}"
+    reply = await conn.request(
+        "process/start", start("w", script, uri(work), sandbox=workspace_write)
+    )
+    assert reply["result"]["sandboxType"] == "linuxSeccomp", reply
+    await closed_read(conn, "w")
+    assert (work / "inside").exists()
+    assert not outside.exists()
     # Network restricted alone is confinement too.
     net_only = {
         "permissions": {
@@ -418,11 +424,11 @@ async def test_sandbox_that_confines_is_refused_never_run_unconfined(
         },
         "windowsSandboxLevel": "disabled",
     }
-    reply = await conn.request("process/start", start("n", "true", uri(tmp_path), sandbox=net_only))
-    assert reply["error"]["data"] == {"kind": "sandboxUnavailable"}
-    # A profile that confines nothing runs.
+    reply = await conn.request("process/start", start("n", "true", uri(work), sandbox=net_only))
+    assert reply["result"]["sandboxType"] == "linuxSeccomp", reply
+    # A profile that confines nothing runs as is.
     disabled = {"permissions": {"type": "disabled"}, "windowsSandboxLevel": "disabled"}
-    reply = await conn.request("process/start", start("d", "true", uri(tmp_path), sandbox=disabled))
+    reply = await conn.request("process/start", start("d", "true", uri(work), sandbox=disabled))
     assert reply["result"]["sandboxType"] == "none"
 
 

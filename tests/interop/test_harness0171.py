@@ -10,9 +10,9 @@ than -32004 for paths that do not exist, and it must use the features our
 
 ``workspace-write``: the 0.171 harness no longer wraps commands in its own sandbox;
 it sends the policy in ``process/start.sandbox`` and expects the executor to
-enforce it. Until this server confines processes, it must refuse such a start
-(never run it unconfined): that is what the test checks there, with the file
-operations the harness still performs.
+enforce it. The test checks from inside the turn that a write outside the
+workspace is denied, one inside works, a read outside works and a network
+connection fails, and that every start reports ``sandboxType: "linuxSeccomp"``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -139,46 +141,65 @@ async def test_full_turn_in_danger_full_access(codex0171: str, tmp_path: Path) -
     assert writes and all(w["params"].get("writeId") for w in writes), writes
 
 
-async def test_workspace_write_is_refused_not_run_unconfined(
-    codex0171: str, tmp_path: Path
-) -> None:
+async def test_workspace_write_is_enforced(codex0171: str, tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
-    outside = tmp_path / "outside.txt"
+    # Outside every writable root of workspace-write (which makes /tmp writable).
+    outside = Path(tempfile.mkdtemp(prefix="exec-server-harness-", dir="/var/tmp"))
+    (outside / "readable.txt").write_text("readable outside\n")
+    listener = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    connect = (
+        f"{sys.executable} -c 'import socket; "
+        f'socket.create_connection(("127.0.0.1", {port}), timeout=5)\' '
+        "&& echo net=open || echo net=refused"
+    )
     steps: list[object] = [
-        [exec_command("call_outside", f"echo x > {outside}")],
-        [exec_command("call_inside", "echo y > inside.txt")],
+        [exec_command("call_outside", f"echo x > {outside}/denied.txt; echo rc=$?")],
+        [exec_command("call_inside", "echo y > inside.txt && cat inside.txt")],
+        [exec_command("call_read", f"cat {outside}/readable.txt")],
+        [exec_command("call_net", connect)],
         [apply_patch("call_add", ADD_PATCH)],
         [message("done")],
     ]
-    async with (
-        our_server(tmp_path) as server_url,
-        RecordingProxy(server_url) as proxy,
-        FakeModel(steps) as model,
-    ):
-        run = await run_codex_exec(
-            codex0171,
-            model=model,
-            exec_server_url=proxy.url,
-            workdir=work,
-            codex_home=tmp_path / "codex-home",
-            sandbox="workspace-write",
+    try:
+        async with (
+            our_server(tmp_path) as server_url,
+            RecordingProxy(server_url) as proxy,
+            FakeModel(steps) as model,
+        ):
+            run = await run_codex_exec(
+                codex0171,
+                model=model,
+                exec_server_url=proxy.url,
+                workdir=work,
+                codex_home=tmp_path / "codex-home",
+                sandbox="workspace-write",
+            )
+        report = f"stdout:\n{run.stdout[-3000:]}\nstderr:\n{run.stderr[-3000:]}"
+        starts = proxy.requests("process/start")
+        assert len(starts) == 4, report
+        for start in starts:
+            assert start["params"]["sandbox"] is not None, start
+            assert proxy.result_of(start).get("sandboxType") == "linuxSeccomp", start
+        outputs = {
+            call: model.tool_output(call) or ""
+            for call in ("call_outside", "call_inside", "call_read", "call_net")
+        }
+        assert "rc=1" in outputs["call_outside"], outputs
+        assert not (outside / "denied.txt").exists(), report
+        assert (work / "inside.txt").read_text() == "y\n", report
+        assert "readable outside" in outputs["call_read"], outputs
+        assert "net=refused" in outputs["call_net"], outputs
+        # The harness's own file edits carry the sandbox too: inside they work.
+        assert (work / "hello.txt").read_text() == "hello from patch\n", report
+        assert all(code == -32004 for code in (e["code"] for _, e in proxy.errors())), (
+            proxy.errors()
         )
-    report = f"stdout:\n{run.stdout[-3000:]}\nstderr:\n{run.stderr[-3000:]}"
-    starts = proxy.requests("process/start")
-    assert starts, report
-    for start in starts:
-        assert start["params"]["sandbox"] is not None, start
-        answer = proxy.result_of(start)
-        assert answer.get("data") == {"kind": "sandboxUnavailable"}, answer
-    assert not outside.exists(), report
-    assert not (work / "inside.txt").exists(), report
-    # The harness's own file edits (apply_patch) carry the sandbox too; inside the
-    # workspace they are allowed.
-    assert (work / "hello.txt").read_text() == "hello from patch\n", report
-    assert all(
-        code in (-32004, -32603) for code in (error["code"] for _, error in proxy.errors())
-    ), proxy.errors()
+    finally:
+        listener.close()
+        await listener.wait_closed()
+        shutil.rmtree(outside, ignore_errors=True)
 
 
 async def test_harness_recovers_a_dropped_connection_by_resuming(

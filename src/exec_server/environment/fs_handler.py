@@ -672,7 +672,7 @@ class FileSystemHandler:
 
     def _read_directory(self, path: str, spec: SandboxSpec | None) -> FsReadDirectoryResult:
         sandbox = self._sandbox(spec)
-        location = path if sandbox is None else sandbox.check_visible(path)
+        location = path if sandbox is None else sandbox.check_list(path)
         entries: list[FsDirectoryEntry] = []
         with os.scandir(path) as listing:
             for entry in listing:

@@ -73,7 +73,15 @@ from ..protocol.messages import (
 )
 from ..protocol.path_uri import file_uri_to_path, speaks_uri
 from ..protocol.rust_uuid import uuid_error
-from .sandbox import parse_sandbox
+from .sandbox import UnsupportedPolicy, parse_sandbox, resolve_policy
+from .sandbox.confinement import (
+    DEFAULT_ENFORCER,
+    PLACEHOLDERS,
+    Confinement,
+    ConfinementLease,
+    SandboxEnforcer,
+)
+from .sandbox.denial import looks_like_sandbox_denial
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +131,11 @@ DEFAULT_PTY_ROWS = 24
 DEFAULT_PTY_COLS = 80
 #: ``close()`` waits this long for SIGKILLed children to be reaped.
 CLOSE_REAP_TIMEOUT_S = 2.0
+#: After a sandboxed child closes, its unused placeholder directories are removed
+#: this much later (one /proc scan for a burst of commands, off the spawn path) ...
+PLACEHOLDER_COLLECT_DELAY_S = 0.2
+#: ... and rechecked this often while a lingering process still needs them.
+PLACEHOLDER_RECHECK_S = 5.0
 
 #: Codex 0.133 reports -1 when a process has no exit code (it was killed by a signal).
 NO_EXIT_CODE = -1
@@ -246,28 +259,6 @@ def resolve_cwd(cwd: str) -> str:
     return cwd
 
 
-def _requires_confinement(raw: Mapping[str, object]) -> bool:
-    """Whether a (validated) ``process/start.sandbox`` asks for any confinement.
-
-    Only a profile that confines nothing may run as is: ``disabled``, ``external``
-    (enforced outside this server), or ``managed`` with an unrestricted file system
-    and an enabled network. Anything else needs enforcement in the child.
-    """
-    permissions = raw.get("permissions")
-    if not isinstance(permissions, Mapping):
-        return True
-    kind = permissions.get("type")
-    if kind in ("disabled", "external"):
-        return False
-    file_system = permissions.get("file_system")
-    return not (
-        kind == "managed"
-        and isinstance(file_system, Mapping)
-        and file_system.get("type") == "unrestricted"
-        and permissions.get("network") == "enabled"
-    )
-
-
 # --- spawning --------------------------------------------------------------------
 
 
@@ -308,6 +299,8 @@ class _Spawned:
     outputs: list[tuple[int, OutputStream]]
     #: Where writes go: the stdin pipe, the PTY master, or None.
     stdin_fd: int | None
+    #: A sandboxed child's hold on its placeholders (released once it is closed).
+    lease: ConfinementLease | None = None
 
 
 def _spawn_failure_kind(exc: OSError) -> str:
@@ -319,15 +312,49 @@ def _spawn_failure_kind(exc: OSError) -> str:
     return "spawnFailed"
 
 
-def _spawn(params: ProcessStartParams, cwd: str, env: dict[str, str]) -> _Spawned:
-    """Fork/exec the child; raises InternalError with the OS error text on failure
-    (for a 0.171 request with ``data: {kind}`` naming the failure, as 0.171 does)."""
+_Popen = subprocess.Popen[bytes]
+#: How ``_spawn_*`` run their ``Popen``: directly, or in a confined thread.
+_Launcher = Callable[[Callable[[], _Popen]], _Popen]
+
+
+def _launch_directly(popen: Callable[[], _Popen]) -> _Popen:
+    return popen()
+
+
+def _spawn(
+    params: ProcessStartParams,
+    cwd: str,
+    env: dict[str, str],
+    confinement: Confinement | None = None,
+    enforcer: SandboxEnforcer = DEFAULT_ENFORCER,
+) -> _Spawned:
+    """Fork/exec the child; raises InternalError with the OS error text on failure.
+
+    With a ``confinement`` the child is spawned from a thread confined by it (see
+    :mod:`.sandbox.confinement`); if that cannot be done the start is refused.
+    """
     program = params.argv[0]
     args = [params.arg0 if params.arg0 is not None else program, *params.argv[1:]]
+    leases: list[ConfinementLease] = []
+
+    def launch_confined(popen: Callable[[], _Popen]) -> _Popen:
+        assert confinement is not None
+        child, lease = enforcer.spawn(confinement, popen)
+        leases.append(lease)
+        return child
+
+    launch = _launch_directly if confinement is None else launch_confined
     try:
         if params.tty:
-            return _spawn_pty(params, program, args, cwd, env)
-        return _spawn_pipes(params, program, args, cwd, env)
+            spawned = _spawn_pty(params, program, args, cwd, env, launch)
+        else:
+            spawned = _spawn_pipes(params, program, args, cwd, env, launch)
+        spawned.lease = leases[0] if leases else None
+        return spawned
+    except UnsupportedPolicy as refused:
+        if speaks_uri(params.cwd):
+            refused.data = {"kind": "sandboxUnavailable"}
+        raise
     except OSError as exc:
         data = {"kind": _spawn_failure_kind(exc)} if speaks_uri(params.cwd) else None
         raise InternalError(_os_error_text(exc), data=data) from exc
@@ -340,7 +367,12 @@ def _spawn(params: ProcessStartParams, cwd: str, env: dict[str, str]) -> _Spawne
 
 
 def _spawn_pty(
-    params: ProcessStartParams, program: str, args: list[str], cwd: str, env: dict[str, str]
+    params: ProcessStartParams,
+    program: str,
+    args: list[str],
+    cwd: str,
+    env: dict[str, str],
+    launch: _Launcher = _launch_directly,
 ) -> _Spawned:
     rows = params.rows if isinstance(params.rows, int) else DEFAULT_PTY_ROWS
     cols = params.cols if isinstance(params.cols, int) else DEFAULT_PTY_COLS
@@ -349,16 +381,18 @@ def _spawn_pty(
         _set_winsize(slave, rows, cols)
         # preexec_fn forces fork() instead of vfork(); TIOCSCTTY needs code in the
         # child and the alternatives (posix_spawn) cannot set a cwd.
-        popen = subprocess.Popen(
-            args,
-            executable=program,
-            stdin=slave,
-            stdout=slave,
-            stderr=slave,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
-            preexec_fn=_acquire_controlling_tty,
+        popen = launch(
+            lambda: subprocess.Popen(
+                args,
+                executable=program,
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_acquire_controlling_tty,
+            )
         )
     except BaseException:
         os.close(master)
@@ -371,7 +405,12 @@ def _spawn_pty(
 
 
 def _spawn_pipes(
-    params: ProcessStartParams, program: str, args: list[str], cwd: str, env: dict[str, str]
+    params: ProcessStartParams,
+    program: str,
+    args: list[str],
+    cwd: str,
+    env: dict[str, str],
+    launch: _Launcher = _launch_directly,
 ) -> _Spawned:
     parent_fds: list[int] = []
     child_fds: list[int] = []
@@ -389,17 +428,21 @@ def _spawn_pipes(
             child_fds.append(stdin)
             parent_fds.append(stdin_w)
         else:
-            stdin = subprocess.DEVNULL
+            # Opened here, not by Popen: a sandboxed launch need not reach /dev.
+            stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            child_fds.append(stdin)
         # No preexec_fn, so CPython can use vfork(): spawning stays around 1 ms.
-        popen = subprocess.Popen(
-            args,
-            executable=program,
-            stdin=stdin,
-            stdout=out_w,
-            stderr=err_w,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
+        popen = launch(
+            lambda: subprocess.Popen(
+                args,
+                executable=program,
+                stdin=stdin,
+                stdout=out_w,
+                stderr=err_w,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+            )
         )
     except BaseException:
         _close_fds(parent_fds)
@@ -448,6 +491,7 @@ class _Process:
         on_closed: Callable[[_Process], None],
         output_chunk_bytes: int | None = None,
         codex_0171: bool = False,
+        confined: bool = False,
     ) -> None:
         self.id = process_id
         #: Started by a 0.171 request (a ``file://`` cwd): answered in 0.171's shapes.
@@ -457,6 +501,9 @@ class _Process:
         #: Recent ``process/write`` ids, so a retried write is not written twice.
         self.write_ids: dict[str, None] = {}
         self.popen = spawned.popen
+        #: Spawned under kernel confinement (sandboxType linuxSeccomp).
+        self.confined = confined
+        self._lease = spawned.lease
         self.pid = spawned.popen.pid
         self.tty = tty
         self.pipe_stdin = pipe_stdin
@@ -571,6 +618,8 @@ class _Process:
         if not self.exit_observed.done():
             self.exit_observed.set_result(None)
         self._wake_readers()
+        if self._lease is not None:
+            self._lease.release()
 
     # -- output -------------------------------------------------------------------
 
@@ -713,6 +762,11 @@ class _Process:
         self.next_seq = seq + 1
         self.exit_code = self._exit_code_of(returncode)
         exited = ProcessExitedNotification(process_id=self.id, seq=seq, exit_code=self.exit_code)
+        if self.confined:
+            # Judged as 0.171 does, with a death by signal N counted as 128 + N.
+            shell_code = returncode if returncode >= 0 else SIGNAL_EXIT_BASE - returncode
+            output = (chunk.chunk for chunk in self._retained[self._head :])
+            self.sandbox_denied = looks_like_sandbox_denial(shell_code, output)
         if self.codex_0171:
             exited.sandbox_denied = self.sandbox_denied
         self._enqueue(PROCESS_EXITED, exited)
@@ -747,6 +801,8 @@ class _Process:
         self._enqueue(PROCESS_CLOSED, ProcessClosedNotification(process_id=self.id, seq=seq))
         self._close_stdin()
         self._wake_readers()
+        if self._lease is not None:
+            self._lease.release()
         self._on_closed(self)
 
     # -- notifications ------------------------------------------------------------
@@ -948,10 +1004,16 @@ class ProcessManager:
     """The processes of one session, addressed by the client's ``processId``."""
 
     def __init__(
-        self, notify: NotificationSink, limits: ProcessLimits = DEFAULT_PROCESS_LIMITS
+        self,
+        notify: NotificationSink,
+        limits: ProcessLimits = DEFAULT_PROCESS_LIMITS,
+        *,
+        enforcer: SandboxEnforcer = DEFAULT_ENFORCER,
     ) -> None:
         self._notify = notify
         self._limits = limits
+        self._enforcer = enforcer
+        self._placeholder_timer: asyncio.TimerHandle | None = None
         self._processes: dict[str, _Process | _Starting] = {}
         self._closed = False
         self._close_done: asyncio.Event | None = None
@@ -1003,12 +1065,14 @@ class ProcessManager:
             )
         cwd = resolve_cwd(p.cwd)
         codex_0171 = speaks_uri(p.cwd)
-        if p.sandbox is not None and _requires_confinement(p.sandbox):
-            raise InternalError(
-                "process/start asked for a sandbox, and this exec-server cannot confine "
-                "processes; refusing to run the command unconfined",
-                data={"kind": "sandboxUnavailable"} if codex_0171 else None,
-            )
+        # Codex 0.171's sandbox intent: enforced in the child, or the start is
+        # refused (never run with less confinement than asked).
+        try:
+            confinement = self._enforcer.prepare(resolve_policy(parse_sandbox(p.sandbox)))
+        except UnsupportedPolicy as refused:
+            if codex_0171:
+                refused.data = {"kind": "sandboxUnavailable"}
+            raise
         process_id = p.process_id
         if process_id in self._processes:
             raise InvalidRequest(f"process {process_id} already exists")
@@ -1016,7 +1080,7 @@ class ProcessManager:
         self._processes[process_id] = _STARTING
         try:
             env = build_child_env(p, os.environ)
-            spawned = await self._spawn(p, cwd, env)
+            spawned = await self._spawn(p, cwd, env, confinement)
         except BaseException:
             if self._processes.get(process_id) is _STARTING:
                 del self._processes[process_id]
@@ -1031,6 +1095,7 @@ class ProcessManager:
             on_closed=self._schedule_expiry,
             output_chunk_bytes=chunk_bytes if isinstance(chunk_bytes, int) else None,
             codex_0171=codex_0171,
+            confined=confinement is not None,
         )
         if self._closed or self._processes.get(process_id) is not _STARTING:
             # close() ran while we were spawning: do not leak the child.
@@ -1045,14 +1110,17 @@ class ProcessManager:
         process.begin()
         result = ProcessStartResult(process_id=process_id)
         if codex_0171:
-            result.sandbox_type = "none"
+            result.sandbox_type = "none" if confinement is None else confinement.sandbox_type
         return result
 
-    async def _spawn(self, p: ProcessStartParams, cwd: str, env: dict[str, str]) -> _Spawned:
+    async def _spawn(
+        self, p: ProcessStartParams, cwd: str, env: dict[str, str], confinement: Confinement | None
+    ) -> _Spawned:
         # Synchronous on purpose: a vfork spawn takes about a millisecond, less than a
-        # thread hand-off would add. Kept as a coroutine so the "starting" window is
-        # a real await point (and tests can widen it).
-        return _spawn(p, cwd, env)
+        # thread hand-off would add (a sandboxed one joins its confining thread). Kept
+        # as a coroutine so the "starting" window is a real await point (and tests can
+        # widen it).
+        return _spawn(p, cwd, env, confinement, self._enforcer)
 
     def _make_room(self) -> None:
         if len(self._processes) < self._limits.max_processes:
@@ -1068,9 +1136,22 @@ class ProcessManager:
 
     def _schedule_expiry(self, process: _Process) -> None:
         loop = asyncio.get_running_loop()
+        if process.confined:
+            self._collect_placeholders_later(PLACEHOLDER_COLLECT_DELAY_S)
         process.retention_timer = loop.call_later(
             self._limits.closed_process_retention_s, self._forget, process.id, process
         )
+
+    def _collect_placeholders_later(self, delay_s: float) -> None:
+        if self._placeholder_timer is None and not self._closed:
+            loop = asyncio.get_running_loop()
+            self._placeholder_timer = loop.call_later(delay_s, self._collect_placeholders)
+
+    def _collect_placeholders(self) -> None:
+        self._placeholder_timer = None
+        PLACEHOLDERS.collect()
+        if PLACEHOLDERS.idle:
+            self._collect_placeholders_later(PLACEHOLDER_RECHECK_S)
 
     def _forget(self, process_id: str, process: _Process) -> None:
         if self._processes.get(process_id) is process:
@@ -1247,6 +1328,10 @@ class ProcessManager:
             for proc in processes:
                 proc.dispose()
             await asyncio.gather(*senders, return_exceptions=True)
+            if self._placeholder_timer is not None:
+                self._placeholder_timer.cancel()
+                self._placeholder_timer = None
+            PLACEHOLDERS.collect()
         finally:
             self._close_done.set()
 
