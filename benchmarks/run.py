@@ -244,6 +244,52 @@ async def bench_getmetadata(c: Client, tmp: Path) -> float:
     return time.perf_counter() - t0
 
 
+def workspace_write_sandbox(c: Client, workspace: Path) -> dict[str, Any]:
+    """The policy the 0.171 harness sends in ``workspace-write`` (its trace)."""
+
+    def special(kind: str, access: str, **extra: Any) -> dict[str, Any]:
+        return {"path": {"type": "special", "value": {"kind": kind, **extra}}, "access": access}
+
+    entries = [
+        special("root", "read"),
+        special("project_roots", "write"),
+        special("slash_tmp", "write"),
+        special("tmpdir", "write"),
+        *(
+            {**special("project_roots", "read", subpath=name), "missing_path_behavior": "skip"}
+            for name in (".git", ".agents", ".codex")
+        ),
+    ]
+    return {
+        "permissions": {
+            "type": "managed",
+            "file_system": {"type": "restricted", "entries": entries},
+            "network": "restricted",
+        },
+        "cwd": c.path(workspace),
+        "workspaceRoots": [c.path(workspace)],
+        "windowsSandboxLevel": "disabled",
+        "windowsSandboxProxySettingsMode": "reconcile",
+        "useLegacyLandlock": False,
+    }
+
+
+async def bench_spawn_sandboxed(c: Client, tmp: Path) -> float:
+    """``/bin/true`` spawn-to-closed under the harness's workspace-write policy."""
+    pid = Ids.next("s")
+    state = c.track(pid)
+    params = start_params(c, pid, ["/bin/true"])
+    params["cwd"] = c.path(tmp)
+    params["sandbox"] = workspace_write_sandbox(c, tmp)
+    t0 = time.perf_counter()
+    result = await c.call("process/start", params)
+    await asyncio.wait_for(state.closed.wait(), OP_TIMEOUT_S)
+    elapsed = time.perf_counter() - t0
+    if result.get("sandboxType") != "linuxSeccomp":
+        raise RuntimeError(f"not confined: {result}")
+    return elapsed
+
+
 def _write_random_file(path: Path, size: int) -> None:
     with open(path, "wb") as f:
         for _ in range(size // BLOCK_BYTES):
@@ -320,6 +366,17 @@ BENCHES = [
         100,
         "p50",
         "ms",
+    ),
+    Bench(
+        "spawn_sandboxed_p50",
+        "spawn `true` -> closed, workspace-write sandbox, p50",
+        bench_spawn_sandboxed,
+        50,
+        15,
+        5,
+        "p50",
+        "ms",
+        needs_0171=True,
     ),
     Bench(
         "read_blocks_64mib",
