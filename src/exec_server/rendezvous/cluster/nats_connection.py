@@ -104,7 +104,7 @@ async def connect_nats(
     label = f"exec-server rendezvous {config.node_id} ({purpose})"
 
     async def on_error(exc: Exception) -> None:
-        log.debug("%s: NATS error: %r", label, exc)
+        log.warning("%s: NATS error: %r", label, exc)
 
     async def on_disconnect() -> None:
         log.info("%s: disconnected from NATS", label)
