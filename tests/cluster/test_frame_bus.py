@@ -14,7 +14,7 @@ from conftest import eventually, node_config
 from exec_server.rendezvous.cluster.flow import ReceiveChannel, SendChannel
 from exec_server.rendezvous.cluster.frame_bus import RemoteFrame
 from exec_server.rendezvous.cluster.nats_bus import HEADER, BusConfig, NatsFrameBus
-from exec_server.rendezvous.cluster.nats_server import EmbeddedNats
+from exec_server.rendezvous.cluster.nats_server import EmbeddedNats, EmbeddedNatsConfig
 from exec_server.rendezvous.cluster.records import NodeRef
 from exec_server.rendezvous.cluster.routing import Direction
 
@@ -249,3 +249,60 @@ def test_flow_control_core_without_nats() -> None:
     assert send.generation == 2 and send.in_flight == 0
     assert receive.on_frame(1, 3).value == "stale"
     assert receive.on_frame(2, send.take(1)).value == "accept"
+
+
+def node_permissions(node_id: str) -> str:
+    """What a deployment gives each node's NATS user: publish frames and credit only
+    under its own node id (the last subject token), receive only its own."""
+    own = [f"exec-server.frames.*.{node_id}", f"exec-server.credit.*.{node_id}", "_INBOX.>"]
+    inbox = [f"exec-server.frames.{node_id}.*", f"exec-server.credit.{node_id}.*", "_INBOX.>"]
+    return (
+        f"{{user: {node_id}, password: pw-{node_id}, permissions: "
+        f"{{publish: {{allow: {own}}}, subscribe: {{allow: {inbox}}}}}}}"
+    ).replace("'", '"')
+
+
+async def test_nats_permissions_make_the_sender_identity_unforgeable() -> None:
+    users = ", ".join(
+        [*(node_permissions(node) for node in ("a", "b", "x")), "{user: probe, password: pw}"]
+    )
+    config = EmbeddedNatsConfig(
+        extra_config=f"authorization {{ users = [ {users} ] }}", probe_user=("probe", "pw")
+    )
+    async with EmbeddedNats(config) as server:
+        buses = []
+        handlers = {}
+        try:
+            for node in ("a", "b", "x"):
+                handlers[node] = Recorder()
+                buses.append(
+                    await NatsFrameBus.open(
+                        node_config(server, node, user=node, password=f"pw-{node}"),
+                        NodeRef(node, f"{node}-1"),
+                        handlers[node],
+                    )
+                )
+            a, _, x = buses
+            assert a.channel("b", "env").try_send(b"from a", H2E)
+            assert x.channel("b", "env").try_send(b"from x", H2E)
+            await eventually(lambda: len(handlers["b"].frames) == 2, "b hears a and x")
+            assert {(f.sender.node_id, f.data) for f in handlers["b"].frames} == {
+                ("a", b"from a"),
+                ("x", b"from x"),
+            }
+            # x claims to be a: the server refuses the publish, nothing reaches b.
+            impostor = await nats.connect(server.url, user="x", password="pw-x")
+            try:
+                await impostor.publish(
+                    "exec-server.frames.b.a", b"forged", headers={HEADER: "env h a-1 1 2"}
+                )
+                await impostor.flush()
+                assert a.channel("b", "env").try_send(b"from a again", H2E)
+                await eventually(lambda: len(handlers["b"].frames) == 3, "a's next frame")
+            finally:
+                await impostor.close()
+            assert [f.data for f in handlers["b"].frames][-1] == b"from a again"
+            assert handlers["b"].lost == []
+        finally:
+            for bus in buses:
+                await bus.close()

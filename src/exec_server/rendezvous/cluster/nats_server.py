@@ -97,6 +97,11 @@ class EmbeddedNatsConfig:
     startup_timeout_s: float = 30.0
     binary: Path | None = None
     """Default: :func:`find_nats_server`."""
+    extra_config: str = ""
+    """Appended to the generated config file (e.g. an ``authorization`` block)."""
+    probe_user: tuple[str, str] | None = None
+    """(user, password) the startup check connects with, when ``extra_config`` requires
+    authentication (the user needs the JetStream API)."""
 
 
 class EmbeddedNats:
@@ -176,6 +181,7 @@ class EmbeddedNats:
             f"port: {port}\n"
             f"max_payload: {self.config.max_payload}\n"
             f"jetstream {{ store_dir: {json.dumps(str(store))} }}\n"
+            f"{self.config.extra_config}\n"
         )
         log_file = work / LOG_FILE_NAME
         with log_file.open("ab") as log_handle:
@@ -214,8 +220,15 @@ class EmbeddedNats:
                 raise NatsServerError(f"nats-server exited during startup{self._tail()}")
             nc = None
             try:
+                user, password = self.config.probe_user or (None, None)
                 nc = await nats.connect(
-                    self.url, connect_timeout=1, allow_reconnect=False, max_reconnect_attempts=0
+                    self.url,
+                    connect_timeout=1,
+                    allow_reconnect=False,
+                    max_reconnect_attempts=0,
+                    user=user,
+                    password=password,
+                    error_cb=_ignore_error,
                 )
                 await nc.jetstream().account_info()
                 return
@@ -294,3 +307,7 @@ def _read_ports_file(ports_dir: Path) -> int | None:
         except (OSError, ValueError, KeyError, IndexError, TypeError):
             pass  # being written: read again
     return None
+
+
+async def _ignore_error(exc: Exception) -> None:
+    """Startup probes fail until the server is up: nothing to report."""
