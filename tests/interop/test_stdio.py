@@ -37,6 +37,13 @@ def stdio_argv(target: Target) -> list[str]:
     return [*argv[:-1], "stdio"]
 
 
+def _session_done(lines: list[str]) -> bool:
+    """The echo process has closed and the start request has its response."""
+    return any('"process/closed"' in x for x in lines) and any(
+        '"id":"s"' in x.replace(" ", "") for x in lines
+    )
+
+
 async def run_stdio(argv: list[str], *, stdout_file: bool) -> list[Any]:
     """Feed LINES, wait for the echo process to close, then close stdin."""
     with tempfile.TemporaryDirectory(prefix="interop-stdio-") as tmp:
@@ -58,15 +65,19 @@ async def run_stdio(argv: list[str], *, stdout_file: bool) -> list[Any]:
         await proc.stdin.drain()
         lines: list[str] = []
         if stdout_file:
-            await asyncio.sleep(1.0)
+            # Wait for the server to write the echo's whole session to the file (a fixed
+            # sleep was too short under load); give up after a generous deadline.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30.0
+            while not _session_done(out_path.read_text().splitlines()):
+                if loop.time() > deadline or proc.returncode is not None:
+                    break
+                await asyncio.sleep(0.05)
         else:
             assert proc.stdout is not None
             with contextlib.suppress(TimeoutError):
                 # 0.133 may write the echo's notifications before the start response.
-                while not (
-                    any('"process/closed"' in x for x in lines)
-                    and any('"id":"s"' in x.replace(" ", "") for x in lines)
-                ):
+                while not _session_done(lines):
                     raw = await asyncio.wait_for(proc.stdout.readline(), 3.0)
                     if not raw:
                         break

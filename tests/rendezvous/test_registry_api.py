@@ -136,6 +136,10 @@ async def test_names_and_environment_listing(
         (b'{"name": "a\\u0000b"}', "invalid_request"),
         (
             json.dumps({"security_profile": "noise_hybrid_ik_v1", "executor_public_key": {}}),
+            "invalid_executor_public_key",
+        ),
+        (
+            json.dumps({"security_profile": "noise_hybrid_ik_v2", "executor_public_key": {}}),
             "unsupported_security_profile",
         ),
     ],

@@ -23,6 +23,7 @@ name                                                type    labels
 ``exec_server_rendezvous_registrations_total``      counter ``result``
 ``exec_server_rendezvous_harness_urls_total``       counter ``result``: ``/connect`` calls
 ``exec_server_rendezvous_websocket_upgrades_total`` counter ``result``: ``accepted`` or why not
+``exec_server_rendezvous_harness_key_validations_total`` counter ``result``: ``valid`` or why not
 =================================================== ======= ==============================
 
 Every known label value is exported from the start (at 0), so rates work from the
@@ -41,6 +42,7 @@ from prometheus_client.registry import Collector
 
 from ..relay.errors import InvalidFrameReason
 from .errors import UrlRejectReason
+from .noise_registry import RefusalReason
 from .router import Direction, DropReason, ResetReason, Router
 from .url_signing import UrlRole
 
@@ -71,6 +73,7 @@ class RegistryStats:
     registrations: Counter[str] = field(default_factory=Counter)
     harness_urls: Counter[str] = field(default_factory=Counter)
     upgrades: Counter[str] = field(default_factory=Counter)
+    harness_key_validations: Counter[str] = field(default_factory=Counter)
 
 
 class RendezvousCollector(Collector):
@@ -169,6 +172,13 @@ class RendezvousCollector(Collector):
             "result",
             self._registry.upgrades,
             ["accepted", *(r.value for r in UrlRejectReason)],
+        )
+        yield _counter(
+            "harness_key_validations",
+            "Noise harness key validations (/validate), by result.",
+            "result",
+            self._registry.harness_key_validations,
+            ["valid", *(r.value for r in RefusalReason)],
         )
 
 

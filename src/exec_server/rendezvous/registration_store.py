@@ -10,6 +10,11 @@ Two interchangeable stores behind :class:`RegistrationStore`:
 Losing this state is harmless by design: environments re-register after every socket
 loss, so a rendezvous restart without a data dir only forgets display names until they
 do. Routing state (sockets, streams) is never stored: it lives in the router.
+
+Noise registrations (executor registration id and public key JSON, see
+:mod:`~exec_server.rendezvous.noise_registry`) are kept too: a Codex 0.171 executor
+reconnects its socket *without* re-registering, so a restarted rendezvous must still know
+its key to hand it to harnesses.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ __all__ = [
 ]
 
 DATABASE_FILE_NAME = "registry.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _T = TypeVar("_T")
 
@@ -57,6 +62,16 @@ class RegistrationStore(Protocol):
         """Every registration, ordered by id."""
         ...
 
+    async def put_noise(self, environment_id: str, registration_id: str, key_json: str) -> None:
+        """Record an environment's Noise registration (replacing any previous one)."""
+        ...
+
+    async def get_noise(self, environment_id: str) -> tuple[str, str] | None:
+        """``(registration id, executor public key JSON)``, or None."""
+        ...
+
+    async def delete_noise(self, environment_id: str) -> None: ...
+
     async def close(self) -> None: ...
 
 
@@ -65,6 +80,7 @@ class MemoryRegistrationStore:
 
     def __init__(self) -> None:
         self._rows: dict[str, Registration] = {}
+        self._noise: dict[str, tuple[str, str]] = {}
 
     async def upsert(self, environment_id: str, name: str | None, now: float) -> Registration:
         old = self._rows.get(environment_id)
@@ -81,6 +97,15 @@ class MemoryRegistrationStore:
 
     async def list_all(self) -> list[Registration]:
         return [self._rows[key] for key in sorted(self._rows)]
+
+    async def put_noise(self, environment_id: str, registration_id: str, key_json: str) -> None:
+        self._noise[environment_id] = (registration_id, key_json)
+
+    async def get_noise(self, environment_id: str) -> tuple[str, str] | None:
+        return self._noise.get(environment_id)
+
+    async def delete_noise(self, environment_id: str) -> None:
+        self._noise.pop(environment_id, None)
 
     async def close(self) -> None:
         pass
@@ -143,6 +168,37 @@ class SqliteRegistrationStore:
 
         return await self._run(call)
 
+    async def put_noise(self, environment_id: str, registration_id: str, key_json: str) -> None:
+        def call(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute(
+                    "INSERT OR REPLACE INTO noise_registrations "
+                    "(environment_id, registration_id, executor_public_key) VALUES (?, ?, ?)",
+                    (environment_id, registration_id, key_json),
+                )
+
+        await self._run(call)
+
+    async def get_noise(self, environment_id: str) -> tuple[str, str] | None:
+        def call(db: sqlite3.Connection) -> tuple[str, str] | None:
+            row = db.execute(
+                "SELECT registration_id, executor_public_key FROM noise_registrations "
+                "WHERE environment_id = ?",
+                (environment_id,),
+            ).fetchone()
+            return (row[0], row[1]) if row else None
+
+        return await self._run(call)
+
+    async def delete_noise(self, environment_id: str) -> None:
+        def call(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute(
+                    "DELETE FROM noise_registrations WHERE environment_id = ?", (environment_id,)
+                )
+
+        await self._run(call)
+
     async def close(self) -> None:
         await self._run(lambda db: db.close())
         self._executor.shutdown(wait=True)
@@ -159,6 +215,12 @@ def _connect(path: Path) -> sqlite3.Connection:
             " name TEXT,"
             " created REAL NOT NULL,"
             " last_seen REAL NOT NULL)"
+        )
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS noise_registrations ("
+            " environment_id TEXT PRIMARY KEY,"
+            " registration_id TEXT NOT NULL,"
+            " executor_public_key TEXT NOT NULL)"
         )
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     return db

@@ -8,13 +8,22 @@ HTTP API (bearer = ``Authorization: Bearer <token>``, see
 ``{"error": {"code": str, "message": str}}``, the shape Codex's executor prints):
 
 ``POST /cloud/{environment|executor}/{id}/register``
-    Bearer. Codex sends no body; ours may add ``?name=`` or ``{"name": str}``. 200 with
-    ``{"<flavour>_id": id, "url": <signed role=environment ws URL>}``. ``id`` is 1-256 of
-    ``[A-Za-z0-9_-]`` (else 400 ``invalid_<flavour>_id``). A Noise registration body
-    (``security_profile``, Codex 0.142+) gets 400 ``unsupported_security_profile``.
+    Bearer. Codex 0.133 sends no body; ours may add ``?name=`` or ``{"name": str}``. 200
+    with ``{"<flavour>_id": id, "url": <signed role=environment ws URL>}``. ``id`` is
+    1-256 of ``[A-Za-z0-9_-]`` (else 400 ``invalid_<flavour>_id``). A Noise registration
+    body (``security_profile``, Codex 0.142+) records the executor's public key and adds
+    ``"security_profile"`` and ``"executor_registration_id"`` to the answer
+    (:mod:`~exec_server.rendezvous.noise_registry`); a legacy registration forgets it.
 ``POST /cloud/{environment|executor}/{id}/connect``
     Bearer; optional ``{"lifetime_s": number}``. 200 with ``{"<flavour>_id", "url"
-    (signed role=harness ws URL), "expires_at" (RFC 3339), "online": bool}``.
+    (signed role=harness ws URL), "expires_at" (RFC 3339), "online": bool}``. With
+    ``{"harness_public_key": ...}`` (Codex's Noise harness) the answer is the Noise bundle:
+    plus ``security_profile``, ``executor_registration_id``, ``executor_public_key`` and
+    ``harness_key_authorization`` (409 ``no_noise_registration`` when the environment has
+    no Noise key).
+``POST /cloud/{environment|executor}/{id}/validate``
+    Bearer (the executor's). Codex's Noise executor asks whether a harness key may use its
+    registration: ``{"valid": true}`` or ``{"valid": false, "reason": str}``.
 ``GET /cloud/environments``
     Bearer. A JSON list of ``{"id", "name", "online", "streams", "last_seen"}``.
 ``GET /relay/{id}?role=&exp=&nonce=&sig=``
@@ -53,6 +62,15 @@ from ..transport.listen_url import ListenUrlError, parse_ip_port_url
 from .credentials import ResolvedToken, bearer_matches, load_or_create_secret, resolve_token
 from .errors import UrlRejected
 from .metrics import RegistryStats, make_registry, render
+from .noise_registry import (
+    DEFAULT_AUTHORIZATION_LIFETIME_S,
+    SECURITY_PROFILE,
+    AuthorizationRefused,
+    HarnessKeyAuthorizer,
+    NoiseRegistration,
+    NoiseRegistry,
+    RegistryRefusal,
+)
 from .registration_store import (
     MemoryRegistrationStore,
     RegistrationStore,
@@ -149,6 +167,8 @@ class RendezvousConfig:
     max_harness_url_lifetime_s: float = MAX_HARNESS_URL_LIFETIME_S
     ping_interval_s: float | None = DEFAULT_PING_INTERVAL_S
     """``None`` disables server pings."""
+    authorization_lifetime_s: float = DEFAULT_AUTHORIZATION_LIFETIME_S
+    """Validity of a Noise ``harness_key_authorization`` (``/connect`` to ``/validate``)."""
 
     def router_config(self) -> RouterConfig:
         limits = INBOUND_LIMITS
@@ -205,6 +225,7 @@ class RendezvousServer:
         self._peers: set[SocketPeer] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self._metrics: CollectorRegistry | None = None
+        self._noise: NoiseRegistry | None = None
         self._ready = False
 
     # --- lifecycle -------------------------------------------------------------------
@@ -216,7 +237,11 @@ class RendezvousServer:
         data_dir = self.config.data_dir
         self._resolved_token = resolve_token(data_dir, explicit=self.config.token)
         try:
-            self._signer = UrlSigner(load_or_create_secret(data_dir))
+            secret = load_or_create_secret(data_dir)
+            self._signer = UrlSigner(secret)
+            self._noise = NoiseRegistry(
+                HarnessKeyAuthorizer(secret, lifetime_s=self.config.authorization_lifetime_s)
+            )
             self._router = Router(self.config.router_config())
             self._store = (
                 await SqliteRegistrationStore.open(data_dir)
@@ -364,6 +389,7 @@ class RendezvousServer:
         flavour = "{flavour:environment|executor}"
         app.router.add_post(f"/cloud/{flavour}/{{id:[^/]*}}/register", self._register)
         app.router.add_post(f"/cloud/{flavour}/{{id:[^/]*}}/connect", self._connect)
+        app.router.add_post(f"/cloud/{flavour}/{{id:[^/]*}}/validate", self._validate)
         app.router.add_get("/cloud/environments", self._list_environments)
         app.router.add_get(RELAY_PATH_PREFIX + "{id:[^/]*}", self._relay)
         app.router.add_get("/readyz", self._readyz)
@@ -375,7 +401,7 @@ class RendezvousServer:
     async def _json_errors(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
         try:
             return await handler(request)
-        except _RegistryError as exc:
+        except (_RegistryError, RegistryRefusal) as exc:
             return _error_response(exc.status, exc.code, exc.message)
         except web.HTTPException as exc:
             if exc.status < 400:
@@ -407,20 +433,24 @@ class RendezvousServer:
             self._check_bearer(request)
             flavour, environment_id = self._check_id(request)
             body = await _json_body(request)
-            if "security_profile" in body:
-                raise _RegistryError(
-                    400,
-                    "unsupported_security_profile",
-                    "this rendezvous speaks the legacy cleartext relay only "
-                    "(Codex 0.133/0.137 executors); Noise registration is not supported",
-                )
             name = _display_name(request.query.get("name", body.get("name")))
-        except _RegistryError as exc:
+            noise = (
+                self.noise_registry.register(environment_id, body)
+                if "security_profile" in body or "executor_public_key" in body
+                else None
+            )
+        except (_RegistryError, RegistryRefusal) as exc:
             self.registry_stats.registrations[exc.code] += 1
             raise
         assert self._store is not None
         now = time.time()
         await self._store.upsert(environment_id, name, now)
+        if noise is not None:
+            key_json = noise.executor_key.to_json()
+            await self._store.put_noise(environment_id, noise.registration_id, key_json)
+        else:
+            self.noise_registry.forget(environment_id)
+            await self._store.delete_noise(environment_id)
         self.router.expect_environment(environment_id)
         url = self.signer.sign(
             self._public_ws_base(request),
@@ -430,14 +460,25 @@ class RendezvousServer:
             now=now,
         )
         self.registry_stats.registrations["ok"] += 1
-        log.info("%s %s registered", flavour, environment_id)
-        return web.json_response({f"{flavour}_id": environment_id, "url": url})
+        log.info(
+            "%s %s registered%s",
+            flavour,
+            environment_id,
+            f" (Noise key {noise.executor_key.fingerprint})" if noise else "",
+        )
+        answer = {f"{flavour}_id": environment_id, "url": url}
+        if noise is not None:
+            answer["security_profile"] = SECURITY_PROFILE
+            answer["executor_registration_id"] = noise.registration_id
+        return web.json_response(answer)
 
     async def _connect(self, request: web.Request) -> web.Response:
         try:
             self._check_bearer(request)
             flavour, environment_id = self._check_id(request)
             body = await _json_body(request)
+            if "harness_public_key" in body:
+                return await self._connect_noise(request, flavour, environment_id, body)
             lifetime_s = body.get("lifetime_s", self.config.harness_url_lifetime_s)
             if (
                 isinstance(lifetime_s, bool)
@@ -471,6 +512,78 @@ class RendezvousServer:
                 "online": self.router.is_online(environment_id),
             }
         )
+
+    @property
+    def noise_registry(self) -> NoiseRegistry:
+        if self._noise is None:
+            raise RuntimeError("the rendezvous is not started")
+        return self._noise
+
+    async def _noise_registration(self, environment_id: str) -> NoiseRegistration | None:
+        """The registration in memory, else as persisted by a previous process."""
+        noise = self.noise_registry
+        registration = noise.registration(environment_id)
+        if registration is None and self._store is not None:
+            stored = await self._store.get_noise(environment_id)
+            if stored is not None:
+                from ..relay.noise import NoisePublicKey  # lazily: see noise_registry
+
+                registration = NoiseRegistration(
+                    environment_id, stored[0], NoisePublicKey.from_json(stored[1])
+                )
+                noise.restore(registration)
+        return registration
+
+    async def _connect_noise(
+        self, request: web.Request, flavour: str, environment_id: str, body: dict[str, Any]
+    ) -> web.Response:
+        try:
+            await self._noise_registration(environment_id)
+            now = time.time()
+            registration, authorization = self.noise_registry.connect(environment_id, body, now)
+        except RegistryRefusal as exc:
+            self.registry_stats.harness_urls[exc.code] += 1
+            raise
+        lifetime_s = self.config.harness_url_lifetime_s
+        url = self.signer.sign(
+            self._public_ws_base(request),
+            UrlRole.HARNESS,
+            environment_id,
+            lifetime_s=lifetime_s,
+            now=now,
+        )
+        self.registry_stats.harness_urls["ok"] += 1
+        return web.json_response(
+            {
+                f"{flavour}_id": environment_id,
+                "url": url,
+                "security_profile": SECURITY_PROFILE,
+                "executor_registration_id": registration.registration_id,
+                "executor_public_key": registration.executor_key.to_json_obj(),
+                "harness_key_authorization": authorization,
+                "expires_at": _rfc3339(math.ceil(now + lifetime_s)),
+                "online": self.router.is_online(environment_id),
+            }
+        )
+
+    async def _validate(self, request: web.Request) -> web.Response:
+        stats = self.registry_stats.harness_key_validations
+        try:
+            self._check_bearer(request)
+            _, environment_id = self._check_id(request)
+            body = await _json_body(request)
+            await self._noise_registration(environment_id)
+            stream_id = request.headers.get("x-codex-noise-stream-id", "")[:256]
+            self.noise_registry.validate(environment_id, body, stream_id, time.time())
+        except (_RegistryError, RegistryRefusal) as exc:
+            stats[exc.code] += 1
+            raise
+        except AuthorizationRefused as exc:
+            stats[exc.reason.value] += 1
+            log.info("refused a harness key for %s: %s", environment_id, exc.reason.value)
+            return web.json_response({"valid": False, "reason": exc.reason.value})
+        stats["valid"] += 1
+        return web.json_response({"valid": True})
 
     async def _list_environments(self, request: web.Request) -> web.Response:
         self._check_bearer(request)

@@ -1,0 +1,400 @@
+"""The Codex-compatible Noise stream layer (relay/noise/records.py, relay/noise/stream.py),
+driven without sockets: an initiator stream and a responder connection exchange frames
+through plain lists (and the real frame codec, so every frame is also wire-valid)."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exec_server.relay.frame_codec import (
+    RelayFrame,
+    ack_frame,
+    data_frame,
+    decode_frame,
+    encode_frame,
+    heartbeat_frame,
+    reset_frame,
+    resume_frame,
+)
+from exec_server.relay.noise import NoiseIdentity, NoiseProtocolError
+from exec_server.relay.noise.records import (
+    MAX_MESSAGE_BYTES,
+    RECORD_PLAINTEXT_BYTES,
+    MessageDecoder,
+    OrderedRecords,
+    frame_message,
+    split_records,
+)
+from exec_server.relay.noise.stream import (
+    NOISE_RELAY_RESET_REASON,
+    ConnectionClosed,
+    HandshakeCompleted,
+    MessageReceived,
+    NoiseEvent,
+    NoiseInitiatorStream,
+    NoiseResponderConfig,
+    NoiseResponderConnection,
+    SendFrame,
+    StreamClosed,
+    ValidationRequested,
+    handshake_frame,
+)
+
+ENV, REG = "env-1", "registration-1"
+RESPONDER = NoiseIdentity.generate()
+
+
+def wire(frame: RelayFrame) -> RelayFrame:
+    """Through the real codec and back."""
+    return decode_frame(encode_frame(frame))
+
+
+def frames(events: list[NoiseEvent]) -> list[RelayFrame]:
+    return [wire(e.frame) for e in events if isinstance(e, SendFrame)]
+
+
+def of_type(events: list[NoiseEvent], cls: type[Any]) -> list[Any]:
+    return [e for e in events if isinstance(e, cls)]
+
+
+def initiator(stream_id: str = "s-1", authorization: str = "auth-1") -> NoiseInitiatorStream:
+    return NoiseInitiatorStream(
+        stream_id=stream_id,
+        environment_id=ENV,
+        executor_registration_id=REG,
+        executor_public_key=RESPONDER.public_key,
+        authorization=authorization,
+        identity=NoiseIdentity.generate(),
+    )
+
+
+def responder(**config: Any) -> NoiseResponderConnection:
+    return NoiseResponderConnection(
+        RESPONDER,
+        environment_id=ENV,
+        executor_registration_id=REG,
+        config=NoiseResponderConfig(**config),
+    )
+
+
+def open_stream(
+    conn: NoiseResponderConnection, stream_id: str = "s-1", now: float = 0.0
+) -> NoiseInitiatorStream:
+    """Run the handshake to completion (the registry says yes)."""
+    harness = initiator(stream_id)
+    resume, hello = (wire(f) for f in harness.start())
+    assert conn.receive_frame(resume, now) == []
+    (request,) = conn.receive_frame(hello, now)
+    assert isinstance(request, ValidationRequested)
+    assert request.harness_public_key == harness._identity.public_key
+    assert request.authorization == "auth-1"
+    events = conn.validation_result(stream_id, request.validation_id, True)
+    (reply,) = frames(events)
+    assert of_type(events, HandshakeCompleted) == [HandshakeCompleted(stream_id)]
+    assert harness.receive_frame(reply) == [HandshakeCompleted(stream_id)]
+    assert harness.state == "open"
+    return harness
+
+
+def deliver_to_responder(
+    conn: NoiseResponderConnection, sent: list[RelayFrame], now: float = 0.0
+) -> list[NoiseEvent]:
+    events: list[NoiseEvent] = []
+    for frame in sent:
+        events += conn.receive_frame(wire(frame), now)
+    return events
+
+
+def messages(events: list[NoiseEvent]) -> list[bytes]:
+    return [e.payload for e in events if isinstance(e, MessageReceived)]
+
+
+# --------------------------------------------------------------------------- records
+
+
+def test_framing_packs_messages_and_cuts_60k_records() -> None:
+    assert frame_message(b"{}") == b"\x00\x00\x00\x02{}"
+    with pytest.raises(NoiseProtocolError):
+        frame_message(b"")
+    assert split_records([b"{}", b"[1]"]) == [b"\x00\x00\x00\x02{}\x00\x00\x00\x03[1]"]
+    big = b"x" * 200_000
+    records = split_records([big])
+    assert [len(r) for r in records] == [61440, 61440, 61440, 200_004 - 3 * 61440]
+    decoder = MessageDecoder()
+    out: list[bytes] = []
+    for record in records:
+        out += decoder.push(record)
+    assert out == [big] and decoder.buffered_bytes == 0
+
+
+def test_decoder_handles_byte_by_byte_input_and_refuses_bad_lengths() -> None:
+    stream = b"".join(frame_message(m) for m in (b"a", b"bb", b"c" * 300))
+    decoder = MessageDecoder()
+    out: list[bytes] = []
+    for i in range(len(stream)):
+        out += decoder.push(stream[i : i + 1])
+    assert out == [b"a", b"bb", b"c" * 300]
+    with pytest.raises(NoiseProtocolError, match="invalid length"):
+        MessageDecoder().push(b"\x00\x00\x00\x00")
+    with pytest.raises(NoiseProtocolError, match="invalid length"):
+        MessageDecoder().push((MAX_MESSAGE_BYTES + 1).to_bytes(4, "big"))
+    with pytest.raises(NoiseProtocolError, match="plaintext record exceeds"):
+        MessageDecoder().push(b"\x00" * (RECORD_PLAINTEXT_BYTES + 1))
+
+
+def test_ordered_records_reorder_drop_duplicates_and_bound_the_window() -> None:
+    ordered = OrderedRecords()
+    assert ordered.push(1, b"r1") == []
+    assert ordered.push(1, b"copy") == []  # duplicate of a pending record: first wins
+    assert ordered.push(2, b"r2") == []
+    assert ordered.push(0, b"r0") == [b"r0", b"r1", b"r2"]
+    assert ordered.push(0, b"r0") == []  # already released
+    assert ordered.next_seq == 3 and ordered.pending_bytes == 0
+    assert ordered.push(3 + 64, b"far") == []  # exactly the window edge
+    with pytest.raises(NoiseProtocolError, match="reorder window"):
+        ordered.push(3 + 65, b"too far")
+    small = OrderedRecords(max_pending_bytes=10)
+    small.push(1, b"12345")
+    with pytest.raises(NoiseProtocolError, match="buffer is full"):
+        small.push(2, b"123456")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_any_permutation_with_duplicates_inside_the_window_delivers_in_order(
+    data: st.DataObject,
+) -> None:
+    count = data.draw(st.integers(1, 40))
+    order = data.draw(st.permutations(list(range(count))))
+    dupes = data.draw(st.lists(st.integers(0, count - 1), max_size=10))
+    ordered = OrderedRecords()
+    released: list[bytes] = []
+    for seq in list(order) + dupes:
+        released += ordered.push(seq, seq.to_bytes(2, "big"))
+    assert released == [i.to_bytes(2, "big") for i in range(count)]
+
+
+# --------------------------------------------------------------------------- handshake
+
+
+def test_initiator_sends_resume_then_handshake_like_codex() -> None:
+    harness = initiator()
+    resume, hello = harness.start()
+    assert encode_frame(resume) == encode_frame(resume_frame("s-1", 0))
+    assert hello.kind == "handshake" and (hello.ack, hello.ack_bits) == (0, 0)
+    assert len(hello.handshake.payload) == 3568 + len("auth-1")
+    with pytest.raises(NoiseProtocolError, match="already started"):
+        harness.start()
+
+
+def test_full_stream_messages_both_ways_with_codex_frame_shape() -> None:
+    conn = responder()
+    harness = open_stream(conn)
+    big = json.dumps({"id": 3, "result": {"data": "Z" * 200_000}}).encode()
+    sent = harness.send_messages([b'{"id":1,"method":"initialize"}', big])
+    assert [f.data.seq for f in sent] == list(range(len(sent)))
+    assert all(
+        (f.data.segment_index, f.data.segment_count, f.ack, f.ack_bits) == (0, 1, 0, 0)
+        for f in sent
+    )
+    assert messages(deliver_to_responder(conn, sent)) == [b'{"id":1,"method":"initialize"}', big]
+    replies = conn.send_messages("s-1", [b'{"id":1,"result":{}}'])
+    assert replies[0].data.seq == 0
+    assert messages(harness.receive_frame(wire(replies[0]))) == [b'{"id":1,"result":{}}']
+    # Sequence numbers continue per direction.
+    more = harness.send_messages([b"[]"])
+    assert more[0].data.seq == len(sent)
+
+
+def test_reordered_and_duplicated_records_are_decrypted_in_order() -> None:
+    conn = responder()
+    harness = open_stream(conn)
+    batch = [json.dumps({"n": i, "pad": "p" * 70_000}).encode() for i in range(3)]
+    sent: list[RelayFrame] = []
+    for message in batch:
+        sent += harness.send_messages([message])
+    shuffled = sent[:]
+    random.Random(7).shuffle(shuffled)
+    shuffled += shuffled[:3]  # exact duplicates: dropped
+    assert messages(deliver_to_responder(conn, shuffled)) == batch
+
+
+def test_ack_heartbeat_and_late_resume_are_ignored() -> None:
+    conn = responder()
+    harness = open_stream(conn)
+    for frame in (
+        ack_frame("s-1", ack=3, ack_bits=5),
+        heartbeat_frame("s-1"),
+        resume_frame("s-1", 9),
+    ):
+        assert conn.receive_frame(wire(frame), 0.0) == []
+        assert harness.receive_frame(wire(frame)) == []
+    sent = harness.send_messages([b"{}"])
+    assert messages(deliver_to_responder(conn, sent)) == [b"{}"]
+
+
+def test_validation_refused_resets_and_never_sends_message2() -> None:
+    conn = responder()
+    harness = initiator()
+    _, hello = harness.start()
+    (request,) = conn.receive_frame(wire(hello), 0.0)
+    events = conn.validation_result("s-1", request.validation_id, False)
+    (reset,) = frames(events)
+    assert reset.kind == "reset" and reset.reset.reason == NOISE_RELAY_RESET_REASON
+    assert conn.failed_handshakes == 1 and conn.active_streams == 0
+    assert harness.receive_frame(reset) == [StreamClosed("s-1", NOISE_RELAY_RESET_REASON, True)]
+
+
+def test_data_before_the_handshake_completes_is_a_protocol_error() -> None:
+    conn = responder()
+    harness = initiator()
+    _, hello = harness.start()
+    conn.receive_frame(wire(hello), 0.0)
+    events = conn.receive_frame(wire(data_frame("s-1", 0, b"x" * 32)), 0.0)
+    assert [f.kind for f in frames(events)] == ["reset"]
+    assert conn.pending_validations == 0 and conn.failed_handshakes == 1
+    # The initiator refuses data before message 2 as well.
+    other = initiator("s-2")
+    other.start()
+    events = other.receive_frame(wire(data_frame("s-2", 0, b"x" * 32)))
+    assert [f.kind for f in frames(events)] == ["reset"]
+    assert of_type(events, StreamClosed)[0].reason.endswith("before handshake completion")
+    assert other.state == "closed"
+
+
+def test_data_for_an_unknown_stream_is_reset_without_charging_the_budget() -> None:
+    conn = responder()
+    events = conn.receive_frame(wire(data_frame("nope", 0, b"x" * 32)), 0.0)
+    assert [(f.stream_id, f.kind) for f in frames(events)] == [("nope", "reset")]
+    assert conn.failed_handshakes == 0
+
+
+def test_duplicate_handshake_on_live_or_pending_stream_is_reset() -> None:
+    conn = responder()
+    harness = open_stream(conn)
+    again = initiator("s-1")
+    _, hello = again.start()
+    events = conn.receive_frame(wire(hello), 0.0)
+    assert [f.kind for f in frames(events)] == ["reset"]
+    assert of_type(events, StreamClosed)[0].reason == "duplicate Noise handshake"
+    assert conn.active_streams == 0
+    del harness
+    # On a pending stream: both attempts fail and the budget is charged.
+    first, second = initiator("s-9"), initiator("s-9")
+    conn.receive_frame(wire(first.start()[1]), 0.0)
+    events = conn.receive_frame(wire(second.start()[1]), 0.0)
+    assert [f.kind for f in frames(events)] == ["reset"]
+    assert conn.pending_validations == 0 and conn.failed_handshakes == 1
+
+
+def test_garbage_handshakes_close_the_connection_after_eight() -> None:
+    conn = responder()
+    good = open_stream(conn, "good")
+    events: list[NoiseEvent] = []
+    for i in range(8):
+        events = conn.receive_frame(wire(handshake_frame(f"bad-{i}", b"\x01" * 4000)), 0.0)
+        assert frames(events)[0].kind == "reset"
+    assert conn.closed and conn.failed_handshakes == 8
+    assert of_type(events, ConnectionClosed)
+    assert StreamClosed("good", "too many failed handshakes", False) in events
+    assert conn.receive_frame(wire(handshake_frame("late", b"\x01" * 4000)), 0.0) == []
+    del good
+
+
+def test_pending_validation_and_active_stream_bounds() -> None:
+    conn = responder(max_pending_validations=2, max_active_streams=1)
+    harnesses = [initiator(f"p-{i}") for i in range(3)]
+    results = [conn.receive_frame(wire(h.start()[1]), 0.0) for h in harnesses]
+    assert isinstance(results[0][0], ValidationRequested)
+    assert isinstance(results[1][0], ValidationRequested)
+    assert [f.kind for f in frames(results[2])] == ["reset"]  # third: too many pending
+    assert conn.failed_handshakes == 0
+    assert of_type(
+        conn.validation_result("p-0", results[0][0].validation_id, True), HandshakeCompleted
+    )
+    events = conn.validation_result("p-1", results[1][0].validation_id, True)
+    assert [f.kind for f in frames(events)] == ["reset"]  # no room for a second stream
+    assert conn.active_streams == 1
+
+
+def test_validation_timeout_and_stale_results() -> None:
+    conn = responder(validation_timeout_s=10.0)
+    harness = initiator()
+    (request,) = conn.receive_frame(wire(harness.start()[1]), 100.0)
+    assert conn.get_timer() == 110.0
+    assert conn.handle_timer(109.9) == []
+    events = conn.handle_timer(110.0)
+    assert [f.kind for f in frames(events)] == ["reset"] and conn.failed_handshakes == 1
+    assert conn.get_timer() is None
+    # The registry's late "yes" is stale now, and stays stale if the id is reused.
+    retry = initiator()
+    (request2,) = conn.receive_frame(wire(retry.start()[1]), 120.0)
+    assert conn.validation_result("s-1", request.validation_id, True) == []
+    assert conn.pending_validations == 1
+    assert of_type(conn.validation_result("s-1", request2.validation_id, True), HandshakeCompleted)
+
+
+def test_a_tampered_record_resets_only_its_stream() -> None:
+    conn = responder()
+    a, b = open_stream(conn, "a"), open_stream(conn, "b")
+    (record,) = a.send_messages([b'{"x":1}'])
+    payload = bytearray(record.data.payload)
+    payload[-1] ^= 1
+    events = conn.receive_frame(wire(data_frame("a", 0, bytes(payload))), 0.0)
+    assert [f.kind for f in frames(events)] == ["reset"]
+    assert of_type(events, StreamClosed)[0].reason == "Noise message failed authentication"
+    assert messages(deliver_to_responder(conn, b.send_messages([b"[2]"]))) == [b"[2]"]
+    assert conn.failed_handshakes == 0 and conn.active_streams == 1
+
+
+def test_segmented_data_resets_the_stream_instead_of_hanging() -> None:
+    conn = responder()
+    harness = open_stream(conn)
+    (record,) = harness.send_messages([b"{}"])
+    segmented = data_frame("s-1", 0, record.data.payload, segment_index=0, segment_count=2)
+    events = conn.receive_frame(wire(segmented), 0.0)
+    assert [f.kind for f in frames(events)] == ["reset"]
+
+
+def test_peer_reset_and_local_close() -> None:
+    conn = responder()
+    harness = open_stream(conn)
+    events = conn.receive_frame(wire(reset_frame("s-1", "bye")), 0.0)
+    assert events == [StreamClosed("s-1", "bye", remote=True)]
+    assert conn.active_streams == 0
+    (reset,) = harness.close()
+    assert reset.reset.reason == NOISE_RELAY_RESET_REASON and harness.state == "closed"
+    assert harness.close() == []
+    with pytest.raises(NoiseProtocolError, match="closed"):
+        harness.send_messages([b"{}"])
+    other = open_stream(conn, "o")
+    events = conn.close_stream("o")
+    assert [f.kind for f in frames(events)] == ["reset"]
+    assert other.receive_frame(frames(events)[0]) == [
+        StreamClosed("o", NOISE_RELAY_RESET_REASON, True)
+    ]
+
+
+def test_an_unexpected_second_message2_is_a_protocol_error_at_the_initiator() -> None:
+    conn = responder()
+    harness = open_stream(conn)
+    events = harness.receive_frame(wire(handshake_frame("s-1", b"\x00" * 3424)))
+    assert [f.kind for f in frames(events)] == ["reset"]
+    assert harness.state == "closed"
+
+
+def test_sequence_numbers_never_wrap() -> None:
+    conn = responder()
+    harness = open_stream(conn)
+    channel = harness.channel
+    assert channel is not None
+    channel._next_seq = 0xFFFF_FFFF
+    assert harness.send_messages([b"{}"])[0].data.seq == 0xFFFF_FFFF
+    with pytest.raises(NoiseProtocolError, match="exhausted"):
+        harness.send_messages([b"{}"])
