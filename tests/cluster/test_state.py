@@ -87,6 +87,22 @@ async def test_registrations(state: ClusterState) -> None:
     assert [row.environment_id for row in await state.list_registrations()] == ["env-a", "env-b"]
 
 
+async def test_noise_registrations(state: ClusterState) -> None:
+    assert await state.get_noise_registration("env") is None
+    await state.put_noise_registration("env", "reg_1", '{"x25519": "k1"}')
+    await state.put_noise_registration("env", "reg_2", '{"x25519": "k2"}')
+    assert await state.get_noise_registration("env") == ("reg_2", '{"x25519": "k2"}')
+    await state.delete_noise_registration("env")
+    assert await state.get_noise_registration("env") is None
+    await state.delete_noise_registration("env")  # deleting nothing is fine
+
+
+async def test_authorizations_are_single_use(state: ClusterState) -> None:
+    assert await state.consume_authorization("nonce-A_1", "stream-1")
+    assert not await state.consume_authorization("nonce-A_1", "stream-2")
+    assert await state.consume_authorization("nonce-B_2", "stream-2")
+
+
 async def test_environment_claims_replace_and_release(state: ClusterState) -> None:
     events: list[StateEvent] = []
     state.add_listener(events.append)
@@ -170,6 +186,15 @@ async def test_every_node_shares_the_secret_and_verifies_any_url(make_node: Make
     for secret in secrets[1:]:
         grant = UrlSigner(secret).verify("env", query, now=1001)
         assert grant.role is UrlRole.HARNESS
+
+
+async def test_an_authorization_is_used_once_across_the_cluster(make_node: MakeNode) -> None:
+    nodes = await asyncio.gather(*(make_node() for _ in range(3)))
+    results = await asyncio.gather(
+        *(node.consume_authorization("the-nonce", f"s{i}") for i, node in enumerate(nodes))
+    )
+    assert sorted(results) == [False, False, True]
+    assert not await nodes[0].consume_authorization("not a valid key!", "s")
 
 
 async def test_concurrent_environment_claims_agree_on_one_holder(make_node: MakeNode) -> None:

@@ -8,7 +8,8 @@ megabytes of frames in the client's outbound buffer. Both reconnect forever
 
 Names derived from ``prefix`` (a ``[A-Za-z0-9_-]`` token, ``exec-server`` by default, so
 several clusters can share one NATS account): KV buckets ``<prefix>-nodes``,
-``-holders``, ``-streams``, ``-registrations``, ``-secrets``; subjects
+``-holders``, ``-streams``, ``-registrations``, ``-noise``, ``-authorizations``,
+``-secrets``; subjects
 ``<prefix>.frames.<to>.<from>`` and ``<prefix>.credit.<to>.<from>``.
 """
 
@@ -60,6 +61,9 @@ class NatsClusterConfig:
     prefix: str = DEFAULT_PREFIX
     heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
     lease_s: float = DEFAULT_LEASE_S
+    authorization_ttl_s: float = 3600.0
+    """How long a used harness key authorization is remembered (the ``authorizations``
+    bucket's max age): at least the longest authorization lifetime."""
     replicas: int = 1
     """Replicas of every KV bucket (3 on a 3-server NATS cluster)."""
     request_timeout_s: float = 5.0

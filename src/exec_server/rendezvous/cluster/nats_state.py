@@ -10,6 +10,8 @@ bucket             key                         value                      max ag
 ``holders``        environment id              ``EnvironmentHolder``      none
 ``streams``        ``<env id>.<b64url(sid)>``  ``StreamOwner``            none
 ``registrations``  environment id              ``RegistrationRecord``     none
+``noise``          environment id              ``NoiseRecord``            none
+``authorizations`` authorization nonce         stream id (used once)      config
 ``secrets``        secret name                 hex bytes                  none
 =================  ==========================  =========================  ===========
 
@@ -22,8 +24,9 @@ Every node watches ``nodes``, ``holders`` and ``streams`` into local caches
 (:class:`~exec_server.rendezvous.cluster.watch_cache.WatchCache`); its own writes update
 its cache at once. After a NATS reconnect the watches restart from a full snapshot (and
 the buckets are re-created if NATS lost its store), then the node re-asserts the
-records it still holds that the snapshot lacks. ``registrations`` and ``secrets`` are
-read on demand (cold paths).
+records it still holds that the snapshot lacks. ``registrations``, ``noise`` and ``secrets`` are
+read on demand (cold paths); ``authorizations`` is written with a create (the first
+``/validate`` of a nonce on any node wins) and ages out after ``authorization_ttl_s``.
 
 Readiness is ``nats_disconnected`` while the state connection is down, ``lease_lost``
 while the node holds no lease, ``syncing`` until the first snapshot, ``closed`` after
@@ -37,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import secrets as secrets_module
 import time
 from collections.abc import Callable
@@ -64,6 +68,7 @@ from .records import (
     EnvironmentHolder,
     NodeInfo,
     NodeRef,
+    NoiseRecord,
     RegistrationRecord,
     StreamOwner,
     Versioned,
@@ -97,6 +102,7 @@ _WRONG_LAST_SEQUENCE_CODES = (10071, 10164)
 _MAX_CAS_ATTEMPTS = 16
 _RESYNC_BACKOFF_S = 0.5
 _WATCHED = ("nodes", "holders", "streams")
+_NONCE_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
 class NodeIdInUse(RuntimeError):
@@ -195,6 +201,8 @@ class NatsClusterState:
             "holders": None,
             "streams": None,
             "registrations": None,
+            "noise": None,
+            "authorizations": config.authorization_ttl_s,
             "secrets": None,
         }
         for kind, ttl in ttls.items():
@@ -334,6 +342,30 @@ class NatsClusterState:
             Registration(key, value.value.name, value.value.created, value.value.last_seen)
             for key, value in sorted(rows.items())
         ]
+
+    async def put_noise_registration(
+        self, environment_id: str, registration_id: str, key_json: str
+    ) -> None:
+        record = NoiseRecord(registration_id, key_json)
+        await self._kv["noise"].put(environment_id, encode_record(record))
+
+    async def get_noise_registration(self, environment_id: str) -> tuple[str, str] | None:
+        current = await self._get(self._kv["noise"], environment_id, NoiseRecord)
+        if current is None:
+            return None
+        return current.value.registration_id, current.value.executor_public_key
+
+    async def delete_noise_registration(self, environment_id: str) -> None:
+        await self._delete_if("noise", environment_id, None)
+
+    async def consume_authorization(self, nonce: str, stream_id: str) -> bool:
+        if not _NONCE_KEY.match(nonce):
+            return False
+        try:
+            await self._kv["authorizations"].create(nonce, stream_id.encode())
+        except KeyWrongLastSequenceError:
+            return False
+        return True
 
     # --- environment holders ----------------------------------------------------------------
 

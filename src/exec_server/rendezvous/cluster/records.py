@@ -33,6 +33,7 @@ __all__ = [
     "EnvironmentHolder",
     "NodeInfo",
     "NodeRef",
+    "NoiseRecord",
     "RegistrationRecord",
     "StreamOwner",
     "Versioned",
@@ -122,6 +123,14 @@ class RegistrationRecord(msgspec.Struct, frozen=True):
     name: str | None
     created: float
     last_seen: float
+
+
+class NoiseRecord(msgspec.Struct, frozen=True):
+    """An environment's Noise registration (Codex 0.171's ``noise_hybrid_ik_v1``)."""
+
+    registration_id: str
+    executor_public_key: str
+    """The key as ``NoiseChannelPublicKey`` JSON."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,10 @@ What the router and the registry API need from it:
   :meth:`~ClusterState.live_nodes`.
 * **Secrets**: :meth:`~ClusterState.secret` returns the same bytes on every node (the
   first caller creates them, atomically), so any node verifies any signed URL.
-* **Registrations**: upsert / get / list, as the registration store does today.
+* **Registrations**: upsert / get / list, as the registration store does today, and
+  each environment's Noise registration (registration id and executor key).
+* **Harness key authorizations**: :meth:`~ClusterState.consume_authorization` makes
+  one single use across the cluster (the first ``/validate`` on any node wins).
 * **Environment holders** (which node holds an environment's socket):
   :meth:`~ClusterState.claim_environment` (the newest socket wins; a compare-and-set, so
   of two nodes claiming at once exactly one wins and the other must close its socket),
@@ -84,6 +87,10 @@ URL_SIGNING_SECRET = "url-signing"
 on a single node)."""
 
 SECRET_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+MAX_CONSUMED_AUTHORIZATIONS = 100_000
+"""Used authorizations remembered by the single-node state (oldest forgotten first; the
+authorizer's own expiry check covers them by then)."""
 
 
 class Conflict(Exception):
@@ -159,6 +166,24 @@ class ClusterState(Protocol):
     async def get_registration(self, environment_id: str) -> Registration | None: ...
 
     async def list_registrations(self) -> list[Registration]: ...
+
+    async def put_noise_registration(
+        self, environment_id: str, registration_id: str, key_json: str
+    ) -> None:
+        """Record an environment's Noise registration (replacing any previous one)."""
+        ...
+
+    async def get_noise_registration(self, environment_id: str) -> tuple[str, str] | None:
+        """``(registration id, executor public key JSON)``, or None."""
+        ...
+
+    async def delete_noise_registration(self, environment_id: str) -> None: ...
+
+    async def consume_authorization(self, nonce: str, stream_id: str) -> bool:
+        """Mark a harness key authorization used; False if any node already did (the
+        authorization is single use across the cluster). Records are kept at least as
+        long as an authorization lives."""
+        ...
 
     def environment_holder(self, environment_id: str) -> Versioned[EnvironmentHolder] | None: ...
 
@@ -262,6 +287,7 @@ class LocalClusterState:
         self._holders: dict[str, Versioned[EnvironmentHolder]] = {}
         self._streams: dict[str, dict[str, Versioned[StreamOwner]]] = {}
         self._revision = 0
+        self._consumed: dict[str, str] = {}
         self._listeners = Listeners()
         self._closed = False
 
@@ -301,6 +327,25 @@ class LocalClusterState:
 
     async def list_registrations(self) -> list[Registration]:
         return await self._registrations.list_all()
+
+    async def put_noise_registration(
+        self, environment_id: str, registration_id: str, key_json: str
+    ) -> None:
+        await self._registrations.put_noise(environment_id, registration_id, key_json)
+
+    async def get_noise_registration(self, environment_id: str) -> tuple[str, str] | None:
+        return await self._registrations.get_noise(environment_id)
+
+    async def delete_noise_registration(self, environment_id: str) -> None:
+        await self._registrations.delete_noise(environment_id)
+
+    async def consume_authorization(self, nonce: str, stream_id: str) -> bool:
+        if nonce in self._consumed:
+            return False
+        if len(self._consumed) >= MAX_CONSUMED_AUTHORIZATIONS:
+            self._consumed.pop(next(iter(self._consumed)))
+        self._consumed[nonce] = stream_id
+        return True
 
     def _next_revision(self) -> int:
         self._revision += 1
