@@ -43,9 +43,9 @@ from ...relay.frame_codec import DEFAULT_MAX_FRAME_BYTES
 from .flow import DEFAULT_WINDOW_BYTES, Arrival, ReceiveChannel, SendChannel
 from .frame_bus import InboundHandler, RemoteFrame
 from .nats_connection import NatsClusterConfig, connect_nats
-from .records import NodeRef, is_valid_node_id
+from .records import NodeRef, is_valid_node_id, new_incarnation
 from .routing import Direction
-from .tasks import cancel_and_wait
+from .tasks import CLOSE_TIMEOUT_S, cancel_and_wait, finish_within
 
 __all__ = [
     "DEFAULT_MAX_UNACKED_BYTES",
@@ -67,6 +67,7 @@ _SUBSCRIPTION_MSGS_LIMIT = 1_000_000
 _SUBSCRIPTION_BYTES_LIMIT = 1 << 30
 """Far above what flow control lets senders have in flight: never the binding limit."""
 _HEADER_ALLOWANCE = 1024
+_PROBE_RETRY_S = 0.2
 """Bytes of ``max_payload`` left for the NATS header of each part."""
 
 
@@ -225,6 +226,7 @@ class NatsFrameBus:
         self._pumps: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._assembly: dict[str, _Assembly] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._probe: tuple[str, asyncio.Future[None]] | None = None
         self._closed = False
 
     @classmethod
@@ -267,9 +269,32 @@ class NatsFrameBus:
                 pending_msgs_limit=_SUBSCRIPTION_MSGS_LIMIT,
                 pending_bytes_limit=_SUBSCRIPTION_BYTES_LIMIT,
             )
-        await self._nc.flush()
+        await self._wait_for_subscriptions()
         self._tasks.append(asyncio.ensure_future(self._write_loop()))
         self._tasks.append(asyncio.ensure_future(self._probe_loop()))
+
+    async def _wait_for_subscriptions(self) -> None:
+        """Return once the server routes our subjects to us.
+
+        ``flush()`` cannot tell: nats-py writes its PING straight to the socket, ahead of
+        SUB commands still in its pending buffer, so the PONG can come back before the
+        server has the subscriptions, and frames published to us meanwhile are dropped
+        for want of interest (seen here). A message we publish goes through that buffer
+        after the SUBs, so once it comes back to us, both subscriptions are live.
+        """
+        me = self._node.node_id
+        token = new_incarnation()
+        self._probe = (token, asyncio.get_running_loop().create_future())
+        subject = f"{self._prefix}.credit.{me}.{me}"
+        async with asyncio.timeout(self.cluster_config.connect_timeout_s * 2):
+            while True:
+                await self._nc.publish(subject, f"probe {token}".encode())
+                try:
+                    async with asyncio.timeout(_PROBE_RETRY_S):
+                        await asyncio.shield(self._probe[1])
+                    return
+                except TimeoutError:
+                    continue
 
     async def close(self) -> None:
         if self._closed:
@@ -281,10 +306,7 @@ class NatsFrameBus:
         await cancel_and_wait([*self._tasks, *self._pumps.values()])
         self._tasks.clear()
         self._pumps.clear()
-        try:
-            await self._nc.close()
-        except Exception as exc:
-            log.debug("closing the frame bus connection: %r", exc)
+        await finish_within(self._nc.close(), CLOSE_TIMEOUT_S, "closing the frame bus connection")
 
     # --- FrameBus -----------------------------------------------------------------------
 
@@ -586,6 +608,14 @@ class NatsFrameBus:
 
     async def _on_credit(self, msg: Msg) -> None:
         receiver_id = msg.subject.rsplit(".", 1)[-1]
+        if receiver_id == self._node.node_id:
+            probe = self._probe
+            if probe is not None and msg.data == f"probe {probe[0]}".encode():
+                if not probe[1].done():
+                    probe[1].set_result(None)
+            else:
+                self.stats.dropped["malformed_credit"] += 1
+            return
         try:
             fields = msg.data.decode().split(" ")
             kind, environment_id, incarnation = fields[0], fields[1], fields[2]

@@ -87,7 +87,7 @@ from .state import (
     StreamOwnerChanged,
     check_secret_name,
 )
-from .tasks import cancel_and_wait
+from .tasks import CLOSE_TIMEOUT_S, cancel_and_wait, finish_within
 from .watch_cache import WatchCache
 
 __all__ = ["NatsClusterState", "NodeIdInUse"]
@@ -189,8 +189,7 @@ class NatsClusterState:
             with contextlib.suppress(NatsError, TimeoutError, OSError):
                 async with asyncio.timeout(self.config.request_timeout_s):
                     await self._delete_if("nodes", self.config.node_id, None)
-        with contextlib.suppress(Exception):
-            await self._nc.close()
+        await finish_within(self._nc.close(), CLOSE_TIMEOUT_S, "closing the state connection")
 
     async def _ensure_buckets(self) -> None:
         """Bind the buckets, creating the missing ones. An existing bucket is used as it

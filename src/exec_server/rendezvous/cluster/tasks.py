@@ -10,12 +10,18 @@ owner's closed flag, so a swallowed cancellation ends them at the next iteration
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+import logging
+from collections.abc import Collection, Coroutine
 from typing import Any
 
-__all__ = ["cancel_and_wait"]
+__all__ = ["CLOSE_TIMEOUT_S", "cancel_and_wait", "finish_within"]
+
+log = logging.getLogger(__name__)
 
 RECANCEL_INTERVAL_S = 0.2
+
+CLOSE_TIMEOUT_S = 5.0
+"""Longest wait for a NATS connection to close."""
 
 
 async def cancel_and_wait(tasks: Collection[asyncio.Task[Any]]) -> None:
@@ -29,3 +35,17 @@ async def cancel_and_wait(tasks: Collection[asyncio.Task[Any]]) -> None:
     for task in tasks:
         if not task.cancelled():
             task.exception()
+
+
+async def finish_within(coro: Coroutine[Any, Any, Any], timeout_s: float, what: str) -> None:
+    """Run ``coro`` (a client's ``close()``) for at most ``timeout_s``; errors and an
+    overrun are logged, never raised: shutdown goes on. An overrunning task is cancelled
+    once and not waited for (nats-py may not honour the cancellation)."""
+    task = asyncio.ensure_future(coro)
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if not done:
+        log.warning("%s did not finish within %.1fs; abandoning it", what, timeout_s)
+        task.cancel()
+        return
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("%s failed: %r", what, task.exception())
