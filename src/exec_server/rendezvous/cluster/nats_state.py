@@ -141,6 +141,7 @@ class NatsClusterState:
         self._resync = asyncio.Event()
         self._closed = False
         self._tasks: list[asyncio.Task[object]] = []
+        self._watchers: set[KeyValue.KeyWatcher] = set()
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -182,6 +183,8 @@ class NatsClusterState:
             return
         self._closed = True
         self._resync.set()
+        for watcher in list(self._watchers):
+            _end_watch(watcher)
         await cancel_and_wait(self._tasks)
         self._tasks.clear()
         nodes = self._kv.get("nodes")
@@ -580,10 +583,15 @@ class NatsClusterState:
 
     async def _wait_for_resync(self) -> None:
         await self._resync.wait()
+        # The watches may have swallowed the task group's cancellation (nats-py requests
+        # inside them use asyncio.wait_for): end their iteration directly.
+        for watcher in list(self._watchers):
+            _end_watch(watcher)
         raise _Resync
 
     async def _watch(self, name: str, kind: type[_T], cache: WatchCache[_T] | None) -> None:
         watcher = await self._kv[name].watchall()
+        self._watchers.add(watcher)
         try:
             snapshot: dict[str, Versioned[_T]] = {}
             initial = True
@@ -597,8 +605,10 @@ class NatsClusterState:
                 elif entry is not None:
                     decoded = self._decode_entry(entry, kind)
                     self._apply(entry.key, decoded, entry.revision or 0, cache)
-            raise NatsError(f"the watch of {self.config.bucket(name)} stopped")
+            if not (self._closed or self._resync.is_set()):
+                raise NatsError(f"the watch of {self.config.bucket(name)} stopped")
         finally:
+            self._watchers.discard(watcher)
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
 
@@ -721,3 +731,16 @@ async def _watch_is_empty(watcher: KeyValue.KeyWatcher) -> bool:
         return False
     info = await subscription.consumer_info()
     return not info.num_pending and not info.delivered.consumer_seq
+
+
+def _end_watch(watcher: KeyValue.KeyWatcher) -> None:
+    """Make a watch's iteration end now (what nats-py's ``stop()`` does first, without
+    waiting for the server)."""
+    updates = watcher._updates
+    while True:
+        try:
+            updates.put_nowait(KeyValue.KeyWatcher.STOP_ITER)
+            return
+        except asyncio.QueueFull:
+            with contextlib.suppress(asyncio.QueueEmpty):
+                updates.get_nowait()
