@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import nats
 import pytest
-from conftest import eventually, node_config
+from cluster_support import eventually, node_config
 
 from exec_server.rendezvous.cluster.flow import ReceiveChannel, SendChannel
 from exec_server.rendezvous.cluster.frame_bus import RemoteFrame

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import LEASE_S, WAIT_S, MakeNode, eventually, node_config
+from cluster_support import LEASE_S, WAIT_S, MakeNode, eventually, node_config
 
 from exec_server.rendezvous.cluster.liveness import LeaseAcquired, LeaseLost, NodeDown, NodeUp
 from exec_server.rendezvous.cluster.nats_server import EmbeddedNats
