@@ -22,6 +22,7 @@ import click
 from ..client import ExecServerClient, ExitedEvent, FailedEvent, OutputEvent, TransportClosed
 from ..protocol import messages as m
 from ..protocol.errors import METHOD_NOT_FOUND, ServerError
+from ..protocol.path_uri import parse_wire_path
 from ..transport.relay import RelayStatus
 from .target import Target, TargetError, target_options
 
@@ -52,7 +53,8 @@ async def _environment_info(client: ExecServerClient) -> m.EnvironmentInfoResult
 
 async def _default_cwd(client: ExecServerClient) -> str:
     info = await _environment_info(client)
-    return info.cwd if isinstance(info.cwd, str) else "/"
+    # environment/info gives Codex 0.171's file:// URIs; start_process takes a path.
+    return parse_wire_path(info.cwd).native if isinstance(info.cwd, str) else "/"
 
 
 # --- run --------------------------------------------------------------------------------
@@ -199,7 +201,7 @@ def shell(
 async def _shell(target: Target, cwd: str | None) -> int:
     async with await target.connect() as client:
         info = await _environment_info(client)
-        home = info.home if isinstance(info.home, str) else "/"
+        home = parse_wire_path(info.user_home_dir).native if info.user_home_dir else "/"
         size = os.get_terminal_size(sys.stdin.fileno())
         proc = await client.start_process(
             [info.shell.path, "-l"],
