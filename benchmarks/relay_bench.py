@@ -25,12 +25,14 @@ Measured (samples alternate between the columns, the order flipping every round)
 * ``output_128mib_codex_chunks``: the same with Codex's 8 KiB chunks (what a Codex
   harness gets): sixteen times the messages, so the per-message cost shows. Reported.
 
-  Both output rows also give the CPU time per run summed over every process on the
-  path (the client, plus the server, or the forwarder/rendezvous and the relay
-  environment), and the shortest time the relay's CPU could take on the available
-  CPUs. The relay is one more process moving every byte through one more pair of
-  sockets: when that sum divided by the CPUs exceeds 1.25x the direct time, 0.8x is
-  out of reach on this machine whatever the endpoints do.
+  The output rows also give the CPU seconds each process spent per run (the client;
+  the direct server; the forwarder or rendezvous and the relay environment), each
+  relay process's CPU as a multiple of the direct server's for the same bytes (goals:
+  environment <= 1.5x, rendezvous <= 1.0x), and the throughput each path would reach
+  with one core per process (its busiest process sets the pace). On 2 CPUs a wall-time
+  ratio cannot show a relay that would be fast on separate machines; these can.
+* ``rendezvous_output_128mib`` and ``rendezvous_output_128mib_codex_chunks``: the same
+  two rows through the project's ``RendezvousServer`` instead of the minimal forwarder.
 * ``getmetadata_p50``: one ``fs/getMetadata`` round trip. Goal: the relay adds <= 1 ms.
 * ``lossy_goodput``: process output through the relay with 2% of frames lost in each
   direction vs through the lossless relay. Goal: >= 0.5x the lossless goodput.
@@ -383,16 +385,20 @@ async def alternate(
 AVAILABLE_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """CPU time (user + system) of this process plus the live processes ``pids``
-    (children a server spawned and reaped, like ``head``, are not included)."""
-    total = time.process_time()
+def process_cpu_seconds(pid: int | None) -> float:
+    """CPU time (user + system) of process ``pid`` (``None``: this process) so far;
+    children it spawned and reaped, like ``head``, are not included."""
+    if pid is None:
+        return time.process_time()
     tick = os.sysconf("SC_CLK_TCK")
-    for pid in pids:
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+    return 0.0
+
+
+def cpu_by_process(procs: dict[str, int | None]) -> dict[str, float]:
+    return {name: process_cpu_seconds(pid) for name, pid in procs.items()}
 
 
 def fmt_s(seconds: float) -> str:
@@ -408,6 +414,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
+def describe_cpu(cpu: dict[str, float]) -> str:
+    return ", ".join(f"{name} {seconds:.2f}" for name, seconds in cpu.items())
+
+
 async def bench_output(
     key: str,
     title: str,
@@ -418,41 +428,58 @@ async def bench_output(
     chunk_bytes: int | None = SDK_CHUNK_BYTES,
     goal: bool = True,
     *,
-    direct_pids: list[int] | None = None,
-    relay_pids: list[int] | None = None,
+    direct_procs: dict[str, int | None],
+    relay_procs: dict[str, int | None],
 ) -> Row:
-    cpu: dict[str, list[float]] = {"direct": [], "relay": []}
+    """Wall time, plus CPU seconds per process on each path (``None`` is this client
+    process), and the throughput each path would reach with one core per process: the
+    busiest process sets the pace when every process has its own core."""
+    cpu: dict[str, list[dict[str, float]]] = {"direct": [], "relay": []}
 
-    def metered(side: str, c: Client, pids: list[int]) -> Callable[[], Awaitable[float]]:
+    def metered(
+        side: str, c: Client, procs: dict[str, int | None]
+    ) -> Callable[[], Awaitable[float]]:
         async def run() -> float:
-            before = cpu_seconds(pids)
+            before = cpu_by_process(procs)
             elapsed = await run_output(c, size, chunk_bytes)
-            cpu[side].append(cpu_seconds(pids) - before)
+            after = cpu_by_process(procs)
+            cpu[side].append({name: after[name] - before[name] for name in procs})
             return elapsed
 
         return run
 
     samples = await alternate(
         {
-            "direct": metered("direct", direct, direct_pids or []),
-            "relay": metered("relay", relay, relay_pids or []),
+            "direct": metered("direct", direct, direct_procs),
+            "relay": metered("relay", relay, relay_procs),
         },
         count,
         warmup=1,
     )
     d, r = statistics.median(samples["direct"]), statistics.median(samples["relay"])
-    d_cpu, r_cpu = statistics.median(cpu["direct"]), statistics.median(cpu["relay"])
+    d_cpu = {n: statistics.median(s[n] for s in cpu["direct"]) for n in direct_procs}
+    r_cpu = {n: statistics.median(s[n] for s in cpu["relay"]) for n in relay_procs}
+    d_core = size / max(d_cpu.values())
+    r_core = size / max(r_cpu.values())
+    server = d_cpu.get("server", 0.0)
+    ratios = {
+        f"{name}_vs_direct_server": seconds / server
+        for name, seconds in r_cpu.items()
+        if name != "client" and server > 0
+    }
     ratio = d / r
     cores = AVAILABLE_CPUS
+    per_process = ", ".join(f"{name} {value:.2f}x" for name, value in ratios.items())
     return Row(
         key,
         title,
         "direct",
-        f"{fmt_s(d)} ({mib_s(size, d)}), {d_cpu:.2f} CPU-s",
+        f"{fmt_s(d)} ({mib_s(size, d)}); CPU-s {describe_cpu(d_cpu)}; "
+        f"one core each: {d_core / MIB:.0f} MiB/s",
         "relay",
-        f"{fmt_s(r)} ({mib_s(size, r)}), {r_cpu:.2f} CPU-s (needs >= {r_cpu / cores:.2f} s "
-        f"on {cores} CPUs)",
-        f"{ratio:.2f}x throughput",
+        f"{fmt_s(r)} ({mib_s(size, r)}); CPU-s {describe_cpu(r_cpu)}; "
+        f"one core each: {r_core / MIB:.0f} MiB/s",
+        f"{ratio:.2f}x throughput; CPU vs direct server: {per_process}",
         ">= 0.80x" if goal else "report",
         ratio >= 0.8 if goal else None,
         {
@@ -463,6 +490,9 @@ async def bench_output(
             "output_chunk_bytes": chunk_bytes or CODEX_CHUNK_BYTES,
             "direct_cpu_s": d_cpu,
             "relay_cpu_s": r_cpu,
+            "direct_one_core_each_bytes_per_s": d_core,
+            "relay_one_core_each_bytes_per_s": r_core,
+            "cpu_vs_direct_server": ratios,
             "cores": cores,
             "samples": samples,
             "cpu_samples": cpu,
@@ -692,14 +722,20 @@ async def main_async(args: argparse.Namespace) -> int:
             await wait_forwarder_online(http, fwd["status_url"])
         direct_url = direct_server.line
         relay_url = fwd["harness_url"]
-        direct_pids = [direct_server.pid]
-        relay_pids = [forwarder.pid, environment.pid]
+        direct_procs: dict[str, int | None] = {"client": None, "server": direct_server.pid}
+        relay_procs: dict[str, int | None] = {
+            "client": None,
+            "forwarder": forwarder.pid,
+            "environment": environment.pid,
+        }
         direct = await open_direct(direct_url)
         relay = await open_relay(relay_url)
         lossy = await open_relay(f"{relay_url}&loss={LOSS_RATE}")
         clients += [direct, relay, lossy]
 
         async def attempt(name: str, make: Callable[[], Awaitable[Row]]) -> None:
+            if args.only and name not in args.only:
+                return
             progress(f"running {name} ...")
             try:
                 rows.append(await make())
@@ -715,8 +751,8 @@ async def main_async(args: argparse.Namespace) -> int:
                 relay,
                 OUTPUT_BYTES,
                 output_samples,
-                direct_pids=direct_pids,
-                relay_pids=relay_pids,
+                direct_procs=direct_procs,
+                relay_procs=relay_procs,
             ),
         )
         await attempt(
@@ -730,8 +766,8 @@ async def main_async(args: argparse.Namespace) -> int:
                 output_samples,
                 None,
                 goal=False,
-                direct_pids=direct_pids,
-                relay_pids=relay_pids,
+                direct_procs=direct_procs,
+                relay_procs=relay_procs,
             ),
         )
         await attempt(
@@ -768,6 +804,11 @@ async def main_async(args: argparse.Namespace) -> int:
                 await environment2.start()
                 via_rdv = await open_relay_when_online(rdv["harness_url"])
                 clients.append(via_rdv)
+                rendezvous_procs: dict[str, int | None] = {
+                    "client": None,
+                    "rendezvous": rendezvous.pid,
+                    "environment": environment2.pid,
+                }
             except Exception as exc:
                 notes.append(f"RendezvousServer rows skipped: {type(exc).__name__}: {exc}")
             else:
@@ -780,8 +821,24 @@ async def main_async(args: argparse.Namespace) -> int:
                         via_rdv,
                         OUTPUT_BYTES,
                         output_samples,
-                        direct_pids=direct_pids,
-                        relay_pids=[rendezvous.pid, environment2.pid],
+                        direct_procs=direct_procs,
+                        relay_procs=rendezvous_procs,
+                    ),
+                )
+                await attempt(
+                    "rendezvous_output_128mib_codex_chunks",
+                    lambda: bench_output(
+                        "rendezvous_output_128mib_codex_chunks",
+                        f"128 MiB output via RendezvousServer ({CODEX_CHUNK_BYTES // 1024} KiB "
+                        "chunks)",
+                        direct,
+                        via_rdv,
+                        OUTPUT_BYTES,
+                        output_samples,
+                        None,
+                        goal=False,
+                        direct_procs=direct_procs,
+                        relay_procs=rendezvous_procs,
                     ),
                 )
                 await attempt(
@@ -867,6 +924,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--streams", type=int, help="concurrent harnesses (default 1000)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin client and servers")
+    parser.add_argument(
+        "--only",
+        type=lambda text: set(text.split(",")),
+        help="run only these rows (comma-separated keys, e.g. output_128mib)",
+    )
     parser.add_argument(
         "--no-rendezvous", action="store_true", help="skip the RendezvousServer rows"
     )

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""Side-by-side benchmark: our exec-server vs the real Codex 0.133.0 exec-server.
+"""Side-by-side benchmark: our exec-server vs the real Codex 0.133.0 and 0.171.0 servers.
 
-Both servers run during one invocation and are driven by the same tight client (raw
-aiohttp websocket, no compression, TCP_NODELAY, msgspec JSON). Samples alternate
-between the servers (and the order flips every round) so that machine noise hits both
-alike. The output is a table of times and the ratio ours/codex; nothing passes or fails.
+All servers run during one invocation and are driven by the same tight client (raw
+aiohttp websocket, no compression, TCP_NODELAY, msgspec JSON). Each Codex release is
+spoken to in its own wire form (0.133: native paths; 0.171: ``file://`` URIs), and our
+server is measured in both, over two connections to one server process: ``ours``
+against ``codex`` (0.133), ``ours-0.171`` against ``codex-0.171``. Samples alternate
+between the columns (and the order flips every round) so that machine noise hits all
+alike. The output is a table of times and the ratios; nothing passes or fails.
 
     python benchmarks/run.py                    # full run
     python benchmarks/run.py --quick            # fewer samples, for a smoke test
@@ -13,6 +16,8 @@ alike. The output is a table of times and the ratio ours/codex; nothing passes o
                                                 # .interop/codex-0.133.0, see
                                                 # scripts/install_codex.sh)
     python benchmarks/run.py --only ours        # run one side only
+    python benchmarks/run.py --codex171 PATH    # codex 0.171 binary (else $CODEX_0171_BIN or
+                                                # .interop/codex-0.171.0)
 
 See benchmarks/README.md.
 """
@@ -45,6 +50,8 @@ from exec_server.malloc_tuning import tune_malloc
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CODEX_VERSION = "0.133.0"
 CODEX_BIN_ENV = "CODEX_0133_BIN"
+CODEX_0171_VERSION = "0.171.0"
+CODEX_0171_BIN_ENV = "CODEX_0171_BIN"
 
 #: Reference numbers for 0.133 on the project machine (from the issue).
 REFERENCE_CODEX = {
@@ -62,6 +69,9 @@ CLIENT_MAX_MSG_BYTES = 512 * 1024 * 1024
 STDOUT_BYTES = 128 * 1024 * 1024
 FS_BYTES = 8 * 1024 * 1024
 CONCURRENT_PROCESSES = 50
+#: fs/open + fs/readBlock row: file size and block size (0.171's largest block).
+BLOCK_FILE_BYTES = 64 * 1024 * 1024
+BLOCK_BYTES = 1024 * 1024
 
 
 # ------------------------------------------------------------------------------------
@@ -69,8 +79,8 @@ CONCURRENT_PROCESSES = 50
 # ------------------------------------------------------------------------------------
 
 
-def default_codex_binary() -> Path | None:
-    env = os.environ.get(CODEX_BIN_ENV)
+def default_codex_binary(version: str = CODEX_VERSION, env_var: str = CODEX_BIN_ENV) -> Path | None:
+    env = os.environ.get(env_var)
     if env:
         return Path(env)
     arch = {
@@ -83,7 +93,7 @@ def default_codex_binary() -> Path | None:
     path = (
         REPO_ROOT
         / ".interop"
-        / f"codex-{CODEX_VERSION}"
+        / f"codex-{version}"
         / "node_modules"
         / "@openai"
         / pkg
@@ -116,13 +126,18 @@ class Server(Child):
 class Client(RpcState):
     """Minimal JSON-RPC client over a raw websocket: one reader task."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, uris: bool) -> None:
         super().__init__()
         self.ws = ws
+        #: Speak Codex 0.171's wire form (``file://`` URIs) instead of 0.133's paths.
+        self.uris = uris
         self._reader = asyncio.create_task(self._read())
 
+    def path(self, path: str | Path) -> str:
+        return Path(path).as_uri() if self.uris else str(path)
+
     @classmethod
-    async def connect(cls, http: aiohttp.ClientSession, url: str) -> Client:
+    async def connect(cls, http: aiohttp.ClientSession, url: str, *, uris: bool = False) -> Client:
         ws = await http.ws_connect(
             url, compress=0, max_msg_size=CLIENT_MAX_MSG_BYTES, autoping=True
         )
@@ -130,7 +145,7 @@ class Client(RpcState):
         sock = conn.transport.get_extra_info("socket") if conn and conn.transport else None
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client = cls(ws)
+        client = cls(ws, uris)
         await client.call("initialize", {"clientName": "bench", "resumeSessionId": None})
         await ws.send_bytes(b'{"method":"initialized","params":{}}')
         return client
@@ -163,8 +178,8 @@ class Client(RpcState):
             await self._reader
 
 
-def start_params(pid: str, argv: list[str]) -> dict[str, Any]:
-    return {"processId": pid, "argv": argv, "cwd": "/", "env": {}, "tty": False}
+def start_params(c: Client, pid: str, argv: list[str]) -> dict[str, Any]:
+    return {"processId": pid, "argv": argv, "cwd": c.path("/"), "env": {}, "tty": False}
 
 
 # ------------------------------------------------------------------------------------
@@ -176,7 +191,7 @@ async def bench_spawn_true(c: Client, _tmp: Path) -> float:
     pid = Ids.next("t")
     state = c.track(pid)
     t0 = time.perf_counter()
-    await c.call("process/start", start_params(pid, ["/bin/true"]))
+    await c.call("process/start", start_params(c, pid, ["/bin/true"]))
     await asyncio.wait_for(state.closed.wait(), OP_TIMEOUT_S)
     return time.perf_counter() - t0
 
@@ -186,7 +201,7 @@ async def bench_stdout(c: Client, _tmp: Path, size: int = STDOUT_BYTES) -> float
     state = c.track(pid)
     t0 = time.perf_counter()
     await c.call(
-        "process/start", start_params(pid, ["/usr/bin/head", "-c", str(size), "/dev/zero"])
+        "process/start", start_params(c, pid, ["/usr/bin/head", "-c", str(size), "/dev/zero"])
     )
     await asyncio.wait_for(state.closed.wait(), OP_TIMEOUT_S)
     elapsed = time.perf_counter() - t0
@@ -199,14 +214,15 @@ _FS_PAYLOAD = base64.b64encode(os.urandom(FS_BYTES)).decode()
 
 
 async def bench_fs_roundtrip(c: Client, tmp: Path) -> float:
-    path = str(tmp / Ids.next("f"))
+    native = tmp / Ids.next("f")
+    path = c.path(native)
     t0 = time.perf_counter()
     await c.call("fs/writeFile", {"path": path, "dataBase64": _FS_PAYLOAD})
     result = await c.call("fs/readFile", {"path": path})
     elapsed = time.perf_counter() - t0
     if result["dataBase64"] != _FS_PAYLOAD:
         raise RuntimeError("fs round trip returned different bytes")
-    os.unlink(path)
+    os.unlink(native)
     return elapsed
 
 
@@ -214,7 +230,9 @@ async def bench_concurrent(c: Client, _tmp: Path) -> float:
     pids = [Ids.next("c") for _ in range(CONCURRENT_PROCESSES)]
     states = [c.track(pid) for pid in pids]
     t0 = time.perf_counter()
-    futures = [await c.send("process/start", start_params(pid, ["/bin/echo", pid])) for pid in pids]
+    futures = [
+        await c.send("process/start", start_params(c, pid, ["/bin/echo", pid])) for pid in pids
+    ]
     await asyncio.wait_for(asyncio.gather(*futures), OP_TIMEOUT_S)
     await asyncio.wait_for(asyncio.gather(*(s.closed.wait() for s in states)), OP_TIMEOUT_S)
     return time.perf_counter() - t0
@@ -222,8 +240,86 @@ async def bench_concurrent(c: Client, _tmp: Path) -> float:
 
 async def bench_getmetadata(c: Client, tmp: Path) -> float:
     t0 = time.perf_counter()
-    await c.call("fs/getMetadata", {"path": str(tmp)})
+    await c.call("fs/getMetadata", {"path": c.path(tmp)})
     return time.perf_counter() - t0
+
+
+def workspace_write_sandbox(c: Client, workspace: Path) -> dict[str, Any]:
+    """The policy the 0.171 harness sends in ``workspace-write`` (its trace)."""
+
+    def special(kind: str, access: str, **extra: Any) -> dict[str, Any]:
+        return {"path": {"type": "special", "value": {"kind": kind, **extra}}, "access": access}
+
+    entries = [
+        special("root", "read"),
+        special("project_roots", "write"),
+        special("slash_tmp", "write"),
+        special("tmpdir", "write"),
+        *(
+            {**special("project_roots", "read", subpath=name), "missing_path_behavior": "skip"}
+            for name in (".git", ".agents", ".codex")
+        ),
+    ]
+    return {
+        "permissions": {
+            "type": "managed",
+            "file_system": {"type": "restricted", "entries": entries},
+            "network": "restricted",
+        },
+        "cwd": c.path(workspace),
+        "workspaceRoots": [c.path(workspace)],
+        "windowsSandboxLevel": "disabled",
+        "windowsSandboxProxySettingsMode": "reconcile",
+        "useLegacyLandlock": False,
+    }
+
+
+async def bench_spawn_sandboxed(c: Client, tmp: Path) -> float:
+    """``/bin/true`` spawn-to-closed under the harness's workspace-write policy."""
+    pid = Ids.next("s")
+    state = c.track(pid)
+    params = start_params(c, pid, ["/bin/true"])
+    params["cwd"] = c.path(tmp)
+    params["sandbox"] = workspace_write_sandbox(c, tmp)
+    t0 = time.perf_counter()
+    result = await c.call("process/start", params)
+    await asyncio.wait_for(state.closed.wait(), OP_TIMEOUT_S)
+    elapsed = time.perf_counter() - t0
+    if result.get("sandboxType") != "linuxSeccomp":
+        raise RuntimeError(f"not confined: {result}")
+    return elapsed
+
+
+def _write_random_file(path: Path, size: int) -> None:
+    with open(path, "wb") as f:
+        for _ in range(size // BLOCK_BYTES):
+            f.write(os.urandom(BLOCK_BYTES))
+
+
+async def bench_read_blocks(c: Client, tmp: Path) -> float:
+    """Codex 0.171's file streaming: open, read 64 MiB in 1 MiB blocks, close."""
+    native = tmp / "blocks.bin"
+    if not native.exists():
+        _write_random_file(native, BLOCK_FILE_BYTES)
+    handle = Ids.next("h")
+    t0 = time.perf_counter()
+    await c.call("fs/open", {"handleId": handle, "path": c.path(native)})
+    total = 0
+    offset = 0
+    while True:
+        block = await c.call(
+            "fs/readBlock", {"handleId": handle, "offset": offset, "len": BLOCK_BYTES}
+        )
+        size = len(base64.b64decode(block["chunk"]))
+        total += size
+        offset += size
+        if block["eof"]:
+            break
+    await c.call("fs/close", {"handleId": handle})
+    elapsed = time.perf_counter() - t0
+    if total != BLOCK_FILE_BYTES:
+        raise RuntimeError(f"read {total} of {BLOCK_FILE_BYTES} bytes in blocks")
+    return elapsed
 
 
 @dataclass(frozen=True)
@@ -237,6 +333,8 @@ class Bench:
     #: "p50" (latency) or "median" (of whole-operation times)
     stat: str
     unit: str
+    #: Uses methods Codex 0.133 lacks (run only on 0.171-wire columns).
+    needs_0171: bool = False
 
 
 BENCHES = [
@@ -269,7 +367,39 @@ BENCHES = [
         "p50",
         "ms",
     ),
+    Bench(
+        "spawn_sandboxed_p50",
+        "spawn `true` -> closed, workspace-write sandbox, p50",
+        bench_spawn_sandboxed,
+        50,
+        15,
+        5,
+        "p50",
+        "ms",
+        needs_0171=True,
+    ),
+    Bench(
+        "read_blocks_64mib",
+        "64 MiB fs/open + fs/readBlock (1 MiB)",
+        bench_read_blocks,
+        5,
+        1,
+        1,
+        "median",
+        "s",
+        needs_0171=True,
+    ),
 ]
+
+#: Column name -> (server, speaks 0.171's wire form).
+COLUMNS = {
+    "ours": ("ours", False),
+    "codex": ("codex", False),
+    "ours-0.171": ("ours", True),
+    "codex-0.171": ("codex-0.171", True),
+}
+#: (candidate, reference) pairs whose ratio the table shows.
+RATIOS = (("ours", "codex"), ("ours-0.171", "codex-0.171"))
 
 
 # ------------------------------------------------------------------------------------
@@ -290,7 +420,7 @@ class Result:
 async def run_bench(
     bench: Bench, clients: dict[str, Client], tmp: dict[str, Path], quick: bool
 ) -> Result:
-    names = list(clients)
+    names = [n for n in clients if clients[n].uris or not bench.needs_0171]
     result = Result(bench.key, bench.title, bench.unit)
     samples: dict[str, list[float]] = {n: [] for n in names}
     for name in names:
@@ -335,21 +465,19 @@ def fmt(seconds: float | None, unit: str) -> str:
     return f"{seconds:.3f} s"
 
 
-def ratio(result: Result) -> float | None:
-    ours, codex = result.seconds.get("ours"), result.seconds.get("codex")
+def ratio(result: Result, pair: tuple[str, str] = ("ours", "codex")) -> float | None:
+    ours, codex = result.seconds.get(pair[0]), result.seconds.get(pair[1])
     return ours / codex if ours and codex else None
 
 
 def render_table(results: list[Result], names: list[str]) -> str:
-    header = ["benchmark", *names]
-    if names == ["ours", "codex"]:
-        header.append("ours/codex")
-    header.append("0.133 ref")
+    pairs = [pair for pair in RATIOS if pair[0] in names and pair[1] in names]
+    header = ["benchmark", *names, *(f"{a}/{b}" for a, b in pairs), "0.133 ref"]
     rows = [header]
     for r in results:
         row = [r.title, *(fmt(r.seconds.get(n), r.unit) for n in names)]
-        if names == ["ours", "codex"]:
-            value = ratio(r)
+        for pair in pairs:
+            value = ratio(r, pair)
             row.append(f"{value:.2f}x" if value is not None else "-")
         row.append(fmt(REFERENCE_CODEX.get(r.key), r.unit))
         rows.append(row)
@@ -385,34 +513,43 @@ async def main_async(args: argparse.Namespace) -> int:
     if args.only in (None, "ours"):
         servers.append(Server("ours", shlex.split(args.ours_cmd), server_cpu))
     if args.only in (None, "codex"):
-        codex = Path(args.codex) if args.codex else default_codex_binary()
-        if codex is None or not codex.is_file():
-            print(
-                "codex 0.133.0 binary not found: run scripts/install_codex.sh, set "
-                f"{CODEX_BIN_ENV} or pass --codex (running ours only)",
-                file=sys.stderr,
-            )
-        else:
-            servers.append(
-                Server(
-                    "codex", [str(codex), "exec-server", "--listen", "ws://127.0.0.1:0"], server_cpu
+        for name, given, version, env_var, flag in (
+            ("codex", args.codex, CODEX_VERSION, CODEX_BIN_ENV, "--codex"),
+            ("codex-0.171", args.codex171, CODEX_0171_VERSION, CODEX_0171_BIN_ENV, "--codex171"),
+        ):
+            codex = Path(given) if given else default_codex_binary(version, env_var)
+            if codex is None or not codex.is_file():
+                print(
+                    f"codex {version} binary not found: run CODEX_VERSION={version} "
+                    f"scripts/install_codex.sh, set {env_var} or pass {flag} (skipping it)",
+                    file=sys.stderr,
                 )
-            )
+                continue
+            argv = [str(codex), "exec-server", "--listen", "ws://127.0.0.1:0"]
+            servers.append(Server(name, argv, server_cpu))
+    tmp_root = Path(tempfile.mkdtemp(prefix="exec-bench-"))
+    for server in servers:
+        # 0.171 keeps helper binaries in CODEX_HOME: not in the user's ~/.codex.
+        server.env = {"CODEX_HOME": str(tmp_root / f"{server.name}-home")}
     if not servers:
         return 2
+    by_name = {s.name: s for s in servers}
+    columns = [c for c, (server, _) in COLUMNS.items() if server in by_name]
     selected = [b for b in BENCHES if not args.bench or b.key in args.bench]
     results: list[Result] = []
-    tmp_root = Path(tempfile.mkdtemp(prefix="exec-bench-"))
     clients: dict[str, Client] = {}
     try:
         for server in servers:
             await server.start()
-        tmp = {s.name: tmp_root / s.name for s in servers}
+        tmp: dict[str, Path] = {s.name: tmp_root / s.name for s in servers}
         for path in tmp.values():
             path.mkdir()
         async with aiohttp.ClientSession() as http:
-            for server in servers:
-                clients[server.name] = await Client.connect(http, server.url)
+            for column in columns:
+                server_name, uris = COLUMNS[column]
+                clients[column] = await Client.connect(http, by_name[server_name].url, uris=uris)
+                tmp.setdefault(column, tmp[server_name] / column)
+                tmp[column].mkdir(exist_ok=True)
             for bench in selected:
                 if not args.json:
                     print(f"running {bench.key} ...", file=sys.stderr, flush=True)
@@ -423,7 +560,7 @@ async def main_async(args: argparse.Namespace) -> int:
         for server in servers:
             await server.stop()
         shutil.rmtree(tmp_root, ignore_errors=True)
-    names = [s.name for s in servers]
+    names = columns
     if args.json:
         print(
             json.dumps(
@@ -439,6 +576,7 @@ async def main_async(args: argparse.Namespace) -> int:
                             "seconds": r.seconds,
                             "samples": r.samples,
                             "ratio_ours_codex": ratio(r),
+                            "ratio_ours_codex_0171": ratio(r, ("ours-0.171", "codex-0.171")),
                             "errors": r.errors,
                         }
                         for r in results
@@ -458,6 +596,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--codex",
         help=f"codex {CODEX_VERSION} binary "
         f"(default: ${CODEX_BIN_ENV} or .interop/codex-{CODEX_VERSION})",
+    )
+    parser.add_argument(
+        "--codex171",
+        help=f"codex {CODEX_0171_VERSION} binary "
+        f"(default: ${CODEX_0171_BIN_ENV} or .interop/codex-{CODEX_0171_VERSION})",
     )
     parser.add_argument(
         "--ours-cmd",

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 import exec_server
+from exec_server.cli.target import print_relay_status
+from exec_server.client import RelayStatus
 from exec_server.environment.server import ExecServer
 from exec_server.rendezvous.server import RendezvousConfig, RendezvousServer
 from exec_server.transport.registry_client import RegistryClient
@@ -191,6 +193,40 @@ async def test_cp_errors_are_clear(url: str, tmp_path: Path) -> None:
     assert code == 2 and b"is a directory" in err
     code, _, err = await _cli("cp", "--url", url, "a", "b")
     assert code == 2 and b"exactly one of SOURCE and DESTINATION" in err
+
+
+async def test_cp_refuses_a_directory_destination_and_leaves_it_alone(
+    url: str, tmp_path: Path
+) -> None:
+    source = tmp_path / "src.txt"
+    source.write_text("data")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "kept").write_text("kept")
+    code, _, err = await _cli("cp", "--url", url, str(source), f"env:{dest}")
+    assert code == 1
+    assert f"exec-server: env:{dest} is a directory; cp copies files".encode() in err
+    assert f"hint: to copy into it, end it with a slash: env:{dest}/".encode() in err
+    assert sorted(p.name for p in dest.iterdir()) == ["kept"]
+    code, _, _ = await _cli("cp", "--url", url, str(source), f"env:{dest}/")
+    assert code == 0 and (dest / "src.txt").read_text() == "data"
+
+
+def test_relay_status_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    for status in (
+        RelayStatus("offline", grace_s=30.0),
+        RelayStatus("online"),
+        RelayStatus("reconnecting", grace_s=25.0, detail="relay websocket closed (code 1006)"),
+        RelayStatus("reconnected"),
+        RelayStatus("gone", detail="the final error says it"),
+    ):
+        print_relay_status(status)
+    assert capsys.readouterr().err.splitlines() == [
+        "exec-server: the environment is offline; waiting up to 30s for it",
+        "exec-server: the environment is back online",
+        "exec-server: lost the rendezvous (relay websocket closed (code 1006)); reconnecting",
+        "exec-server: reconnected to the rendezvous",
+    ]
 
 
 @pytest.mark.slow

@@ -56,6 +56,7 @@ from exec_server.environment.sandbox import (
     parse_absolute_path,
     parse_sandbox,
     resolve_location,
+    resolve_policy,
     resolve_sandbox,
 )
 from exec_server.protocol import messages as m
@@ -183,7 +184,16 @@ def test_absent_sandbox_means_no_checks() -> None:
     ],
 )
 def test_unrestricted_profiles_need_no_checks(raw: dict[str, Any]) -> None:
-    assert parse_sandbox(raw) is None
+    assert resolve_sandbox(parse_sandbox(raw)) is None
+
+
+def test_external_profile_restricts_only_the_network() -> None:
+    spec = parse_sandbox({"permissions": {"type": "external", "network": "restricted"}})
+    assert spec is not None and not spec.restricts_files and spec.restricts_network
+    policy = resolve_policy(spec)
+    assert policy.files is None and policy.restricts_network and policy.confines
+    assert parse_sandbox({"permissions": {"type": "disabled"}}) is None
+    assert not resolve_policy(None).confines
 
 
 def test_harness_shape_parses(tmp_path: Path) -> None:
@@ -199,6 +209,7 @@ def test_harness_shape_parses(tmp_path: Path) -> None:
             EntrySpec(access=Access.READ, path=str(tmp_path / ".codex")),
         ),
         cwd=None,
+        restricts_network=True,
     )
 
 
@@ -273,14 +284,21 @@ def test_legacy_profile_shape() -> None:
     spec = parse_sandbox(
         {"permissions": {"file_system": {"entries": [at("/a", "write")]}, "network": {}}}
     )
-    assert spec == SandboxSpec(entries=(EntrySpec(access=Access.WRITE, path="/a"),))
+    assert spec == SandboxSpec(
+        entries=(EntrySpec(access=Access.WRITE, path="/a"),), restricts_network=True
+    )
     nothing = parse_sandbox({"permissions": {"network": {"enabled": True}}})
     assert nothing == SandboxSpec(entries=())
 
 
 def test_context_cwd_and_entry_paths_are_absolute_paths_or_uris(tmp_path: Path) -> None:
     spec = parse_sandbox(restricted(at(tmp_path.as_uri() + "/x/..", "write"), cwd="file:///w/./"))
-    assert spec == SandboxSpec(entries=(EntrySpec(Access.WRITE, path=str(tmp_path)),), cwd="/w")
+    assert spec == SandboxSpec(
+        entries=(EntrySpec(Access.WRITE, path=str(tmp_path)),),
+        cwd="/w",
+        restricts_network=True,
+        modern=True,
+    )
     for cwd in ("rel", 5):
         with pytest.raises(InvalidParams) as info:
             parse_sandbox(restricted(cwd=cwd))

@@ -16,8 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from codex_binary import require_codex_binary
-from interop_support import Differ, Target, interop_mode
+from codex_binary import CODEX_0171, require_codex_binary
+from interop_support import ERA_0171, Differ, Target, interop_mode
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +35,28 @@ def codex_target(codex_binary: str) -> Target:
 def differ(codex_target: Target, request: pytest.FixtureRequest) -> Differ:
     candidate = Target.ours() if interop_mode() == "diff" else codex_target
     return Differ(codex_target, candidate, request.node.name)
+
+
+@pytest.fixture(scope="session")
+def codex_home_0171(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One CODEX_HOME for both servers of a 0.171 comparison (its paths appear in
+    ``environmentConfig/read`` answers; 0.171 would otherwise use ``~/.codex``)."""
+    return tmp_path_factory.mktemp("codex-home-0171")
+
+
+@pytest.fixture(scope="session")
+def codex0171_target(codex_home_0171: Path) -> Target:
+    binary = require_codex_binary(CODEX_0171)
+    return Target.codex(Path(binary), {"CODEX_HOME": str(codex_home_0171)})
+
+
+@pytest.fixture
+def differ0171(
+    codex0171_target: Target, codex_home_0171: Path, request: pytest.FixtureRequest
+) -> Differ:
+    """Codex 0.171.0 as the reference: the contract of today's harness."""
+    if interop_mode() == "diff":
+        candidate = Target.ours({"CODEX_HOME": str(codex_home_0171)})
+    else:
+        candidate = codex0171_target
+    return Differ(codex0171_target, candidate, request.node.name, era=ERA_0171)

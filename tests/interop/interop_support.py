@@ -72,18 +72,20 @@ def ours_command() -> list[str]:
 
 @dataclass(frozen=True)
 class Target:
-    """A way to start one exec-server."""
+    """A way to start one exec-server (``env``: extra environment variables)."""
 
     name: str
     argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
 
     @staticmethod
-    def codex(binary: Path) -> Target:
-        return Target("codex", (str(binary), "exec-server", "--listen", "ws://127.0.0.1:0"))
+    def codex(binary: Path, env: dict[str, str] | None = None) -> Target:
+        argv = (str(binary), "exec-server", "--listen", "ws://127.0.0.1:0")
+        return Target("codex", argv, tuple((env or {}).items()))
 
     @staticmethod
-    def ours() -> Target:
-        return Target("ours", tuple(ours_command()))
+    def ours(env: dict[str, str] | None = None) -> Target:
+        return Target("ours", tuple(ours_command()), tuple((env or {}).items()))
 
 
 class ServerStartError(RuntimeError):
@@ -132,6 +134,8 @@ async def start_server(target: Target, *, env: dict[str, str] | None = None) -> 
     """Start ``target`` and wait for its one-line ``ws://`` URL on stdout."""
     fd, log_name = tempfile.mkstemp(prefix=f"interop-{target.name}-", suffix=".log")
     log = Path(log_name)
+    if target.env:
+        env = {**(env or os.environ), **dict(target.env)}
     with os.fdopen(fd, "wb") as log_file:
         proc = await asyncio.create_subprocess_exec(
             *target.argv,
@@ -572,12 +576,20 @@ def read_file_view(resp: JSON) -> JSON:
 UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 PEER_RE = re.compile(r"127\.0\.0\.1:\d+")
 TIMESTAMP_KEYS = frozenset({"createdAtMs", "modifiedAtMs"})
-#: Fields only our server emits; dropped before comparing (keyed by a sibling field that
-#: identifies the object they live in, or None for "anywhere").
-EXTENSION_FIELDS: dict[str, str | None] = {
-    "size": "isDirectory",  # fs/getMetadata (Codex added it in later versions)
-    "firstRetainedSeq": None,  # process/read gap marker
+#: The two Codex releases the suite compares with.
+ERA_0133 = "0.133"
+ERA_0171 = "0.171"
+#: Fields only our server emits to clients of that era; dropped before comparing (keyed
+#: by a sibling field that identifies the object they live in, or None for "anywhere").
+EXTENSION_FIELDS_BY_ERA: dict[str, dict[str, str | None]] = {
+    ERA_0133: {
+        "size": "isDirectory",  # fs/getMetadata (Codex added it in later versions)
+        "firstRetainedSeq": None,  # process/read gap marker
+        "environmentInfo": "sessionId",  # initialize: 0.171's field, ignored by 0.133
+    },
+    ERA_0171: {"firstRetainedSeq": None},
 }
+EXTENSION_FIELDS = EXTENSION_FIELDS_BY_ERA[ERA_0133]
 
 
 #: "failed to parse ... from exec-server websocket 127.0.0.1:PORT: <decoder detail>"; the
@@ -618,12 +630,15 @@ class Normalizer:
     parse errors; notes marked ``strict_only`` (e.g. websocket close codes) are dropped.
     """
 
-    def __init__(self, tmp_dirs: list[str], *, strict: bool | None = None):
+    def __init__(
+        self, tmp_dirs: list[str], *, strict: bool | None = None, era: str = ERA_0133
+    ) -> None:
         self._tmp_dirs = sorted(
             {d for t in tmp_dirs for d in (t, os.path.realpath(t))}, key=len, reverse=True
         )
         self._uuids: dict[str, str] = {}
         self.strict = strict_messages() if strict is None else strict
+        self._extension_fields = EXTENSION_FIELDS_BY_ERA[era]
 
     def _uuid(self, match: re.Match[str]) -> str:
         key = match.group(0).lower()
@@ -663,7 +678,7 @@ class Normalizer:
         if isinstance(v, dict):
             out: dict[str, JSON] = {}
             for k, x in v.items():
-                owner = EXTENSION_FIELDS.get(k, "")
+                owner = self._extension_fields.get(k, "")
                 if owner is None or (owner and owner in v):
                     continue
                 if k in TIMESTAMP_KEYS and isinstance(x, int) and not isinstance(x, bool):
@@ -777,8 +792,8 @@ class ScriptRun:
     tmp: str
     stderr: str
 
-    def normalized(self, *, strict: bool | None = None) -> list[JSON]:
-        return Normalizer([self.tmp], strict=strict).transcript(self.transcript)
+    def normalized(self, *, strict: bool | None = None, era: str = ERA_0133) -> list[JSON]:
+        return Normalizer([self.tmp], strict=strict, era=era).transcript(self.transcript)
 
 
 async def run_script(target: Target, script: Script, *, timeout: float = 60.0) -> ScriptRun:
@@ -802,9 +817,11 @@ async def run_script(target: Target, script: Script, *, timeout: float = 60.0) -
     return ScriptRun(target.name, ctx.transcript if ctx else [], str(tmp), stderr)
 
 
-def diff_transcripts(a: ScriptRun, b: ScriptRun) -> str | None:
+def diff_transcripts(a: ScriptRun, b: ScriptRun, era: str = ERA_0133) -> str | None:
     """A readable description of the differences, or None when equal."""
-    problem = diff_transcripts_plain(a.target, a.normalized(), b.target, b.normalized())
+    problem = diff_transcripts_plain(
+        a.target, a.normalized(era=era), b.target, b.normalized(era=era)
+    )
     if problem and b.stderr.strip():
         problem += f"\n  {b.target} stderr tail:\n{b.stderr[-2000:]}"
     return problem
@@ -827,7 +844,7 @@ def diff_transcripts_plain(name_a: str, na: list[JSON], name_b: str, nb: list[JS
     return "\n".join(lines)
 
 
-def record_transcript(test_name: str, run: ScriptRun) -> None:
+def record_transcript(test_name: str, run: ScriptRun, era: str = ERA_0133) -> None:
     """Append a normalized codex transcript to ``$INTEROP_RECORD_DIR`` (for the README)."""
     out_dir = os.environ.get(RECORD_ENV)
     if not out_dir:
@@ -835,7 +852,7 @@ def record_transcript(test_name: str, run: ScriptRun) -> None:
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", test_name)
     path = Path(out_dir) / f"{safe}.{run.target}.json"
-    path.write_text(json.dumps(run.normalized(strict=True), indent=1) + "\n")
+    path.write_text(json.dumps(run.normalized(strict=True, era=era), indent=1) + "\n")
 
 
 def pids_in_dir(directory: str) -> list[int]:
@@ -893,6 +910,8 @@ class Differ:
     reference: Target
     candidate: Target
     test_name: str
+    #: Which Codex release the reference is (decides which fields are our extensions).
+    era: str = ERA_0133
 
     @property
     def candidate_is_ours(self) -> bool:
@@ -901,9 +920,9 @@ class Differ:
     async def check(self, script: Script, *, timeout: float = 60.0) -> tuple[ScriptRun, ScriptRun]:
         """Run ``script`` on both targets and assert equal normalized transcripts."""
         ref = await run_script(self.reference, script, timeout=timeout)
-        record_transcript(self.test_name, ref)
+        record_transcript(self.test_name, ref, self.era)
         cand = await run_script(self.candidate, script, timeout=timeout)
-        problem = diff_transcripts(ref, cand)
+        problem = diff_transcripts(ref, cand, self.era)
         if problem:
             pytest.fail(problem, pytrace=False)
         return ref, cand
@@ -915,7 +934,7 @@ class Differ:
         side's answer explicitly. Keys are ``"codex"`` and, in diff mode, ``"ours"``.
         """
         runs = {"codex": await run_script(self.reference, script, timeout=timeout)}
-        record_transcript(self.test_name, runs["codex"])
+        record_transcript(self.test_name, runs["codex"], self.era)
         if self.candidate_is_ours:
             runs["ours"] = await run_script(self.candidate, script, timeout=timeout)
         return runs

@@ -93,9 +93,36 @@ async def test_unknown_methods(differ: Differ) -> None:
         await c.call("process/Start", {})
         await c.handshake()
         await c.call("test/unknown-b", {})
-        await c.call("fs/canonicalize", {"path": ctx.path()})
-        await c.call("fs/open", {"handleId": "h", "path": ctx.path()})
         await c.call(META, {"path": ctx.path()})
+
+    await differ.check(script)
+
+
+async def test_absent_and_null_params_name_the_rust_type(differ: Differ) -> None:
+    """``invalid type: null, expected struct <Rust type>``, per method, exactly as 0.133
+    words it (recorded as notes, so the decoder text itself is compared)."""
+    methods = [
+        "initialize",
+        "process/start",
+        "process/read",
+        "process/write",
+        "process/terminate",
+        "fs/readFile",
+        "fs/writeFile",
+        "fs/createDirectory",
+        "fs/getMetadata",
+        "fs/readDirectory",
+        "fs/remove",
+        "fs/copy",
+        "http/request",
+    ]
+
+    async def script(ctx: ScriptContext) -> None:
+        c = await ctx.connect()
+        for method in methods:
+            for label, omit in (("absent", True), ("null", False)):
+                resp = await c.call(method, None, omit_params=omit, record=False)
+                ctx.note(f"{method} {label}", resp.get("error"))
 
     await differ.check(script)
 
@@ -352,12 +379,22 @@ async def test_methods_added_after_0133(differ: Differ) -> None:
         await c.call("process/resize", {"processId": "s", "rows": 30, "cols": 100})
         await c.call("process/signal", {"processId": "s", "signal": "interrupt"})
         await c.call("process/terminate", {"processId": "s"})
+        await c.call("fs/canonicalize", {"path": ctx.path()})
+        await c.call("fs/open", {"handleId": "h", "path": ctx.path()})
+        await c.call("environment/status", None)
 
     runs = await differ.each(script)
     codex = [e["recv"] for e in runs["codex"].normalized(strict=True)]
     for reply, method in zip(
-        (codex[0], codex[2], codex[3]),
-        ("environment/info", "process/resize", "process/signal"),
+        (codex[0], codex[2], codex[3], codex[5], codex[6], codex[7]),
+        (
+            "environment/info",
+            "process/resize",
+            "process/signal",
+            "fs/canonicalize",
+            "fs/open",
+            "environment/status",
+        ),
         strict=True,
     ):
         assert reply["error"] == {
@@ -369,3 +406,6 @@ async def test_methods_added_after_0133(differ: Differ) -> None:
         assert set(ours[0]["result"]["shell"]) == {"name", "path"}, ours
         assert ours[2] == {"id": 4, "result": {}}, ours
         assert ours[3] == {"id": 5, "result": {}}, ours
+        assert ours[5] == {"id": 7, "result": {"path": "<tmp>"}}, ours
+        assert ours[6]["error"]["message"] == "path `<tmp>` is not a file", ours
+        assert ours[7] == {"id": 9, "result": {"status": "ready"}}, ours

@@ -16,6 +16,7 @@ from exec_server.protocol.jsonrpc import (
     Request,
     Response,
     decode_params,
+    decode_unit_params,
     encode_error,
     encode_notification,
     encode_request,
@@ -112,9 +113,46 @@ def test_decode_params_missing_field_is_serde_like() -> None:
 def test_decode_params_wrong_type_and_null() -> None:
     with pytest.raises(InvalidParams):
         decode_params(msgspec.Raw(b'{"path":5}'), m.FsGetMetadataParams)
-    with pytest.raises(InvalidParams, match="missing field `path`"):
-        decode_params(msgspec.Raw(b"null"), m.FsGetMetadataParams)
     assert decode_params(msgspec.Raw(b"null"), m.Empty) == m.Empty()
+
+
+@pytest.mark.parametrize(
+    ("params_type", "rust_name"),
+    [
+        # 0.133's names, as the 0.133 binary answers (observed_0133.md); methods
+        # that 0.133 lacks use 0.171's.
+        (m.InitializeParams, "InitializeParams"),
+        (m.ProcessStartParams, "ExecParams"),
+        (m.ProcessReadParams, "ReadParams"),
+        (m.ProcessWriteParams, "WriteParams"),
+        (m.ProcessTerminateParams, "TerminateParams"),
+        (m.FsGetMetadataParams, "FsGetMetadataParams"),
+        (m.HttpRequestParams, "HttpRequestParams"),
+        (m.ProcessSignalParams, "SignalParams"),
+        (m.FsOpenParams, "WireFsOpenParams"),
+        (m.FsWatchMissingParams, "FsWatchMissingParams"),
+    ],
+)
+def test_null_or_absent_params_name_the_rust_struct(params_type: type, rust_name: str) -> None:
+    expected = f"^invalid type: null, expected struct {rust_name}$"
+    for raw in (b"null", b""):
+        with pytest.raises(InvalidParams, match=expected):
+            decode_params(msgspec.Raw(raw), params_type)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"[]", "invalid type: sequence, expected unit"),
+        (b"5", "invalid type: number, expected unit"),
+        (b'"x"', "invalid type: string, expected unit"),
+    ],
+)
+def test_unit_params(raw: bytes, message: str) -> None:
+    for ok in (b"", b"null", b"{}", b'{"extra":1}'):
+        decode_unit_params(msgspec.Raw(ok))
+    with pytest.raises(InvalidParams, match=f"^{message}$"):
+        decode_unit_params(msgspec.Raw(raw))
 
 
 def test_decode_params_ignores_unknown_fields_and_decodes_base64() -> None:
@@ -147,3 +185,16 @@ def test_output_notification_fast_path_is_byte_identical_to_msgspec(
     assert fast == msgspec.json.encode({"method": method, "params": note})
     decoded = msgspec.json.decode(fast)
     assert decoded["params"]["processId"] == process_id
+
+
+def test_file_bytes_answers_are_encoded_by_hand_as_msgspec_would() -> None:
+    encoder = msgspec.json.Encoder()
+    results = [
+        m.FsReadBlockResult(chunk=bytes(range(256)) * 3, eof=True),
+        m.FsReadBlockResult(chunk=b"", eof=False),
+        m.FsReadFileResult(data_base64=b"\x00\xffabc"),
+    ]
+    for result in results:
+        for request_id in (1, 'x"y', -1):
+            expected = encoder.encode({"id": request_id, "result": result})
+            assert encode_response(request_id, result) == expected

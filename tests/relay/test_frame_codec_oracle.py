@@ -154,11 +154,11 @@ def assert_same_as_protobuf(data: bytes, limits: FrameLimits) -> Outcome:
     expected = oracle(data, limits)
     assert ours(data, limits) == expected, data.hex()
     try:
-        route: tuple[str, str] | InvalidFrameReason = decode_route(data, limits)
+        route: tuple[str, str, bool] | InvalidFrameReason = decode_route(data, limits)
     except InvalidFrame as invalid:
         route = invalid.reason
     if isinstance(expected, RelayFrame):
-        assert route == (expected.stream_id, expected.kind)
+        assert route == (expected.stream_id, expected.kind, bool(expected.ack_bits & 1))
     else:
         assert route == expected
     return expected

@@ -23,7 +23,7 @@ from relay_sim import STREAM_ID, decode_or_none
 from exec_server.relay.events import MessageReceived, PeerMode
 from exec_server.relay.frame_codec import encode_frame
 from exec_server.relay.reliable_stream import (
-    MAX_UNACKED_SEGMENTS,
+    MAX_WINDOW_SEGMENTS,
     SEQ_SPACE,
     ReliableStream,
     ReliableStreamConfig,
@@ -46,10 +46,11 @@ def configs(draw: st.DrawFn) -> ReliableStreamConfig:
     return ReliableStreamConfig(
         max_segment_payload_bytes=segment,
         max_message_bytes=96,
-        max_unacked_segments=draw(st.integers(1, 8)),
-        max_unacked_bytes=segment * draw(st.integers(1, 6)),
-        max_send_buffer_bytes=64,
-        max_reorder_bytes=draw(st.sampled_from([segment, 48])),
+        max_unacked_segments=draw(st.sampled_from([1, 2, 8, 48])),
+        # Up to 48 small segments in flight: past the 32 that ack_bits can name.
+        max_unacked_bytes=segment * draw(st.sampled_from([1, 2, 6, 48])),
+        max_send_buffer_bytes=draw(st.sampled_from([64, 256])),
+        max_reorder_bytes=draw(st.sampled_from([segment, 48, 256])),
         max_receive_buffer_bytes=draw(st.sampled_from([1, 40, 400])),
         ack_delay_s=draw(st.sampled_from([0.0, 0.01, 0.2])),
         ack_every_segments=draw(st.integers(1, 8)),
@@ -86,7 +87,7 @@ def check_memory_bounds(stream: ReliableStream) -> None:
     assert stream.buffered_send_bytes <= max(cfg.max_send_buffer_bytes, cfg.max_message_bytes)
     assert stream.unacked_segments <= cfg.max_unacked_segments
     assert stream.inflight_bytes <= cfg.max_unacked_bytes
-    assert stream.reorder_buffer_segments < MAX_UNACKED_SEGMENTS
+    assert stream.reorder_buffer_segments < MAX_WINDOW_SEGMENTS
     assert stream.reorder_buffer_bytes <= cfg.max_reorder_bytes
     assert stream.reassembly_bytes <= cfg.max_message_bytes
     assert stream.undelivered_bytes <= (

@@ -13,7 +13,7 @@ from exec_server.relay.events import (
     PeerResumed,
     StreamReset,
 )
-from exec_server.relay.frame_codec import data_frame
+from exec_server.relay.frame_codec import data_frame, decode_frame, reset_for_peer, reset_frame
 from exec_server.relay.reliable_stream import (
     RELIABLE_CAPABILITY_BIT,
     SEQ_SPACE,
@@ -532,8 +532,29 @@ def test_streams_cross_the_u32_wrap() -> None:
 
 def test_config_is_validated() -> None:
     with pytest.raises(ValueError, match="max_unacked_segments"):
-        ReliableStreamConfig(max_unacked_segments=33)
+        ReliableStreamConfig(max_unacked_segments=257)
     with pytest.raises(ValueError, match="max_segment_payload_bytes"):
         ReliableStreamConfig(max_segment_payload_bytes=10, max_unacked_bytes=5)
     with pytest.raises(ValueError, match="rto"):
         ReliableStreamConfig(min_rto_s=1.0, initial_rto_s=0.5)
+
+
+@pytest.mark.parametrize("flag", [0, RELIABLE_CAPABILITY_BIT])
+def test_a_reset_is_terminal_whatever_its_capability_flag(flag: int) -> None:
+    """Resets also come from outside the stream (the rendezvous giving up on the peer);
+    an unflagged one must not be dropped as a mode mismatch on a reliable stream."""
+    pair = Pair()
+    pair.a.send_message(b"x", pair.now)
+    pair.deliver(pair.b, pair.out(pair.a))
+    pair.deliver(pair.a, pair.out(pair.b))
+    assert pair.a.mode is PeerMode.RELIABLE
+    pair.a.receive_frame(reset_frame(STREAM_ID, "environment_offline", ack_bits=flag), pair.now)
+    assert pair.a.is_closed and pair.a.close_reason == "environment_offline"
+    assert StreamReset(STREAM_ID, "environment_offline", True) in take_events(pair.a)
+    assert pair.out(pair.a) == []  # a reset is never answered
+
+
+def test_reset_for_peer_mirrors_the_flag() -> None:
+    assert decode_frame(reset_for_peer("s", "r", reliable=True)).ack_bits == RELIABLE_CAPABILITY_BIT
+    frame = decode_frame(reset_for_peer("s", "r", reliable=False))
+    assert (frame.ack_bits, frame.reset.reason) == (0, "r")

@@ -304,3 +304,66 @@ def test_an_id_is_reusable_by_a_legacy_peer_before_the_reset_is_read() -> None:
     assert StreamReset("a", "test_reset", remote=True) in events
     mux.receive_bytes(encode_frame(data_frame("b", 0, b"x")), 0.0)
     assert set(mux.streams) == {"a", "b"}
+
+
+def test_pause_output_holds_one_stream_while_the_others_flow() -> None:
+    link = Link()
+    a = link.harness.open_stream(0.0, "a")
+    b = link.harness.open_stream(0.0, "b")
+    a.send_message(b"1", 0.0)
+    b.send_message(b"1", 0.0)
+    link.flush()
+    assert set(link.env.streams) == {"a", "b"}
+    link.env.pause_output("a")
+    assert link.env.paused_streams == 1
+    link.env.streams["a"].send_message(b"held", 0.0)
+    link.env.streams["b"].send_message(b"flows", 0.0)
+    sent = [decode_frame(f) for f in link.env.frames_to_send(0.0)]
+    assert [(f.stream_id, f.data.payload) for f in sent if f.kind == "data"] == [("b", b"flows")]
+    link.env.resume_output("a")
+    sent = [decode_frame(f) for f in link.env.frames_to_send(0.0)]
+    assert [(f.stream_id, f.data.payload) for f in sent if f.kind == "data"] == [("a", b"held")]
+    link.env.pause_output("a")
+    link.env.reset_stream("a", "bye")  # a reset still goes out of a paused stream
+    assert [decode_frame(f).kind for f in link.env.frames_to_send(0.0)] == ["reset"]
+    link.env.connection_lost(0.0)
+    assert link.env.paused_streams == 0
+
+
+def test_a_reliable_frame_acknowledging_data_on_an_unknown_stream_is_refused() -> None:
+    """A restarted environment gets frames of a stream its previous incarnation had:
+    accepting them as a new stream would leave the seqs unable to line up."""
+    env = StreamMux(MuxRole.ENVIRONMENT)
+    env.receive_bytes(encode_frame(resume_frame("old", 9, ack=4, ack_bits=FLAG)), 0.0)
+    env.receive_bytes(
+        encode_frame(data_frame("old2", 9, b"x", ack=4, ack_bits=FLAG)),
+        0.0,
+    )
+    assert not env.streams
+    replies = [decode_frame(f) for f in env.frames_to_send(0.0)]
+    assert [(f.stream_id, f.reset.reason, f.ack_bits) for f in replies] == [
+        ("old", "unknown_stream", FLAG),
+        ("old2", "unknown_stream", FLAG),
+    ]
+    assert env.dropped[MuxDropReason.LOST_STREAM] == 2
+    # An unflagged (Codex) frame is a new stream whatever its ack field.
+    env.receive_bytes(encode_frame(data_frame("codex", 0, b"{}", ack=4)), 0.0)
+    assert set(env.streams) == {"codex"}
+
+
+def test_held_events_stay_in_the_stream_until_released() -> None:
+    link = Link()
+    a = link.harness.open_stream(0.0, "a")
+    b = link.harness.open_stream(0.0, "b")
+    a.send_message(b"a1", 0.0)
+    b.send_message(b"b1", 0.0)
+    link.flush()
+    assert messages_by_stream(link.env) == {"a": [b"a1"], "b": [b"b1"]}
+    link.env.hold_events("a")
+    a.send_message(b"a2", 0.0)
+    b.send_message(b"b2", 0.0)
+    link.flush()
+    assert messages_by_stream(link.env) == {"b": [b"b2"]}
+    assert link.env.streams["a"].undelivered_bytes == 2
+    link.env.release_events("a")
+    assert messages_by_stream(link.env) == {"a": [b"a2"]}

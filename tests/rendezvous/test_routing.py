@@ -6,8 +6,11 @@ Grace periods are 0.3 s here (see conftest), so timer-driven resets are fast to 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import aiohttp
 import pytest
@@ -29,7 +32,14 @@ from rendezvous_support import (
     wait_for,
 )
 
-from exec_server.relay.frame_codec import data_frame, encode_frame
+from exec_server.relay.control import CONTROL_SUBPROTOCOL
+from exec_server.relay.frame_codec import (
+    RelayFrame,
+    data_frame,
+    decode_frame,
+    encode_frame,
+    resume_frame,
+)
 from exec_server.relay.proto.relay_v1_pb2 import RelayData, RelayMessageFrame, RelayResume
 from exec_server.rendezvous import RendezvousServer
 
@@ -156,6 +166,10 @@ async def test_reclaim_after_disconnect_only_with_the_same_url_nonce(peers: Peer
     await expect_reset(stranger, "s-1", "stream_owned_by_another_harness")
 
     again, _ = await peers.harness(url=url)  # the same URL: the same harness reconnecting
+    await again.send_bytes(data("s-1", 1, b"{}"))  # not before it resumes the stream
+    await expect_reset(again, "s-1", "stream_owned_by_another_harness")
+    await again.send_bytes(resume("s-1"))
+    assert (await recv_frame(env)).kind == "resume"
     await again.send_bytes(data("s-1", 1, b"{}"))
     assert (await recv_frame(env)).stream_id == "s-1"
     await env.send_bytes(data("s-1", 0, b"{}"))
@@ -166,18 +180,55 @@ async def test_reclaim_after_disconnect_only_with_the_same_url_nonce(peers: Peer
     assert samples["exec_server_rendezvous_stream_reclaims_total"] == 1
 
 
-async def test_same_nonce_takes_over_from_a_live_but_stale_socket(peers: Peers) -> None:
-    """A harness that reconnects before we noticed its old socket die keeps its stream."""
+async def test_two_live_sockets_on_one_url_cannot_steal_a_stream(peers: Peers) -> None:
+    """The bad-input run of issue 8: sockets reusing a good harness's URL send ``data``
+    and ``reset`` for its stream. Nothing is forwarded and the owner keeps its stream."""
+    env = await peers.environment()
+    owner, url = await peers.harness()
+    intruder, _ = await peers.harness(url=url)  # same URL, same nonce, newer socket
+    await owner.send_bytes(resume("s-1"))
+    await recv_frame(env)
+
+    await intruder.send_bytes(data("s-1", 5, b'{"id":9,"method":"process/start"}'))
+    await expect_reset(intruder, "s-1", "stream_owned_by_another_harness")
+    await intruder.send_bytes(reset("s-1", "hijack"))  # refused, not forwarded, not answered
+    await expect_silence(env, 0.1)
+    await expect_silence(intruder, 0.05)
+
+    await owner.send_bytes(data("s-1", 0, b'{"id":1}'))
+    assert (await recv_frame(env)).data.payload == b'{"id":1}'
+    await env.send_bytes(data("s-1", 0, b'{"id":1,"result":{}}'))
+    assert (await recv_frame(owner)).data.payload == b'{"id":1,"result":{}}'
+    await expect_silence(intruder, 0.05)
+    assert peers.server.router.stats.reclaims == 0
+    assert await peers.dropped("stream_owned_by_another_harness") == 2
+
+
+async def test_a_newer_socket_resuming_with_the_same_url_takes_the_stream_over(
+    peers: Peers,
+) -> None:
+    """What our harness does when it redials before the rendezvous noticed its old socket
+    die (half-open TCP): the new socket's ``resume`` moves the stream, the old socket's
+    claim ends, and the old socket cannot take it back."""
     env = await peers.environment()
     old, url = await peers.harness()
     await old.send_bytes(resume("s-1"))
     await recv_frame(env)
     new, _ = await peers.harness(url=url)
-    await new.send_bytes(data("s-1", 0, b"{}"))
-    await recv_frame(env)
+    await new.send_bytes(resume("s-1"))
+    assert (await recv_frame(env)).kind == "resume"
+    await expect_reset(old, "s-1", "stream_reclaimed")
     await env.send_bytes(data("s-1", 0, b"{}"))
     assert (await recv_frame(new)).stream_id == "s-1"
-    await expect_silence(old, 0.1)
+
+    await old.send_bytes(resume("s-1"))  # an older socket never reclaims
+    await expect_reset(old, "s-1", "stream_owned_by_another_harness")
+    await old.send_bytes(data("s-1", 1, b"{}"))
+    await expect_reset(old, "s-1", "stream_owned_by_another_harness")
+    await expect_silence(env, 0.1)
+    await env.send_bytes(data("s-1", 1, b"{}"))
+    assert (await recv_frame(new)).stream_id == "s-1"
+    assert peers.server.router.stats.reclaims == 1
 
 
 async def test_harness_offline_reset_reaches_the_environment_after_the_grace(
@@ -301,44 +352,139 @@ async def test_environment_reset_ends_the_stream(peers: Peers) -> None:
     await expect_silence(a, 0.05)
 
 
-async def test_invalid_and_text_frames_are_dropped_and_counted(peers: Peers) -> None:
+BAD_FRAMES = {
+    "undecodable": b"\xff\xff\xff",
+    "truncated": encode_frame(data_frame("s", 1, b"x" * 100))[:-10],
+    "absurd_length": b"\x08\x01\x12\xff\xff\xff\xff\x0f",
+    "bad_version": RelayMessageFrame(
+        version=2, stream_id="s", resume=RelayResume()
+    ).SerializeToString(),
+    "missing_stream_id": RelayMessageFrame(
+        version=1, stream_id=" ", resume=RelayResume()
+    ).SerializeToString(),
+    "missing_body": RelayMessageFrame(version=1, stream_id="s").SerializeToString(),
+    "empty_payload": RelayMessageFrame(
+        version=1, stream_id="s", data=RelayData(segment_count=1)
+    ).SerializeToString(),
+    "bad_segment": RelayMessageFrame(
+        version=1, stream_id="s", data=RelayData(segment_count=0, payload=b"x")
+    ).SerializeToString(),
+}
+"""Invalid frames; the first three are counted as ``undecodable``, the others by name."""
+
+
+async def expect_close(ws: Ws, code: int) -> str:
+    msg = await asyncio.wait_for(ws.receive(), WAIT_S)
+    assert msg.type is aiohttp.WSMsgType.CLOSE, (msg.type, msg.data)
+    assert msg.data == code, msg
+    reason: str = msg.extra
+    assert reason, "a close for a protocol error names it"
+    return reason
+
+
+@pytest.mark.parametrize("role", ["harness", "environment"])
+async def test_protocol_errors_close_only_the_offending_socket(peers: Peers, role: str) -> None:
     env = await peers.environment()
-    harness, _ = await peers.harness()
-    bad_frames = {
-        "undecodable": b"\xff\xff\xff",
-        "bad_version": RelayMessageFrame(
-            version=2, stream_id="s", resume=RelayResume()
-        ).SerializeToString(),
-        "missing_stream_id": RelayMessageFrame(
-            version=1, stream_id=" ", resume=RelayResume()
-        ).SerializeToString(),
-        "missing_body": RelayMessageFrame(version=1, stream_id="s").SerializeToString(),
-        "empty_payload": RelayMessageFrame(
-            version=1, stream_id="s", data=RelayData(segment_count=1)
-        ).SerializeToString(),
-        "bad_segment": RelayMessageFrame(
-            version=1, stream_id="s", data=RelayData(segment_count=0, payload=b"x")
-        ).SerializeToString(),
-    }
-    for ws in (harness, env):
-        await ws.send_str('{"not":"binary"}')
-        for frame in bad_frames.values():
-            await ws.send_bytes(frame)
-    await env.send_bytes(data("nobody", 0, b"{}"))
-    # Both sockets stay usable.
-    await harness.send_bytes(resume("s-ok"))
+    good, _ = await peers.harness()
+    await good.send_bytes(resume("s-ok"))
+    assert (await recv_frame(env)).stream_id == "s-ok"
+    reasons: list[str] = []
+    for name, frame in BAD_FRAMES.items():
+        if role == "harness":
+            bad, _ = await peers.harness()
+        else:
+            bad = await dial(peers.http, await register(peers.http, peers.base, f"other-{name}"))
+        await bad.send_bytes(frame)
+        reasons.append(await expect_close(bad, 1002))
+    text, _ = await peers.harness()
+    await text.send_str('{"not":"binary"}')
+    assert await expect_close(text, 1003) == "text message on a binary relay socket"
+
+    # The good stream never noticed.
+    await good.send_bytes(data("s-ok", 0, b"{}"))
     assert (await recv_frame(env)).stream_id == "s-ok"
     await env.send_bytes(data("s-ok", 0, b"{}"))
-    assert (await recv_frame(harness)).stream_id == "s-ok"
-    await expect_silence(harness, 0.05)
+    assert (await recv_frame(good)).stream_id == "s-ok"
+    assert all(reason.startswith("invalid relay frame: ") for reason in reasons)
     samples = await scrape(peers.http, peers.base)
-    assert samples[f'{DROPPED}{{reason="text_frame"}}'] == 2
-    for reason in bad_frames:
-        assert samples[f'{DROPPED}{{reason="{reason}"}}'] == 2, reason
-    assert samples[f'{DROPPED}{{reason="unknown_stream"}}'] == 1
+    errors = "exec_server_rendezvous_protocol_errors_total"
+    assert samples[f'{errors}{{reason="undecodable"}}'] == 3
+    for reason in ("bad_version", "missing_stream_id", "missing_body", "empty_payload"):
+        assert samples[f'{errors}{{reason="{reason}"}}'] == 1, reason
+    assert samples[f'{errors}{{reason="bad_segment"}}'] == 1
+    assert samples[f'{errors}{{reason="text_frame"}}'] == 1
 
 
-async def test_slow_harness_does_not_stall_other_streams(
+async def test_a_message_over_the_size_limit_closes_with_1009(
+    make_rendezvous: MakeRendezvous, http: aiohttp.ClientSession
+) -> None:
+    server = await make_rendezvous(max_message_bytes=64 * 1024)
+    peers = Peers(server, http)
+    env = await peers.environment()
+    good, _ = await peers.harness()
+    big, _ = await peers.harness()
+    await big.send_bytes(data("s-big", 0, b"x" * (65 * 1024)))
+    assert await expect_close(big, 1009) == "relay message over the size limit"
+    await good.send_bytes(resume("s-ok"))
+    assert (await recv_frame(env)).stream_id == "s-ok"
+    samples = await scrape(http, server.base_url)
+    assert samples['exec_server_rendezvous_protocol_errors_total{reason="oversize"}'] == 1
+
+
+async def test_unknown_stream_frames_from_the_environment_are_dropped_and_counted(
+    peers: Peers,
+) -> None:
+    env = await peers.environment()
+    await env.send_bytes(data("nobody", 0, b"{}"))
+    await wait_for(lambda: peers.server.router.stats.dropped["unknown_stream"] == 1)
+    harness, _ = await peers.harness()
+    await harness.send_bytes(resume("s-ok"))
+    assert (await recv_frame(env)).stream_id == "s-ok"
+
+
+def flagged(stream_id: str, seq: int, payload: bytes) -> bytes:
+    """A data frame from one of our reliable endpoints (capability flag set)."""
+    return encode_frame(data_frame(stream_id, seq, payload, ack_bits=1))
+
+
+async def control_environment(server: RendezvousServer, http: aiohttp.ClientSession) -> Ws:
+    """An environment socket that negotiated control messages (as ours does)."""
+    env = await http.ws_connect(
+        await register(http, server.base_url, ENV),
+        compress=0,
+        max_msg_size=0,
+        protocols=(CONTROL_SUBPROTOCOL,),
+    )
+    assert env.protocol == CONTROL_SUBPROTOCOL
+    await wait_for(lambda: server.router.is_online(ENV))
+    return env
+
+
+async def fast_stream_keeps_flowing(
+    env: Ws, slow_frame: Callable[[int], bytes], fast: Ws, count: int
+) -> int:
+    """Send ``count`` slow-stream frames with a fast-stream frame every 16, while the slow
+    harness reads nothing; return how many fast frames arrived (all must)."""
+    fast_frames = count // 16
+    received = 0
+
+    async def read_fast() -> None:
+        nonlocal received
+        for _ in range(fast_frames):
+            frame = await recv_frame(fast)
+            assert frame.stream_id == "fast"
+            received += 1
+
+    reader = asyncio.ensure_future(read_fast())
+    for i in range(count):
+        await env.send_bytes(slow_frame(i))
+        if i % 16 == 15:
+            await env.send_bytes(data("fast", i, b"tick"))
+    await asyncio.wait_for(reader, 4 * WAIT_S)
+    return received
+
+
+async def test_slow_harness_reliable_stream_frames_are_dropped_not_queued(
     make_rendezvous: MakeRendezvous, http: aiohttp.ClientSession
 ) -> None:
     server = await make_rendezvous(max_queue_bytes=256 * 1024)
@@ -346,36 +492,134 @@ async def test_slow_harness_does_not_stall_other_streams(
     env = await peers.environment()
     slow, _ = await peers.harness()  # never reads
     fast, _ = await peers.harness()
+    await slow.send_bytes(encode_frame(resume_frame("slow", 0, ack_bits=1)))
+    await fast.send_bytes(resume("fast"))
+    await recv_frame(env)
+    await recv_frame(env)
+    big = b"x" * (64 * 1024)
+    # 50 MB for the slow harness: far beyond kernel buffers plus its 256 KiB queue.
+    assert await fast_stream_keeps_flowing(env, lambda i: flagged("slow", i + 1, big), fast, 800)
+    await wait_for(lambda: server.router.stats.dropped["harness_queue_full"] > 0)
+    queued = [p.queued_bytes for p in server.router.peers if p.role.value == "harness"]
+    assert max(queued) <= 256 * 1024 + len(big) + 64
+    assert server.router.stats.resets_sent["harness_too_slow"] == 0
+
+
+class ControlLog:
+    """Reads an environment socket in the background: relay frames and control texts."""
+
+    def __init__(self, env: Ws) -> None:
+        self.env = env
+        self.controls: list[dict[str, str]] = []
+        self.frames: list[RelayFrame] = []
+        self._task = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            msg = await self.env.receive()
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                self.controls.append(json.loads(msg.data))
+            elif msg.type is aiohttp.WSMsgType.BINARY:
+                self.frames.append(decode_frame(msg.data))
+            else:
+                return
+
+    def kinds(self) -> list[str]:
+        return [c["type"] for c in self.controls]
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+async def test_slow_legacy_harness_is_paused_at_the_environment_never_dropped(
+    make_rendezvous: MakeRendezvous, http: aiohttp.ClientSession
+) -> None:
+    """A stream that cannot retransmit loses nothing: the environment is told to pause
+    that stream (its other streams keep flowing) and to resume once the harness caught up."""
+    server = await make_rendezvous(max_queue_bytes=1024 * 1024, stream_pause_bytes=512 * 1024)
+    peers = Peers(server, http)
+    env = await control_environment(server, http)
+    slow, _ = await peers.harness()
+    fast, _ = await peers.harness()
     await slow.send_bytes(resume("slow"))
     await fast.send_bytes(resume("fast"))
     await recv_frame(env)
     await recv_frame(env)
+    log = ControlLog(env)
+    chunk = b"y" * (64 * 1024)
+    # 16 MiB (beyond what kernel buffers absorb) into a 32 MiB hard bound: paused,
+    # never cut, nothing dropped, while the other stream keeps flowing.
+    count = 256
+    assert await fast_stream_keeps_flowing(env, lambda i: data("slow", i, chunk), fast, count)
+    await wait_for(lambda: "pause_output" in log.kinds())
+    assert log.controls[0] == {"type": "pause_output", "stream_id": "slow"}
+    for i in range(count):  # the slow harness reads at last: all of it, in order
+        frame = await recv_frame(slow)
+        assert (frame.stream_id, frame.data.seq, frame.data.payload) == ("slow", i, chunk)
+    await wait_for(lambda: log.kinds()[-1] == "resume_output")
+    await log.close()
+    stats = server.router.stats
+    assert stats.dropped["harness_queue_full"] == 0 and stats.dropped["harness_too_slow"] == 0
+    assert stats.pauses >= 1 and stats.resets_sent["harness_too_slow"] == 0
 
-    big = b"x" * (64 * 1024)
-    fast_frames = 50
-    received: list[float] = []
 
-    async def read_fast() -> None:
-        for _ in range(fast_frames):
-            frame = await recv_frame(fast)
-            assert frame.stream_id == "fast"
-            received.append(time.monotonic())
+async def read_until_reset(ws: Ws) -> list[int]:
+    """Data seqs received on ``ws`` up to a ``reset{harness_too_slow}``."""
+    seqs = []
+    while True:
+        frame = await recv_frame(ws)
+        if frame.kind == "reset":
+            assert frame.reset.reason == "harness_too_slow"
+            return seqs
+        seqs.append(frame.data.seq)
 
-    reader = asyncio.ensure_future(read_fast())
-    sent_at: list[float] = []
-    # 50 MB for the slow harness: far beyond kernel buffers plus its 256 KiB queue.
-    for i in range(800):
-        await env.send_bytes(data("slow", i, big))
-        if i % 16 == 0:
-            sent_at.append(time.monotonic())
-            await env.send_bytes(data("fast", i, b"tick"))
-    await asyncio.wait_for(reader, WAIT_S)
-    assert len(received) == fast_frames
-    worst = max(got - sent for got, sent in zip(received, sent_at, strict=True))
-    assert worst < 1.0, f"the fast harness waited {worst:.3f}s for a frame"
-    await wait_for(lambda: server.router.stats.dropped["harness_queue_full"] > 0)
-    queued = [p.queued_bytes for p in server.router.peers if p.role.value == "harness"]
-    assert max(queued) <= 256 * 1024 + len(big) + 64
+
+async def test_legacy_harness_too_slow_gets_everything_queued_then_an_explicit_reset(
+    make_rendezvous: MakeRendezvous, http: aiohttp.ClientSession
+) -> None:
+    """With an environment that cannot be paused (Codex's), a legacy stream past its bound
+    ends with ``reset{harness_too_slow}`` on both sides: no gap, no silent drop."""
+    server = await make_rendezvous(
+        max_queue_bytes=256 * 1024,
+        stream_pause_bytes=256 * 1024,
+        max_stream_buffer_bytes=1024 * 1024,
+    )
+    peers = Peers(server, http)
+    env = await peers.environment()  # no control subprotocol: a Codex environment
+    slow, _ = await peers.harness()
+    await slow.send_bytes(resume("slow"))
+    await recv_frame(env)
+    chunk = b"z" * (64 * 1024)
+    for i in range(256):  # 16 MiB: past kernel buffers and the 1 MiB bound
+        await env.send_bytes(data("slow", i, chunk))
+    await expect_reset(env, "slow", "harness_too_slow")
+    seqs = await read_until_reset(slow)
+    assert seqs == list(range(len(seqs))) and len(seqs) >= 16  # a prefix, then the reset
+    assert server.router.stream_count(ENV) == 0
+    assert server.router.stats.resets_sent["harness_too_slow"] == 2
+
+
+async def test_paused_legacy_stream_is_reset_after_the_slow_harness_timeout(
+    make_rendezvous: MakeRendezvous, http: aiohttp.ClientSession
+) -> None:
+    server = await make_rendezvous(
+        max_queue_bytes=256 * 1024, stream_pause_bytes=128 * 1024, slow_harness_timeout_s=0.3
+    )
+    env = await control_environment(server, http)
+    slow, _ = await Peers(server, http).harness()
+    await slow.send_bytes(resume("slow"))
+    await recv_frame(env)
+    log = ControlLog(env)
+    for i in range(256):  # 16 MiB, far below the 32 MiB hard bound: only the timer cuts
+        await env.send_bytes(data("slow", i, b"w" * (64 * 1024)))
+    await wait_for(lambda: any(f.kind == "reset" for f in log.frames))
+    await log.close()
+    assert [(f.stream_id, f.reset.reason) for f in log.frames] == [("slow", "harness_too_slow")]
+    assert "pause_output" in log.kinds()
+    seqs = await read_until_reset(slow)
+    assert seqs == list(range(len(seqs)))
 
 
 async def test_thousand_concurrent_streams_on_one_environment_socket(peers: Peers) -> None:

@@ -3,8 +3,9 @@
 Streams in :data:`CP_CHUNK_BYTES` pieces with :data:`CP_PIPELINE_DEPTH` requests in
 flight (any file size), shows progress on a terminal, and compares SHA-256 digests
 computed on both ends. A download goes to ``.NAME.part`` and is renamed only once
-verified. Errors name the path as the person wrote it (``ENV:/path`` or the local
-one) and say which side is missing what.
+verified. An upload that fails part way removes what it wrote (and says whether it
+could). Errors name the path as the person wrote it (``ENV:/path`` or the local one)
+and say which side is missing what.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from typing import BinaryIO
 import click
 import msgspec
 
-from ..client import ExecServerClient, ServerError
+from ..client import ExecServerClient, ServerError, TransportClosed
 from ..protocol.errors import NOT_FOUND
-from .errors import CliError, exit_now, run_async
+from .errors import EXIT_CONNECTION, CliError, exit_now, run_async
 from .target import Target, target_options
 
 #: Bytes per fs/readFile or fs/writeFile call.
@@ -152,13 +153,33 @@ async def _upload(target: Target, local: Path, fh: BinaryIO, dst: _Location) -> 
     progress = _Progress(f"{local.name} ->", total)
     digest = hashlib.sha256()
     async with target.connect() as client:
+        with contextlib.suppress(ServerError):  # absent is fine; a directory is not ours
+            if (await client.fs.get_metadata(remote_path)).is_directory:
+                raise CliError(
+                    f"{dst.spec} is a directory; cp copies files",
+                    hint=f"to copy into it, end it with a slash: {dst.spec.rstrip('/')}/",
+                )
         try:
             await _send_chunks(client, fh, remote_path, digest, progress)
+        except ServerError as exc:
+            progress.finish()
+            error = _remote_error(exc, dst, "write")
+            if exc.code != NOT_FOUND:  # a missing directory: nothing was written
+                removal = await _remove_partial(client, remote_path)
+                error = CliError(f"{error.message}; {removal}", hint=error.hint)
+            raise error from None
+        except TransportClosed as exc:
+            progress.finish()
+            raise CliError(
+                f"lost the connection to {target.describe()} while writing {dst.spec}: {exc}; "
+                + await _remove_partial(client, remote_path),
+                exit_code=EXIT_CONNECTION,
+            ) from None
+        progress.finish()
+        try:
             remote = await client.fs.checksum(remote_path)
         except ServerError as exc:
             raise _remote_error(exc, dst, "write") from None
-        finally:
-            progress.finish()
     if remote.digest != digest.hexdigest() or remote.size != total:
         raise CliError(
             f"checksum mismatch after upload to {dst.spec}: local sha256 {digest.hexdigest()} "
@@ -198,6 +219,18 @@ async def _send_chunks(
         for task in in_flight:
             task.cancel()
         await asyncio.gather(*in_flight, return_exceptions=True)
+
+
+async def _remove_partial(client: ExecServerClient, remote_path: str) -> str:
+    """Remove what a failed upload left, so that no partial file passes for the whole
+    one; says how that went."""
+    try:
+        await client.fs.remove(remote_path, recursive=False, force=True)
+    except TransportClosed:
+        return "the partial file may remain (the environment is unreachable)"
+    except ServerError as exc:
+        return f"the partial file may remain ({exc.message})"
+    return "the partial file was removed"
 
 
 async def _settle_one(tasks: set[asyncio.Future[None]]) -> set[asyncio.Future[None]]:

@@ -24,7 +24,17 @@ from ..environment.server import (
     ServerConfig,
     parse_listen_url,
 )
-from ..environment.session import DETACHED_SESSION_TTL_S, SessionConfig
+from ..environment.session import (
+    DETACHED_SESSION_TTL_0171_S,
+    DETACHED_SESSION_TTL_S,
+    SessionConfig,
+)
+from ..environment.ws_auth import (
+    WsAuthConfigError,
+    build_ws_auth,
+    is_loopback_host,
+    non_loopback_refusal,
+)
 from ..transport.stdio import open_process_stdio
 from ..transport.websocket import DEFAULT_MAX_MESSAGE_BYTES
 from .tokens import read_token
@@ -50,6 +60,29 @@ def _read_token(token_file: Path | None) -> str | None:
     help=f"Require `Authorization: Bearer <token>` on the websocket (or set {TOKEN_ENV}).",
 )
 @click.option(
+    "--ws-auth",
+    type=click.Choice(["capability-token", "signed-bearer-token"]),
+    help="Codex 0.171 websocket auth: a bearer capability token, or an HS256 JWT.",
+)
+@click.option(
+    "--ws-token-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The capability token (with --ws-auth capability-token).",
+)
+@click.option("--ws-token-sha256", metavar="HEX", help="SHA-256 of the capability token.")
+@click.option(
+    "--ws-shared-secret-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="HS256 secret, >= 32 bytes (with --ws-auth signed-bearer-token).",
+)
+@click.option("--ws-issuer", help="Required `iss` of signed bearer tokens.")
+@click.option("--ws-audience", help="Required `aud` of signed bearer tokens.")
+@click.option(
+    "--ws-max-clock-skew-seconds",
+    type=float,
+    help="Clock skew allowed on `exp`/`nbf` of signed bearer tokens (default 60).",
+)
+@click.option(
     "--allow-origin",
     multiple=True,
     help="Browser Origin allowed to connect (default: none; requests with Origin get 403).",
@@ -57,8 +90,8 @@ def _read_token(token_file: Path | None) -> str | None:
 @click.option(
     "--session-ttl",
     type=float,
-    default=DETACHED_SESSION_TTL_S,
-    show_default=True,
+    default=None,
+    show_default=f"{DETACHED_SESSION_TTL_S:g}, or {DETACHED_SESSION_TTL_0171_S:g} for Codex 0.171",
     help="Seconds a detached session (and its processes) survives for resume.",
 )
 @click.option(
@@ -85,8 +118,15 @@ def _read_token(token_file: Path | None) -> str | None:
 def serve(
     listen: str | None,
     token_file: Path | None,
+    ws_auth: str | None,
+    ws_token_file: Path | None,
+    ws_token_sha256: str | None,
+    ws_shared_secret_file: Path | None,
+    ws_issuer: str | None,
+    ws_audience: str | None,
+    ws_max_clock_skew_seconds: float | None,
     allow_origin: tuple[str, ...],
-    session_ttl: float,
+    session_ttl: float | None,
     max_message_bytes: int,
     remote_url: str | None,
     environment_id: str | None,
@@ -95,10 +135,27 @@ def serve(
     registration_token_file: Path | None,
 ) -> None:
     """Serve the exec-server JSON-RPC API locally, or remotely through a rendezvous."""
+    try:
+        auth = build_ws_auth(
+            ws_auth,
+            token_file=ws_token_file,
+            token_sha256=ws_token_sha256,
+            shared_secret_file=ws_shared_secret_file,
+            issuer=ws_issuer,
+            audience=ws_audience,
+            max_clock_skew_s=ws_max_clock_skew_seconds,
+        )
+    except WsAuthConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    if auth is not None and token_file is not None:
+        raise click.UsageError("--token-file cannot be combined with --ws-auth")
     config = ServerConfig(
-        session=SessionConfig(detached_ttl_s=session_ttl),
+        session=SessionConfig()
+        if session_ttl is None
+        else SessionConfig(detached_ttl_s=session_ttl, detached_ttl_0171_s=session_ttl),
         max_message_bytes=max_message_bytes,
         token=_read_token(token_file),
+        ws_auth=auth,
         allowed_origins=frozenset(allow_origin),
     )
     if remote_url is not None:
@@ -120,6 +177,10 @@ def serve(
         address = parse_listen_url(listen or DEFAULT_LISTEN_URL)
     except ListenUrlError as exc:
         raise click.UsageError(str(exc)) from None
+    has_auth = config.ws_auth is not None or config.token is not None
+    if not address.stdio and not has_auth and not is_loopback_host(address.host):
+        # Anyone who can reach the port could run commands: fail closed.
+        raise click.UsageError(non_loopback_refusal(address.host, address.port))
     asyncio.run(_serve(address.stdio, address.host, address.port, config))
 
 

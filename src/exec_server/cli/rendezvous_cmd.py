@@ -66,6 +66,28 @@ from ..rendezvous.server import (
     show_default=True,
     help="Largest relay websocket message accepted.",
 )
+@click.option(
+    "--ping-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds between keepalive pings on relay sockets.",
+)
+@click.option(
+    "--pong-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds of silence (not even a pong) after which a relay socket is dropped.",
+)
+@click.option(
+    "--slow-harness-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds a stream that cannot retransmit waits for its slow harness before "
+    "it is reset (harness_too_slow).",
+)
 def rendezvous(
     listen: str,
     data_dir: Path | None,
@@ -73,6 +95,9 @@ def rendezvous(
     environment_grace: float,
     harness_grace: float,
     max_message_bytes: int,
+    ping_interval: float,
+    pong_timeout: float,
+    slow_harness_timeout: float,
 ) -> None:
     """Run the registry and rendezvous that remote environments and harnesses meet at."""
     try:
@@ -85,6 +110,9 @@ def rendezvous(
         environment_grace_s=environment_grace,
         harness_grace_s=harness_grace,
         max_message_bytes=max_message_bytes,
+        ping_interval_s=ping_interval,
+        pong_timeout_s=pong_timeout,
+        slow_harness_timeout_s=slow_harness_timeout,
     )
     try:
         asyncio.run(_run(config, host, port))

@@ -21,7 +21,8 @@ TERMINAL_READ_BYTES = 65536
 
 async def interactive_shell(target: Target, cwd: str | None) -> int:
     """The environment's login shell on a PTY sized like ours; its exit code."""
-    async with target.connect() as client:
+    # No relay status lines: they would land in the middle of a raw-mode screen.
+    async with target.connect(relay_status=False) as client:
         info = await client.environment_info()
         size = os.get_terminal_size(sys.stdin.fileno())
         proc = await start_or_explain(

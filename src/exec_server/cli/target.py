@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import click
 import msgspec
 
-from ..client import ClientConfig, Connecting, ExecServerClient
+from ..client import ClientConfig, Connecting, ExecServerClient, RelayStatus
 from .errors import CliError
 from .tokens import read_token_file
 
@@ -115,12 +115,19 @@ class Target(msgspec.Struct, frozen=True):
         parts = urlsplit(self.url)
         return parts._replace(query="", fragment="").geturl()
 
-    def client_config(self) -> ClientConfig:
-        """The SDK config every people-facing command uses."""
-        return ClientConfig(client_name=CLI_CLIENT_NAME)
+    def client_config(self, *, relay_status: bool = True) -> ClientConfig:
+        """The SDK config every people-facing command uses; with ``relay_status``, what
+        the rendezvous reports about the environment is printed on stderr
+        (:func:`print_relay_status`)."""
+        return ClientConfig(
+            client_name=CLI_CLIENT_NAME,
+            on_relay_status=print_relay_status if relay_status else None,
+        )
 
-    def connect(self) -> Connecting:
-        """``async with target.connect() as client``; ConnectError when it fails."""
+    def connect(self, *, relay_status: bool = True) -> Connecting:
+        """``async with target.connect() as client``; ConnectError when it fails.
+        ``relay_status=False`` keeps status lines off stderr (a raw-mode terminal)."""
+        config = self.client_config(relay_status=relay_status)
         if self.rendezvous is not None:
             if not self.environment_id:
                 raise CliError(
@@ -139,17 +146,28 @@ class Target(msgspec.Struct, frozen=True):
                     rendezvous=self.rendezvous,
                     environment_id=self.environment_id,
                     token=self.rendezvous_token,
-                    config=self.client_config(),
+                    config=config,
                 )
             except ValueError as exc:
                 raise CliError(str(exc), exit_code=2) from None
         assert self.url is not None
         try:
-            return ExecServerClient.connect(
-                self.url, token=self.connection_token, config=self.client_config()
-            )
+            return ExecServerClient.connect(self.url, token=self.connection_token, config=config)
         except ValueError as exc:
             raise CliError(f"bad --url: {exc}", exit_code=2) from None
+
+
+def print_relay_status(status: RelayStatus) -> None:
+    """Tell the person at the terminal why nothing is happening (stderr)."""
+    if status.state == "offline":
+        wait = f" up to {status.grace_s:.0f}s" if status.grace_s is not None else ""
+        click.echo(f"exec-server: the environment is offline; waiting{wait} for it", err=True)
+    elif status.state == "online":
+        click.echo("exec-server: the environment is back online", err=True)
+    elif status.state == "reconnecting":
+        click.echo(f"exec-server: lost the rendezvous ({status.detail}); reconnecting", err=True)
+    elif status.state == "reconnected":
+        click.echo("exec-server: reconnected to the rendezvous", err=True)
 
 
 def target_options(func: Any) -> Any:

@@ -11,6 +11,7 @@ See :class:`ExecServerClient` and the README's SDK section. Every error raised h
 is an :class:`ExecServerError`.
 """
 
+from ..transport.relay_status import RelayStatus, StatusCallback
 from .client import DEFAULT_RUN_OUTPUT_BYTES, ExecServerClient
 from .config import (
     DEFAULT,
@@ -57,9 +58,11 @@ __all__ = [
     "ProcessResult",
     "ProcessTimeout",
     "RegistryError",
+    "RelayStatus",
     "RequestTimeout",
     "ServerError",
     "SessionExpired",
+    "StatusCallback",
     "Timeout",
     "Timeouts",
     "TransportClosed",

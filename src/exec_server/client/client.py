@@ -37,7 +37,14 @@ from ..protocol import messages as m
 from ..protocol.errors import METHOD_NOT_FOUND
 from ..transport.channel import MessageChannel
 from .config import DEFAULT, ClientConfig, Timeout, _Default
-from .connect import Connecting, Reconnect, dial_rendezvous, dial_url, spawn_stdio_channel
+from .connect import (
+    Connecting,
+    Reconnect,
+    RelayWatch,
+    dial_rendezvous,
+    dial_url,
+    spawn_stdio_channel,
+)
 from .errors import (
     ExecServerError,
     ProcessFailed,
@@ -96,6 +103,7 @@ class ExecServerClient:
         self._failure: ExecServerError | None = None
         self._info: EnvironmentInfo | None = None
         self._uri_paths = False
+        self._relay_watch: RelayWatch | None = None
 
     # --- construction -------------------------------------------------------------
 
@@ -117,22 +125,26 @@ class ExecServerClient:
         ``environment_id``: a fresh harness URL is then asked for on every dial.
         ``token`` is the bearer for whichever is dialed (the local server's, or the
         registry's). Raises :class:`ConnectError` when connecting fails.
+
+        Over a rendezvous, ``config.on_relay_status`` hears what the relay reports
+        about the environment (offline and waited for, back, given up).
         """
         config = config or ClientConfig()
+        watch = RelayWatch(config.on_relay_status)
         if (url is None) == (rendezvous is None):
             raise ValueError("give either url or rendezvous (with environment_id)")
         if rendezvous is not None:
             if not environment_id:
                 raise ValueError("environment_id is required with rendezvous")
-            dial = dial_rendezvous(rendezvous, environment_id, token, config)
+            dial = dial_rendezvous(rendezvous, environment_id, token, config, watch)
         else:
             assert url is not None
             if environment_id is not None:
                 raise ValueError("environment_id goes with rendezvous, not url")
-            dial = dial_url(url, token, config)
+            dial = dial_url(url, token, config, watch)
 
         async def open_client() -> ExecServerClient:
-            return await cls._open(await dial(), config, dial, resume_session_id)
+            return await cls._open(await dial(), config, dial, resume_session_id, watch)
 
         return Connecting(open_client)
 
@@ -182,8 +194,10 @@ class ExecServerClient:
         config: ClientConfig,
         reconnect: Reconnect | None,
         resume_session_id: str | None,
+        relay_watch: RelayWatch | None = None,
     ) -> ExecServerClient:
         client = cls(channel, config=config, reconnect=reconnect)
+        client._relay_watch = relay_watch
         client._rpc.start()
         limit = config.timeouts.initialize_s
         try:
@@ -439,8 +453,18 @@ class ExecServerClient:
 
     # --- recovery -------------------------------------------------------------------
 
+    def _environment_gone(self) -> str | None:
+        """Why the rendezvous gave the environment up (its grace ended), or ``None``:
+        then nothing will come back on this connection, and recovery is not tried."""
+        gone = self._relay_watch.gone if self._relay_watch is not None else None
+        return gone.detail if gone is not None else None
+
     def _on_disconnect(self, message: str) -> None:
         if self._closing or self._failure is not None:
+            return
+        if (gone := self._environment_gone()) is not None:
+            # The rendezvous already waited its grace for the environment.
+            self._give_up(TransportClosed(f"{message}: {gone}"))
             return
         if (
             self._reconnect is not None

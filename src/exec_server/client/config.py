@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from ..transport.channel import DEFAULT_MAX_MESSAGE_BYTES
+from ..transport.relay_status import StatusCallback
 
 DEFAULT_CLIENT_NAME = "exec-server-python"
 #: How long a client tries to resume its session after losing the connection (Codex:
@@ -69,6 +70,12 @@ class ClientConfig:
       ``None`` leaves the server's default, Codex's 8 KiB).
     * ``max_buffered_output_bytes``: undelivered output one process handle holds before
       the connection's reader waits for the consumer (pushing back on the server).
+    * ``on_relay_status``: over a rendezvous, called with each
+      :class:`~exec_server.client.RelayStatus` the relay reports (the environment went
+      offline and is waited for, came back, was given up; the rendezvous itself was
+      lost and is redialed), in time to tell a person why nothing is happening. It
+      runs on the event loop and must not block. Once the rendezvous gives the
+      environment up (``"gone"``), the client stops recovering at once.
     """
 
     client_name: str = DEFAULT_CLIENT_NAME
@@ -77,6 +84,7 @@ class ClientConfig:
     recovery_timeout_s: float = SESSION_RECOVERY_TIMEOUT_S
     output_chunk_bytes: int | None = DEFAULT_OUTPUT_CHUNK_BYTES
     max_buffered_output_bytes: int = MAX_BUFFERED_EVENT_BYTES
+    on_relay_status: StatusCallback | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.max_message_bytes < 1024:

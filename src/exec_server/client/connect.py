@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..transport.channel import MessageChannel
 from ..transport.registry_client import RegistryClient, RegistryError
+from ..transport.relay_status import RelayStatus, StatusCallback
 from .config import ClientConfig
 from .errors import ConnectError
 
@@ -54,6 +55,22 @@ class Connecting:
             await client.close()
 
 
+class RelayWatch:
+    """Hears the relay's status reports on every channel one client dials, passes them
+    on (``ClientConfig.on_relay_status``) and remembers when the rendezvous gave the
+    environment up, so that recovery does not dial it again."""
+
+    def __init__(self, user: StatusCallback | None) -> None:
+        self.user = user
+        self.gone: RelayStatus | None = None
+
+    def __call__(self, status: RelayStatus) -> None:
+        if status.state == "gone":
+            self.gone = status
+        if self.user is not None:
+            self.user(status)
+
+
 def is_harness_url(url: str) -> bool:
     """True for a rendezvous ``role=harness`` URL (how Codex picks the relay)."""
     from urllib.parse import parse_qs, urlsplit
@@ -61,20 +78,28 @@ def is_harness_url(url: str) -> bool:
     return "harness" in parse_qs(urlsplit(url).query).get("role", [])
 
 
-def dial_url(url: str, token: str | None, config: ClientConfig) -> Reconnect:
-    """Dial a local server's ``ws://`` URL, or a ``role=harness`` rendezvous URL."""
+def dial_url(
+    url: str, token: str | None, config: ClientConfig, watch: RelayWatch | None = None
+) -> Reconnect:
+    """Dial a local server's ``ws://`` URL, or a ``role=harness`` rendezvous URL (whose
+    status reports go to ``watch``)."""
     if not url.startswith(("ws://", "wss://")):
         raise ValueError(f"expected a ws:// or wss:// URL, got {url!r}")
     headers = {"Authorization": f"Bearer {token}"} if token else None
     if is_harness_url(url):
-        return lambda: _dial_relay(url, headers, config)
+        return lambda: _dial_relay(url, headers, config, watch)
     return lambda: _dial_websocket(url, headers, config)
 
 
 def dial_rendezvous(
-    rendezvous: str, environment_id: str, token: str | None, config: ClientConfig
+    rendezvous: str,
+    environment_id: str,
+    token: str | None,
+    config: ClientConfig,
+    watch: RelayWatch | None = None,
 ) -> Reconnect:
-    """Ask the registry for a fresh harness URL for ``environment_id``, then dial it."""
+    """Ask the registry for a fresh harness URL for ``environment_id``, then dial it
+    (its status reports go to ``watch``)."""
     registry = RegistryClient(rendezvous, token, timeout_s=config.timeouts.connect_s)
 
     async def dial() -> MessageChannel:
@@ -89,7 +114,7 @@ def dial_rendezvous(
             ) from exc
         finally:
             await registry.close()
-        return await _dial_relay(harness.url, None, config)
+        return await _dial_relay(harness.url, None, config, watch)
 
     return dial
 
@@ -111,13 +136,16 @@ async def _dial_websocket(
 
 
 async def _dial_relay(
-    url: str, headers: Mapping[str, str] | None, config: ClientConfig
+    url: str, headers: Mapping[str, str] | None, config: ClientConfig, watch: RelayWatch | None
 ) -> MessageChannel:
     from ..transport.relay import connect_harness_relay
 
     try:
         return await connect_harness_relay(
-            url, headers=dict(headers) if headers else None, timeout_s=config.timeouts.connect_s
+            url,
+            headers=dict(headers) if headers else None,
+            timeout_s=config.timeouts.connect_s,
+            on_status=watch if watch is not None else config.on_relay_status,
         )
     except (OSError, TimeoutError) as exc:
         raise ConnectError(str(exc) or f"cannot connect to {_redact(url)}") from None

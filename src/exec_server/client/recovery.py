@@ -5,7 +5,8 @@ The client redials with its dialer, resumes its session with
 from the server's retention (``process/read``). Attempts follow
 :func:`~exec_server.transport.reconnect.backoff` (the first is immediate) until
 ``ClientConfig.recovery_timeout_s`` passes; an error that is not transient (an
-expired session, a refused token) ends it at once. Giving up fails every handle and
+expired session, a refused token) ends it at once, and so does the rendezvous
+giving the environment up (its grace ended: nothing would answer). Giving up fails every handle and
 makes every later call raise :class:`TransportClosed` (or :class:`SessionExpired`).
 """
 
@@ -45,6 +46,9 @@ async def recover(client: ExecServerClient, message: str) -> None:
         except Exception as exc:
             if not is_transient(exc):
                 client._give_up(_with_context(exc, message))
+                return
+            if (gone := client._environment_gone()) is not None:
+                client._give_up(TransportClosed(f"{message}; {gone}"))
                 return
             last_error = str(exc)
         else:

@@ -1,4 +1,4 @@
-"""The ``fs/*`` methods: read, write, create, stat, list, remove and copy paths.
+"""The ``fs/*`` methods: read, write, create, stat, list, remove, copy and canonicalize.
 
 This module owns the filesystem half of the exec-server API and the one mapping
 from OS errors to JSON-RPC errors (:func:`map_os_error`). The wire reference is the
@@ -12,10 +12,14 @@ Codex 0.133 binary; what it answered, request by request, is recorded in
   dataBase64: <base64 crate error>"``; the crate's wording is reproduced.
 * Paths are lexically normalised before use (see :mod:`.sandbox`).
 
-Deliberate differences from 0.133 (all supersets or safety fixes):
+Both eras are served: a native path gets 0.133's answers, a ``file://`` URI
+(Codex 0.171's form) gets 0.171's texts, and paths in a result come back in the
+request's form (:mod:`exec_server.protocol.path_uri`).
 
-* ``file://`` URIs are accepted (0.133 answers -32602).
-* ``readFile`` honours ``maxBytes`` (later Codex does; 0.133 ignores it) and a
+Deliberate differences from 0.133 and 0.171 (all supersets or safety fixes):
+
+* both path forms are accepted (0.133 rejects URIs, 0.171 native paths).
+* ``readFile`` honours ``maxBytes`` (0.133 and 0.171 ignore it) and a
   configured ceiling, :attr:`FsLimits.max_read_bytes`; it refuses FIFOs instead of
   blocking a worker thread forever.
 * ``readDirectory`` entries are sorted by ``fileName`` (0.133 returns readdir order).
@@ -50,6 +54,8 @@ from msgspec import UnsetType
 from ..protocol.errors import InternalError, InvalidParams, InvalidRequest, NotFound, RpcError
 from ..protocol.messages import (
     Empty,
+    FsCanonicalizeParams,
+    FsCanonicalizeResult,
     FsChecksumParams,
     FsChecksumResult,
     FsCopyParams,
@@ -64,6 +70,7 @@ from ..protocol.messages import (
     FsRemoveParams,
     FsWriteFileParams,
 )
+from ..protocol.path_uri import parse_wire_path
 from .sandbox import (
     FsSandbox,
     SandboxDenied,
@@ -249,6 +256,11 @@ def file_too_large(limit: int) -> InvalidRequest:
     return InvalidRequest(f"file is too large to read: limit is {limit} bytes")
 
 
+def not_a_file(path: str) -> InvalidRequest:
+    """Codex 0.171's answer to reading a directory or another non-regular file."""
+    return InvalidRequest(f"path `{path}` is not a file")
+
+
 # --- base64 --------------------------------------------------------------------------
 
 WRITE_BASE64_ERROR_PREFIX = "fs/writeFile requires valid base64 dataBase64: "
@@ -417,7 +429,15 @@ class FileSystemHandler:
         self._environ = environ
 
     async def read_file(self, p: FsReadFileParams) -> FsReadFileResult:
-        path = parse_absolute_path(p.path)
+        """Whole-file (or, our extension, ranged) read.
+
+        A ``file://`` request for a directory or another non-regular file gets
+        0.171's -32600 ``path `X` is not a file``; a native-path one gets 0.133's
+        answers (EISDIR -32603; a FIFO is refused instead of blocking).
+        """
+        wire = parse_wire_path(p.path)
+        path = wire.native
+        regular_only = wire.is_uri
         spec = parse_sandbox(p.sandbox)
         limit = self.limits.max_read_bytes
         if p.max_bytes is not None:
@@ -431,16 +451,18 @@ class FileSystemHandler:
                 raise InvalidParams("fs/readFile offset and length must be >= 0")
             if length > limit:
                 raise file_too_large(limit)
-            data = await self._run(lambda: self._read_range(path, spec, offset, length))
+            data = await self.run_blocking(
+                lambda: self._read_range(path, spec, offset, length, regular_only)
+            )
             return FsReadFileResult(data_base64=data)
-        data = await self._run(lambda: self._read_file(path, spec, limit))
+        data = await self.run_blocking(lambda: self._read_file(path, spec, limit, regular_only))
         return FsReadFileResult(data_base64=data)
 
     async def checksum(self, p: FsChecksumParams) -> FsChecksumResult:
         """Our extension: the file's SHA-256, computed here in 1 MiB reads."""
         path = parse_absolute_path(p.path)
         spec = parse_sandbox(p.sandbox)
-        return await self._run(lambda: self._checksum(path, spec))
+        return await self.run_blocking(lambda: self._checksum(path, spec))
 
     async def write_file(self, p: FsWriteFileParams) -> Empty:
         path = parse_absolute_path(p.path)
@@ -448,13 +470,13 @@ class FileSystemHandler:
         offset = None if isinstance(p.offset, UnsetType) else p.offset
         if offset is not None and offset < 0:
             raise InvalidParams("fs/writeFile offset must be >= 0")
-        await self._run(lambda: self._write_file(path, p.data_base64, spec, offset))
+        await self.run_blocking(lambda: self._write_file(path, p.data_base64, spec, offset))
         return Empty()
 
     async def create_directory(self, p: FsCreateDirectoryParams) -> Empty:
         path = parse_absolute_path(p.path)
         spec = parse_sandbox(p.sandbox)
-        await self._run(lambda: self._create_directory(path, p.recursive, spec))
+        await self.run_blocking(lambda: self._create_directory(path, p.recursive, spec))
         return Empty()
 
     async def get_metadata(self, p: FsGetMetadataParams) -> FsMetadata:
@@ -467,40 +489,54 @@ class FileSystemHandler:
                 return self._get_metadata(path, spec)
             except OSError as err:
                 raise map_os_error(err) from err
-        return await self._run(lambda: self._get_metadata(path, spec))
+        return await self.run_blocking(lambda: self._get_metadata(path, spec))
 
     async def read_directory(self, p: FsReadDirectoryParams) -> FsReadDirectoryResult:
         path = parse_absolute_path(p.path)
         spec = parse_sandbox(p.sandbox)
-        return await self._run(lambda: self._read_directory(path, spec))
+        return await self.run_blocking(lambda: self._read_directory(path, spec))
+
+    async def canonicalize(self, p: FsCanonicalizeParams) -> FsCanonicalizeResult:
+        """Codex 0.171: the path with every symlink resolved (it must exist: -32004),
+        in the request's form (a ``file://`` URI for a URI)."""
+        wire = parse_wire_path(p.path)
+        spec = parse_sandbox(p.sandbox)
+        resolved = await self.run_blocking(lambda: self._canonicalize(wire.native, spec))
+        return FsCanonicalizeResult(path=wire.render(resolved))
 
     async def remove(self, p: FsRemoveParams) -> Empty:
         path = parse_absolute_path(p.path)
         spec = parse_sandbox(p.sandbox)
-        await self._run(lambda: self._remove(path, p.recursive, p.force, spec))
+        await self.run_blocking(lambda: self._remove(path, p.recursive, p.force, spec))
         return Empty()
 
     async def copy(self, p: FsCopyParams) -> Empty:
         source = parse_absolute_path(p.source_path)
         destination = parse_absolute_path(p.destination_path)
         spec = parse_sandbox(p.sandbox)
-        await self._run(lambda: self._copy(source, destination, p.recursive, spec))
+        await self.run_blocking(lambda: self._copy(source, destination, p.recursive, spec))
         return Empty()
 
     # -- plumbing ----------------------------------------------------------------------
 
-    async def _run(self, work: Callable[[], T]) -> T:
+    async def run_blocking(self, work: Callable[[], T]) -> T:
+        """Run blocking fs work in a worker thread; OS errors become wire errors."""
         try:
             return await asyncio.to_thread(work)
         except OSError as err:
             raise map_os_error(err) from err
 
-    def _sandbox(self, spec: SandboxSpec | None) -> FsSandbox | None:
+    def resolve_sandbox(self, spec: SandboxSpec | None) -> FsSandbox | None:
+        """Bind a parsed ``sandbox`` to real paths (blocking: call from a worker thread)."""
         return resolve_sandbox(spec, environ=self._environ)
+
+    _sandbox = resolve_sandbox
 
     # -- blocking implementations (worker threads) -------------------------------------
 
-    def _read_file(self, path: str, spec: SandboxSpec | None, limit: int) -> bytes:
+    def _read_file(
+        self, path: str, spec: SandboxSpec | None, limit: int, regular_only: bool = False
+    ) -> bytes:
         sandbox = self._sandbox(spec)
         if sandbox is not None:
             sandbox.check_read(path)
@@ -508,6 +544,8 @@ class FileSystemHandler:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         try:
             info = os.fstat(fd)
+            if regular_only and not stat.S_ISREG(info.st_mode):
+                raise not_a_file(path)
             if stat.S_ISDIR(info.st_mode):
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
             if stat.S_ISFIFO(info.st_mode):
@@ -541,12 +579,15 @@ class FileSystemHandler:
         finally:
             os.close(fd)
 
-    def _open_regular(self, path: str, spec: SandboxSpec | None) -> int:
+    def _open_regular(self, path: str, spec: SandboxSpec | None, regular_only: bool = False) -> int:
         sandbox = self._sandbox(spec)
         if sandbox is not None:
             sandbox.check_read(path)
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         info = os.fstat(fd)
+        if regular_only and not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise not_a_file(path)
         if stat.S_ISDIR(info.st_mode):
             os.close(fd)
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
@@ -556,8 +597,15 @@ class FileSystemHandler:
         os.set_blocking(fd, True)
         return fd
 
-    def _read_range(self, path: str, spec: SandboxSpec | None, offset: int, length: int) -> bytes:
-        fd = self._open_regular(path, spec)
+    def _read_range(
+        self,
+        path: str,
+        spec: SandboxSpec | None,
+        offset: int,
+        length: int,
+        regular_only: bool = False,
+    ) -> bytes:
+        fd = self._open_regular(path, spec, regular_only)
         try:
             parts: list[bytes] = []
             got = 0
@@ -582,6 +630,12 @@ class FileSystemHandler:
             return FsChecksumResult(algorithm="sha256", digest=digest.hexdigest(), size=size)
         finally:
             os.close(fd)
+
+    def _canonicalize(self, path: str, spec: SandboxSpec | None) -> str:
+        sandbox = self._sandbox(spec)
+        if sandbox is not None:
+            sandbox.check_visible(path)
+        return os.path.realpath(path, strict=True)
 
     def _create_directory(self, path: str, recursive: bool, spec: SandboxSpec | None) -> None:
         sandbox = self._sandbox(spec)
@@ -618,7 +672,7 @@ class FileSystemHandler:
 
     def _read_directory(self, path: str, spec: SandboxSpec | None) -> FsReadDirectoryResult:
         sandbox = self._sandbox(spec)
-        location = path if sandbox is None else sandbox.check_visible(path)
+        location = path if sandbox is None else sandbox.check_list(path)
         entries: list[FsDirectoryEntry] = []
         with os.scandir(path) as listing:
             for entry in listing:

@@ -23,7 +23,8 @@ What goes on the wire follows Codex 0.133 (reqwest/hyper), as observed on the bi
 * Responses: the status as is (404 is a result, not an error); header names
   lower-cased, grouped by name in first-appearance order, values that are not visible
   ASCII dropped; the body exactly as sent (no decompression).
-* Redirects: at most 10 are followed (``error following redirect for url (<url>)``
+* Redirects (unless 0.171's ``redirectPolicy: "stop"`` answers the 3xx itself):
+  at most 10 are followed (``error following redirect for url (<url>)``
   after that). 301/302 turn a POST into a GET, 303 turns anything but HEAD into a GET;
   both drop the body and its headers. ``referer`` names the previous URL (not from
   https to http); ``authorization``, ``cookie`` and similar are dropped when the host
@@ -135,6 +136,8 @@ class _Exchange:
     body: bytes | None
     stream_id: str | None
     timeout_s: float | None
+    #: Codex 0.171 ``redirectPolicy: "stop"``: answer a 3xx as it is.
+    follow_redirects: bool = True
     #: Loop time when the whole exchange times out; set once it gets a slot.
     deadline: float | None = None
     #: The open response, once its headers arrived.
@@ -254,6 +257,8 @@ class HttpHandler:
         redirects = 0
         while True:
             response = await self._send_once(exchange)
+            if not exchange.follow_redirects:
+                return response
             target = _redirect_target(response, exchange.url)
             if target is None:
                 return response
@@ -396,6 +401,7 @@ def _prepare(params: m.HttpRequestParams, stream_id: str | None) -> _Exchange:
         body=params.body_base64 or None,
         stream_id=stream_id,
         timeout_s=timeout_s,
+        follow_redirects=params.redirect_policy == "follow",
     )
 
 

@@ -42,7 +42,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from urllib.parse import unquote, urlsplit
 
 import psutil
 
@@ -72,6 +71,17 @@ from ..protocol.messages import (
     SignalName,
     WriteStatus,
 )
+from ..protocol.path_uri import file_uri_to_path, speaks_uri
+from ..protocol.rust_uuid import uuid_error
+from .sandbox import UnsupportedPolicy, parse_sandbox, resolve_policy
+from .sandbox.confinement import (
+    DEFAULT_ENFORCER,
+    PLACEHOLDERS,
+    Confinement,
+    ConfinementLease,
+    SandboxEnforcer,
+)
+from .sandbox.denial import looks_like_sandbox_denial
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +131,18 @@ DEFAULT_PTY_ROWS = 24
 DEFAULT_PTY_COLS = 80
 #: ``close()`` waits this long for SIGKILLed children to be reaped.
 CLOSE_REAP_TIMEOUT_S = 2.0
+#: After a sandboxed child closes, its unused placeholder directories are removed
+#: this much later (one /proc scan for a burst of commands, off the spawn path) ...
+PLACEHOLDER_COLLECT_DELAY_S = 0.2
+#: ... and rechecked this often while a lingering process still needs them.
+PLACEHOLDER_RECHECK_S = 5.0
 
-#: Codex reports -1 when a process has no exit code (it was killed by a signal).
+#: Codex 0.133 reports -1 when a process has no exit code (it was killed by a signal).
 NO_EXIT_CODE = -1
+#: Codex 0.171 reports death by signal N as 128 + N.
+SIGNAL_EXIT_BASE = 128
+#: ``writeId``s remembered per process to drop retried writes (oldest forgotten first).
+MAX_REMEMBERED_WRITE_IDS = 4096
 
 _SIGNALS: dict[SignalName, signal_module.Signals] = {
     "interrupt": signal_module.SIGINT,
@@ -229,18 +248,15 @@ def resolve_cwd(cwd: str) -> str:
     """An absolute native path from a ``process/start`` cwd (path or ``file://`` URI).
 
     Codex 0.133 passes the string to the OS as is (a relative cwd resolves against
-    the server's cwd, a URI fails with ENOENT); we accept both generations' forms
-    and reject relative paths, which would depend on where the server was started.
+    the server's cwd, a URI fails with ENOENT); a URI is parsed as Codex 0.171 does
+    (with its error texts); a relative path is rejected, since it would depend on
+    where the server was started.
     """
-    path = cwd
-    if cwd.startswith("file:"):
-        parts = urlsplit(cwd)
-        if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
-            raise InvalidParams(f"cwd must be a local file:// URI, got {cwd!r}")
-        path = unquote(parts.path)
-    if not os.path.isabs(path):
+    if speaks_uri(cwd):
+        return file_uri_to_path(cwd)
+    if not os.path.isabs(cwd):
         raise InvalidParams(f"cwd must be an absolute path or a file:// URI, got {cwd!r}")
-    return path
+    return cwd
 
 
 # --- spawning --------------------------------------------------------------------
@@ -283,18 +299,65 @@ class _Spawned:
     outputs: list[tuple[int, OutputStream]]
     #: Where writes go: the stdin pipe, the PTY master, or None.
     stdin_fd: int | None
+    #: A sandboxed child's hold on its placeholders (released once it is closed).
+    lease: ConfinementLease | None = None
 
 
-def _spawn(params: ProcessStartParams, cwd: str, env: dict[str, str]) -> _Spawned:
-    """Fork/exec the child; raises InternalError with the OS error text on failure."""
+def _spawn_failure_kind(exc: OSError) -> str:
+    # Codex 0.171's ProcessStartErrorData kinds.
+    if exc.errno == errno.ENOENT:
+        return "spawnNotFound"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "spawnPermissionDenied"
+    return "spawnFailed"
+
+
+_Popen = subprocess.Popen[bytes]
+#: How ``_spawn_*`` run their ``Popen``: directly, or in a confined thread.
+_Launcher = Callable[[Callable[[], _Popen]], _Popen]
+
+
+def _launch_directly(popen: Callable[[], _Popen]) -> _Popen:
+    return popen()
+
+
+def _spawn(
+    params: ProcessStartParams,
+    cwd: str,
+    env: dict[str, str],
+    confinement: Confinement | None = None,
+    enforcer: SandboxEnforcer = DEFAULT_ENFORCER,
+) -> _Spawned:
+    """Fork/exec the child; raises InternalError with the OS error text on failure.
+
+    With a ``confinement`` the child is spawned from a thread confined by it (see
+    :mod:`.sandbox.confinement`); if that cannot be done the start is refused.
+    """
     program = params.argv[0]
     args = [params.arg0 if params.arg0 is not None else program, *params.argv[1:]]
+    leases: list[ConfinementLease] = []
+
+    def launch_confined(popen: Callable[[], _Popen]) -> _Popen:
+        assert confinement is not None
+        child, lease = enforcer.spawn(confinement, popen)
+        leases.append(lease)
+        return child
+
+    launch = _launch_directly if confinement is None else launch_confined
     try:
         if params.tty:
-            return _spawn_pty(params, program, args, cwd, env)
-        return _spawn_pipes(params, program, args, cwd, env)
+            spawned = _spawn_pty(params, program, args, cwd, env, launch)
+        else:
+            spawned = _spawn_pipes(params, program, args, cwd, env, launch)
+        spawned.lease = leases[0] if leases else None
+        return spawned
+    except UnsupportedPolicy as refused:
+        if speaks_uri(params.cwd):
+            refused.data = {"kind": "sandboxUnavailable"}
+        raise
     except OSError as exc:
-        raise InternalError(_os_error_text(exc)) from exc
+        data = {"kind": _spawn_failure_kind(exc)} if speaks_uri(params.cwd) else None
+        raise InternalError(_os_error_text(exc), data=data) from exc
     except ValueError as exc:
         # Embedded NUL bytes and malformed env names; the first wording is Rust's.
         text = "nul byte found in provided data" if "null byte" in str(exc) else str(exc)
@@ -304,7 +367,12 @@ def _spawn(params: ProcessStartParams, cwd: str, env: dict[str, str]) -> _Spawne
 
 
 def _spawn_pty(
-    params: ProcessStartParams, program: str, args: list[str], cwd: str, env: dict[str, str]
+    params: ProcessStartParams,
+    program: str,
+    args: list[str],
+    cwd: str,
+    env: dict[str, str],
+    launch: _Launcher = _launch_directly,
 ) -> _Spawned:
     rows = params.rows if isinstance(params.rows, int) else DEFAULT_PTY_ROWS
     cols = params.cols if isinstance(params.cols, int) else DEFAULT_PTY_COLS
@@ -313,16 +381,18 @@ def _spawn_pty(
         _set_winsize(slave, rows, cols)
         # preexec_fn forces fork() instead of vfork(); TIOCSCTTY needs code in the
         # child and the alternatives (posix_spawn) cannot set a cwd.
-        popen = subprocess.Popen(
-            args,
-            executable=program,
-            stdin=slave,
-            stdout=slave,
-            stderr=slave,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
-            preexec_fn=_acquire_controlling_tty,
+        popen = launch(
+            lambda: subprocess.Popen(
+                args,
+                executable=program,
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_acquire_controlling_tty,
+            )
         )
     except BaseException:
         os.close(master)
@@ -335,7 +405,12 @@ def _spawn_pty(
 
 
 def _spawn_pipes(
-    params: ProcessStartParams, program: str, args: list[str], cwd: str, env: dict[str, str]
+    params: ProcessStartParams,
+    program: str,
+    args: list[str],
+    cwd: str,
+    env: dict[str, str],
+    launch: _Launcher = _launch_directly,
 ) -> _Spawned:
     parent_fds: list[int] = []
     child_fds: list[int] = []
@@ -353,17 +428,21 @@ def _spawn_pipes(
             child_fds.append(stdin)
             parent_fds.append(stdin_w)
         else:
-            stdin = subprocess.DEVNULL
+            # Opened here, not by Popen: a sandboxed launch need not reach /dev.
+            stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            child_fds.append(stdin)
         # No preexec_fn, so CPython can use vfork(): spawning stays around 1 ms.
-        popen = subprocess.Popen(
-            args,
-            executable=program,
-            stdin=stdin,
-            stdout=out_w,
-            stderr=err_w,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
+        popen = launch(
+            lambda: subprocess.Popen(
+                args,
+                executable=program,
+                stdin=stdin,
+                stdout=out_w,
+                stderr=err_w,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+            )
         )
     except BaseException:
         _close_fds(parent_fds)
@@ -411,9 +490,20 @@ class _Process:
         limits: ProcessLimits,
         on_closed: Callable[[_Process], None],
         output_chunk_bytes: int | None = None,
+        codex_0171: bool = False,
+        confined: bool = False,
     ) -> None:
         self.id = process_id
+        #: Started by a 0.171 request (a ``file://`` cwd): answered in 0.171's shapes.
+        self.codex_0171 = codex_0171
+        #: Whether a sandbox denial caused the failure (reported to 0.171 clients).
+        self.sandbox_denied = False
+        #: Recent ``process/write`` ids, so a retried write is not written twice.
+        self.write_ids: dict[str, None] = {}
         self.popen = spawned.popen
+        #: Spawned under kernel confinement (sandboxType linuxSeccomp).
+        self.confined = confined
+        self._lease = spawned.lease
         self.pid = spawned.popen.pid
         self.tty = tty
         self.pipe_stdin = pipe_stdin
@@ -528,6 +618,8 @@ class _Process:
         if not self.exit_observed.done():
             self.exit_observed.set_result(None)
         self._wake_readers()
+        if self._lease is not None:
+            self._lease.release()
 
     # -- output -------------------------------------------------------------------
 
@@ -646,10 +738,12 @@ class _Process:
 
     # -- exit and close -----------------------------------------------------------
 
-    @staticmethod
-    def _exit_code_of(returncode: int) -> int:
-        # Popen reports death by signal N as -N; Codex 0.133 reports -1 for it.
-        return returncode if returncode >= 0 else NO_EXIT_CODE
+    def _exit_code_of(self, returncode: int) -> int:
+        # Popen reports death by signal N as -N. Codex 0.133 reports -1 for it, 0.171
+        # 128 + N, as a shell does (for a PTY child 0.171 says 1; we say 128 + N too).
+        if returncode >= 0:
+            return returncode
+        return SIGNAL_EXIT_BASE - returncode if self.codex_0171 else NO_EXIT_CODE
 
     def _on_exit(self) -> None:
         if self._disposed or self.exit_code is not None:
@@ -667,10 +761,15 @@ class _Process:
         seq = self.next_seq
         self.next_seq = seq + 1
         self.exit_code = self._exit_code_of(returncode)
-        self._enqueue(
-            PROCESS_EXITED,
-            ProcessExitedNotification(process_id=self.id, seq=seq, exit_code=self.exit_code),
-        )
+        exited = ProcessExitedNotification(process_id=self.id, seq=seq, exit_code=self.exit_code)
+        if self.confined:
+            # Judged as 0.171 does, with a death by signal N counted as 128 + N.
+            shell_code = returncode if returncode >= 0 else SIGNAL_EXIT_BASE - returncode
+            output = (chunk.chunk for chunk in self._retained[self._head :])
+            self.sandbox_denied = looks_like_sandbox_denial(shell_code, output)
+        if self.codex_0171:
+            exited.sandbox_denied = self.sandbox_denied
+        self._enqueue(PROCESS_EXITED, exited)
         if not self.exit_observed.done():
             self.exit_observed.set_result(None)
         self._maybe_close()
@@ -702,6 +801,8 @@ class _Process:
         self._enqueue(PROCESS_CLOSED, ProcessClosedNotification(process_id=self.id, seq=seq))
         self._close_stdin()
         self._wake_readers()
+        if self._lease is not None:
+            self._lease.release()
         self._on_closed(self)
 
     # -- notifications ------------------------------------------------------------
@@ -760,24 +861,35 @@ class _Process:
         start = bisect_right(retained, after_seq, lo=self._head, key=_seq_of)
         chunks: list[ProcessOutputChunk] = []
         total = 0
+        limited = False
         for index in range(start, len(retained)):
             chunk = retained[index]
             size = len(chunk.chunk)
             # Whole chunks only; the first one is always included.
             if max_bytes is not None and chunks and total + size > max_bytes:
+                limited = True
                 break
             chunks.append(chunk)
             total += size
             if max_bytes is not None and total >= max_bytes:
+                limited = True
                 break
+        if chunks and (limited or not self.codex_0171):
+            # 0.133: after the last chunk returned. 0.171 does so only when maxBytes
+            # cut the read short; otherwise it counts the exit and close events too.
+            next_seq = chunks[-1].seq + 1
+        else:
+            next_seq = self.next_seq
         result = ProcessReadResult(
             chunks=chunks,
-            next_seq=chunks[-1].seq + 1 if chunks else self.next_seq,
+            next_seq=next_seq,
             exited=self.exit_code is not None,
             exit_code=self.exit_code,
             closed=self.closed,
             failure=None,
         )
+        if self.codex_0171:
+            result.sandbox_denied = self.sandbox_denied
         if after_seq < self.evicted_through_seq and chunks:
             result.first_retained_seq = chunks[0].seq
         return result
@@ -892,10 +1004,16 @@ class ProcessManager:
     """The processes of one session, addressed by the client's ``processId``."""
 
     def __init__(
-        self, notify: NotificationSink, limits: ProcessLimits = DEFAULT_PROCESS_LIMITS
+        self,
+        notify: NotificationSink,
+        limits: ProcessLimits = DEFAULT_PROCESS_LIMITS,
+        *,
+        enforcer: SandboxEnforcer = DEFAULT_ENFORCER,
     ) -> None:
         self._notify = notify
         self._limits = limits
+        self._enforcer = enforcer
+        self._placeholder_timer: asyncio.TimerHandle | None = None
         self._processes: dict[str, _Process | _Starting] = {}
         self._closed = False
         self._close_done: asyncio.Event | None = None
@@ -916,8 +1034,22 @@ class ProcessManager:
 
         Extensions: ``rows``/``cols`` set the initial PTY size (default 24x80);
         ``outputChunkBytes`` (1 B to 1 MiB) the largest output chunk (default the
-        session's, 8 KiB as in Codex); ``cwd`` may be a ``file://`` URI.
+        session's, 8 KiB as in Codex).
+
+        Eras: a ``file://`` cwd (Codex 0.171's form) makes a 0.171 process: its
+        start result carries ``sandboxType``, a spawn failure ``data.kind``, its
+        exit and reads ``sandboxDenied``, a death by signal N exits 128 + N, and
+        writes need a ``writeId``. A native cwd makes a 0.133 process. A
+        ``metadata.threadId`` must be a UUID (0.171's -32602 otherwise). A
+        ``sandbox`` that asks for confinement is refused with -32603: this server
+        does not run a command with less confinement than asked.
         """
+        if p.metadata is not None and p.metadata.thread_id is not None:
+            problem = uuid_error(p.metadata.thread_id)
+            if problem is not None:
+                raise InvalidParams(problem)
+        if p.sandbox is not None:
+            parse_sandbox(p.sandbox)  # the shape: -32602 as Codex, e.g. for `{}`
         if self._closed:
             raise InvalidRequest("the session's process manager is shut down")
         if not p.argv:
@@ -932,6 +1064,15 @@ class ProcessManager:
                 f"got {chunk_bytes}"
             )
         cwd = resolve_cwd(p.cwd)
+        codex_0171 = speaks_uri(p.cwd)
+        # Codex 0.171's sandbox intent: enforced in the child, or the start is
+        # refused (never run with less confinement than asked).
+        try:
+            confinement = self._enforcer.prepare(resolve_policy(parse_sandbox(p.sandbox)))
+        except UnsupportedPolicy as refused:
+            if codex_0171:
+                refused.data = {"kind": "sandboxUnavailable"}
+            raise
         process_id = p.process_id
         if process_id in self._processes:
             raise InvalidRequest(f"process {process_id} already exists")
@@ -939,7 +1080,7 @@ class ProcessManager:
         self._processes[process_id] = _STARTING
         try:
             env = build_child_env(p, os.environ)
-            spawned = await self._spawn(p, cwd, env)
+            spawned = await self._spawn(p, cwd, env, confinement)
         except BaseException:
             if self._processes.get(process_id) is _STARTING:
                 del self._processes[process_id]
@@ -953,6 +1094,8 @@ class ProcessManager:
             limits=self._limits,
             on_closed=self._schedule_expiry,
             output_chunk_bytes=chunk_bytes if isinstance(chunk_bytes, int) else None,
+            codex_0171=codex_0171,
+            confined=confinement is not None,
         )
         if self._closed or self._processes.get(process_id) is not _STARTING:
             # close() ran while we were spawning: do not leak the child.
@@ -965,13 +1108,19 @@ class ProcessManager:
             raise InvalidRequest("the session's process manager is shut down")
         self._processes[process_id] = process
         process.begin()
-        return ProcessStartResult(process_id=process_id)
+        result = ProcessStartResult(process_id=process_id)
+        if codex_0171:
+            result.sandbox_type = "none" if confinement is None else confinement.sandbox_type
+        return result
 
-    async def _spawn(self, p: ProcessStartParams, cwd: str, env: dict[str, str]) -> _Spawned:
+    async def _spawn(
+        self, p: ProcessStartParams, cwd: str, env: dict[str, str], confinement: Confinement | None
+    ) -> _Spawned:
         # Synchronous on purpose: a vfork spawn takes about a millisecond, less than a
-        # thread hand-off would add. Kept as a coroutine so the "starting" window is
-        # a real await point (and tests can widen it).
-        return _spawn(p, cwd, env)
+        # thread hand-off would add (a sandboxed one joins its confining thread). Kept
+        # as a coroutine so the "starting" window is a real await point (and tests can
+        # widen it).
+        return _spawn(p, cwd, env, confinement, self._enforcer)
 
     def _make_room(self) -> None:
         if len(self._processes) < self._limits.max_processes:
@@ -987,9 +1136,22 @@ class ProcessManager:
 
     def _schedule_expiry(self, process: _Process) -> None:
         loop = asyncio.get_running_loop()
+        if process.confined:
+            self._collect_placeholders_later(PLACEHOLDER_COLLECT_DELAY_S)
         process.retention_timer = loop.call_later(
             self._limits.closed_process_retention_s, self._forget, process.id, process
         )
+
+    def _collect_placeholders_later(self, delay_s: float) -> None:
+        if self._placeholder_timer is None and not self._closed:
+            loop = asyncio.get_running_loop()
+            self._placeholder_timer = loop.call_later(delay_s, self._collect_placeholders)
+
+    def _collect_placeholders(self) -> None:
+        self._placeholder_timer = None
+        PLACEHOLDERS.collect()
+        if PLACEHOLDERS.idle:
+            self._collect_placeholders_later(PLACEHOLDER_RECHECK_S)
 
     def _forget(self, process_id: str, process: _Process) -> None:
         if self._processes.get(process_id) is process:
@@ -1043,6 +1205,10 @@ class ProcessManager:
         non-PTY process without ``pipeStdin``, or stdin already closed, or the
         child has closed), ``accepted`` (queued in order).
 
+        ``writeId`` (Codex 0.171): a write whose id this process already accepted is
+        answered ``accepted`` and not written again (the last 4096 ids are kept); a
+        0.171 process requires a non-empty one, as 0.171 does.
+
         Extension: an empty ``chunk`` on a ``pipeStdin`` process closes its stdin
         once the queued bytes are written, so the child reads EOF; later writes get
         ``stdinClosed``. On a PTY an empty chunk does nothing (send ``\\x04``).
@@ -1053,6 +1219,20 @@ class ProcessManager:
             return ProcessWriteResult(status="unknownProcess")
         if isinstance(entry, _Starting):
             return ProcessWriteResult(status="starting")
+        if entry.codex_0171:
+            if p.write_id is None:
+                raise InvalidParams("missing field `writeId`")
+            if not p.write_id:
+                raise InvalidParams("writeId must not be empty")
+        if p.write_id:
+            if p.write_id in entry.write_ids:
+                return ProcessWriteResult(status="accepted")  # a retry: written once
+            status = entry.write_stdin(p.chunk)
+            if status == "accepted":
+                entry.write_ids[p.write_id] = None
+                if len(entry.write_ids) > MAX_REMEMBERED_WRITE_IDS:
+                    del entry.write_ids[next(iter(entry.write_ids))]
+            return ProcessWriteResult(status=status)
         return ProcessWriteResult(status=entry.write_stdin(p.chunk))
 
     # -- process/terminate and process/signal -----------------------------------
@@ -1082,10 +1262,16 @@ class ProcessManager:
         ``hangup``, ``quit``) to the process group; for a PTY, to the terminal's
         foreground group, which is what a keyboard signal would reach.
 
-        Codex 0.133 does not implement ``process/signal`` (-32601); later Codex
-        supports ``interrupt``. A process that already closed is not signalled.
+        Codex 0.133 does not implement ``process/signal`` (-32601); 0.171 supports
+        ``interrupt`` only, so a 0.171 process gets 0.171's -32602 for the others.
+        An unknown or closed process is not signalled (``{}``, as 0.171 answers).
         """
-        process = self._get(p.process_id)
+        entry = self._processes.get(p.process_id)
+        if not isinstance(entry, _Process):
+            return Empty()
+        process = entry
+        if process.codex_0171 and p.signal != "interrupt":
+            raise InvalidParams(f"unknown variant `{p.signal}`, expected `interrupt`")
         signum = _SIGNALS.get(p.signal)
         if signum is None:  # only reachable if params bypassed decoding
             raise InvalidParams(f"unsupported signal {p.signal!r}")
@@ -1142,6 +1328,10 @@ class ProcessManager:
             for proc in processes:
                 proc.dispose()
             await asyncio.gather(*senders, return_exceptions=True)
+            if self._placeholder_timer is not None:
+                self._placeholder_timer.cancel()
+                self._placeholder_timer = None
+            PLACEHOLDERS.collect()
         finally:
             self._close_done.set()
 

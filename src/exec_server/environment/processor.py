@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -39,19 +39,26 @@ from ..protocol.jsonrpc import (
     RequestId,
     Response,
     decode_params,
+    decode_unit_params,
     encode_error,
     encode_notification,
     encode_response,
     parse_message,
 )
+from ..protocol.path_uri import speaks_uri
 from ..transport.channel import (
     ChannelClosed,
     MalformedFrame,
     MessageChannel,
     MessageTooLargeForTransport,
 )
+from .environment_config import read_environment_config
+from .environment_info import environment_info
+from .file_handles import FileHandleTable
 from .fs_handler import FileSystemHandler
+from .fs_walk import walk
 from .http_handler import HttpHandler
+from .missing_path_watch import MissingPathWatch
 from .process_handler import ProcessManager
 from .session import Lease, SessionRegistry
 
@@ -68,6 +75,17 @@ _FS_METHODS: dict[str, tuple[type[Any], Callable[[FileSystemHandler], Handler]]]
     m.FS_REMOVE: (m.FsRemoveParams, lambda fs: fs.remove),
     m.FS_COPY: (m.FsCopyParams, lambda fs: fs.copy),
     m.FS_CHECKSUM: (m.FsChecksumParams, lambda fs: fs.checksum),
+    m.FS_CANONICALIZE: (m.FsCanonicalizeParams, lambda fs: fs.canonicalize),
+    m.FS_WALK: (m.FsWalkParams, lambda fs: functools.partial(walk, fs)),
+}
+
+#: fs methods whose state belongs to the connection (open handles, the watch).
+_CONNECTION_FS_METHODS: dict[str, tuple[type[Any], Callable[[ConnectionProcessor], Handler]]] = {
+    m.FS_OPEN: (m.FsOpenParams, lambda c: c._handles.open),
+    m.FS_READ_BLOCK: (m.FsReadBlockParams, lambda c: c._handles.read_block),
+    m.FS_WRITE_BLOCK: (m.FsWriteBlockParams, lambda c: c._handles.write_block),
+    m.FS_CLOSE: (m.FsCloseParams, lambda c: c._handles.close),
+    m.FS_WATCH_MISSING: (m.FsWatchMissingParams, lambda c: c._watch.watch),
 }
 
 _PROCESS_METHODS: dict[str, tuple[type[Any], Callable[[ProcessManager], Handler]]] = {
@@ -82,6 +100,8 @@ _PROCESS_METHODS: dict[str, tuple[type[Any], Callable[[ProcessManager], Handler]
 _FAMILY_EXEC = "exec"
 _FAMILY_FS = "filesystem"
 _FAMILY_ENV_INFO = "environment info"
+_FAMILY_ENV_STATUS = "environment status"
+_FAMILY_ENV_CONFIG = "environment config"
 _FAMILY_HTTP = "http"
 
 TAKEN_OVER_MESSAGE = "session has been resumed by another connection"
@@ -107,6 +127,8 @@ class ConnectionProcessor:
         self._initialize_started = False
         self._initialized = False
         self._http = HttpHandler(self._reply, self._send_notification)
+        self._handles: FileHandleTable = FileHandleTable(fs)
+        self._watch: MissingPathWatch = MissingPathWatch(self._send_notification)
 
     @property
     def session_id(self) -> str | None:
@@ -125,6 +147,8 @@ class ConnectionProcessor:
                 finally:
                     if self._lease is not None:
                         self._registry.detach(self._lease)
+                    await self._watch.close()
+                    await self._handles.close_all()
                     await self._http.shutdown()
         finally:
             await self._channel.close()
@@ -191,6 +215,7 @@ class ConnectionProcessor:
                 params_type, bind = _PROCESS_METHODS[req.method]
                 params = decode_params(req.params, params_type)
                 lease = self._check_ready(_FAMILY_EXEC)
+                _note_era(lease, params)
                 result = await bind(lease.session.processes)(params)
             elif req.method == m.HTTP_REQUEST:
                 http_params = decode_params(req.params, m.HttpRequestParams)
@@ -200,11 +225,27 @@ class ConnectionProcessor:
             elif req.method in _FS_METHODS:
                 params_type, bind_fs = _FS_METHODS[req.method]
                 params = decode_params(req.params, params_type)
-                self._check_ready(_FAMILY_FS)
+                _note_era(self._check_ready(_FAMILY_FS), params)
                 result = await bind_fs(self._fs)(params)
+            elif req.method in _CONNECTION_FS_METHODS:
+                params_type, bind_conn = _CONNECTION_FS_METHODS[req.method]
+                params = decode_params(req.params, params_type)
+                _note_era(self._check_ready(_FAMILY_FS), params)
+                result = await bind_conn(self)(params)
             elif req.method == m.ENVIRONMENT_INFO:
                 self._check_ready(_FAMILY_ENV_INFO)
-                result = _environment_info()
+                decode_unit_params(req.params)
+                result = environment_info()
+            elif req.method == m.ENVIRONMENT_CONFIG_READ:
+                config_params = decode_params(req.params, m.EnvironmentConfigReadParams)
+                self._check_ready(_FAMILY_ENV_CONFIG)
+                result = await self._fs.run_blocking(
+                    functools.partial(read_environment_config, config_params)
+                )
+            elif req.method == m.ENVIRONMENT_STATUS:
+                self._check_ready(_FAMILY_ENV_STATUS)
+                decode_unit_params(req.params)
+                result = m.EnvironmentStatusResult()
             else:
                 raise MethodNotFound(req.method)
         except RpcError as err:
@@ -270,7 +311,9 @@ class ConnectionProcessor:
         except RpcError:
             self._initialize_started = False
             raise
-        return m.InitializeResult(session_id=self._lease.session.id)
+        return m.InitializeResult(
+            session_id=self._lease.session.id, environment_info=environment_info()
+        )
 
     def _check_ready(self, family: str) -> Lease:
         if self._lease is None:
@@ -282,10 +325,13 @@ class ConnectionProcessor:
         return self._lease
 
 
-def _environment_info() -> m.EnvironmentInfoResult:
-    shell_path = os.environ.get("SHELL") or "/bin/sh"
-    return m.EnvironmentInfoResult(
-        shell=m.ShellInfo(name=os.path.basename(shell_path), path=shell_path),
-        cwd=os.getcwd(),
-        home=os.path.expanduser("~"),
-    )
+def _note_era(lease: Lease, params: object) -> None:
+    """Mark the session as a Codex 0.171 one once a request of it speaks URIs."""
+    session = lease.session
+    if session.speaks_uris:
+        return
+    for name in ("path", "cwd", "source_path"):
+        value = getattr(params, name, None)
+        if isinstance(value, str) and speaks_uri(value):
+            session.speaks_uris = True
+            return

@@ -7,7 +7,8 @@ The loop (Codex E1, plus what Codex left out):
    ``{"environment_id"|"executor_id": id, "url": ws-url}``. Redirects are not followed.
    401/403 and other 4xx are fatal with a clear message; 5xx, 408, 429 and network
    errors are retried.
-2. Dial ``url`` verbatim (no compression, keepalive pings) and drive one
+2. Dial ``url`` verbatim (no compression, keepalive pings every 30 s, 60 s pong
+   timeout, the rendezvous control subprotocol offered) and drive one
    :class:`~exec_server.transport.relay.RelayConnection` over it: every relay stream
    becomes a :class:`~exec_server.environment.processor.ConnectionProcessor` on the
    server's shared session registry.
@@ -34,13 +35,13 @@ import aiohttp
 from ..relay.stream_mux import MuxConfig, MuxRole
 from ..transport.registry_client import RegistryClient, RegistryError
 from ..transport.relay import (
-    RELAY_PING_INTERVAL_S,
     RelayConfig,
     RelayConnection,
     RelayStreamChannel,
     close_socket,
+    dial_relay_socket,
 )
-from ..transport.websocket import DEFAULT_MAX_MESSAGE_BYTES
+from ..transport.websocket import DEFAULT_MAX_MESSAGE_BYTES, WebSocketConnectError
 from .server import ExecServer
 
 log = logging.getLogger(__name__)
@@ -168,18 +169,17 @@ class RemoteEnvironment:
                     "exec-server remote environment registered with environment_id %s",
                     self.config.environment_id,
                 )
-                async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                    ws = await http.ws_connect(
-                        url,
-                        compress=0,
-                        max_msg_size=self.config.max_message_bytes,
-                        heartbeat=RELAY_PING_INTERVAL_S,
-                    )
+                ws = await dial_relay_socket(
+                    http,
+                    url,
+                    timeout_s=CONNECT_TIMEOUT_S,
+                    max_message_bytes=self.config.max_message_bytes,
+                )
             except _RetryableRegistrationError as exc:
                 log.warning("%s; retrying in %.1fs", exc, backoff)
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            except WebSocketConnectError as exc:
                 log.warning(
-                    "failed to connect remote exec-server websocket: %s; retrying in %.1fs",
+                    "%s; retrying in %.1fs",
                     exc,
                     backoff,
                 )

@@ -7,8 +7,9 @@ virtual stream: each is just a :class:`MessageChannel` given to
 
 Local websocket security: a browser page must not be able to drive a local
 exec-server, so any request carrying an ``Origin`` header is refused unless that
-origin was explicitly allowed. An optional bearer token gates the websocket upgrade
-(never ``/readyz``) and is compared in constant time.
+origin was explicitly allowed. An optional bearer token (``--token-file``), or Codex
+0.171's ``--ws-auth`` (:mod:`.ws_auth`), gates the websocket upgrade (never
+``/readyz``); secrets are compared in constant time.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..transport.websocket import DEFAULT_MAX_MESSAGE_BYTES, WebSocketChannel
 from .fs_handler import FileSystemHandler
 from .processor import ConnectionProcessor
 from .session import SessionConfig, SessionRegistry
+from .ws_auth import WsAuth
 
 __all__ = ["ExecServer", "ListenAddress", "ListenUrlError", "ServerConfig", "parse_listen_url"]
 
@@ -60,6 +62,8 @@ class ServerConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     #: Bearer token required on the websocket upgrade; None disables auth.
     token: str | None = None
+    #: Codex 0.171's ``--ws-auth`` policy (capability token or signed JWT), if any.
+    ws_auth: WsAuth | None = None
     #: Browser origins allowed to connect (exact ``scheme://host[:port]``).
     allowed_origins: frozenset[str] = frozenset()
 
@@ -113,6 +117,10 @@ class ExecServer:
                 text="cross-origin websocket connections are not allowed "
                 "(start the server with --allow-origin to permit this origin)\n",
             )
+        if self.config.ws_auth is not None:
+            refusal = self.config.ws_auth.refusal(request.headers.get("Authorization"))
+            if refusal is not None:
+                return web.Response(status=401, text=refusal)
         if self.config.token is not None and not bearer_matches(
             request.headers.get("Authorization"), self.config.token
         ):

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 #: How long a detached session survives (Codex 0.133 measured 10.08 s).
 DETACHED_SESSION_TTL_S = 10.0
+#: ... and a session that spoke Codex 0.171's URIs (the 0.171 binary still resumed one
+#: after 75 s and had forgotten it after 85 s; its harness reconnects and resumes).
+DETACHED_SESSION_TTL_0171_S = 80.0
 #: Sessions one server holds at most (attached or detached).
 MAX_SESSIONS = 4096
 
@@ -38,6 +41,7 @@ NotificationSender = Callable[[str, Message], Awaitable[None]]
 @dataclass(frozen=True)
 class SessionConfig:
     detached_ttl_s: float = DETACHED_SESSION_TTL_S
+    detached_ttl_0171_s: float = DETACHED_SESSION_TTL_0171_S
     max_sessions: int = MAX_SESSIONS
     process_limits: ProcessLimits = field(default_factory=ProcessLimits)
 
@@ -59,6 +63,9 @@ class Session:
         self.processes = ProcessManager(self._notify, config.process_limits)
         self._lease: Lease | None = None
         self._expiry: asyncio.TimerHandle | None = None
+        #: A request of this session spoke Codex 0.171's ``file://`` URIs: it is kept
+        #: detached as long as 0.171 keeps its sessions.
+        self.speaks_uris = False
 
     @property
     def attached(self) -> bool:
@@ -83,7 +90,9 @@ class Session:
         if self._lease is not lease:
             return
         loop = asyncio.get_running_loop()
-        self._expiry = loop.call_later(self._config.detached_ttl_s, on_expire)
+        config = self._config
+        ttl = config.detached_ttl_0171_s if self.speaks_uris else config.detached_ttl_s
+        self._expiry = loop.call_later(ttl, on_expire)
 
     def _cancel_expiry(self) -> None:
         if self._expiry is not None:

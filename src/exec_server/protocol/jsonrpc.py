@@ -25,7 +25,7 @@ import pybase64
 from msgspec import UNSET, UnsetType
 
 from .errors import InvalidParams, RpcError
-from .messages import ProcessOutputNotification
+from .messages import FsReadBlockResult, FsReadFileResult, ProcessOutputNotification
 
 RequestId = int | str
 
@@ -125,12 +125,18 @@ _MISSING_FIELD = re.compile(r"^Object missing required field `([^`]*)`(?: - at `
 
 
 def decode_params(raw: msgspec.Raw, params_type: type[T]) -> T:
-    """Decode raw params into ``params_type``; missing/null params count as ``{}``.
+    """Decode raw params into ``params_type``.
 
-    Raises :class:`InvalidParams` (-32602) with a serde-like message.
+    Raises :class:`InvalidParams` (-32602) with a serde-like message. Absent or
+    ``null`` params get serde's exact text, ``invalid type: null, expected struct
+    <Rust type>``, for a type that names its Rust struct (``rust_name``); for any
+    other type they count as ``{}``.
     """
     data = bytes(raw) if raw else b"null"
     if data == b"null":
+        rust_name = getattr(params_type, "rust_name", None)
+        if rust_name is not None:
+            raise InvalidParams(f"invalid type: null, expected struct {rust_name}")
         data = b"{}"
     try:
         return msgspec.json.decode(data, type=params_type)
@@ -138,12 +144,28 @@ def decode_params(raw: msgspec.Raw, params_type: type[T]) -> T:
         raise InvalidParams(_serde_like(str(exc))) from None
 
 
+def decode_unit_params(raw: msgspec.Raw) -> None:
+    """Params of a method that takes none (``environment/info``): absent, ``null`` or
+    ``{}``; anything else is -32602 with serde's text for a unit type."""
+    data = bytes(raw) if raw else b"null"
+    if data == b"null":
+        return
+    try:
+        value = msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        raise InvalidParams(str(exc)) from None
+    if isinstance(value, dict):
+        return
+    kind = {list: "sequence", str: "string", bool: "boolean", int: "number", float: "number"}
+    raise InvalidParams(f"invalid type: {kind.get(type(value), 'value')}, expected unit")
+
+
 def _serde_like(message: str) -> str:
-    # msgspec: "Object missing required field `env`"; serde: "missing field `env`".
+    # msgspec: "Object missing required field `env` - at `$.options`"; serde (from a
+    # JSON value, as Codex decodes params): "missing field `env`", wherever it is.
     m = _MISSING_FIELD.match(message)
     if m:
-        where = m.group(2)
-        return f"missing field `{m.group(1)}`" + (f" at `{where}`" if where else "")
+        return f"missing field `{m.group(1)}`"
     return message
 
 
@@ -183,6 +205,30 @@ def _encode_output_notification(method: str, note: ProcessOutputNotification) ->
 
 
 def encode_response(request_id: RequestId, result: Any) -> bytes:
+    kind = type(result)
+    if kind is FsReadBlockResult:
+        # File bytes dominate these answers: base64 by pybase64, as for process output.
+        return b"".join(
+            (
+                b'{"id":',
+                _encoder.encode(request_id),
+                b',"result":{"chunk":"',
+                pybase64.b64encode(result.chunk),
+                b'","eof":',
+                b"true" if result.eof else b"false",
+                b"}}",
+            )
+        )
+    if kind is FsReadFileResult:
+        return b"".join(
+            (
+                b'{"id":',
+                _encoder.encode(request_id),
+                b',"result":{"dataBase64":"',
+                pybase64.b64encode(result.data_base64),
+                b'"}}',
+            )
+        )
     return _encoder.encode({"id": request_id, "result": result})
 
 

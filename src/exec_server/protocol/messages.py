@@ -4,6 +4,10 @@ Field names are snake_case in Python and camelCase on the wire (``rename="camel"
 ``bytes`` fields travel as standard padded base64 strings; msgspec encodes and decodes
 them natively, so no handler touches base64 for those.
 
+Each params type names its Rust struct (``rust_name``: 0.133's name for the methods
+0.133 has, 0.171's for the later ones, ours for our extensions), because serde
+names it in the error for absent or ``null`` params.
+
 Unknown fields are ignored on input, as the Rust server's serde types do. Fields
 that are ``UNSET`` by default are our extensions and are omitted from the wire unless
 set, so Codex clients see byte-compatible shapes.
@@ -11,7 +15,7 @@ set, so Codex clients see byte-compatible shapes.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -29,15 +33,26 @@ class Empty(Message):
 
 
 class InitializeParams(Message):
+    rust_name: ClassVar[str] = "InitializeParams"
     client_name: str
     resume_session_id: str | None = None
 
 
 class InitializeResult(Message):
     session_id: str
+    # Codex 0.171: what the harness needs to know about this environment (0.133
+    # clients ignore it, as serde ignores unknown fields).
+    environment_info: EnvironmentInfoResult | UnsetType = UNSET
 
 
 # --- processes -----------------------------------------------------------------
+
+#: Codex's ``FileSystemSandboxContext`` (a portable sandbox intent), kept as decoded
+#: JSON: ``environment/sandbox.py`` parses and validates it.
+Sandbox = dict[str, Any] | None
+
+#: ``process/start`` result ``sandboxType`` (Codex 0.171's ``ProcessSandboxType``).
+ProcessSandboxType = Literal["none", "linuxSeccomp", "macosSeatbelt", "windowsRestrictedToken"]
 
 InheritPolicy = Literal["core", "all", "none"]
 
@@ -52,7 +67,15 @@ class EnvPolicy(Message):
     include_only: list[str] = msgspec.field(default_factory=list)
 
 
+class ProcessMetadata(Message):
+    """Codex 0.171 ``ExecMetadata``: which thread and tool call started a process."""
+
+    thread_id: str | None = None
+    tool_call_id: str | None = None
+
+
 class ProcessStartParams(Message):
+    rust_name: ClassVar[str] = "ExecParams"
     process_id: str
     argv: list[str]
     cwd: str
@@ -61,6 +84,12 @@ class ProcessStartParams(Message):
     pipe_stdin: bool = False
     arg0: str | None = None
     env_policy: EnvPolicy | None = None
+    # Codex 0.171: who asked, the confinement to apply in the child (``null``: none),
+    # and the managed-network settings.
+    metadata: ProcessMetadata | None = None
+    sandbox: Sandbox = None
+    enforce_managed_network: bool = False
+    managed_network: dict[str, Any] | None = None
     # Our extension: initial PTY size (Codex uses 24x80).
     rows: int | UnsetType = UNSET
     cols: int | UnsetType = UNSET
@@ -71,6 +100,8 @@ class ProcessStartParams(Message):
 
 class ProcessStartResult(Message):
     process_id: str
+    # Codex 0.171 (absent for 0.133 clients): the confinement the child runs under.
+    sandbox_type: ProcessSandboxType | UnsetType = UNSET
 
 
 OutputStream = Literal["stdout", "stderr", "pty"]
@@ -83,6 +114,7 @@ class ProcessOutputChunk(Message):
 
 
 class ProcessReadParams(Message):
+    rust_name: ClassVar[str] = "ReadParams"
     process_id: str
     after_seq: int | None = None
     max_bytes: int | None = None
@@ -96,12 +128,15 @@ class ProcessReadResult(Message):
     exit_code: int | None
     closed: bool
     failure: str | None = None
+    # Codex 0.171 (absent for 0.133 clients): the failure was a sandbox denial.
+    sandbox_denied: bool | UnsetType = UNSET
     # Our extension: set only when output after ``afterSeq`` was evicted from the
     # retention buffer; names the first seq still retained so the gap is explicit.
     first_retained_seq: int | UnsetType = UNSET
 
 
 class ProcessWriteParams(Message):
+    rust_name: ClassVar[str] = "WriteParams"
     process_id: str
     chunk: bytes
     write_id: str | None = None
@@ -115,6 +150,7 @@ class ProcessWriteResult(Message):
 
 
 class ProcessTerminateParams(Message):
+    rust_name: ClassVar[str] = "TerminateParams"
     process_id: str
 
 
@@ -126,6 +162,7 @@ SignalName = Literal["interrupt", "terminate", "kill", "hangup", "quit"]
 
 
 class ProcessSignalParams(Message):
+    rust_name: ClassVar[str] = "SignalParams"
     process_id: str
     signal: SignalName
 
@@ -133,6 +170,7 @@ class ProcessSignalParams(Message):
 class ProcessResizeParams(Message):
     """Our extension: resize a PTY process's window."""
 
+    rust_name: ClassVar[str] = "ResizeParams"
     process_id: str
     rows: int
     cols: int
@@ -149,6 +187,8 @@ class ProcessExitedNotification(Message):
     process_id: str
     seq: int
     exit_code: int
+    # Codex 0.171 (absent for 0.133 clients): the failure was a sandbox denial.
+    sandbox_denied: bool | UnsetType = UNSET
 
 
 class ProcessClosedNotification(Message):
@@ -158,10 +198,9 @@ class ProcessClosedNotification(Message):
 
 # --- filesystem ----------------------------------------------------------------
 
-Sandbox = dict[str, Any] | None
-
 
 class FsReadFileParams(Message):
+    rust_name: ClassVar[str] = "FsReadFileParams"
     path: str
     sandbox: Sandbox = None
     max_bytes: int | None = None
@@ -177,6 +216,7 @@ class FsReadFileResult(Message):
 
 
 class FsWriteFileParams(Message):
+    rust_name: ClassVar[str] = "FsWriteFileParams"
     path: str
     # Kept as a string so invalid base64 maps to Codex's -32600, not a decode error.
     data_base64: str
@@ -189,6 +229,7 @@ class FsWriteFileParams(Message):
 class FsChecksumParams(Message):
     """Our extension: hash a file on the server (no transfer needed to verify it)."""
 
+    rust_name: ClassVar[str] = "FsChecksumParams"
     path: str
     algorithm: Literal["sha256"] = "sha256"
     sandbox: Sandbox = None
@@ -201,12 +242,14 @@ class FsChecksumResult(Message):
 
 
 class FsCreateDirectoryParams(Message):
+    rust_name: ClassVar[str] = "FsCreateDirectoryParams"
     path: str
     recursive: bool = True
     sandbox: Sandbox = None
 
 
 class FsGetMetadataParams(Message):
+    rust_name: ClassVar[str] = "FsGetMetadataParams"
     path: str
     sandbox: Sandbox = None
 
@@ -221,6 +264,7 @@ class FsMetadata(Message):
 
 
 class FsReadDirectoryParams(Message):
+    rust_name: ClassVar[str] = "FsReadDirectoryParams"
     path: str
     sandbox: Sandbox = None
 
@@ -236,6 +280,7 @@ class FsReadDirectoryResult(Message):
 
 
 class FsRemoveParams(Message):
+    rust_name: ClassVar[str] = "FsRemoveParams"
     path: str
     recursive: bool = True
     force: bool = True
@@ -243,10 +288,120 @@ class FsRemoveParams(Message):
 
 
 class FsCopyParams(Message):
+    rust_name: ClassVar[str] = "FsCopyParams"
     source_path: str
     destination_path: str
     recursive: bool
     sandbox: Sandbox = None
+
+
+class FsCanonicalizeParams(Message):
+    rust_name: ClassVar[str] = "WireFsCanonicalizeParams"
+    path: str
+    sandbox: Sandbox = None
+
+
+class FsCanonicalizeResult(Message):
+    path: str
+
+
+FsOpenMode = Literal["read", "replace"]
+
+
+class FsOpenParams(Message):
+    """Codex 0.171: open a handle for block reads, or (``replace``) block writes."""
+
+    rust_name: ClassVar[str] = "WireFsOpenParams"
+    handle_id: str
+    path: str
+    mode: FsOpenMode = "read"
+    sandbox: Sandbox = None
+
+
+class FsOpenResult(Message):
+    handle_id: str
+
+
+class FsReadBlockParams(Message):
+    rust_name: ClassVar[str] = "FsReadBlockParams"
+    handle_id: str
+    offset: Annotated[int, msgspec.Meta(ge=0)]
+    len: Annotated[int, msgspec.Meta(ge=0)]
+
+
+class FsReadBlockResult(Message):
+    chunk: bytes
+    #: Fewer than ``len`` bytes were left at ``offset``.
+    eof: bool
+
+
+class FsWriteBlockParams(Message):
+    rust_name: ClassVar[str] = "FsWriteBlockParams"
+    handle_id: str
+    offset: Annotated[int, msgspec.Meta(ge=0)]
+    chunk: bytes
+
+
+class FsCloseParams(Message):
+    rust_name: ClassVar[str] = "FsCloseParams"
+    handle_id: str
+
+
+class FsWalkOptions(Message):
+    #: Directory levels below the root's own entries that may be descended into.
+    max_depth: Annotated[int, msgspec.Meta(ge=0)]
+    #: Directories that may be listed, the root included.
+    max_directories: Annotated[int, msgspec.Meta(ge=0)]
+    #: Directory entries that may be examined (listed or not).
+    max_entries: Annotated[int, msgspec.Meta(ge=0)]
+    follow_directory_symlinks: bool
+    #: List directories whose names start with ``.`` but do not descend into them.
+    prune_hidden_directories: bool = False
+
+
+class FsWalkParams(Message):
+    rust_name: ClassVar[str] = "WireFsWalkParams"
+    path: str
+    options: FsWalkOptions
+    sandbox: Sandbox = None
+
+
+WalkEntryKind = Literal["directory", "file"]
+
+
+class FsWalkEntry(Message):
+    path: str
+    kind: WalkEntryKind
+
+
+class FsWalkError(Message):
+    path: str
+    message: str
+
+
+class FsWalkResult(Message):
+    entries: list[FsWalkEntry]
+    errors: list[FsWalkError]
+    truncated: bool
+
+
+class FsWatchMissingParams(Message):
+    """Codex 0.171: tell me (once) when one of ``missing`` appears or ``present`` changes."""
+
+    rust_name: ClassVar[str] = "FsWatchMissingParams"
+    watch_id: Annotated[int, msgspec.Meta(ge=0)]
+    missing: list[str]
+    present: str | None = None
+
+
+class FsWatchMissingResult(Message):
+    #: False when there is nothing to wait for (a path already exists, ``present`` is
+    #: gone, no paths, or a stale ``watchId``): the caller should look again now.
+    watching: bool
+
+
+class FsMissingChangedNotification(Message):
+    watch_id: int
 
 
 # --- http ----------------------------------------------------------------------
@@ -260,6 +415,7 @@ class HttpHeader(Message):
 
 
 class HttpRequestParams(Message):
+    rust_name: ClassVar[str] = "HttpRequestParams"
     method: str
     #: Absolute ``http://`` or ``https://`` URL.
     url: str
@@ -271,6 +427,8 @@ class HttpRequestParams(Message):
     timeout_ms: Annotated[int, msgspec.Meta(ge=0)] | None = None
     #: Answer once the headers arrive and stream the body as notifications.
     stream_response: bool = False
+    #: Codex 0.171: follow redirects (at most 10) or answer the 3xx itself.
+    redirect_policy: Literal["follow", "stop"] = "follow"
 
 
 class HttpRequestResult(Message):
@@ -299,11 +457,77 @@ class ShellInfo(Message):
     path: str
 
 
+class EnvironmentCapabilities(Message):
+    """Codex 0.171 ``EnvironmentCapabilities``: a flag is true only for a feature this
+    server implements (the harness switches each feature off when its flag is
+    false). Field order is 0.171's."""
+
+    network_proxy_launch: bool = False
+    network_proxy_review_domains: bool = False
+    network_proxy_transparent_tcp: bool = False
+    credential_masking: bool = False
+    credential_masking_custom_providers: bool = False
+    capability_discovery_sandbox: bool = False
+    fs_watch_missing: bool = False
+    capability_discovery_v2: bool = False
+    environment_config_read: bool = False
+    http_header_env_vars: bool = False
+    sandboxed_file_streaming: bool = False
+    file_write_streaming: bool = False
+    shell_snapshot_v2: bool = False
+    windows_mxc: bool = False
+    linux_root_write_preserves_devices: bool = False
+    linux_approved_root_write_preserves_restrictions: bool = False
+
+
 class EnvironmentInfoResult(Message):
+    """Codex 0.171 ``EnvironmentInfo`` (``environment/info``, and ``environmentInfo``
+    in the ``initialize`` result). Directories are ``file://`` URIs."""
+
     shell: ShellInfo
-    # Our extensions: where processes start by default, and the server user's home.
+    executor_version: str | UnsetType = UNSET
+    provider_id: str | UnsetType = UNSET
     cwd: str | UnsetType = UNSET
-    home: str | UnsetType = UNSET
+    user_home_dir: str | UnsetType = UNSET
+    platform_os: str | UnsetType = UNSET
+    prepend_path_dirs: list[str] | UnsetType = UNSET
+    temporary_directories: list[str] | UnsetType = UNSET
+    temp_dir: str | UnsetType = UNSET
+    capabilities: EnvironmentCapabilities | UnsetType = UNSET
+
+
+class EnvironmentConfigReadParams(Message):
+    """Codex 0.171: the config (and requirements) key paths wanted, e.g. ``[["mcp_servers"]]``."""
+
+    rust_name: ClassVar[str] = "EnvironmentConfigReadParams"
+    cwd: str
+    config_paths: list[list[str]]
+    requirements_paths: list[list[str]]
+
+
+class ConfigLayer(Message):
+    #: Where it comes from, e.g. ``user (/root/.codex/config.toml)``.
+    source: str
+    base_dir: str
+    #: The requested key paths of that file, as TOML.
+    toml: str
+
+
+class ConfigLayers(Message):
+    layers: list[ConfigLayer]
+    cloud_insertion_index: int = 0
+
+
+class EnvironmentConfigReadResult(Message):
+    user_home_dir: str
+    codex_home_dir: str
+    hostname: str
+    config: ConfigLayers
+    requirements: ConfigLayers
+
+
+class EnvironmentStatusResult(Message):
+    status: Literal["ready"] = "ready"
 
 
 # --- method names --------------------------------------------------------------
@@ -327,6 +551,16 @@ FS_READ_DIRECTORY = "fs/readDirectory"
 FS_REMOVE = "fs/remove"
 FS_COPY = "fs/copy"
 FS_CHECKSUM = "fs/checksum"
+FS_CANONICALIZE = "fs/canonicalize"
+FS_OPEN = "fs/open"
+FS_READ_BLOCK = "fs/readBlock"
+FS_WRITE_BLOCK = "fs/writeBlock"
+FS_CLOSE = "fs/close"
+FS_WALK = "fs/walk"
+FS_WATCH_MISSING = "fs/watchMissing"
+FS_MISSING_CHANGED = "fs/missingChanged"
 ENVIRONMENT_INFO = "environment/info"
+ENVIRONMENT_STATUS = "environment/status"
+ENVIRONMENT_CONFIG_READ = "environmentConfig/read"
 HTTP_REQUEST = "http/request"
 HTTP_REQUEST_BODY_DELTA = "http/request/bodyDelta"

@@ -60,6 +60,7 @@ __all__ = [
     "MAX_TRACE_FIELD_BYTES",
     "OUTBOUND_LIMITS",
     "RELAY_MESSAGE_FRAME_VERSION",
+    "RELIABLE_CAPABILITY_BIT",
     "U32_MAX",
     "AckBody",
     "BodyKind",
@@ -79,6 +80,7 @@ __all__ = [
     "encode_frame",
     "heartbeat_frame",
     "peek_stream_id",
+    "reset_for_peer",
     "reset_frame",
     "resume_frame",
     "truncate_reason",
@@ -90,6 +92,11 @@ RELAY_MESSAGE_FRAME_VERSION = 1
 
 U32_MAX = 0xFFFF_FFFF
 """Largest value of a ``uint32`` wire field."""
+
+RELIABLE_CAPABILITY_BIT = 0x1
+"""Bit 0 of ``ack_bits``: set by this project's endpoints on every frame while reliable
+mode is possible; a genuine ack never sets it, and Codex peers always send 0 (see
+:mod:`~exec_server.relay.reliable_stream`)."""
 
 MAX_OUTBOUND_STREAM_ID_BYTES = 128
 """Longest stream id we generate (Codex E3+ ``MAX_RELAY_STREAM_ID_BYTES``)."""
@@ -311,6 +318,19 @@ def reset_frame(stream_id: str, reason: str, *, ack: int = 0, ack_bits: int = 0)
         ack_bits,
         ResetBody(truncate_reason(reason)),
     )
+
+
+def reset_for_peer(stream_id: str, reason: str, *, reliable: bool) -> bytes:
+    """The encoded ``reset{reason}`` to send a peer that did not see the stream's state:
+    the one builder for resets that answer or end a stream from outside it (the
+    multiplexer refusing a stream, the rendezvous giving up on a peer).
+
+    ``reliable`` mirrors the capability flag of the peer's own frames on that stream: our
+    reliable endpoints treat a reset as terminal whatever its flag, and a Codex peer
+    ignores ``ack_bits``, so the flag only keeps the frame in the peer's own dialect.
+    """
+    flag = RELIABLE_CAPABILITY_BIT if reliable else 0
+    return encode_frame(reset_frame(stream_id, reason, ack_bits=flag))
 
 
 def heartbeat_frame(stream_id: str, *, ack: int = 0, ack_bits: int = 0) -> RelayFrame:
@@ -744,9 +764,11 @@ def decode_frame(
 
 def decode_route(
     data: bytes | bytearray | memoryview, limits: FrameLimits = INBOUND_LIMITS
-) -> tuple[str, BodyKind]:
-    """``(stream_id, body kind)`` of a frame, validated exactly as :func:`decode_frame`
-    does (same :class:`InvalidFrame` for the same bytes), without copying a data payload.
+) -> tuple[str, BodyKind, bool]:
+    """``(stream_id, body kind, capability flag)`` of a frame, validated exactly as
+    :func:`decode_frame` does (same :class:`InvalidFrame` for the same bytes), without
+    copying a data payload. The flag (bit 0 of ``ack_bits``) tells whether the sender is
+    one of our reliable endpoints, which retransmit what is lost.
 
     For forwarders that route the original bytes and never read the payload.
     """
@@ -761,7 +783,7 @@ def decode_route(
     validate_frame(frame, limits)
     body = frame.body
     assert body is not None  # validate_frame rejects a frame without body
-    return frame.stream_id, body.kind
+    return frame.stream_id, body.kind, bool(frame.ack_bits & RELIABLE_CAPABILITY_BIT)
 
 
 def peek_stream_id(data: bytes) -> str | None:

@@ -64,13 +64,14 @@ Sequence space (reliable mode)
 * Internally seqs are unbounded integers. On the wire they cycle through ``1 .. 2**32 - 1``
   (:func:`seq_to_wire`), skipping 0, and the receiver maps a wire value back to the logical
   seq nearest its own position (:func:`seq_from_wire`, RFC 1982 serial arithmetic over
-  ``2**32 - 1`` values). At most 32 segments are in flight and the reorder window is 32,
-  so every live wire value is within a few dozen of the reference and the mapping is
-  unambiguous: streams never run out of sequence numbers.
+  ``2**32 - 1`` values). At most ``MAX_WINDOW_SEGMENTS`` (256) segments are in flight and
+  the reorder window is as wide, so every live wire value is within a few hundred of the
+  reference and the mapping is unambiguous: streams never run out of sequence numbers.
 * ``ack`` is the highest contiguous seq received (wire form; 0 while nothing is); bit *i*
   of ``ack_bits`` (``i >= 1``) selectively acknowledges ``ack + 1 + i``; bit 0 is the
   capability flag. Only the cumulative ack slides the send window; selective acks stop
-  retransmission of the segments they name.
+  retransmission of the segments they name. Segments more than 31 past ``ack`` cannot be
+  named selectively: they wait for the cumulative ack (or their RTO).
 * A message of ``n`` segments gets consecutive seqs with ``segment_index`` ``0 .. n-1`` and
   ``segment_count = n`` (``message_start_seq = seq - segment_index``). Inbound segments are
   released in seq order; reassembly requires the first segment of a message to have index
@@ -96,11 +97,13 @@ Reliability machinery
   most once. A fast retransmission still unacknowledged after twice the smoothed RTT
   (``REPAIR_RESEND_MIN_S`` at least, the RTO at most) is taken as lost too and resent
   once more without backoff; after that only the RTO applies.
-* **Send window**: at most ``max_unacked_segments`` (<= 32, the ``ack_bits`` span) and
-  ``max_unacked_bytes`` in flight. Messages wait in the send buffer beyond that;
-  :meth:`ReliableStream.send_message` raises :class:`~exec_server.relay.errors.SendBlocked`
-  once the buffer holds ``max_send_buffer_bytes`` (a single message is always admitted into
-  an empty buffer, up to ``max_message_bytes``).
+* **Send window**: counted in bytes: at most ``max_unacked_bytes`` in flight, and at most
+  ``max_unacked_segments`` segments (256 by default, far past the 32 of the ``ack_bits``
+  span, so small messages such as Codex's 8 KiB output chunks fill the byte window too).
+  Messages wait in the send buffer beyond that; :meth:`ReliableStream.send_message`
+  raises :class:`~exec_server.relay.errors.SendBlocked` once the buffer holds
+  ``max_send_buffer_bytes`` (a single message is always admitted into an empty buffer, up
+  to ``max_message_bytes``).
 * **Receive flow control**: while undelivered messages (events not yet taken with
   :meth:`ReliableStream.next_event`) hold ``max_receive_buffer_bytes`` or more, new data is
   dropped unacknowledged; once the owner drains below half of it, the stream sends
@@ -112,7 +115,9 @@ Reliability machinery
 * **Heartbeats**: a reliable stream that sent nothing for ``heartbeat_interval_s`` sends a
   ``heartbeat``; one that heard nothing for ``idle_timeout_s`` (disconnected time
   included) resets itself with reason ``idle_timeout``.
-* **Reset** ends both directions at once (``reset{reason}``, reason <= 256 bytes).
+* **Reset** ends both directions at once (``reset{reason}``, reason <= 256 bytes). It is
+  terminal whatever its capability flag and the stream's mode: the rendezvous and the
+  peer's multiplexer send resets too (:func:`~exec_server.relay.frame_codec.reset_for_peer`).
 
 Memory per stream is bounded by the configuration: send side ``max(max_send_buffer_bytes,
 max_message_bytes)``; receive side ``max_reorder_bytes`` (out-of-order segments) +
@@ -142,6 +147,7 @@ from exec_server.relay.events import (
 )
 from exec_server.relay.frame_codec import (
     RELAY_MESSAGE_FRAME_VERSION,
+    RELIABLE_CAPABILITY_BIT,
     U32_MAX,
     DataBody,
     FrameBody,
@@ -170,6 +176,7 @@ __all__ = [
     "IDLE_TIMEOUT_S",
     "LEGACY_MAX_MESSAGE_BYTES",
     "MAX_UNACKED_SEGMENTS",
+    "MAX_WINDOW_SEGMENTS",
     "NEGOTIATION_TIMEOUT_S",
     "RELIABLE_CAPABILITY_BIT",
     "REPAIR_RESEND_MIN_S",
@@ -185,16 +192,17 @@ __all__ = [
     "seq_to_wire",
 ]
 
-RELIABLE_CAPABILITY_BIT = 0x1
-"""Bit 0 of ``ack_bits``: set by our endpoints on every frame while reliable mode is
-possible. A genuine ack never sets it (see the module docstring)."""
-
 SEQ_SPACE = U32_MAX
 """Number of distinct non-zero wire seqs (``1 .. 2**32 - 1``); 0 is reserved."""
 
 MAX_UNACKED_SEGMENTS = 32
-"""Hard cap on segments in flight and the receive window: what ``ack`` + ``ack_bits`` can
-describe (Codex ``MAX_UNACKED_SEGMENTS``)."""
+"""Segments ``ack`` + ``ack_bits`` can describe (Codex ``MAX_UNACKED_SEGMENTS``): the span
+of selective acknowledgement."""
+
+MAX_WINDOW_SEGMENTS = 256
+"""Hard cap on segments in flight and the receive (reorder) window. The window is
+really counted in bytes (``max_unacked_bytes``); this bounds the bookkeeping when
+messages are small."""
 
 DEFAULT_MAX_SEGMENT_PAYLOAD_BYTES = 252 * 1024
 """Largest segment payload: a full frame (payload, 256-byte stream id, trace context) fits
@@ -254,7 +262,7 @@ IDLE_TIMEOUT_S = 60.0
 NEGOTIATION_TIMEOUT_S = 10.0
 """A probing initiator that heard nothing for this long treats the peer as legacy."""
 
-_MAX_TIMER_QUEUE = 4 * MAX_UNACKED_SEGMENTS
+_MAX_TIMER_QUEUE = 4 * MAX_WINDOW_SEGMENTS
 """Entries a retransmission-deadline queue may hold before it is rebuilt from the window."""
 
 
@@ -293,7 +301,7 @@ class ReliableStreamConfig:
     max_segment_payload_bytes: int = DEFAULT_MAX_SEGMENT_PAYLOAD_BYTES
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     legacy_max_message_bytes: int = LEGACY_MAX_MESSAGE_BYTES
-    max_unacked_segments: int = MAX_UNACKED_SEGMENTS
+    max_unacked_segments: int = MAX_WINDOW_SEGMENTS
     max_unacked_bytes: int = DEFAULT_MAX_UNACKED_BYTES
     max_send_buffer_bytes: int = DEFAULT_MAX_SEND_BUFFER_BYTES
     max_reorder_bytes: int = DEFAULT_MAX_REORDER_BYTES
@@ -310,8 +318,8 @@ class ReliableStreamConfig:
     initial_seq: int = 1
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_unacked_segments <= MAX_UNACKED_SEGMENTS:
-            raise ValueError(f"max_unacked_segments must be in 1..{MAX_UNACKED_SEGMENTS}")
+        if not 1 <= self.max_unacked_segments <= MAX_WINDOW_SEGMENTS:
+            raise ValueError(f"max_unacked_segments must be in 1..{MAX_WINDOW_SEGMENTS}")
         positive = (
             "max_segment_payload_bytes",
             "max_message_bytes",
@@ -672,7 +680,9 @@ class ReliableStream:
         rcv_nxt = self._rcv_nxt
         bits = RELIABLE_CAPABILITY_BIT
         for seq in self._ooo:
-            bits |= 1 << (seq - rcv_nxt)
+            offset = seq - rcv_nxt
+            if offset < MAX_UNACKED_SEGMENTS:  # beyond the span: cumulative ack only
+                bits |= 1 << offset
         return seq_to_wire(rcv_nxt - 1), bits
 
     def _stamp(self, now: float) -> tuple[int, int]:
@@ -993,6 +1003,14 @@ class ReliableStream:
         if self._closed_reason is not None:
             self.stats.dropped[StreamDropReason.CLOSED] += 1
             return
+        body = frame.body
+        if isinstance(body, ResetBody):
+            # Terminal whatever the capability flag: resets also come from outside the
+            # stream (the rendezvous giving up on the peer, a multiplexer refusing the
+            # stream), and dropping one would leave the stream to its idle timeout.
+            self._last_received_at = now
+            self._close(body.reason, remote=True, send_reset=False, emit=True)
+            return
         ack_bits = frame.ack_bits
         flagged = bool(ack_bits & RELIABLE_CAPABILITY_BIT)
         mode = self._mode
@@ -1008,10 +1026,6 @@ class ReliableStream:
                 self.stats.dropped[StreamDropReason.MODE_MISMATCH] += 1
             return
         self._last_received_at = now
-        body = frame.body
-        if isinstance(body, ResetBody):
-            self._close(body.reason, remote=True, send_reset=False, emit=True)
-            return
         if mode is PeerMode.LEGACY:
             self._receive_legacy(frame, body)
             return
@@ -1148,7 +1162,7 @@ class ReliableStream:
             self.stats.duplicates_received += 1
             self._ack_due = now
             return
-        if seq >= rcv_nxt + MAX_UNACKED_SEGMENTS:
+        if seq >= rcv_nxt + MAX_WINDOW_SEGMENTS:
             self.stats.dropped[StreamDropReason.BEYOND_WINDOW] += 1
             self._ack_due = now
             return

@@ -27,8 +27,15 @@ Routing rules (Codex E1 ``run_multiplexed_executor`` plus reliability):
   retransmission), so it is dropped (``retired_stream``) and answered with
   ``reset{stream_closed}`` (stream ids are single-use between our endpoints, as in later
   Codex).
+* A reliable frame (data or resume) for an unknown id that acknowledges data
+  (``ack != 0``) comes from a peer that had the stream with an earlier incarnation of
+  this side (a restarted environment): it is answered with ``reset{unknown_stream}``
+  rather than accepted as a new stream whose seqs could never line up.
 * Output is fair: one frame per stream per round, starting from a different stream on each
   call, optionally capped at ``max_bytes`` per call. Events are also taken round-robin.
+* :meth:`StreamMux.pause_output` holds one stream's frames back (the rendezvous asks for
+  it while a legacy harness cannot keep up); the stream's send buffer then fills and its
+  sender waits, while every other stream keeps flowing. A reset still goes out.
 
 Memory is bounded by ``max_streams`` times the per-stream bounds of
 :class:`ReliableStreamConfig`, plus ``max_retired_stream_ids`` ids and
@@ -49,19 +56,16 @@ from exec_server.relay.events import MuxEvent, StreamOpened
 from exec_server.relay.frame_codec import (
     INBOUND_LIMITS,
     MAX_OUTBOUND_STREAM_ID_BYTES,
+    RELIABLE_CAPABILITY_BIT,
     DataBody,
     FrameLimits,
     RelayFrame,
     ResumeBody,
     decode_frame,
     encode_frame,
-    reset_frame,
+    reset_for_peer,
 )
-from exec_server.relay.reliable_stream import (
-    RELIABLE_CAPABILITY_BIT,
-    ReliableStream,
-    ReliableStreamConfig,
-)
+from exec_server.relay.reliable_stream import ReliableStream, ReliableStreamConfig, seq_to_wire
 
 __all__ = [
     "MAX_PENDING_CONTROL_FRAMES",
@@ -103,6 +107,8 @@ class MuxDropReason(StrEnum):
     """A new stream over ``max_streams``."""
     RETIRED_STREAM = "retired_stream"
     """A reliable data or resume frame for a stream id that already ended."""
+    LOST_STREAM = "lost_stream"
+    """A reliable frame acknowledging data on a stream this side does not have."""
     CONTROL_QUEUE_FULL = "control_queue_full"
     """A reply reset that did not fit ``max_pending_control_frames``."""
 
@@ -155,6 +161,10 @@ class StreamMux:
         self._timers: dict[ReliableStream, float] = {}
         # Streams that may have output; frames_to_send skips the others.
         self._pending_output: set[ReliableStream] = set()
+        # Streams whose output is held back (pause_output).
+        self._paused: set[ReliableStream] = set()
+        # Streams whose events are held back (hold_events).
+        self._held: set[ReliableStream] = set()
 
     # ------------------------------------------------------------------ streams
 
@@ -191,6 +201,43 @@ class StreamMux:
         if stream is not None:
             stream.reset(reason)
             self._after_input(stream)
+
+    def pause_output(self, stream_id: str) -> None:
+        """Hold back the stream's frames (a reset still goes out) until
+        :meth:`resume_output`; no-op for an unknown id."""
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            self._paused.add(stream)
+
+    def resume_output(self, stream_id: str) -> None:
+        """Let a paused stream's frames out again."""
+        stream = self._streams.get(stream_id)
+        if stream is not None and stream in self._paused:
+            self._paused.discard(stream)
+            self._pending_output.add(stream)
+
+    @property
+    def paused_streams(self) -> int:
+        return len(self._paused)
+
+    def hold_events(self, stream_id: str) -> None:
+        """Stop handing out the stream's events (its consumer is full) until
+        :meth:`release_events`. A reliable stream then stops acknowledging new data once
+        ``max_receive_buffer_bytes`` wait, which pushes back on the peer; a legacy peer
+        cannot be slowed down, so holding a legacy stream only buffers."""
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            self._held.add(stream)
+
+    def release_events(self, stream_id: str) -> None:
+        """Hand out the stream's events again (see :meth:`hold_events`)."""
+        for stream in self._held:
+            if stream.stream_id == stream_id:
+                self._held.discard(stream)
+                if stream.has_events and stream not in self._ready_set:
+                    self._ready_set.add(stream)
+                    self._ready.append(stream)
+                return
 
     def _stream_count(self) -> int:
         return len(self._streams) + len(self._closing)
@@ -234,6 +281,14 @@ class StreamMux:
             self.dropped[MuxDropReason.RETIRED_STREAM] += 1
             self._reply_reset(stream_id, "stream_closed", reliable)
             return None
+        if (
+            reliable
+            and self.role is MuxRole.ENVIRONMENT
+            and frame.ack != seq_to_wire(self.config.stream.initial_seq - 1)  # 0 in production
+        ):
+            self.dropped[MuxDropReason.LOST_STREAM] += 1
+            self._reply_reset(stream_id, "unknown_stream", reliable)
+            return None
         if self.role is MuxRole.HARNESS:
             self.dropped[MuxDropReason.UNKNOWN_STREAM] += 1
             return None
@@ -251,9 +306,7 @@ class StreamMux:
         if len(self._control) >= self.config.max_pending_control_frames:
             self.dropped[MuxDropReason.CONTROL_QUEUE_FULL] += 1
             return
-        # A reliable peer drops frames without the capability flag; a Codex peer ignores it.
-        flag = RELIABLE_CAPABILITY_BIT if reliable else 0
-        self._control.append(encode_frame(reset_frame(stream_id, reason, ack_bits=flag)))
+        self._control.append(reset_for_peer(stream_id, reason, reliable=reliable))
 
     # ------------------------------------------------------------------ output
 
@@ -282,6 +335,9 @@ class StreamMux:
             streams = streams[start:] + streams[:start]
         pending, timers = self._pending_output, self._timers
         active = [s for s in streams if s in pending or timers.get(s, now + 1.0) <= now]
+        if self._paused:
+            paused = self._paused
+            active = [s for s in active if s not in paused or s.is_closed]
         touched: set[ReliableStream] = set()
         while active and (max_bytes is None or total < max_bytes):
             if len(active) == 1:  # a round of one stream: take its frames in a row
@@ -322,6 +378,9 @@ class StreamMux:
             return self._opened.popleft()
         while self._ready:
             stream = self._ready.popleft()
+            if stream in self._held:  # release_events puts it back in turn
+                self._ready_set.discard(stream)
+                continue
             event = stream.next_event()
             if stream.has_events:
                 self._ready.append(stream)
@@ -342,7 +401,7 @@ class StreamMux:
     def _after_input(self, stream: ReliableStream) -> None:
         """After a call that may have changed anything about ``stream``."""
         self._pending_output.add(stream)
-        if stream.has_events and stream not in self._ready_set:
+        if stream.has_events and stream not in self._ready_set and stream not in self._held:
             self._ready_set.add(stream)
             self._ready.append(stream)
         self._update(stream)
@@ -368,6 +427,8 @@ class StreamMux:
         if stream.is_finished and stream in self._closing:
             del self._closing[stream]
             self._pending_output.discard(stream)
+            self._paused.discard(stream)
+            self._held.discard(stream)
             stream.on_output_pending = None
 
     # ------------------------------------------------------------------ timers, connection
@@ -390,6 +451,7 @@ class StreamMux:
         """The socket closed: reliable and probing streams wait for :meth:`on_reconnect`;
         legacy streams end."""
         self._control.clear()
+        self._paused.clear()  # the rendezvous repeats its pauses on the next socket
         for stream in [*self._streams.values(), *self._closing]:
             stream.connection_lost(now)
             self._after_input(stream)

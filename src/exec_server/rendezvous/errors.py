@@ -1,10 +1,12 @@
 """The rendezvous layer's exception hierarchy.
 
 Everything :mod:`exec_server.rendezvous` raises derives from :class:`RendezvousError`.
-Inbound websocket traffic never raises: bad frames are dropped and counted by reason
-(see :class:`~exec_server.rendezvous.router.DropReason`). The exceptions here reach
-callers only from calls they make (verifying a URL, reading credentials, starting the
-server) and from the HTTP handlers, which map them to ``{"error": {"code", "message"}}``.
+Inbound websocket traffic raises only :class:`SocketProtocolError`, which the server
+turns into closing that one socket; frames that are valid but cannot be routed are
+dropped and counted (see :class:`~exec_server.rendezvous.router.DropReason`). The other
+exceptions reach callers only from calls they make (verifying a URL, reading
+credentials, starting the server) and from the HTTP handlers, which map them to
+``{"error": {"code", "message"}}``.
 """
 
 from __future__ import annotations
@@ -45,3 +47,14 @@ class UrlRejected(RendezvousError):
 
 class CredentialError(RendezvousError):
     """The bearer token or the URL-signing secret cannot be read or created."""
+
+
+class SocketProtocolError(RendezvousError):
+    """A relay socket broke the protocol (an invalid frame); the server closes it with
+    ``close_code`` and ``message`` (short, no payload bytes) and counts ``reason``."""
+
+    def __init__(self, close_code: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.close_code = close_code
+        self.reason = reason
+        self.message = message

@@ -19,7 +19,9 @@ name                                                type    labels
 ``exec_server_rendezvous_bytes_routed_total``       counter ``direction``
 ``exec_server_rendezvous_frames_dropped_total``     counter ``reason``
 ``exec_server_rendezvous_resets_sent_total``        counter ``reason``
+``exec_server_rendezvous_protocol_errors_total``    counter ``reason``: sockets closed for it
 ``exec_server_rendezvous_stream_reclaims_total``    counter
+``exec_server_rendezvous_stream_pauses_total``      counter legacy streams paused (slow harness)
 ``exec_server_rendezvous_registrations_total``      counter ``result``
 ``exec_server_rendezvous_harness_urls_total``       counter ``result``: ``/connect`` calls
 ``exec_server_rendezvous_websocket_upgrades_total`` counter ``result``: ``accepted`` or why not
@@ -43,7 +45,7 @@ from prometheus_client.registry import Collector
 from ..relay.errors import InvalidFrameReason
 from .errors import UrlRejectReason
 from .noise_registry import RefusalReason
-from .router import Direction, DropReason, ResetReason, Router
+from .router import Direction, DropReason, ProtocolErrorReason, ResetReason, Router
 from .url_signing import UrlRole
 
 __all__ = [
@@ -134,10 +136,18 @@ class RendezvousCollector(Collector):
         )
         yield _counter(
             "frames_dropped",
-            "Relay messages not forwarded, by reason.",
+            "Relay frames not forwarded, by reason.",
             "reason",
             stats.dropped,
-            [r.value for r in DropReason] + [r.value for r in InvalidFrameReason],
+            [r.value for r in DropReason],
+        )
+        yield _counter(
+            "protocol_errors",
+            "Relay sockets closed for breaking the protocol, by reason.",
+            "reason",
+            stats.protocol_errors,
+            [r.value for r in ProtocolErrorReason]
+            + [r.value for r in InvalidFrameReason if r is not InvalidFrameReason.OVERSIZE],
         )
         yield _counter(
             "resets_sent",
@@ -148,10 +158,16 @@ class RendezvousCollector(Collector):
         )
         reclaims = CounterMetricFamily(
             METRIC_PREFIX + "stream_reclaims",
-            "Streams taken over by a socket with the owner's URL nonce.",
+            "Streams taken over by a newer socket with the owner's URL nonce.",
         )
         reclaims.add_metric([], stats.reclaims)
         yield reclaims
+        pauses = CounterMetricFamily(
+            METRIC_PREFIX + "stream_pauses",
+            "Legacy streams whose environment was asked to pause for a slow harness.",
+        )
+        pauses.add_metric([], stats.pauses)
+        yield pauses
         yield _counter(
             "registrations",
             "Environment registrations, by result.",

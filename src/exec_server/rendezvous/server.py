@@ -34,14 +34,20 @@ HTTP API (bearer = ``Authorization: Bearer <token>``, see
     Unauthenticated; ``/readyz`` is 503 once shutdown begins.
 
 Websockets: no permessage-deflate, TCP_NODELAY, ``max_message_bytes`` (64 MiB by default,
-what legacy Codex peers accept), server pings every ``ping_interval_s`` so a vanished
-peer releases its streams.
+what legacy Codex peers accept). Pings from peers are answered (Codex pings every 30 s);
+the server pings every ``ping_interval_s`` and drops a socket silent for
+``pong_timeout_s`` (``pong_timeout``), so a vanished peer releases its streams. A
+socket that breaks the relay protocol is closed: 1002 for an invalid frame, 1003 for a
+text message, 1009 for a message over ``max_message_bytes``, each with a short reason,
+counted in ``exec_server_rendezvous_protocol_errors_total{reason}``. Sockets that offer
+the :data:`~exec_server.relay.control.CONTROL_SUBPROTOCOL` get control messages.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -53,14 +59,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.tcp_helpers import tcp_nodelay
 from prometheus_client import CollectorRegistry
 
+from ..relay.control import CONTROL_SUBPROTOCOL
 from ..relay.frame_codec import DEFAULT_MAX_FRAME_BYTES, INBOUND_LIMITS
 from ..transport.listen_url import ListenUrlError, parse_ip_port_url
+from ..transport.websocket import DEFAULT_PONG_TIMEOUT_S, Keepalive, KeepaliveConfig
 from .credentials import ResolvedToken, bearer_matches, load_or_create_secret, resolve_token
-from .errors import UrlRejected
+from .errors import SocketProtocolError, UrlRejected
 from .metrics import RegistryStats, make_registry, render
 from .noise_registry import (
     DEFAULT_AUTHORIZATION_LIFETIME_S,
@@ -81,8 +89,14 @@ from .router import (
     DEFAULT_HARNESS_GRACE_S,
     DEFAULT_MAX_QUEUE_BYTES,
     DEFAULT_MAX_QUEUE_FRAMES,
+    DEFAULT_MAX_SOCKET_BUFFER_BYTES,
+    DEFAULT_MAX_STREAM_BUFFER_BYTES,
     DEFAULT_MAX_STREAMS_PER_ENVIRONMENT,
+    DEFAULT_SLOW_HARNESS_TIMEOUT_S,
+    DEFAULT_STREAM_PAUSE_BYTES,
     REPLACED_CLOSE_CODE,
+    UNSUPPORTED_DATA_CLOSE_CODE,
+    ProtocolErrorReason,
     Router,
     RouterConfig,
     SocketPeer,
@@ -120,7 +134,7 @@ DEFAULT_MAX_MESSAGE_BYTES = DEFAULT_MAX_FRAME_BYTES
 """Largest websocket message accepted: 64 MiB, what legacy Codex peers accept."""
 
 DEFAULT_PING_INTERVAL_S = 30.0
-"""Server websocket ping interval; a peer silent for half of it after a ping is dropped."""
+"""Server websocket ping interval (a peer silent for ``pong_timeout_s`` is dropped)."""
 
 MAX_REGISTRY_BODY_BYTES = 64 * 1024
 """Largest HTTP request body on the registry endpoints."""
@@ -161,31 +175,40 @@ class RendezvousConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES
     max_queue_frames: int = DEFAULT_MAX_QUEUE_FRAMES
+    stream_pause_bytes: int = DEFAULT_STREAM_PAUSE_BYTES
+    max_stream_buffer_bytes: int = DEFAULT_MAX_STREAM_BUFFER_BYTES
+    max_socket_buffer_bytes: int = DEFAULT_MAX_SOCKET_BUFFER_BYTES
+    slow_harness_timeout_s: float = DEFAULT_SLOW_HARNESS_TIMEOUT_S
+    """A legacy stream paused this long for its harness is reset (``harness_too_slow``)."""
     max_streams_per_environment: int = DEFAULT_MAX_STREAMS_PER_ENVIRONMENT
     environment_url_lifetime_s: float = DEFAULT_ENVIRONMENT_URL_LIFETIME_S
     harness_url_lifetime_s: float = DEFAULT_HARNESS_URL_LIFETIME_S
     max_harness_url_lifetime_s: float = MAX_HARNESS_URL_LIFETIME_S
     ping_interval_s: float | None = DEFAULT_PING_INTERVAL_S
     """``None`` disables server pings."""
+    pong_timeout_s: float = DEFAULT_PONG_TIMEOUT_S
+    """A socket silent this long (not even a pong) is dropped (``pong_timeout``)."""
     authorization_lifetime_s: float = DEFAULT_AUTHORIZATION_LIFETIME_S
     """Validity of a Noise ``harness_key_authorization`` (``/connect`` to ``/validate``)."""
 
     def router_config(self) -> RouterConfig:
-        limits = INBOUND_LIMITS
         return RouterConfig(
             environment_grace_s=self.environment_grace_s,
             harness_grace_s=self.harness_grace_s,
             max_queue_bytes=self.max_queue_bytes,
             max_queue_frames=self.max_queue_frames,
+            stream_pause_bytes=self.stream_pause_bytes,
+            max_stream_buffer_bytes=self.max_stream_buffer_bytes,
+            max_socket_buffer_bytes=self.max_socket_buffer_bytes,
+            slow_harness_timeout_s=self.slow_harness_timeout_s,
             max_streams_per_environment=self.max_streams_per_environment,
-            frame_limits=type(limits)(
-                max_frame_bytes=self.max_message_bytes,
-                max_stream_id_bytes=limits.max_stream_id_bytes,
-                max_segment_count=limits.max_segment_count,
-                max_reset_reason_bytes=limits.max_reset_reason_bytes,
-                max_trace_field_bytes=limits.max_trace_field_bytes,
+            frame_limits=dataclasses.replace(
+                INBOUND_LIMITS, max_frame_bytes=self.max_message_bytes
             ),
         )
+
+    def keepalive(self) -> KeepaliveConfig:
+        return KeepaliveConfig(self.ping_interval_s, self.pong_timeout_s)
 
 
 class _RegistryError(Exception):
@@ -628,13 +651,13 @@ class RendezvousServer:
             self.registry_stats.upgrades[exc.reason.value] += 1
             log.info("refused relay websocket for %r: %s", environment_id[:64], exc)
             return _error_response(exc.reason.http_status, exc.reason.value, exc.detail)
-        ws = web.WebSocketResponse(
+        ws = _RelayWebSocket(
             compress=False,
             max_msg_size=self.config.max_message_bytes,
-            heartbeat=self.config.ping_interval_s,
-            autoping=True,
+            autoping=False,
             decode_text=False,
             timeout=SHUTDOWN_CLOSE_TIMEOUT_S,
+            protocols=(CONTROL_SUBPROTOCOL,),
         )
         if not ws.can_prepare(request).ok:
             return _error_response(400, "websocket_required", "expected a websocket upgrade")
@@ -646,7 +669,12 @@ class RendezvousServer:
         self.registry_stats.upgrades["accepted"] += 1
         router = self.router
         peer = router.new_peer(
-            ws, grant.role, environment_id, grant.nonce, label=_label(grant.role, request)
+            ws,
+            grant.role,
+            environment_id,
+            grant.nonce,
+            label=_label(grant.role, request),
+            control=ws.ws_protocol == CONTROL_SUBPROTOCOL,
         )
         replaced = router.attach(peer)
         self._peers.add(peer)
@@ -659,12 +687,14 @@ class RendezvousServer:
         if grant.role is UrlRole.ENVIRONMENT:
             self._spawn(self._seen(environment_id))
         log.info("%s connected", peer.label)
+        keepalive = Keepalive(ws, self.config.keepalive())
+        watchdog = asyncio.ensure_future(self._watch(keepalive, peer))
         try:
-            if grant.role is UrlRole.HARNESS:
-                await self._read_harness(ws, peer)
-            else:
-                await self._read_environment(ws, peer)
+            await self._read(ws, peer, keepalive)
         finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await watchdog
             router.detach(peer)
             self._peers.discard(peer)
             await peer.aclose()
@@ -673,35 +703,71 @@ class RendezvousServer:
             log.info("%s disconnected (close code %s)", peer.label, ws.close_code)
         return ws
 
-    async def _read_environment(self, ws: web.WebSocketResponse, peer: SocketPeer) -> None:
-        # Never awaits anything but the socket: a slow harness must not stall this reader.
-        router = self.router
-        while True:
-            msg = await ws.receive()
-            kind = msg.type
-            if kind is WSMsgType.BINARY:
-                router.on_environment_message(peer, msg.data)
-            elif kind is WSMsgType.TEXT:
-                router.on_text_message(peer)
-            elif kind in _END_TYPES:
-                return
+    async def _watch(self, keepalive: Keepalive, peer: SocketPeer) -> None:
+        """Close the socket once its keepalive gives up (its reader then ends)."""
+        reason = await keepalive.run()
+        log.info("%s: %s; closing it", peer.label, reason)
+        await peer.aclose(code=WSCloseCode.GOING_AWAY, message=reason.encode()[:120])
 
-    async def _read_harness(self, ws: web.WebSocketResponse, peer: SocketPeer) -> None:
+    async def _read(
+        self, ws: web.WebSocketResponse, peer: SocketPeer, keepalive: Keepalive
+    ) -> None:
+        """Feed the socket's messages to the router until it closes or breaks the
+        protocol. Only an environment reader never waits for anything but its socket (a
+        slow harness must not stall it); a harness reader waits for room at the
+        environment."""
         router = self.router
-        while True:
-            msg = await ws.receive()
-            kind = msg.type
-            if kind is WSMsgType.BINARY:
-                await router.on_harness_message(peer, msg.data)
-            elif kind is WSMsgType.TEXT:
-                router.on_text_message(peer)
-            elif kind in _END_TYPES:
-                return
+        environment = peer.role is UrlRole.ENVIRONMENT
+        try:
+            while True:
+                msg = await ws.receive()
+                keepalive.heard_count += 1
+                kind = msg.type
+                if kind is WSMsgType.BINARY:
+                    if environment:
+                        router.on_environment_message(peer, msg.data)
+                    else:
+                        await router.on_harness_message(peer, msg.data)
+                elif kind is WSMsgType.PING:
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await ws.pong(msg.data)
+                elif kind is WSMsgType.PONG:
+                    continue
+                elif kind is WSMsgType.TEXT:
+                    raise SocketProtocolError(
+                        UNSUPPORTED_DATA_CLOSE_CODE,
+                        ProtocolErrorReason.TEXT_FRAME,
+                        "text message on a binary relay socket",
+                    )
+                else:
+                    if (
+                        kind is WSMsgType.ERROR
+                        and getattr(msg.data, "code", None) == WSCloseCode.MESSAGE_TOO_BIG
+                    ):
+                        router.stats.protocol_errors[ProtocolErrorReason.OVERSIZE] += 1
+                        log.info("%s closed: message over the size limit", peer.label)
+                    return
+        except SocketProtocolError as exc:
+            router.stats.protocol_errors[exc.reason] += 1
+            log.info("%s closed (%d): %s", peer.label, exc.close_code, exc.message)
+            await peer.aclose(code=exc.close_code, message=exc.message.encode()[:120])
 
     async def _seen(self, environment_id: str) -> None:
         if self._store is not None:
             with contextlib.suppress(Exception):
                 await self._store.upsert(environment_id, None, time.time())
+
+
+class _RelayWebSocket(web.WebSocketResponse):
+    """aiohttp closes a socket whose message is over ``max_msg_size`` itself, with code
+    1009 and no reason; this gives that close a reason the peer can log."""
+
+    async def close(
+        self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
+    ) -> bool:
+        if code == WSCloseCode.MESSAGE_TOO_BIG and not message:
+            message = b"relay message over the size limit"
+        return await super().close(code=code, message=message, drain=drain)
 
 
 _END_TYPES = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR})

@@ -9,13 +9,24 @@ exposed as a :class:`RelayStreamChannel`, a
 processor (environment side) and the RPC client (harness side) never know they run
 over the relay.
 
-One reader and one writer task per socket: the reader feeds every binary message to
-the mux and dispatches the events; the writer sends what the mux has to send, wakes
-on new output or on the mux's timer, and is the only place that writes to the socket.
+One reader, one writer and one keepalive task per socket: the reader feeds every
+binary message to the mux and dispatches the events (and answers pings: relay sockets
+use ``autoping=False``); the writer sends what the mux has to send, wakes on new output
+or on the mux's timer, and is the only place that writes frames to the socket; the
+:class:`~exec_server.transport.websocket.Keepalive` pings every 30 s and gives the
+socket up (``pong_timeout``) after 60 s of silence.
 
-Limits: a stream whose undelivered inbound messages exceed
-``max_channel_inbox_bytes`` (a consumer that stopped reading while its peer keeps
-sending) is reset with ``receive_buffer_overflow`` instead of growing memory.
+Sockets that negotiated :data:`~exec_server.relay.control.CONTROL_SUBPROTOCOL` also
+get the rendezvous's control messages: ``pause_output``/``resume_output`` hold one
+stream's output at the source while its (legacy) harness is too slow, and
+``peer_offline``/``peer_online`` become :class:`RelayStatus` reports for the harness.
+
+Limits: a consumer that stops reading holds back its stream. On a reliable stream,
+once ``inbox_hold_bytes`` wait in the channel, the stream's events stay in the
+multiplexer, which stops acknowledging new data past its receive buffer: the peer
+waits and nothing is lost. A legacy stream's peer cannot be slowed down: once its
+undelivered messages exceed ``max_channel_inbox_bytes`` it is reset with
+``receive_buffer_overflow`` instead of growing memory.
 """
 
 from __future__ import annotations
@@ -29,11 +40,21 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from aiohttp import ClientSession, WSMsgType
+from aiohttp import ClientSession, ClientWebSocketResponse, WSMsgType
 
+from ..relay.control import (
+    CONTROL_SUBPROTOCOL,
+    ENVIRONMENT_OFFLINE,
+    PauseOutput,
+    PeerOffline,
+    PeerOnline,
+    ResumeOutput,
+    decode_control,
+)
 from ..relay.errors import MessageTooLarge, SendBlocked, StreamClosed
 from ..relay.events import (
     MessageReceived,
+    PeerMode,
     PeerModeResolved,
     PeerResumed,
     StreamOpened,
@@ -42,22 +63,30 @@ from ..relay.events import (
 from ..relay.reliable_stream import ReliableStream
 from ..relay.stream_mux import MuxConfig, MuxRole, StreamMux
 from .channel import ChannelClosed, MessageTooLargeForTransport
-from .websocket import AnyWebSocket, dial_websocket
+from .relay_status import RelayStatus, StatusCallback
+from .websocket import (
+    AnyWebSocket,
+    Keepalive,
+    KeepaliveConfig,
+    dial_websocket,
+)
 
 log = logging.getLogger(__name__)
 
 #: Bytes of outbound frames written per writer pass before yielding to the loop.
 WRITE_BATCH_BYTES = 1024 * 1024
-#: Undelivered inbound bytes per stream before it is reset (see module docstring).
+#: Undelivered inbound bytes per legacy stream before it is reset (see module docstring).
 MAX_CHANNEL_INBOX_BYTES = 64 * 1024 * 1024
-#: Websocket ping interval on relay sockets (Codex E1+ keepalive).
-RELAY_PING_INTERVAL_S = 30.0
+#: Undelivered inbound bytes at which a reliable stream's events are held back.
+INBOX_HOLD_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class RelayConfig:
     mux: MuxConfig = field(default_factory=MuxConfig)
     max_channel_inbox_bytes: int = MAX_CHANNEL_INBOX_BYTES
+    inbox_hold_bytes: int = INBOX_HOLD_BYTES
+    keepalive: KeepaliveConfig = field(default_factory=KeepaliveConfig)
 
 
 class RelayStreamChannel:
@@ -74,6 +103,7 @@ class RelayStreamChannel:
         self._inbox_bytes = 0
         self._readable = asyncio.Event()
         self._end_reason: str | None = None
+        self._held = False
 
     @property
     def ended(self) -> bool:
@@ -88,11 +118,19 @@ class RelayStreamChannel:
     def _deliver(self, payload: bytes) -> bool:
         if self._end_reason is not None:
             return True
-        if self._inbox_bytes + len(payload) > self._connection.config.max_channel_inbox_bytes:
+        config = self._connection.config
+        if self._inbox_bytes + len(payload) > config.max_channel_inbox_bytes:
             return False
         self._inbox.append(payload)
         self._inbox_bytes += len(payload)
         self._readable.set()
+        if (
+            not self._held
+            and self._inbox_bytes >= config.inbox_hold_bytes
+            and self.stream.mode is PeerMode.RELIABLE
+        ):
+            self._held = True
+            self._connection.mux.hold_events(self.stream_id)
         return True
 
     def _end(self, reason: str) -> None:
@@ -110,6 +148,9 @@ class RelayStreamChannel:
             await self._readable.wait()
         payload = self._inbox.popleft()
         self._inbox_bytes -= len(payload)
+        if self._held and self._inbox_bytes <= self._connection.config.inbox_hold_bytes // 2:
+            self._held = False
+            self._connection._release(self.stream_id)
         return payload
 
     async def send(self, message: bytes) -> None:
@@ -147,11 +188,14 @@ class RelayConnection:
         config: RelayConfig | None = None,
         *,
         on_stream: Callable[[RelayStreamChannel], None] | None = None,
+        on_status: StatusCallback | None = None,
     ) -> None:
         self.config = config or RelayConfig()
         self.mux = StreamMux(role, self.config.mux)
         self.channels: dict[str, RelayStreamChannel] = {}
         self._on_stream = on_stream
+        self.on_status = on_status
+        """Harness side: called with every :class:`RelayStatus` report."""
         self._wake = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._progress = asyncio.Event()
@@ -190,8 +234,16 @@ class RelayConnection:
         self._progress.set()
         self._progress = asyncio.Event()
 
+    def _release(self, stream_id: str) -> None:
+        """A consumer drained its inbox: hand out the stream's held events again (taking
+        them may reopen its receive window, which sends ``resume``)."""
+        self.mux.release_events(stream_id)
+        self._dispatch_events()
+        self._output_pending()
+
     def _close_stream(self, stream_id: str, reason: str) -> None:
         self.channels.pop(stream_id, None)
+        self.mux.release_events(stream_id)
         self.mux.reset_stream(stream_id, reason)
         self._output_pending()
 
@@ -218,38 +270,62 @@ class RelayConnection:
                     self._on_stream(channel)
             elif isinstance(event, StreamReset):
                 channel = self.channels.pop(event.stream_id, None)
+                if event.remote and event.reason == ENVIRONMENT_OFFLINE:
+                    self._report(
+                        RelayStatus(
+                            "gone",
+                            detail="the environment went offline and did not come back "
+                            "within the rendezvous's grace period",
+                        )
+                    )
                 if channel is not None:
                     channel._end(event.reason)
                 log.debug("relay stream %s ended: %s", event.stream_id, event.reason)
             elif isinstance(event, PeerModeResolved | PeerResumed):
                 log.debug("relay stream %s: %s", event.stream_id, event)
 
+    def _report(self, status: RelayStatus) -> None:
+        if self.on_status is not None:
+            try:
+                self.on_status(status)
+            except Exception:
+                log.exception("relay status callback failed")
+
     async def run_socket(self, ws: AnyWebSocket) -> str:
-        """Drive the mux over ``ws`` until it ends; returns why it ended."""
+        """Drive the mux over ``ws`` until it ends; returns why it ended. ``ws`` must
+        have been opened with ``autoping=False`` (the reader answers pings)."""
         now = self.now()
         if self._sockets:
             self.mux.on_reconnect(now)
         self._sockets += 1
         self._connected = True
         self._dispatch_events()
-        # Two long-lived tasks per socket. The reader awaits ws.receive() directly, so a
+        protocol = ws.protocol if isinstance(ws, ClientWebSocketResponse) else ws.ws_protocol
+        keepalive = Keepalive(ws, self.config.keepalive)
+        # Long-lived tasks per socket. The reader awaits ws.receive() directly, so a
         # burst of buffered messages is processed without a task switch per message, and
         # the writer then answers the whole burst (acks included) in one pass.
-        reader = asyncio.ensure_future(self._read_loop(ws))
+        reader = asyncio.ensure_future(
+            self._read_loop(ws, keepalive, control=protocol == CONTROL_SUBPROTOCOL)
+        )
         writer = asyncio.ensure_future(self._write_loop(ws))
+        pinger = asyncio.ensure_future(keepalive.run())
+        tasks = (reader, writer, pinger)
         try:
-            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             if reader in done:
                 reason = reader.result()
+            elif pinger in done:
+                reason = f"relay websocket given up: {pinger.result()}"
             else:
                 exc = writer.exception() if not writer.cancelled() else None
                 reason = f"relay write failed: {exc}" if exc else "relay writer stopped"
         finally:
             self._connected = False
             self._disarm_timer()
-            for task in (reader, writer):
+            for task in tasks:
                 task.cancel()
-            for task in (reader, writer):
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             self.mux.connection_lost(self.now())
@@ -257,23 +333,43 @@ class RelayConnection:
             self._notify_progress()
         return reason
 
-    async def _read_loop(self, ws: AnyWebSocket) -> str:
+    async def _read_loop(self, ws: AnyWebSocket, keepalive: Keepalive, *, control: bool) -> str:
         mux = self.mux
         while True:
             msg = await ws.receive()
+            keepalive.heard_count += 1
             if msg.type is WSMsgType.BINARY:
                 mux.receive_bytes(msg.data, self.now())
                 self._dispatch_events()
                 self._notify_progress()
                 self._output_pending()
-            elif msg.type is WSMsgType.TEXT:
-                self.text_frames_dropped += 1
-            elif msg.type in (WSMsgType.PING, WSMsgType.PONG):
+            elif msg.type is WSMsgType.PING:
+                await ws.pong(msg.data)
+            elif msg.type is WSMsgType.PONG:
                 continue
+            elif msg.type is WSMsgType.TEXT:
+                if control:
+                    self._on_control(msg.data)
+                else:
+                    self.text_frames_dropped += 1
             elif msg.type is WSMsgType.ERROR:
                 return f"relay websocket error: {ws.exception()}"
             else:
-                return f"relay websocket closed (code {ws.close_code})"
+                return _closed_reason(ws, msg.extra if msg.type is WSMsgType.CLOSE else None)
+
+    def _on_control(self, text: str | bytes) -> None:
+        message = decode_control(text)
+        if isinstance(message, PauseOutput):
+            self.mux.pause_output(message.stream_id)
+        elif isinstance(message, ResumeOutput):
+            self.mux.resume_output(message.stream_id)
+            self._output_pending()
+        elif isinstance(message, PeerOffline):
+            self._report(RelayStatus("offline", grace_s=message.grace_s))
+        elif isinstance(message, PeerOnline):
+            self._report(RelayStatus("online"))
+        else:
+            self.text_frames_dropped += 1
 
     async def _write_loop(self, ws: AnyWebSocket) -> None:
         loop = asyncio.get_running_loop()
@@ -324,6 +420,11 @@ class RelayConnection:
         self.channels.clear()
 
 
+def _closed_reason(ws: AnyWebSocket, message: object) -> str:
+    reason = f": {message}" if isinstance(message, str) and message else ""
+    return f"relay websocket closed (code {ws.close_code}{reason})"
+
+
 #: How long closing a relay socket may wait for the peer's close frame.
 SOCKET_CLOSE_TIMEOUT_S = 2.0
 
@@ -372,12 +473,13 @@ class HarnessRelayChannel:
         config: RelayConfig | None,
         reconnect_deadline_s: float,
         max_message_bytes: int,
+        on_status: StatusCallback | None = None,
     ) -> None:
         self.url = url
         self._http = http
         self._headers = headers
         self._max_message_bytes = max_message_bytes
-        self.connection = RelayConnection(MuxRole.HARNESS, config)
+        self.connection = RelayConnection(MuxRole.HARNESS, config, on_status=on_status)
         self.channel = self.connection.open_channel()
         self.stream_id = self.channel.stream_id
         self._reconnect_deadline_s = reconnect_deadline_s
@@ -386,12 +488,8 @@ class HarnessRelayChannel:
         self._supervisor = asyncio.ensure_future(self._supervise(ws))
 
     async def _dial(self) -> AnyWebSocket:
-        return await dial_websocket(
-            self._http,
-            self.url,
-            headers=self._headers,
-            max_message_bytes=self._max_message_bytes,
-            heartbeat_s=RELAY_PING_INTERVAL_S,
+        return await dial_relay_socket(
+            self._http, self.url, headers=self._headers, max_message_bytes=self._max_message_bytes
         )
 
     async def _supervise(self, ws: AnyWebSocket) -> None:
@@ -403,6 +501,9 @@ class HarnessRelayChannel:
             if self.channel.ended:
                 return
             log.info("relay socket lost (%s); reconnecting stream %s", reason, self.stream_id)
+            self.connection._report(
+                RelayStatus("reconnecting", grace_s=self._reconnect_deadline_s, detail=reason)
+            )
             deadline = loop.time() + self._reconnect_deadline_s
             delay = HARNESS_RECONNECT_INITIAL_S
             while True:
@@ -410,6 +511,7 @@ class HarnessRelayChannel:
                     async with asyncio.timeout(max(0.1, deadline - loop.time())):
                         ws = await self._dial()
                     self.reconnects += 1
+                    self.connection._report(RelayStatus("reconnected"))
                     break
                 except Exception as exc:
                     if loop.time() + delay >= deadline:
@@ -449,17 +551,17 @@ async def connect_harness_relay(
     config: RelayConfig | None = None,
     reconnect_deadline_s: float = HARNESS_RECONNECT_DEADLINE_S,
     max_message_bytes: int = 64 * 1024 * 1024,
+    on_status: StatusCallback | None = None,
 ) -> HarnessRelayChannel:
-    """Dial a ``role=harness`` rendezvous URL and open one relay stream on it."""
+    """Dial a ``role=harness`` rendezvous URL and open one relay stream on it.
+
+    ``on_status`` hears what the rendezvous reports about the environment
+    (:class:`RelayStatus`): offline and being waited for, back online, or gone.
+    """
     http = ClientSession()
     try:
-        ws = await dial_websocket(
-            http,
-            url,
-            headers=headers,
-            timeout_s=timeout_s,
-            max_message_bytes=max_message_bytes,
-            heartbeat_s=RELAY_PING_INTERVAL_S,
+        ws = await dial_relay_socket(
+            http, url, headers=headers, timeout_s=timeout_s, max_message_bytes=max_message_bytes
         )
     except BaseException:
         await http.close()
@@ -472,4 +574,26 @@ async def connect_harness_relay(
         config=config,
         reconnect_deadline_s=reconnect_deadline_s,
         max_message_bytes=max_message_bytes,
+        on_status=on_status,
+    )
+
+
+async def dial_relay_socket(
+    http: ClientSession,
+    url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    timeout_s: float = 10.0,
+    max_message_bytes: int = 64 * 1024 * 1024,
+) -> ClientWebSocketResponse:
+    """Open a relay websocket as :meth:`RelayConnection.run_socket` wants it: no
+    compression, pings answered by its reader, the control subprotocol offered."""
+    return await dial_websocket(
+        http,
+        url,
+        headers=headers,
+        timeout_s=timeout_s,
+        max_message_bytes=max_message_bytes,
+        autoping=False,
+        protocols=(CONTROL_SUBPROTOCOL,),
     )

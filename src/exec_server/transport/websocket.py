@@ -8,6 +8,12 @@ offer it, and on this machine it cost ~4.5 ms per 64 KiB round trip.
 Limits: an inbound message above ``max_message_bytes`` makes aiohttp fail the
 socket with close code 1009 ("message too big"); the session behind it is detached,
 not lost, and can be resumed from a new connection.
+
+Relay sockets (harness and environment sides, and the rendezvous) run a
+:class:`Keepalive`: a ping every ``ping_interval_s`` (30 s, as Codex's), and the socket
+is given up (``pong_timeout``) once nothing, not even a pong, was heard for
+``pong_timeout_s`` (60 s, Codex's pong watchdog). Those sockets are opened with
+``autoping=False`` so their reader sees pongs and answers pings itself.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from aiohttp import ClientError, ClientSession, ClientWebSocketResponse, WSMsgType, web
 from aiohttp.client_exceptions import ClientConnectionResetError
@@ -26,6 +33,80 @@ from .channel import ChannelClosed, MalformedFrame
 log = logging.getLogger(__name__)
 
 AnyWebSocket = web.WebSocketResponse | ClientWebSocketResponse
+
+DEFAULT_PING_INTERVAL_S = 30.0
+"""Keepalive ping interval of relay sockets (Codex E1+ pings every 30 s)."""
+
+DEFAULT_PONG_TIMEOUT_S = 60.0
+"""Silence (no pong, no message) after which a relay socket is given up (Codex's pong
+watchdog waits 60 s)."""
+
+PONG_TIMEOUT = "pong_timeout"
+"""Why a socket was given up by its keepalive."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeepaliveConfig:
+    """Keepalive of one relay socket; ``ping_interval_s=None`` disables it."""
+
+    ping_interval_s: float | None = DEFAULT_PING_INTERVAL_S
+    pong_timeout_s: float = DEFAULT_PONG_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if self.ping_interval_s is not None and self.ping_interval_s <= 0:
+            raise ValueError("ping_interval_s must be positive (or None to disable pings)")
+        if self.pong_timeout_s <= 0:
+            raise ValueError("pong_timeout_s must be positive")
+
+
+class Keepalive:
+    """Pings one websocket and notices when its peer went silent.
+
+    The socket's reader calls :meth:`heard` for every message (pongs included; a busy
+    peer whose pong is queued behind data is alive). :meth:`run` pings every
+    ``ping_interval_s`` and returns :data:`PONG_TIMEOUT` once nothing was heard for
+    ``pong_timeout_s``; the caller then drops the socket. A dead peer is noticed within
+    ``pong_timeout_s`` plus one check interval.
+    """
+
+    __slots__ = ("_config", "_ws", "heard_count")
+
+    def __init__(self, ws: AnyWebSocket, config: KeepaliveConfig) -> None:
+        self._ws = ws
+        self._config = config
+        self.heard_count = 0
+        """Messages received; the reader bumps it (cheaper than reading a clock)."""
+
+    def heard(self) -> None:
+        self.heard_count += 1
+
+    async def run(self) -> str:
+        """Ping until the peer is silent for ``pong_timeout_s``; return why it stopped.
+        Never returns while pings are disabled (cancel it with the socket)."""
+        interval = self._config.ping_interval_s
+        if interval is None:
+            await asyncio.Future()  # parked until cancelled
+            return PONG_TIMEOUT  # pragma: no cover - unreachable
+        timeout = self._config.pong_timeout_s
+        loop = asyncio.get_running_loop()
+        tick = min(interval, timeout / 4)
+        last_heard = last_ping = loop.time()
+        seen = self.heard_count
+        while True:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            if self.heard_count != seen:
+                seen = self.heard_count
+                last_heard = now
+            if now - last_heard >= timeout:
+                log.info("websocket peer silent for %.0fs: %s", now - last_heard, PONG_TIMEOUT)
+                return PONG_TIMEOUT
+            if now - last_ping >= interval:
+                last_ping = now
+                try:
+                    await self._ws.ping()
+                except (ConnectionError, RuntimeError) as exc:
+                    return f"ping failed: {exc}"
 
 
 class WebSocketChannel:
@@ -104,19 +185,21 @@ async def dial_websocket(
     headers: Mapping[str, str] | None = None,
     timeout_s: float = 10.0,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    heartbeat_s: float | None = None,
+    autoping: bool = True,
+    protocols: Sequence[str] = (),
 ) -> ClientWebSocketResponse:
-    """Open a websocket (never offering compression); errors become
-    :class:`WebSocketConnectError` with Codex's wording."""
+    """Open a websocket (never offering compression, offering ``protocols`` as
+    subprotocols); errors become :class:`WebSocketConnectError` with Codex's wording.
+    Relay sockets pass ``autoping=False`` and run a :class:`Keepalive`."""
     try:
         async with asyncio.timeout(timeout_s):
             return await session.ws_connect(
                 url,
                 compress=0,
                 max_msg_size=max_message_bytes,
-                autoping=True,
+                autoping=autoping,
                 headers=dict(headers or {}),
-                heartbeat=heartbeat_s,
+                protocols=tuple(protocols),
             )
     except TimeoutError:
         raise WebSocketConnectError(

