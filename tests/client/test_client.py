@@ -24,6 +24,7 @@ from exec_server.client import (
     ServerError,
     SessionExpired,
     TransportClosed,
+    local_path,
 )
 from exec_server.environment.server import ExecServer, ServerConfig
 from exec_server.environment.session import SessionConfig
@@ -210,7 +211,7 @@ async def test_cwd_defaults_to_the_environments(client: ExecServerClient) -> Non
     info = await client.environment_info()
     assert info.cwd and info.shell_path
     result = await client.run(["pwd"])
-    assert result.stdout.decode().strip() == info.cwd
+    assert result.stdout.decode().strip() == local_path(info.cwd)
 
 
 async def _dropping_client(ws_url: str) -> tuple[ExecServerClient, list[WebSocketClientChannel]]:
@@ -275,7 +276,9 @@ async def test_output_evicted_while_disconnected_is_an_explicit_error(ws_url: st
 
 
 async def test_recovery_stops_when_the_session_expired() -> None:
-    server = ExecServer(ServerConfig(session=SessionConfig(detached_ttl_s=0.05)))
+    # The SDK speaks file:// URIs to a server that announces them: a 0.171-era session.
+    ttl = SessionConfig(detached_ttl_s=0.05, detached_ttl_0171_s=0.05)
+    server = ExecServer(ServerConfig(session=ttl))
     url = await server.start_websocket()
     try:
 

@@ -58,6 +58,12 @@ async def test_run_and_files_with_plain_paths(version: str, tmp_path: Path) -> N
         else:
             assert info.cwd is None  # 0.133 has no environment/info
         assert (await client.run(["pwd"], cwd=str(tmp_path))).stdout == f"{tmp_path}\n".encode()
+        # stdin: 0.171 requires a writeId on every process/write; 0.133 takes none.
+        # (Closing stdin is our extension: Codex never sends EOF, so `head` stops itself.)
+        proc = await client.start_process(["head", "-n", "2"], pipe_stdin=True)
+        for line in (b"one\n", b"two\n"):
+            assert await proc.write(line) == "accepted"
+        assert (await proc.collect()).stdout == b"one\ntwo\n"
         target = tmp_path / "a file.txt"
         await client.fs.write_file(str(target), b"payload")
         assert target.read_bytes() == b"payload"

@@ -397,12 +397,14 @@ class ExecServerClient:
     ) -> ProcessResult:
         """Run a command to completion and return its output and exit code.
 
-        ``stdin`` is written to the process and then closed. ``timeout`` bounds the
-        whole run: when it passes, the process is terminated and
-        :class:`ProcessTimeout` is raised with the output so far. Each output stream
-        keeps its first ``max_output_bytes`` (``None``: no limit); the rest is read
-        and dropped, and ``result.truncated`` says so. A non-zero exit code is not an
-        error: check ``result.exit_code``. Other arguments as :meth:`start_process`.
+        ``stdin`` is written to the process and then closed (closing is this server's
+        extension: a Codex server keeps stdin open, so there a command that reads to
+        EOF runs until ``timeout``). ``timeout`` bounds the whole run: when it passes,
+        the process is terminated and :class:`ProcessTimeout` is raised with the
+        output so far. Each output stream keeps its first ``max_output_bytes``
+        (``None``: no limit); the rest is read and dropped, and ``result.truncated``
+        says so. A non-zero exit code is not an error: check ``result.exit_code``.
+        Other arguments as :meth:`start_process`.
         """
         process_id = uuid.uuid4().hex
         collector = OutputCollector(max_output_bytes)

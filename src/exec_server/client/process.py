@@ -11,6 +11,7 @@ child process instead of growing memory without bound.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -180,7 +181,10 @@ class ProcessHandle:
 
     async def write(self, data: bytes, *, timeout: Timeout = DEFAULT) -> m.WriteStatus:
         """Write to its stdin (a tty, or a process started with ``pipe_stdin``)."""
-        params = m.ProcessWriteParams(process_id=self.process_id, chunk=data)
+        # Codex 0.171 requires a writeId and drops a repeated one as a retry: a fresh
+        # UUID, so that no client's write passes for another's. 0.133 takes none.
+        write_id = uuid.uuid4().hex if self.client._uri_paths else None
+        params = m.ProcessWriteParams(process_id=self.process_id, chunk=data, write_id=write_id)
         result = await self.client._call(m.PROCESS_WRITE, params, m.ProcessWriteResult, timeout)
         return result.status
 
