@@ -119,6 +119,7 @@ async def test_oversized_messages_fail_the_connection(
     channel = await connect_websocket_client(url, max_message_bytes=4096)
     with pytest.raises(ChannelClosed):
         await asyncio.wait_for(channel.receive(), 5)
+    await channel.close()  # collects the error picows kept (no "never retrieved" warning)
 
 
 async def test_dial_errors(ws_server: Callable[[Handler], Awaitable[str]]) -> None:
