@@ -36,6 +36,10 @@ def capabilities() -> m.EnvironmentCapabilities:
         fs_watch_missing=inotify_available(),
         environment_config_read=True,
         file_write_streaming=True,
+        # capabilities/discoverV2 and capabilityRoots/discoverV1, each read through
+        # the request's (or root's) sandbox.
+        capability_discovery_v2=True,
+        capability_discovery_sandbox=True,
     )
 
 
