@@ -73,6 +73,7 @@ from ..protocol.messages import (
 )
 from ..protocol.path_uri import file_uri_to_path, speaks_uri
 from ..protocol.rust_uuid import uuid_error
+from .child_signals import prepare_child_signals
 from .sandbox import UnsupportedPolicy, parse_sandbox, resolve_policy
 from .sandbox.confinement import (
     DEFAULT_ENFORCER,
@@ -1013,6 +1014,7 @@ class ProcessManager:
         self._notify = notify
         self._limits = limits
         self._enforcer = enforcer
+        prepare_child_signals()
         self._placeholder_timer: asyncio.TimerHandle | None = None
         self._processes: dict[str, _Process | _Starting] = {}
         self._closed = False
