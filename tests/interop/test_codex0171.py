@@ -853,3 +853,47 @@ async def test_capability_roots_discover_v1(discovery_differ: tuple[Differ, Path
         await c.call("capabilityRoots/discoverV1", {"roots": [{"id": "a", "path": "/tmp"}]})
 
     await differ.check(script)
+
+
+async def test_sandboxed_file_streaming(differ0171: Differ) -> None:
+    """``fs/open``/``readBlock``/``writeBlock`` under a sandbox honour its policy, as
+    0.171 (which claims ``sandboxedFileStreaming``) does."""
+
+    async def script(ctx: ScriptContext) -> None:
+        for name in ("rw", "ro", "hidden"):
+            os.mkdir(ctx.path(name))
+            ctx.write_text(f"{name} data", name, "f.txt")
+        ctx.write_text("secret", "ro", "hidden.txt")
+        sandbox = restricted(
+            [
+                entry(ctx.path("ro"), "read"),
+                entry(ctx.path("rw"), "write"),
+                entry(ctx.path("ro", "hidden.txt"), "none"),
+            ]
+        )
+        c = await ctx.connect_ready()
+
+        async def open_(handle: str, *parts: str, mode: str | None = None) -> None:
+            params: JSON = {"handleId": handle, "path": uri(ctx, *parts), "sandbox": sandbox}
+            if mode is not None:
+                params["mode"] = mode
+            await c.call("fs/open", params)
+
+        await open_("r1", "ro", "f.txt")
+        await c.call("fs/readBlock", {"handleId": "r1", "offset": 0, "len": 64})
+        await open_("r2", "ro", "hidden.txt")
+        await open_("r3", "hidden", "f.txt")
+        await open_("w1", "ro", "new.txt", mode="replace")
+        await open_("w2", "ro", "f.txt", mode="replace")
+        await open_("w3", "hidden", "new.txt", mode="replace")
+        await open_("w4", "rw", "new.txt", mode="replace")
+        await c.call("fs/writeBlock", {"handleId": "w4", "offset": 0, "chunk": b64("streamed")})
+        await c.call("fs/close", {"handleId": "w4"})
+        await open_("r4", "rw", "new.txt")
+        await c.call("fs/readBlock", {"handleId": "r4", "offset": 0, "len": 64})
+        ctx.note("ro/f.txt untouched", ctx.read_text("ro", "f.txt"))
+        ctx.note("ro/new.txt", ctx.exists("ro", "new.txt"))
+        ctx.note("hidden/new.txt", ctx.exists("hidden", "new.txt"))
+        ctx.note("rw/new.txt", ctx.read_text("rw", "new.txt"))
+
+    await differ0171.check(script)

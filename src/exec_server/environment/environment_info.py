@@ -40,6 +40,9 @@ def capabilities() -> m.EnvironmentCapabilities:
         # the request's (or root's) sandbox.
         capability_discovery_v2=True,
         capability_discovery_sandbox=True,
+        # fs/open under a sandbox checks the policy when the handle is opened (the
+        # differential suite compares it with 0.171's).
+        sandboxed_file_streaming=True,
     )
 
 
