@@ -24,6 +24,7 @@ from interop_support import (
     Target,
     b64,
     interop_mode,
+    pids_with_marker,
     read_view_exact,
     result_of,
     summarize_events,
@@ -895,5 +896,25 @@ async def test_sandboxed_file_streaming(differ0171: Differ) -> None:
         ctx.note("ro/new.txt", ctx.exists("ro", "new.txt"))
         ctx.note("hidden/new.txt", ctx.exists("hidden", "new.txt"))
         ctx.note("rw/new.txt", ctx.read_text("rw", "new.txt"))
+
+    await differ0171.check(script)
+
+
+async def test_sandboxed_command_takes_its_background_jobs_along(differ0171: Differ) -> None:
+    """0.171 runs a sandboxed command as the init of its own pid namespace: when it
+    exits, what it started in the background is killed and the process closes."""
+    marker = "97.125"
+
+    async def script(ctx: ScriptContext) -> None:
+        c = await ctx.connect_ready()
+        sandbox = restricted([ROOT_READ, entry(ctx.path(), "write")])
+        params = start_params(ctx, "bg", f"sleep {marker} & echo started", sandbox=sandbox)
+        await c.call("process/start", params, view=lambda r: sorted(result_of(r)))
+        try:
+            ctx.note("closed", await c.wait_closed("bg", timeout=30))
+            ctx.note("left running", pids_with_marker(marker))
+        finally:
+            for pid in pids_with_marker(marker):
+                os.kill(pid, 9)
 
     await differ0171.check(script)

@@ -762,6 +762,10 @@ class _Process:
         seq = self.next_seq
         self.next_seq = seq + 1
         self.exit_code = self._exit_code_of(returncode)
+        if self.confined:
+            # As 0.171, whose sandboxed command is the init of its own pid namespace:
+            # when it exits, what it left running in the background goes with it.
+            self.kill_group(signal_module.SIGKILL)
         exited = ProcessExitedNotification(process_id=self.id, seq=seq, exit_code=self.exit_code)
         if self.confined:
             # Judged as 0.171 does, with a death by signal N counted as 128 + N.
