@@ -918,3 +918,22 @@ async def test_sandboxed_command_takes_its_background_jobs_along(differ0171: Dif
                 os.kill(pid, 9)
 
     await differ0171.check(script)
+
+
+async def test_spawn_errors_read_like_fs_errors(differ0171: Differ) -> None:
+    """One errno, one text: Codex's musl build words ELOOP "Symbolic link loop" for
+    ``process/start`` as for ``fs/*``."""
+
+    async def script(ctx: ScriptContext) -> None:
+        os.symlink("a", ctx.path("b"))
+        os.symlink("b", ctx.path("a"))
+        c = await ctx.connect_ready()
+        params = start_params(ctx, "cwd-loop", "true")
+        params["cwd"] = uri(ctx, "a")
+        await c.call("process/start", params)
+        params = start_params(ctx, "exe-loop", "true")
+        params["argv"] = [ctx.path("a")]
+        await c.call("process/start", params)
+        await c.call("fs/readFile", {"path": uri(ctx, "a")})
+
+    await differ0171.check(script)

@@ -41,7 +41,8 @@ from ..protocol.messages import (
     FsWalkResult,
 )
 from ..protocol.path_uri import parse_wire_path
-from .fs_handler import FileSystemHandler, os_error_text
+from .fs_handler import FileSystemHandler
+from .rust_compat import os_error_text
 from .sandbox import FsSandbox, parse_sandbox
 
 MAX_WALK_DEPTH = 64

@@ -74,6 +74,7 @@ from ..protocol.messages import (
 from ..protocol.path_uri import file_uri_to_path, speaks_uri
 from ..protocol.rust_uuid import uuid_error
 from .child_signals import prepare_child_signals
+from .rust_compat import os_error_text
 from .sandbox import UnsupportedPolicy, parse_sandbox, resolve_policy
 from .sandbox.confinement import (
     DEFAULT_ENFORCER,
@@ -271,11 +272,11 @@ def _acquire_controlling_tty() -> None:
 
 
 def _os_error_text(exc: OSError) -> str:
-    # Rust's io::Error display, which Codex sends verbatim, e.g.
-    # "No such file or directory (os error 2)".
+    # Rust's io::Error display on Codex's musl build, sent verbatim, e.g.
+    # "No such file or directory (os error 2)" (the same text as fs/* errors).
     if exc.errno is None:
         return str(exc)
-    return f"{os.strerror(exc.errno)} (os error {exc.errno})"
+    return os_error_text(exc.errno)
 
 
 def _set_winsize(fd: int, rows: int, cols: int) -> None:

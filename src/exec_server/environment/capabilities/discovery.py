@@ -393,4 +393,3 @@ def _enforce_size(result: DiscoverCapabilitiesResult, truncated: bool) -> None:
             result.plugins.pop()
         else:
             break
-

@@ -35,8 +35,8 @@ from ...protocol.messages import (
     FsWalkOptions,
 )
 from ...protocol.path_uri import path_to_uri
-from ..fs_handler import os_error_text
 from ..fs_walk import walk_tree
+from ..rust_compat import os_error_text
 from ..sandbox import FsSandbox
 from .skill_metadata import manifest_object
 
@@ -191,9 +191,7 @@ def _scan(root: str, sandbox: FsSandbox | None, warnings: list[str]) -> _Scan:
     return _Scan(skills, manifests)
 
 
-def discover_root(
-    root_id: str, root: str, sandbox: FsSandbox | None
-) -> CapabilityRootDiscovery:
+def discover_root(root_id: str, root: str, sandbox: FsSandbox | None) -> CapabilityRootDiscovery:
     """One root's capability files (blocking: run it in a worker thread)."""
     uri = path_to_uri(root)
     discovery = CapabilityRootDiscovery(id=root_id, path=uri)
@@ -278,4 +276,3 @@ def _declared_path(
         )
         return None
     return posixpath.normpath(posixpath.join(root, relative))
-

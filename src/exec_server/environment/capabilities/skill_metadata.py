@@ -223,9 +223,7 @@ def _repair_line(line: str) -> str | None:
         return "block"
     if scalar[0] in "'\"":
         return None
-    has_separator = any(
-        char == ":" and nxt.isspace() for char, nxt in itertools.pairwise(scalar)
-    )
+    has_separator = any(char == ":" and nxt.isspace() for char, nxt in itertools.pairwise(scalar))
     if not has_separator and not (scalar[0] in "[{@`" and not _parses(scalar)):
         return None
     quoted = "'" + scalar.replace("'", "''") + "'"
