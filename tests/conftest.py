@@ -1,4 +1,5 @@
-"""Shared fixtures: an in-process server reached over memory channels."""
+"""Shared fixtures: an in-process server reached over memory channels, once pulled
+from by the connection and once handing messages over eagerly (as the websocket)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from exec_server.environment.server import ExecServer, ServerConfig
 from exec_server.environment.session import SessionConfig
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[InProcessServer]:
+@pytest.fixture(params=["pull", "eager"])
+async def server(request: pytest.FixtureRequest) -> AsyncIterator[InProcessServer]:
     srv = ExecServer(ServerConfig(session=SessionConfig(detached_ttl_s=0.5)))
-    holder = InProcessServer(srv)
+    holder = InProcessServer(srv, eager=request.param == "eager")
     try:
         yield holder
     finally:

@@ -1,24 +1,131 @@
-"""Raw JSON-RPC peers of an in-process server over memory channels (test support)."""
+"""Raw JSON-RPC peers of an in-process server over memory channels (test support).
+
+Two kinds of server side: a plain :class:`MemoryChannel`, which the connection pulls
+from, and :class:`EagerServerChannel`, which hands each message over from an
+event-loop callback as the local websocket does (the connection's eager path).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from typing import Any
 
 import msgspec
 
 from exec_server.environment.server import ExecServer
-from exec_server.transport.channel import ChannelClosed
+from exec_server.transport.channel import ChannelClosed, MalformedFrame
 from exec_server.transport.memory import MemoryChannel, memory_channel_pair
 
 RECV_TIMEOUT_S = 5.0
 
 
+_EOF = object()
+
+
+class EagerServerChannel:
+    """The server side of an eager pair: messages arrive through loop callbacks
+    (never in a task, as with picows) and are offered to ``on_input``."""
+
+    transport_name = "memory"
+    parse_error_prefix = "failed to parse memory JSON-RPC message from exec-server memory"
+
+    def __init__(self, to_client: asyncio.Queue[bytes | object]) -> None:
+        self._to_client = to_client
+        self._inbox: deque[bytes | MalformedFrame] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        self.end_reason: str | None = None
+        self.on_input: Any = None
+
+    def deliver(self, item: bytes | MalformedFrame) -> None:
+        if self.end_reason is None:
+            self._inbox.append(item)
+            self._wake()
+
+    def end(self, reason: str) -> None:
+        if self.end_reason is None:
+            self.end_reason = reason
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        if self.on_input is not None:
+            self.on_input()
+
+    def take(self) -> bytes | MalformedFrame | None:
+        return self._inbox.popleft() if self._inbox else None
+
+    async def receive(self) -> bytes | MalformedFrame:
+        while True:
+            item = self.take()
+            if item is not None:
+                return item
+            if self.end_reason is not None:
+                raise ChannelClosed(self.end_reason)
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    async def send(self, message: bytes) -> None:
+        if self._closed:
+            raise ChannelClosed("closed")
+        self._to_client.put_nowait(message)
+
+    async def close(self, reason: str | None = None) -> None:
+        if not self._closed:
+            self._closed = True
+            self._to_client.put_nowait(_EOF)
+        self.end(reason or "closed")
+
+
+class EagerClientChannel:
+    """The harness side of an eager pair (the test's end): what it sends reaches the
+    server in a fresh event-loop callback."""
+
+    def __init__(self) -> None:
+        self._from_server: asyncio.Queue[bytes | object] = asyncio.Queue()
+        self.server_side = EagerServerChannel(self._from_server)
+        self._loop = asyncio.get_running_loop()
+        self._closed = False
+
+    async def send(self, message: bytes) -> None:
+        if self._closed:
+            raise ChannelClosed("closed")
+        self._loop.call_soon(self.server_side.deliver, message)
+
+    def send_raw(self, item: bytes | MalformedFrame) -> None:
+        self._loop.call_soon(self.server_side.deliver, item)
+
+    def shutdown_send(self) -> None:
+        """Half-close: the server's input ends; it can still answer."""
+        self._loop.call_soon(self.server_side.end, "peer closed")
+
+    async def receive(self) -> bytes:
+        if self._closed:
+            raise ChannelClosed("closed")
+        item = await self._from_server.get()
+        if item is _EOF:
+            self._closed = True
+            raise ChannelClosed("server closed")
+        assert isinstance(item, bytes)
+        return item
+
+    async def close(self, reason: str | None = None) -> None:
+        self._closed = True
+        self._loop.call_soon(self.server_side.end, reason or "peer closed")
+
+
 class RawConnection:
     """A raw JSON-RPC peer over a memory channel, for protocol-level assertions."""
 
-    def __init__(self, channel: MemoryChannel, task: asyncio.Task[None]) -> None:
+    def __init__(
+        self, channel: MemoryChannel | EagerClientChannel, task: asyncio.Task[None]
+    ) -> None:
         self.channel = channel
         self.task = task
         self._next_id = 0
@@ -72,12 +179,21 @@ class RawConnection:
 
 
 class InProcessServer:
-    def __init__(self, server: ExecServer) -> None:
+    """An :class:`ExecServer` reached over memory channels; ``eager`` selects the
+    channel kind (see the module docstring)."""
+
+    def __init__(self, server: ExecServer, *, eager: bool = False) -> None:
         self.server = server
+        self.eager = eager
         self.connections: list[RawConnection] = []
 
     def connect(self) -> RawConnection:
-        client_side, server_side = memory_channel_pair()
+        client_side: MemoryChannel | EagerClientChannel
+        if self.eager:
+            client_side = EagerClientChannel()
+            server_side: Any = client_side.server_side
+        else:
+            client_side, server_side = memory_channel_pair()
         task = asyncio.get_running_loop().create_task(self.server.serve_channel(server_side))
         conn = RawConnection(client_side, task)
         self.connections.append(conn)

@@ -302,6 +302,38 @@ async def test_long_poll_does_not_block_later_requests(server: InProcessServer) 
     assert msg["result"]["chunks"] or msg["result"]["exited"]
 
 
+async def test_pipelined_requests_are_answered_in_arrival_order(
+    server: InProcessServer, tmp_path: Path
+) -> None:
+    """A request whose handler waits (a worker-thread read) holds back the ones sent
+    right behind it, even those that could be answered at once, and a connection-fatal
+    frame queued behind them still ends the connection after they are answered."""
+    target = tmp_path / "data"
+    target.write_bytes(b"x" * 4096)
+    conn = server.connect()
+    await conn.initialize()
+    ids = list(range(10, 20))
+    for request_id in ids:
+        method = "fs/readFile" if request_id % 3 == 0 else "fs/getMetadata"
+        await conn.send({"id": request_id, "method": method, "params": {"path": str(target)}})
+    await conn.send({"id": 99, "result": {}})  # a response from the client: fatal
+    answered = [(await conn.recv())["id"] for _ in ids]
+    assert answered == ids
+    assert await conn.closed()
+
+
+async def test_a_handler_that_waits_can_fail_and_the_next_request_still_runs(
+    server: InProcessServer, tmp_path: Path
+) -> None:
+    conn = server.connect()
+    await conn.initialize()
+    await conn.send({"id": 1, "method": "fs/readFile", "params": {"path": str(tmp_path)}})
+    await conn.send({"id": 2, "method": "fs/getMetadata", "params": {"path": str(tmp_path)}})
+    first, second = await conn.recv(), await conn.recv()
+    assert first["id"] == 1 and first["error"]["code"] == -32603  # EISDIR, from a thread
+    assert second["id"] == 2 and second["result"]["isDirectory"] is True
+
+
 async def test_notifications_flow_to_the_attached_connection(server: InProcessServer) -> None:
     conn = server.connect()
     await conn.initialize()

@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 import msgspec
+import picows
 import pytest
 
 from exec_server.environment.server import (
@@ -129,6 +130,84 @@ async def test_oversized_message_closes_with_1009_and_session_is_resumable(
             )
             reply = msgspec.json.decode((await ws2.receive(timeout=5)).data)
             assert reply["result"]["sessionId"] == session_id
+
+
+class _Peer(picows.WSListener):
+    """A raw websocket client: sends frames as given, records what comes back."""
+
+    def __init__(self) -> None:
+        self.received: asyncio.Queue[tuple[picows.WSMsgType, bytes, int | None]] = asyncio.Queue()
+
+    def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
+        code = None
+        if frame.msg_type == picows.WSMsgType.CLOSE:
+            code = int(frame.get_close_code())
+        self.received.put_nowait((frame.msg_type, frame.get_payload_as_bytes(), code))
+
+    async def next(self) -> tuple[picows.WSMsgType, bytes, int | None]:
+        return await asyncio.wait_for(self.received.get(), 5)
+
+
+async def _raw_peer(url: str) -> tuple[picows.WSTransport, _Peer]:
+    transport, peer = await picows.ws_connect(_Peer, url)
+    assert isinstance(peer, _Peer)
+    return transport, peer
+
+
+async def test_fragmented_messages_are_reassembled(make_server: Any) -> None:
+    _, url = await make_server()
+    transport, peer = await _raw_peer(url)
+    try:
+        request = b'{"id":1,"method":"initialize","params":{"clientName":"frag"}}'
+        transport.send(picows.WSMsgType.TEXT, request[:10], fin=False)
+        transport.send(picows.WSMsgType.CONTINUATION, request[10:30], fin=False)
+        transport.send(picows.WSMsgType.CONTINUATION, request[30:], fin=True)
+        kind, payload, _ = await peer.next()
+        assert kind == picows.WSMsgType.TEXT
+        assert "sessionId" in msgspec.json.decode(payload)["result"]
+    finally:
+        transport.disconnect()
+
+
+async def test_fragments_over_the_limit_close_with_1009(make_server: Any) -> None:
+    _, url = await make_server(max_message_bytes=64 * 1024)
+    transport, peer = await _raw_peer(url)
+    try:
+        part = b" " * (30 * 1024)
+        transport.send(picows.WSMsgType.TEXT, part, fin=False)
+        transport.send(picows.WSMsgType.CONTINUATION, part, fin=False)
+        transport.send(picows.WSMsgType.CONTINUATION, part, fin=True)
+        kind, _, code = await peer.next()
+        assert (kind, code) == (picows.WSMsgType.CLOSE, 1009)
+    finally:
+        transport.disconnect()
+
+
+async def test_text_that_is_not_utf8_closes_with_1007(make_server: Any) -> None:
+    _, url = await make_server()
+    transport, peer = await _raw_peer(url)
+    try:
+        transport.send(picows.WSMsgType.TEXT, b'{"id":1,"method":"\xff"}')
+        kind, _, code = await peer.next()
+        assert (kind, code) == (picows.WSMsgType.CLOSE, 1007)
+    finally:
+        transport.disconnect()
+
+
+async def test_server_close_ends_every_connection_with_a_reason(make_server: Any) -> None:
+    server, url = await make_server()
+    peers = [await _raw_peer(url) for _ in range(3)]
+    try:
+        await server.close()
+        for _, peer in peers:
+            kind, payload, code = await peer.next()
+            assert (kind, code) == (picows.WSMsgType.CLOSE, 1000)
+            assert payload.endswith(b"server shutting down")
+        with pytest.raises(OSError):
+            await _raw_peer(url)
+    finally:
+        for transport, _ in peers:
+            transport.disconnect()
 
 
 async def test_non_upgrade_request_to_root_is_400(make_server: Any) -> None:

@@ -187,6 +187,33 @@ def _read_limited(fd: int, size_hint: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _birth_ns(info: os.stat_result) -> int | None:
+    # Python on Linux has no st_birthtime; Codex's musl build reports 0 there too.
+    birth_ns: int | None = getattr(info, "st_birthtime_ns", None)
+    if birth_ns is None:
+        birth = getattr(info, "st_birthtime", None)
+        birth_ns = None if birth is None else int(birth * 1e9)
+    return birth_ns
+
+
+_HAS_BIRTH_TIME = hasattr(os.stat_result, "st_birthtime")
+
+
+def _metadata(path: str) -> FsMetadata:
+    """``fs/getMetadata`` of ``path`` (following a final symlink, as Codex does)."""
+    info = os.stat(path)
+    link_info = os.lstat(path)
+    birth_ns = _birth_ns(info) if _HAS_BIRTH_TIME else None
+    return FsMetadata(
+        is_directory=stat.S_ISDIR(info.st_mode),
+        is_file=stat.S_ISREG(info.st_mode),
+        is_symlink=stat.S_ISLNK(link_info.st_mode),
+        created_at_ms=0 if birth_ns is None else _unix_ms(birth_ns),
+        modified_at_ms=_unix_ms(info.st_mtime_ns),
+        size=info.st_size,
+    )
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -285,14 +312,14 @@ class FileSystemHandler:
 
     async def get_metadata(self, p: FsGetMetadataParams) -> FsMetadata:
         path = parse_absolute_path(p.path)
-        spec = parse_sandbox(p.sandbox)
-        if spec is None:
-            # One or two stat calls: cheaper inline than the ~60 us thread hop, and the
-            # Codex harness issues dozens of these on its startup path.
+        if p.sandbox is None:
+            # Two stat calls: cheaper inline than the ~60 us thread hop, and the Codex
+            # harness issues dozens of these on its startup path.
             try:
-                return self._get_metadata(path, spec)
+                return _metadata(path)
             except OSError as err:
                 raise map_os_error(err) from err
+        spec = parse_sandbox(p.sandbox)
         return await self.run_blocking(lambda: self._get_metadata(path, spec))
 
     async def read_directory(self, p: FsReadDirectoryParams) -> FsReadDirectoryResult:
@@ -458,21 +485,7 @@ class FileSystemHandler:
         sandbox = self._sandbox(spec)
         if sandbox is not None:
             sandbox.check_visible(path)
-        info = os.stat(path)
-        link_info = os.lstat(path)
-        # Python on Linux has no st_birthtime; Codex's musl build reports 0 there too.
-        birth_ns = getattr(info, "st_birthtime_ns", None)
-        if birth_ns is None:
-            birth = getattr(info, "st_birthtime", None)
-            birth_ns = None if birth is None else int(birth * 1e9)
-        return FsMetadata(
-            is_directory=stat.S_ISDIR(info.st_mode),
-            is_file=stat.S_ISREG(info.st_mode),
-            is_symlink=stat.S_ISLNK(link_info.st_mode),
-            created_at_ms=0 if birth_ns is None else _unix_ms(birth_ns),
-            modified_at_ms=_unix_ms(info.st_mtime_ns),
-            size=info.st_size,
-        )
+        return _metadata(path)
 
     def _read_directory(self, path: str, spec: SandboxSpec | None) -> FsReadDirectoryResult:
         sandbox = self._sandbox(spec)

@@ -1,34 +1,37 @@
-"""The environment server: shared state plus the local websocket and stdio listeners.
+"""The environment server: shared state plus the local websocket listener.
 
 One :class:`ExecServer` holds the session registry and the filesystem handler that
 every connection shares, whatever it arrives on (local websocket, stdio, or a relay
 virtual stream: each is just a :class:`MessageChannel` given to
 :meth:`ExecServer.serve_channel`).
 
-Local websocket security: a browser page must not be able to drive a local
-exec-server, so any request carrying an ``Origin`` header is refused unless that
-origin was explicitly allowed. An optional bearer token (``--token-file``), or Codex
-0.171's ``--ws-auth`` (:mod:`.ws_auth`), gates the websocket upgrade (never
-``/readyz``); secrets are compared in constant time.
+Local websocket security (:mod:`.ws_listener`): a browser page must not be able to
+drive a local exec-server, so any request carrying an ``Origin`` header is refused
+unless that origin was explicitly allowed. An optional bearer token
+(``--token-file``), or Codex 0.171's ``--ws-auth`` (:mod:`.ws_auth`), gates the
+websocket upgrade (never ``/readyz``); secrets are compared in constant time.
+
+Every websocket connection runs in one :class:`asyncio.TaskGroup` owned by
+:meth:`ExecServer.serve_websocket`; stopping it stops listening, closes the open
+sockets (giving them :data:`SHUTDOWN_CLOSE_TIMEOUT_S`) and only then returns.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from aiohttp import web
-
-from ..transport.bearer import bearer_matches
 from ..transport.channel import MessageChannel
 from ..transport.listen_url import ListenUrlError, parse_ip_port_url
-from ..transport.websocket import DEFAULT_MAX_MESSAGE_BYTES, WebSocketChannel
+from ..transport.websocket import DEFAULT_MAX_MESSAGE_BYTES
 from .fs_handler import FileSystemHandler
 from .processor import ConnectionProcessor
 from .session import SessionConfig, SessionRegistry
 from .ws_auth import WsAuth
+from .ws_listener import UpgradePolicy, WebSocketServerChannel, start_listener
 
 __all__ = ["ExecServer", "ListenAddress", "ListenUrlError", "ServerConfig", "parse_listen_url"]
 
@@ -37,6 +40,7 @@ log = logging.getLogger(__name__)
 DEFAULT_LISTEN_URL = "ws://127.0.0.1:0"
 #: Grace given to open websockets to close during shutdown.
 SHUTDOWN_CLOSE_TIMEOUT_S = 2.0
+SHUTDOWN_MESSAGE = "server shutting down"
 
 
 @dataclass(frozen=True)
@@ -75,8 +79,8 @@ class ExecServer:
         self.config = config or ServerConfig()
         self.registry = SessionRegistry(self.config.session)
         self.fs = FileSystemHandler()
-        self._runner: web.AppRunner | None = None
-        self._sockets: set[web.WebSocketResponse] = set()
+        self._stop: asyncio.Event | None = None
+        self._serving: asyncio.Task[None] | None = None
 
     async def serve_channel(self, channel: MessageChannel) -> None:
         """Run one connection to completion."""
@@ -84,81 +88,90 @@ class ExecServer:
 
     # --- local websocket -------------------------------------------------------
 
-    def make_app(self) -> web.Application:
-        app = web.Application(client_max_size=1024 * 1024)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_route("*", "/", self._websocket)
-        return app
+    async def serve_websocket(
+        self,
+        host: str,
+        port: int,
+        *,
+        stop: asyncio.Event,
+        on_listening: Callable[[str], None] | None = None,
+    ) -> None:
+        """Serve websockets on ``host:port`` until ``stop`` is set.
+
+        ``on_listening`` gets the bound ``ws://IP:PORT`` URL once connections are
+        accepted. Returns after every connection ended.
+        """
+        config = self.config
+        policy = UpgradePolicy(
+            allowed_origins=config.allowed_origins, ws_auth=config.ws_auth, token=config.token
+        )
+        sockets: dict[WebSocketServerChannel, asyncio.Task[None]] = {}
+        async with asyncio.TaskGroup() as connections:
+
+            async def serve_socket(channel: WebSocketServerChannel) -> None:
+                try:
+                    await self.serve_channel(channel)
+                finally:
+                    sockets.pop(channel, None)
+
+            def accepted(channel: WebSocketServerChannel) -> None:
+                sockets[channel] = connections.create_task(serve_socket(channel))
+
+            listener = await start_listener(
+                host,
+                port,
+                policy=policy,
+                max_message_bytes=config.max_message_bytes,
+                on_connected=accepted,
+            )
+            try:
+                if on_listening is not None:
+                    on_listening(_url_of(listener))
+                await stop.wait()
+            finally:
+                listener.close()
+                for channel in list(sockets):
+                    await channel.close(SHUTDOWN_MESSAGE)
+                if sockets:
+                    await asyncio.wait(sockets.values(), timeout=SHUTDOWN_CLOSE_TIMEOUT_S)
+                for task in sockets.values():
+                    task.cancel()
 
     async def start_websocket(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Start listening; return the bound ``ws://IP:PORT`` URL."""
-        runner = web.AppRunner(
-            self.make_app(), access_log=None, handle_signals=False, shutdown_timeout=1.0
+        """Start :meth:`serve_websocket` in a task this server owns; return the bound
+        ``ws://IP:PORT`` URL. :meth:`close` stops it."""
+        if self._serving is not None:
+            raise RuntimeError("the websocket listener is already running")
+        loop = asyncio.get_running_loop()
+        listening: asyncio.Future[str] = loop.create_future()
+        self._stop = asyncio.Event()
+        serving = self._serving = loop.create_task(
+            self.serve_websocket(host, port, stop=self._stop, on_listening=listening.set_result),
+            name="exec-server websocket listener",
         )
-        await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_address=True)
-        await site.start()
-        self._runner = runner
-        server = site._server
-        assert isinstance(server, asyncio.base_events.Server)
-        bound = server.sockets[0].getsockname()
-        bound_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-        return f"ws://{bound_host}:{bound[1]}"
-
-    async def _readyz(self, request: web.Request) -> web.Response:
-        return web.Response(status=200)
-
-    async def _websocket(self, request: web.Request) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
-        if origin is not None and origin not in self.config.allowed_origins:
-            log.warning("refused websocket from browser origin %s", origin)
-            return web.Response(
-                status=403,
-                text="cross-origin websocket connections are not allowed "
-                "(start the server with --allow-origin to permit this origin)\n",
-            )
-        if self.config.ws_auth is not None:
-            refusal = self.config.ws_auth.refusal(request.headers.get("Authorization"))
-            if refusal is not None:
-                return web.Response(status=401, text=refusal)
-        if self.config.token is not None and not bearer_matches(
-            request.headers.get("Authorization"), self.config.token
-        ):
-            return web.Response(
-                status=401,
-                text="missing or invalid bearer token\n",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        ws = web.WebSocketResponse(
-            compress=False,
-            max_msg_size=self.config.max_message_bytes,
-            autoping=True,
-        )
-        if not ws.can_prepare(request).ok:
-            return web.Response(status=400, text="expected a websocket upgrade\n")
-        await ws.prepare(request)
-        self._sockets.add(ws)
+        started: set[asyncio.Future[Any]] = {listening, serving}
         try:
-            await self.serve_channel(WebSocketChannel(ws, _peer(request)))
-        finally:
-            self._sockets.discard(ws)
-        return ws
+            await asyncio.wait(started, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            await self.close()
+            raise
+        if not listening.done():
+            self._serving = None
+            serving.result()  # raises what stopped it (e.g. the address is in use)
+            raise RuntimeError("the websocket listener stopped before listening")
+        return listening.result()
 
     async def close(self) -> None:
         """Stop listening, close connections and reap every session's processes."""
-        for ws in list(self._sockets):
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(SHUTDOWN_CLOSE_TIMEOUT_S):
-                    await ws.close(message=b"server shutting down")
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._serving is not None:
+            assert self._stop is not None
+            self._stop.set()
+            serving, self._serving = self._serving, None
+            await serving
         await self.registry.close()
 
 
-def _peer(request: web.Request) -> str | None:
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        host = f"[{peer[0]}]" if ":" in str(peer[0]) else str(peer[0])
-        return f"{host}:{peer[1]}"
-    return None
+def _url_of(listener: asyncio.Server) -> str:
+    bound = listener.sockets[0].getsockname()
+    bound_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+    return f"ws://{bound_host}:{bound[1]}"

@@ -85,7 +85,8 @@ def parse_native_path(raw: str) -> str:
         raise InvalidParams(RELATIVE_PATH_MESSAGE)
     if "\x00" in raw:
         raise InvalidRequest(NUL_IN_PATH_MESSAGE)
-    _check_encodable(raw)
+    if not raw.isascii():
+        _check_encodable(raw)
     return normalize_path(raw)
 
 
@@ -139,6 +140,13 @@ def normalize_path(path: str) -> str:
     ``.`` and ``..`` are resolved without looking at the disk, repeated and trailing
     slashes go away, and the POSIX "``//`` may be special" rule is not kept.
     """
+    if (
+        path.startswith("/")
+        and "//" not in path
+        and "/." not in path
+        and (path == "/" or not path.endswith("/"))
+    ):
+        return path  # nothing to normalise (the common case, checked in C)
     normalized = posixpath.normpath(path)
     if normalized.startswith("//"):
         normalized = "/" + normalized.lstrip("/")
