@@ -18,7 +18,9 @@ Variants:
   (the obvious alternative; forces fork() for pipes too);
 * ``nomounts``: ``thread`` without the mount namespace (Landlock, seccomp and
   capabilities only). Not a valid sandbox for this policy (its .git would be
-  writable): it shows what the carve-out namespace costs.
+  writable): it shows what the carve-out namespace costs;
+* ``userns``: what a server without ``CAP_SYS_ADMIN`` does: everything in the
+  forked child, the mount namespace inside a new user namespace.
 
 It also prints CPU seconds per spawn (this process, and the children) per variant.
 ``measure_sandbox_spawn()`` is the function another runner can call.
@@ -35,25 +37,19 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from exec_server.environment import process_handler
 from exec_server.environment.process_handler import ProcessManager
 from exec_server.environment.sandbox import parse_sandbox, resolve_policy
-from exec_server.environment.sandbox.confinement import (
-    DEFAULT_ENFORCER,
-    PLACEHOLDERS,
-    Confinement,
-    ConfinementLease,
-    SandboxEnforcer,
-    _apply,
-)
+from exec_server.environment.sandbox.confine import confine_thread
+from exec_server.environment.sandbox.confinement import DEFAULT_ENFORCER, Launch, SandboxEnforcer
+from exec_server.environment.sandbox.kernel import probe_kernel_support
+from exec_server.environment.sandbox.placeholders import PLACEHOLDERS, ConfinementLease
+from exec_server.environment.sandbox.plan import Confinement
 from exec_server.protocol.messages import Message, ProcessClosedNotification, ProcessStartParams
 
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
@@ -89,35 +85,29 @@ def workspace_write(work: Path) -> dict[str, Any]:
 class PreexecEnforcer(SandboxEnforcer):
     """The alternative design: confine in ``preexec_fn`` (fork, Python in the child)."""
 
-    def spawn(
-        self, confinement: Confinement, spawn: Callable[[], Any]
-    ) -> tuple[Any, ConfinementLease]:
+    def spawn(self, confinement: Confinement, launch: Launch[Any]) -> tuple[Any, ConfinementLease]:
         held = PLACEHOLDERS.acquire(confinement.placeholders)
-        original = subprocess.Popen.__init__
+        return launch(lambda: _ignore(confine_thread(confinement))), ConfinementLease(
+            placeholders=held
+        )
 
-        def confined_init(popen: Any, *args: Any, **kwargs: Any) -> None:
-            inner = kwargs.get("preexec_fn")
 
-            def preexec() -> None:
-                if inner is not None:
-                    inner()
-                _apply(confinement)
+def _ignore(_value: object) -> None:
+    return None
 
-            kwargs["preexec_fn"] = preexec
-            original(popen, *args, **kwargs)
 
-        subprocess.Popen.__init__ = confined_init  # type: ignore[method-assign]
-        try:
-            return spawn(), ConfinementLease(placeholders=held)
-        finally:
-            subprocess.Popen.__init__ = original  # type: ignore[method-assign]
+def user_namespace_enforcer() -> SandboxEnforcer:
+    """What a server without CAP_SYS_ADMIN does: the mount namespace inside a user
+    namespace, made in the forked child (so fork, not vfork, for pipes too)."""
+    support = dataclasses.replace(probe_kernel_support(), mount_namespace_via="user_namespace")
+    return SandboxEnforcer(support)
 
 
 class NoMountsEnforcer(SandboxEnforcer):
     """Reference only: the thread design without the carve-out mount namespace."""
 
-    def prepare(self, policy: Any) -> Confinement | None:
-        confinement = super().prepare(policy)
+    def prepare(self, policy: Any, view: Any = None) -> Confinement | None:
+        confinement = super().prepare(policy, view)
         if confinement is None:
             return None
         return dataclasses.replace(confinement, mounts=(), placeholders=())
@@ -157,13 +147,14 @@ async def measure_sandbox_spawn(samples: int = 200, warmup: int = 20) -> dict[st
         sandbox = workspace_write(work)
         # Planned once here only to fail early with the reason if it cannot be.
         DEFAULT_ENFORCER.prepare(resolve_policy(parse_sandbox(sandbox)))
-        names = ("none", "thread", "nomounts", "preexec")
+        names = ("none", "thread", "nomounts", "preexec", "userns")
         sinks = {name: Sink() for name in names}
         managers = {
             "none": ProcessManager(sinks["none"]),
             "thread": ProcessManager(sinks["thread"]),
             "nomounts": ProcessManager(sinks["nomounts"], enforcer=NoMountsEnforcer()),
             "preexec": ProcessManager(sinks["preexec"], enforcer=PreexecEnforcer()),
+            "userns": ProcessManager(sinks["userns"], enforcer=user_namespace_enforcer()),
         }
         variants = [
             (f"{name}/{'pty' if tty else 'pipes'}", name, tty)
@@ -235,5 +226,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    _ = process_handler  # imported for its side effect of defining the spawn path
     sys.exit(main())

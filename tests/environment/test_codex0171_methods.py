@@ -16,7 +16,7 @@ import pytest
 from inprocess import InProcessServer, RawConnection
 
 from exec_server.environment.file_handles import MAX_OPEN_HANDLES
-from exec_server.environment.sandbox.confinement import probe_kernel_support
+from exec_server.environment.sandbox.kernel import probe_kernel_support
 
 
 def uri(path: Path | str) -> str:

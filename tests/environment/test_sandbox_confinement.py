@@ -33,14 +33,11 @@ from exec_server.environment.sandbox import (
     parse_sandbox,
     resolve_policy,
 )
-from exec_server.environment.sandbox.confinement import (
-    PLACEHOLDERS,
-    KernelSupport,
-    SandboxEnforcer,
-    plan_confinement,
-    probe_kernel_support,
-)
+from exec_server.environment.sandbox.confinement import SandboxEnforcer
 from exec_server.environment.sandbox.denial import looks_like_sandbox_denial
+from exec_server.environment.sandbox.kernel import KernelSupport, probe_kernel_support
+from exec_server.environment.sandbox.placeholders import PLACEHOLDERS
+from exec_server.environment.sandbox.plan import plan_confinement
 from exec_server.environment.server import ExecServer, ServerConfig
 from exec_server.protocol.errors import InternalError, InvalidParams
 from exec_server.protocol.messages import (

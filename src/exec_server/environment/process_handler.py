@@ -75,15 +75,11 @@ from ..protocol.path_uri import file_uri_to_path, speaks_uri
 from ..protocol.rust_uuid import uuid_error
 from .child_signals import prepare_child_signals
 from .rust_compat import os_error_text
-from .sandbox import UnsupportedPolicy, parse_sandbox, resolve_policy
-from .sandbox.confinement import (
-    DEFAULT_ENFORCER,
-    PLACEHOLDERS,
-    Confinement,
-    ConfinementLease,
-    SandboxEnforcer,
-)
+from .sandbox import UnsupportedPolicy
+from .sandbox.confinement import DEFAULT_ENFORCER, PreexecFn, SandboxEnforcer
 from .sandbox.denial import looks_like_sandbox_denial
+from .sandbox.placeholders import PLACEHOLDERS, ConfinementLease
+from .sandbox.plan import Confinement
 
 log = logging.getLogger(__name__)
 
@@ -315,12 +311,25 @@ def _spawn_failure_kind(exc: OSError) -> str:
 
 
 _Popen = subprocess.Popen[bytes]
-#: How ``_spawn_*`` run their ``Popen``: directly, or in a confined thread.
-_Launcher = Callable[[Callable[[], _Popen]], _Popen]
+#: Makes the ``Popen`` of a spawn, given extra code to run in the child before exec.
+_PopenFactory = Callable[[PreexecFn | None], _Popen]
+#: How ``_spawn_*`` run their ``Popen``: directly, or confined by the enforcer.
+_Launcher = Callable[[_PopenFactory], _Popen]
 
 
-def _launch_directly(popen: Callable[[], _Popen]) -> _Popen:
-    return popen()
+def _launch_directly(popen: _PopenFactory) -> _Popen:
+    return popen(None)
+
+
+def _then(first: PreexecFn, second: PreexecFn | None) -> PreexecFn:
+    if second is None:
+        return first
+
+    def both() -> None:
+        first()
+        second()
+
+    return both
 
 
 def _spawn(
@@ -339,7 +348,7 @@ def _spawn(
     args = [params.arg0 if params.arg0 is not None else program, *params.argv[1:]]
     leases: list[ConfinementLease] = []
 
-    def launch_confined(popen: Callable[[], _Popen]) -> _Popen:
+    def launch_confined(popen: _PopenFactory) -> _Popen:
         assert confinement is not None
         child, lease = enforcer.spawn(confinement, popen)
         leases.append(lease)
@@ -384,7 +393,7 @@ def _spawn_pty(
         # preexec_fn forces fork() instead of vfork(); TIOCSCTTY needs code in the
         # child and the alternatives (posix_spawn) cannot set a cwd.
         popen = launch(
-            lambda: subprocess.Popen(
+            lambda preexec: subprocess.Popen(
                 args,
                 executable=program,
                 stdin=slave,
@@ -393,7 +402,7 @@ def _spawn_pty(
                 cwd=cwd,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_acquire_controlling_tty,
+                preexec_fn=_then(_acquire_controlling_tty, preexec),
             )
         )
     except BaseException:
@@ -433,9 +442,10 @@ def _spawn_pipes(
             # Opened here, not by Popen: a sandboxed launch need not reach /dev.
             stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             child_fds.append(stdin)
-        # No preexec_fn, so CPython can use vfork(): spawning stays around 1 ms.
+        # No preexec_fn unless confinement needs one (a user namespace), so CPython
+        # can use vfork(): spawning stays around 1 ms.
         popen = launch(
-            lambda: subprocess.Popen(
+            lambda preexec: subprocess.Popen(
                 args,
                 executable=program,
                 stdin=stdin,
@@ -444,6 +454,7 @@ def _spawn_pipes(
                 cwd=cwd,
                 env=env,
                 start_new_session=True,
+                preexec_fn=preexec,
             )
         )
     except BaseException:
@@ -1055,8 +1066,8 @@ class ProcessManager:
             problem = uuid_error(p.metadata.thread_id)
             if problem is not None:
                 raise InvalidParams(problem)
-        if p.sandbox is not None:
-            parse_sandbox(p.sandbox)  # the shape: -32602 as Codex, e.g. for `{}`
+        # The shape first: -32602 as Codex, e.g. for `{}`.
+        spec = self._enforcer.parse(p.sandbox) if p.sandbox is not None else None
         if self._closed:
             raise InvalidRequest("the session's process manager is shut down")
         if not p.argv:
@@ -1075,7 +1086,7 @@ class ProcessManager:
         # Codex 0.171's sandbox intent: enforced in the child, or the start is
         # refused (never run with less confinement than asked).
         try:
-            confinement = self._enforcer.prepare(resolve_policy(parse_sandbox(p.sandbox)))
+            confinement = self._enforcer.plan(spec)
         except UnsupportedPolicy as refused:
             if codex_0171:
                 refused.data = {"kind": "sandboxUnavailable"}

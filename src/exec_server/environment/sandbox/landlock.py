@@ -102,12 +102,13 @@ def abi_version() -> int:
     )
 
 
-def restrict_thread(abi: int, rules: list[tuple[str, int]], scoped: int = 0) -> None:
-    """Confine the calling thread: only ``rules`` ((path, rights)) are allowed.
+def build_ruleset(abi: int, rules: list[tuple[str, int]], scoped: int = 0) -> int:
+    """A ruleset fd allowing only ``rules`` ((path, rights)) for :func:`restrict_with`.
 
-    Handles every right of ``abi``; ``scoped`` needs ABI >= 6. Sets
-    ``no_new_privs`` (required). A path that no longer exists is skipped: it
-    grants nothing. Irreversible, and inherited by the thread's children.
+    Handles every right of ``abi``; ``scoped`` needs ABI >= 6. A path that does not
+    exist is skipped: it grants nothing. Each rule holds the inode its path named
+    now, so a ruleset kept for later must be dropped once a path is replaced. The
+    fd is close-on-exec; close it when done.
     """
     attr = _RulesetAttr(fs_rights_for_abi(abi), 0, scoped if abi >= 6 else 0)
     size = 8 if abi < 4 else 16 if abi < 6 else 24
@@ -134,10 +135,30 @@ def restrict_thread(abi: int, rules: list[tuple[str, int]], scoped: int = 0) -> 
                 )
             finally:
                 os.close(fd)
-        libc = _libc()
-        if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, f"no_new_privs: {os.strerror(code)}")
-        _call(ctypes.c_long(_SYS_RESTRICT_SELF), ctypes.c_int(ruleset), ctypes.c_uint32(0))
+    except BaseException:
+        os.close(ruleset)
+        raise
+    return ruleset
+
+
+def restrict_with(ruleset: int) -> None:
+    """Confine the calling thread by a :func:`build_ruleset` fd (which stays open).
+
+    Sets ``no_new_privs`` (required). Irreversible, and inherited by the thread's
+    children.
+    """
+    libc = _libc()
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"no_new_privs: {os.strerror(code)}")
+    _call(ctypes.c_long(_SYS_RESTRICT_SELF), ctypes.c_int(ruleset), ctypes.c_uint32(0))
+
+
+def restrict_thread(abi: int, rules: list[tuple[str, int]], scoped: int = 0) -> None:
+    """Confine the calling thread: only ``rules`` ((path, rights)) are allowed
+    (:func:`build_ruleset` then :func:`restrict_with`)."""
+    ruleset = build_ruleset(abi, rules, scoped)
+    try:
+        restrict_with(ruleset)
     finally:
         os.close(ruleset)

@@ -64,6 +64,7 @@ from ...protocol.path_uri import (
     normalize_path,
     parse_wire_path,
 )
+from .disk_view import DiskView
 
 # --- request paths -----------------------------------------------------------------
 
@@ -409,21 +410,24 @@ UNRESTRICTED = SandboxPolicy(files=None, restricts_network=False)
 
 
 def resolve_policy(
-    spec: SandboxSpec | None, *, environ: Mapping[str, str] | None = None
+    spec: SandboxSpec | None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    view: DiskView | None = None,
 ) -> SandboxPolicy:
     """Bind ``spec`` to real paths: the :class:`SandboxPolicy` it asks for.
 
-    Touches the disk (``realpath`` of every root, the ``.git`` pointer file), so call
-    it from a worker thread. ``environ`` supplies ``TMPDIR`` for the ``tmpdir``
-    special path (default: this process's environment). A ``glob_pattern`` entry
-    raises :class:`UnsupportedPolicy`: we do not expand globs, and ignoring one
-    would grant what it denies.
+    Touches the disk (``realpath`` of every root, the ``.git`` pointer file), through
+    ``view`` when given (which then records what the policy depends on), so call it
+    from a worker thread. ``environ`` supplies ``TMPDIR`` for the ``tmpdir`` special
+    path (default: this process's environment). A ``glob_pattern`` entry raises
+    :class:`UnsupportedPolicy`: we do not expand globs, and ignoring one would grant
+    what it denies.
     """
     if spec is None:
         return UNRESTRICTED
-    return SandboxPolicy(
-        files=_resolve_files(spec, environ), restricts_network=spec.restricts_network
-    )
+    files = _resolve_files(spec, environ, DiskView() if view is None else view)
+    return SandboxPolicy(files=files, restricts_network=spec.restricts_network)
 
 
 def resolve_sandbox(
@@ -433,7 +437,9 @@ def resolve_sandbox(
     return resolve_policy(spec, environ=environ).files
 
 
-def _resolve_files(spec: SandboxSpec, environ: Mapping[str, str] | None) -> FsSandbox | None:
+def _resolve_files(
+    spec: SandboxSpec, environ: Mapping[str, str] | None, view: DiskView
+) -> FsSandbox | None:
     if not spec.restricts_files or _has_full_disk_write_access(spec.entries):
         return None
     for spec_entry in spec.entries:
@@ -456,21 +462,23 @@ def _resolve_files(spec: SandboxSpec, environ: Mapping[str, str] | None) -> FsSa
     for spec_entry in spec.entries:
         # Codex only ever grants read through `minimal`.
         access = Access.READ if spec_entry.special == "minimal" else spec_entry.access
-        for path in _entry_locations(spec_entry, spec.cwd, project_roots, env):
-            resolved.append(
-                ResolvedEntry(os.path.realpath(path), access, spec_entry.skip_if_missing)
-            )
+        for path in _entry_locations(spec_entry, spec.cwd, project_roots, env, view):
+            resolved.append(ResolvedEntry(view.realpath(path), access, spec_entry.skip_if_missing))
     base = FsSandbox(resolved, modern=spec.modern)
     names = PROTECTED_SUBDIRECTORIES_0171 if spec.modern else PROTECTED_SUBDIRECTORIES
     carve_outs: list[ResolvedEntry] = []
     for entry in resolved:
         if entry.access is Access.WRITE and base.can_write(entry.path):
-            carve_outs.extend(_protected_paths(entry.path, names))
+            carve_outs.extend(_protected_paths(entry.path, names, view))
     return FsSandbox([*resolved, *carve_outs], modern=spec.modern)
 
 
 def _entry_locations(
-    entry: EntrySpec, cwd: str | None, project_roots: Sequence[str], environ: Mapping[str, str]
+    entry: EntrySpec,
+    cwd: str | None,
+    project_roots: Sequence[str],
+    environ: Mapping[str, str],
+    view: DiskView,
 ) -> list[str]:
     if entry.path is not None:
         return [entry.path]
@@ -480,7 +488,7 @@ def _entry_locations(
     if kind == "minimal":
         return list(PLATFORM_DEFAULT_READ_ROOTS) if entry.access.can_read else []
     if kind == "slash_tmp":
-        return ["/tmp"] if os.path.isdir("/tmp") else []
+        return ["/tmp"] if view.isdir("/tmp") else []
     if kind == "tmpdir":
         tmpdir = environ.get("TMPDIR", "")
         return [normalize_path(tmpdir)] if tmpdir.startswith("/") else []
@@ -533,7 +541,7 @@ def _same_target(left: EntrySpec, right: EntrySpec) -> bool:
     return key(left) == key(right)
 
 
-def _protected_paths(root: str, names: Sequence[str]) -> list[ResolvedEntry]:
+def _protected_paths(root: str, names: Sequence[str], view: DiskView) -> list[ResolvedEntry]:
     protected: list[ResolvedEntry] = []
     for name in names:
         literal = posixpath.join(root, name)
@@ -541,26 +549,24 @@ def _protected_paths(root: str, names: Sequence[str]) -> list[ResolvedEntry]:
         # A symlinked `.git`: the literal path guards removing the link itself, the
         # resolved one writing through it. (`root` is canonical, so a path that is
         # not a symlink is its own realpath.)
-        if os.path.islink(literal):
-            target = os.path.realpath(literal)
+        if view.islink(literal):
+            target = view.realpath(literal)
             if target != literal:
                 protected.append(ResolvedEntry(target, Access.READ, protected=True))
-    gitdir = _gitdir_from_pointer_file(posixpath.join(root, ".git"))
+    gitdir = _gitdir_from_pointer_file(posixpath.join(root, ".git"), view)
     if gitdir is not None:
-        protected.append(ResolvedEntry(os.path.realpath(gitdir), Access.READ, protected=True))
+        protected.append(ResolvedEntry(view.realpath(gitdir), Access.READ, protected=True))
     return protected
 
 
-def _gitdir_from_pointer_file(dot_git: str) -> str | None:
+def _gitdir_from_pointer_file(dot_git: str, view: DiskView) -> str | None:
     """The ``gitdir:`` target of a worktree/submodule ``.git`` file, if any."""
-    if not os.path.isfile(dot_git):
+    if not view.isfile(dot_git):
         return None
-    try:
-        with open(dot_git, encoding="utf-8", errors="surrogateescape") as f:
-            contents = f.read(64 * 1024).strip()
-    except OSError:
+    contents = view.read_text(dot_git)
+    if contents is None:
         return None
-    _, sep, target = contents.partition(":")
+    _, sep, target = contents.strip().partition(":")
     target = target.strip()
     if not sep or not target:
         return None
@@ -586,7 +592,8 @@ def _component_count(path: str) -> int:
     return 1 + sum(1 for part in path.split("/") if part)
 
 
-def _is_within(path: str, root: str) -> bool:
+def is_within(path: str, root: str) -> bool:
+    """Whether ``path`` is ``root`` or lies below it."""
     return root == "/" or path == root or path.startswith(root + "/")
 
 
@@ -676,7 +683,7 @@ class FsSandbox:
         hidden = self._denied_inside_none(resolved)
         if hidden is not None and hidden.path == resolved:
             return True
-        return any(_is_within(root, resolved) and root != resolved for root in self._readable_roots)
+        return any(is_within(root, resolved) and root != resolved for root in self._readable_roots)
 
     def check_read(self, path: str, *, follow_final: bool = True) -> str:
         """Require read access; return the resolved location."""
@@ -729,7 +736,7 @@ class FsSandbox:
             raise self._write_denied(path, resolved)
         if recursive and os.path.isdir(resolved) and not os.path.islink(resolved):
             for entry in self.entries:
-                inside = entry.path != resolved and _is_within(entry.path, resolved)
+                inside = entry.path != resolved and is_within(entry.path, resolved)
                 if inside and not self.can_write(entry.path):
                     raise SandboxDenied(
                         errno.EROFS,
