@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from exec_server.environment.process_handler import ProcessManager
+from exec_server.environment.process_manager import ProcessManager
 from exec_server.environment.sandbox import parse_sandbox, resolve_policy
 from exec_server.environment.sandbox.confine import confine_thread
 from exec_server.environment.sandbox.confinement import DEFAULT_ENFORCER, Launch, SandboxEnforcer

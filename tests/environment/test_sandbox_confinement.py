@@ -28,7 +28,7 @@ import msgspec
 import pytest
 from msgspec import UNSET
 
-from exec_server.environment.process_handler import ProcessManager
+from exec_server.environment.process_manager import ProcessManager
 from exec_server.environment.sandbox import (
     parse_sandbox,
     resolve_policy,

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 from ..protocol.errors import InvalidRequest, SessionAlreadyAttached
 from ..protocol.messages import Message
-from .process_handler import ProcessLimits, ProcessManager
+from .process import ProcessLimits
+from .process_manager import ProcessManager
 
 log = logging.getLogger(__name__)
 

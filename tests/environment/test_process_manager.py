@@ -1,4 +1,4 @@
-"""Tests for exec_server.environment.process_handler (real child processes)."""
+"""Tests for exec_server.environment.process_manager (real child processes)."""
 
 from __future__ import annotations
 
@@ -15,13 +15,9 @@ import psutil
 import pytest
 from msgspec import UNSET
 
-from exec_server.environment.process_handler import (
-    ProcessLimits,
-    ProcessManager,
-    build_child_env,
-    env_pattern_matches,
-    resolve_cwd,
-)
+from exec_server.environment.child_env import build_child_env, env_pattern_matches, resolve_cwd
+from exec_server.environment.process import ChildProcess, ProcessLimits
+from exec_server.environment.process_manager import ProcessManager
 from exec_server.protocol.errors import InternalError, InvalidParams, InvalidRequest
 from exec_server.protocol.messages import (
     Empty,
@@ -609,8 +605,8 @@ async def test_evicted_output_is_released_whatever_the_chunk_size(
         )
         await sink.wait_closed("big")
         process = pm._processes["big"]
-        assert not isinstance(process, str)
-        held = sum(len(chunk.chunk) for chunk in process._retained)  # type: ignore[union-attr]
+        assert isinstance(process, ChildProcess)
+        held = process.output.held_bytes
         assert held <= limit + limit // 4 + chunk_bytes, held
     assert len(sink.output("big")) == total
 
