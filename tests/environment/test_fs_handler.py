@@ -65,6 +65,7 @@ import msgspec
 import pybase64
 import pytest
 
+from exec_server.environment import fs_ops
 from exec_server.environment.fs_handler import (
     DEFAULT_MAX_READ_BYTES,
     MIB,
@@ -427,14 +428,14 @@ async def test_blocking_work_does_not_stall_the_event_loop(
     loop = asyncio.get_running_loop()
     release = threading.Event()
     entered = asyncio.Event()
-    real_read_file = FileSystemHandler._read_file
+    real_read_file = fs_ops.read_file
 
-    def slow_read_file(self: FileSystemHandler, *args: Any) -> bytes:
+    def slow_read_file(*args: Any, **kwargs: Any) -> bytes:
         loop.call_soon_threadsafe(entered.set)
         assert release.wait(timeout=10)
-        return real_read_file(self, *args)
+        return real_read_file(*args, **kwargs)
 
-    monkeypatch.setattr(FileSystemHandler, "_read_file", slow_read_file)
+    monkeypatch.setattr(fs_ops, "read_file", slow_read_file)
     reading = asyncio.create_task(fs.read_file(params(m.FsReadFileParams, path=f"{tree}/f")))
     await asyncio.wait_for(entered.wait(), timeout=5)
     # The read is parked in its worker thread; other fs calls still complete.

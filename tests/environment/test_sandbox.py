@@ -43,6 +43,7 @@ import pytest
 
 from exec_server.environment.fs_handler import FileSystemHandler
 from exec_server.environment.sandbox import (
+    ALLOW_ALL,
     DYNAMIC_PERMISSIONS_NEED_CWD_MESSAGE,
     MALFORMED_PROFILE_MESSAGE,
     PLATFORM_DEFAULT_READ_ROOTS,
@@ -122,7 +123,7 @@ def harness_sandbox(cwd: Path) -> dict[str, Any]:
 
 def sandbox_of(raw: dict[str, Any], environ: dict[str, str] | None = None) -> FsSandbox:
     sandbox = resolve_sandbox(parse_sandbox(raw), environ=environ or {})
-    assert sandbox is not None
+    assert isinstance(sandbox, FsSandbox)
     return sandbox
 
 
@@ -165,7 +166,7 @@ def workspace_policy(work: Path, *extra: dict[str, Any]) -> dict[str, Any]:
 
 def test_absent_sandbox_means_no_checks() -> None:
     assert parse_sandbox(None) is None
-    assert resolve_sandbox(None) is None
+    assert resolve_sandbox(None) is ALLOW_ALL
 
 
 @pytest.mark.parametrize(
@@ -184,7 +185,7 @@ def test_absent_sandbox_means_no_checks() -> None:
     ],
 )
 def test_unrestricted_profiles_need_no_checks(raw: dict[str, Any]) -> None:
-    assert resolve_sandbox(parse_sandbox(raw)) is None
+    assert resolve_sandbox(parse_sandbox(raw)) is ALLOW_ALL
 
 
 def test_external_profile_restricts_only_the_network() -> None:
@@ -329,7 +330,7 @@ def test_parse_absolute_path_normalises_lexically() -> None:
     ],
 )
 def test_full_disk_write_runs_unsandboxed(entries: list[dict[str, Any]]) -> None:
-    assert resolve_sandbox(parse_sandbox(restricted(*entries))) is None
+    assert resolve_sandbox(parse_sandbox(restricted(*entries))) is ALLOW_ALL
 
 
 @pytest.mark.parametrize(
@@ -338,7 +339,7 @@ def test_full_disk_write_runs_unsandboxed(entries: list[dict[str, Any]]) -> None
 )
 def test_narrowed_root_write_is_sandboxed(narrowing: dict[str, Any]) -> None:
     raw = restricted(special("root", "write"), narrowing)
-    assert resolve_sandbox(parse_sandbox(raw), environ={}) is not None
+    assert resolve_sandbox(parse_sandbox(raw), environ={}) is not ALLOW_ALL
 
 
 @pytest.mark.parametrize("kind", ["current_working_directory", "project_roots"])
@@ -449,7 +450,7 @@ def test_symlinked_git_is_protected_as_link_and_target(tmp_path: Path) -> None:
     sandbox = sandbox_of(restricted(at(w, "write")))
     assert not sandbox.can_write(f"{w}/realgit/config")
     with pytest.raises(SandboxDenied):
-        sandbox.check_remove(f"{w}/.git", recursive=True)
+        sandbox.check_remove(f"{w}/.git", recursive=True, force=False)
 
 
 def test_roots_named_through_symlinks_are_canonical(tmp_path: Path) -> None:

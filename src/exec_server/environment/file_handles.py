@@ -41,7 +41,8 @@ from ..protocol.messages import (
     FsWriteBlockParams,
 )
 from ..protocol.path_uri import parse_wire_path
-from .fs_handler import FileSystemHandler, map_os_error, not_a_file
+from .fs_handler import FileSystemHandler, map_os_error
+from .fs_ops import not_a_file
 from .sandbox import parse_sandbox
 
 T = TypeVar("T")
@@ -90,11 +91,9 @@ class FileHandleTable:
         def open_file() -> int:
             sandbox = self._fs.resolve_sandbox(spec)
             if writable:
-                if sandbox is not None:
-                    sandbox.check_write(path)
+                sandbox.check_write(path)
                 return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
-            if sandbox is not None:
-                sandbox.check_read(path)
+            sandbox.check_read(path)
             # O_NONBLOCK: opening a FIFO must not hang; it is refused just below.
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
             try:

@@ -43,7 +43,7 @@ from ..protocol.messages import (
 from ..protocol.path_uri import parse_wire_path
 from .fs_handler import FileSystemHandler
 from .rust_compat import os_error_text
-from .sandbox import FsSandbox, parse_sandbox
+from .sandbox import FileSandbox, parse_sandbox
 
 MAX_WALK_DEPTH = 64
 MAX_WALK_DIRECTORIES = 10_000
@@ -89,88 +89,109 @@ def _error_text(err: OSError) -> str:
 def walk_tree(
     root: str,
     options: FsWalkOptions,
-    sandbox: FsSandbox | None,
+    sandbox: FileSandbox,
     render: Callable[[str], str],
 ) -> FsWalkResult:
     """Walk ``root`` (blocking; run it in a worker thread). ``render`` turns a native
     path into the request's form. The root's own errors raise :class:`OSError`."""
     check_walk_options(options)
-    if sandbox is not None:
-        sandbox.check_visible(root)
+    sandbox.check_visible(root)
     root_info = os.stat(root)
     root_is_link = stat.S_ISLNK(os.lstat(root).st_mode)
-    result = FsWalkResult(entries=[], errors=[], truncated=False)
-    if not stat.S_ISDIR(root_info.st_mode) or (
-        root_is_link and not options.follow_directory_symlinks
-    ):
-        return result
-    follow = options.follow_directory_symlinks
-    visited = {os.path.realpath(root) if follow else root}
-    queue: deque[tuple[str, int]] = deque([(root, 0)])
-    directories = 1
-    examined = 0
-    budget = _Budget()
+    walk = _Walk(options, sandbox, render)
+    if stat.S_ISDIR(root_info.st_mode) and (not root_is_link or options.follow_directory_symlinks):
+        walk.run(root)
+    return walk.result
 
-    def add_error(path: str, message: str) -> bool:
-        shown = render(path)
-        if not budget.take(len(shown) + len(message)):
-            result.truncated = True
-            return False
-        result.errors.append(FsWalkError(path=shown, message=message))
-        return True
 
-    while queue:
-        directory, depth = queue.popleft()
+class _Truncated(Exception):
+    """The walk hit a limit: the answer so far is final, marked truncated."""
+
+
+class _Walk:
+    """One breadth-first walk: what it found, what it may still take."""
+
+    def __init__(
+        self, options: FsWalkOptions, sandbox: FileSandbox, render: Callable[[str], str]
+    ) -> None:
+        self.options = options
+        self.sandbox = sandbox
+        self.render = render
+        self.follow = options.follow_directory_symlinks
+        self.result = FsWalkResult(entries=[], errors=[], truncated=False)
+        self.budget = _Budget()
+        self.directories = 1
+        self.examined = 0
+        self.visited: set[str] = set()
+        self.queue: deque[tuple[str, int]] = deque()
+
+    def run(self, root: str) -> None:
+        self.visited.add(os.path.realpath(root) if self.follow else root)
+        self.queue.append((root, 0))
         try:
-            names = _list(directory, sandbox)
+            while self.queue:
+                self._visit(*self.queue.popleft())
+        except _Truncated:
+            self.result.truncated = True
+
+    def _visit(self, directory: str, depth: int) -> None:
+        try:
+            names = _list(directory, self.sandbox)
         except OSError as err:
-            if not add_error(directory, _error_text(err)):
-                return result
-            continue
+            self._error(directory, err)
+            return
         for name in names:
-            if examined == options.max_entries:
-                result.truncated = True
-                return result
-            examined += 1
-            path = posixpath.join(directory, name)
-            try:
-                link_info = os.lstat(path)
-                info = os.stat(path) if stat.S_ISLNK(link_info.st_mode) else link_info
-            except OSError as err:
-                if not add_error(path, _error_text(err)):
-                    return result
-                continue
-            is_dir = stat.S_ISDIR(info.st_mode)
-            if stat.S_ISLNK(link_info.st_mode) and not (follow and is_dir):
-                continue
-            if not is_dir and not stat.S_ISREG(info.st_mode):
-                continue
-            shown = render(path)
-            if not budget.take(len(shown)):
-                result.truncated = True
-                return result
-            result.entries.append(FsWalkEntry(path=shown, kind="directory" if is_dir else "file"))
-            if not is_dir or depth >= options.max_depth:
-                continue
-            if options.prune_hidden_directories and name.startswith("."):
-                continue
-            identity = os.path.realpath(path) if follow else path
-            if identity in visited:
-                continue
-            visited.add(identity)
-            if directories == options.max_directories:
-                result.truncated = True
-            else:
-                directories += 1
-                queue.append((path, depth + 1))
-    return result
+            if self.examined == self.options.max_entries:
+                raise _Truncated
+            self.examined += 1
+            self._entry(directory, name, depth)
+
+    def _entry(self, directory: str, name: str, depth: int) -> None:
+        path = posixpath.join(directory, name)
+        try:
+            link_info = os.lstat(path)
+            info = os.stat(path) if stat.S_ISLNK(link_info.st_mode) else link_info
+        except OSError as err:
+            self._error(path, err)
+            return
+        is_dir = stat.S_ISDIR(info.st_mode)
+        if stat.S_ISLNK(link_info.st_mode) and not (self.follow and is_dir):
+            return
+        if not is_dir and not stat.S_ISREG(info.st_mode):
+            return
+        shown = self.render(path)
+        if not self.budget.take(len(shown)):
+            raise _Truncated
+        self.result.entries.append(FsWalkEntry(path=shown, kind="directory" if is_dir else "file"))
+        if is_dir and depth < self.options.max_depth:
+            self._descend(path, name, depth)
+
+    def _descend(self, path: str, name: str, depth: int) -> None:
+        if self.options.prune_hidden_directories and name.startswith("."):
+            return
+        identity = os.path.realpath(path) if self.follow else path
+        if identity in self.visited:
+            return
+        self.visited.add(identity)
+        if self.directories == self.options.max_directories:
+            self.result.truncated = True  # the rest of this level is still listed
+            return
+        self.directories += 1
+        self.queue.append((path, depth + 1))
+
+    def _error(self, path: str, err: OSError) -> None:
+        shown = self.render(path)
+        message = _error_text(err)
+        if not self.budget.take(len(shown) + len(message)):
+            raise _Truncated
+        self.result.errors.append(FsWalkError(path=shown, message=message))
 
 
-def _list(directory: str, sandbox: FsSandbox | None) -> list[str]:
+def _list(directory: str, sandbox: FileSandbox) -> list[str]:
     """Entry names of ``directory`` that ``fs/readDirectory`` would report, in byte
     order: entries that cannot be stat'ed (broken symlinks) and, under a sandbox,
     invisible ones are left out, as there."""
-    location = directory if sandbox is None else sandbox.check_list(directory)
+    shows = sandbox.check_list(directory)
     names: list[str] = []
     with os.scandir(directory) as listing:
         for entry in listing:
@@ -178,12 +199,8 @@ def _list(directory: str, sandbox: FsSandbox | None) -> list[str]:
                 entry.stat()
             except OSError:
                 continue
-            if sandbox is not None and not (
-                sandbox.is_visible(posixpath.join(location, entry.name))
-                and sandbox.is_visible(os.path.realpath(entry.path))
-            ):
-                continue
-            names.append(entry.name)
+            if shows(entry.name, entry.path):
+                names.append(entry.name)
     names.sort(key=os.fsencode)
     return names
 

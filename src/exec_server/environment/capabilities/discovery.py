@@ -45,7 +45,7 @@ from ...protocol.messages import (
 from ...protocol.path_uri import file_uri_to_path, path_to_uri
 from ..environment_info import home_dir
 from ..fs_walk import walk_tree
-from ..sandbox import FsSandbox
+from ..sandbox import ALLOW_ALL, FileSandbox
 from .roots import discover_root
 from .skill_metadata import (
     MAX_QUALIFIED_NAME_CHARS,
@@ -111,7 +111,7 @@ def discovery_codex_home() -> str:
     return os.path.realpath(raw)
 
 
-def discover_capabilities(sandbox: FsSandbox | None) -> DiscoverCapabilitiesResult:
+def discover_capabilities(sandbox: FileSandbox) -> DiscoverCapabilitiesResult:
     """The whole answer (blocking: run it in a worker thread)."""
     codex_home = discovery_codex_home()
     found = _locations(codex_home, home_dir())
@@ -170,7 +170,7 @@ def _is_directory(path: str, found: _Locations) -> bool:
 
 def _cached_plugins(cache: str, found: _Locations) -> None:
     try:
-        walked = walk_tree(cache, _CACHE_WALK, None, lambda path: path)
+        walked = walk_tree(cache, _CACHE_WALK, ALLOW_ALL, lambda path: path)
     except OSError:
         found.problems = True
         return
@@ -216,12 +216,11 @@ def _valid_segment(segment: str) -> bool:
 
 
 def _load(
-    location: _Location, sandbox: FsSandbox | None
+    location: _Location, sandbox: FileSandbox
 ) -> tuple[ExecutorPlugin | None, list[ExecutorSkill], bool]:
     """The location's plugin or skills, and whether anything went wrong there."""
     try:
-        if sandbox is not None:
-            sandbox.check_visible(location.root)
+        sandbox.check_visible(location.root)
         info = os.stat(location.root)
     except OSError as err:
         # Missing or forbidden roots are normal; anything else is worth a warning.

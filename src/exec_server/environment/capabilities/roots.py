@@ -14,7 +14,7 @@ in request order and with the root's ``id`` and ``path`` echoed:
 * ``warnings`` for files that cannot be inspected or read (over 1 MiB, a 16 MiB
   budget per root, not UTF-8) and ``error`` when the root itself cannot be walked.
 
-Everything is read through the root's ``sandbox`` when it has one, so a policy that
+Everything is read through the root's ``sandbox`` (allow-all without one), so a policy that
 hides a file hides it from discovery too. The texts are 0.171's (probed).
 """
 
@@ -37,7 +37,7 @@ from ...protocol.messages import (
 from ...protocol.path_uri import path_to_uri
 from ..fs_walk import walk_tree
 from ..rust_compat import os_error_text
-from ..sandbox import FsSandbox
+from ..sandbox import FileSandbox
 from .skill_metadata import manifest_object
 
 MAX_ROOTS_PER_REQUEST = 128
@@ -73,14 +73,13 @@ def error_text(err: OSError) -> str:
 class _Reader:
     """Reads capability files under one root's budget, collecting warnings."""
 
-    def __init__(self, sandbox: FsSandbox | None, warnings: list[str]) -> None:
+    def __init__(self, sandbox: FileSandbox, warnings: list[str]) -> None:
         self.sandbox = sandbox
         self.warnings = warnings
         self.used = 0
 
     def stat(self, path: str) -> os.stat_result:
-        if self.sandbox is not None:
-            self.sandbox.check_visible(path)
+        self.sandbox.check_visible(path)
         return os.stat(path)
 
     def read(self, path: str) -> CapabilityTextFile | None:
@@ -124,8 +123,7 @@ class _Reader:
         return CapabilityTextFile(path=uri, contents=text)
 
     def _read_bytes(self, path: str) -> bytes:
-        if self.sandbox is not None:
-            self.sandbox.check_read(path)
+        self.sandbox.check_read(path)
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         try:
             os.set_blocking(fd, True)
@@ -173,7 +171,7 @@ class _Scan:
     manifests: list[str]
 
 
-def _scan(root: str, sandbox: FsSandbox | None, warnings: list[str]) -> _Scan:
+def _scan(root: str, sandbox: FileSandbox, warnings: list[str]) -> _Scan:
     walked = walk_tree(root, ROOT_WALK, sandbox, lambda path: path)
     uri = path_to_uri(root)
     for failure in walked.errors:
@@ -191,7 +189,7 @@ def _scan(root: str, sandbox: FsSandbox | None, warnings: list[str]) -> _Scan:
     return _Scan(skills, manifests)
 
 
-def discover_root(root_id: str, root: str, sandbox: FsSandbox | None) -> CapabilityRootDiscovery:
+def discover_root(root_id: str, root: str, sandbox: FileSandbox) -> CapabilityRootDiscovery:
     """One root's capability files (blocking: run it in a worker thread)."""
     uri = path_to_uri(root)
     discovery = CapabilityRootDiscovery(id=root_id, path=uri)

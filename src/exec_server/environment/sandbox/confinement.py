@@ -42,7 +42,8 @@ from .disk_view import DiskView
 from .kernel import KernelSupport, probe_kernel_support
 from .placeholders import PLACEHOLDERS, ConfinementLease
 from .plan import Confinement, PreparedRuleset, plan_confinement, refuse
-from .policy import SandboxPolicy, SandboxSpec, UnsupportedPolicy, parse_sandbox, resolve_policy
+from .policy import SandboxPolicy, resolve_policy
+from .spec import SandboxSpec, UnsupportedPolicy, parse_sandbox
 
 T = TypeVar("T")
 

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .policy import is_within
+from .fs_sandbox import is_within
 
 
 class _PlaceholderRegistry:

@@ -31,10 +31,12 @@ from typing import Literal
 
 from . import landlock
 from .disk_view import DiskView
+from .fs_sandbox import FsSandbox, is_within
 from .kernel import MIN_LANDLOCK_ABI, KernelSupport
 from .placeholders import inaccessible_file
-from .policy import Access, FsSandbox, SandboxPolicy, UnsupportedPolicy, is_within
+from .policy import SandboxPolicy
 from .seccomp import seccomp_program
+from .spec import Access, UnsupportedPolicy
 
 #: What ``process/start`` reports for a confined child (0.171's name for Linux).
 CONFINED_SANDBOX_TYPE: Literal["linuxSeccomp"] = "linuxSeccomp"
