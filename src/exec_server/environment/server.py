@@ -27,8 +27,8 @@ from typing import Any
 from ..transport.channel import MessageChannel
 from ..transport.listen_url import ListenUrlError, parse_ip_port_url
 from ..transport.websocket import DEFAULT_MAX_MESSAGE_BYTES
+from .connection import ConnectionProcessor
 from .fs_handler import FileSystemHandler
-from .processor import ConnectionProcessor
 from .session import SessionConfig, SessionRegistry
 from .ws_auth import WsAuth
 from .ws_listener import UpgradePolicy, WebSocketServerChannel, start_listener

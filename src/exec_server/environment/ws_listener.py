@@ -3,7 +3,7 @@
 Built on picows (as the SDK's client socket is): frames are parsed in C and each
 message reaches the connection the moment its last frame is read, in the socket's
 own callback. That lets a request that needs no I/O be answered inside that
-callback (:meth:`~exec_server.environment.processor.ConnectionProcessor.run`'s
+callback (:meth:`~exec_server.environment.connection.ConnectionProcessor.run`'s
 eager path), without the event-loop round trip a task wakeup costs. Measured
 against aiohttp's server on the same processor: about 35 us less per small
 request, which is what made a ``fs/getMetadata`` round trip as fast as Codex's

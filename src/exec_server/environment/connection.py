@@ -1,9 +1,10 @@
-"""The connection processor: one JSON-RPC connection (or relay stream) to a session.
+"""One JSON-RPC connection (or relay stream) to a session: the connection processor.
 
 It reads messages from a :class:`MessageChannel`, enforces the initialize /
-initialized lifecycle, dispatches requests to the session's process manager or the
-shared filesystem handler, and writes responses and notifications back. It does not
-know which transport it runs on.
+initialized lifecycle (:class:`Lifecycle`), dispatches requests through the method
+table (:mod:`.routes`) to the session's process manager, the shared filesystem
+handler or the connection's own state, and writes responses and notifications back.
+It does not know which transport it runs on.
 
 Requests are handled one at a time in arrival order, as Codex does, so a harness
 that pipelines a write and a read of the same file sees them in order. The one
@@ -30,11 +31,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import functools
 import logging
 import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import msgspec
@@ -63,208 +62,29 @@ from ..transport.channel import (
     MessageChannel,
     MessageTooLargeForTransport,
 )
-from .capabilities.requests import discover_capabilities_v2, discover_capability_roots
-from .environment_config import read_environment_config
 from .environment_info import environment_info
 from .file_handles import FileHandleTable
 from .fs_handler import FileSystemHandler
-from .fs_walk import walk
 from .http_handler import HttpHandler
 from .missing_path_watch import MissingPathWatch
-from .session import Lease, Session, SessionRegistry
+from .process_manager import ProcessManager
+from .routes import ROUTES, Mode
+from .session import Lease, SessionRegistry
 
 log = logging.getLogger(__name__)
 
 TAKEN_OVER_MESSAGE = "session has been resumed by another connection"
 
 
-class Mode(enum.Enum):
-    """How a method relates to the connection's lifecycle and the client's era."""
+class Lifecycle(enum.Enum):
+    """Where a connection is in Codex's handshake."""
 
-    #: ``initialize``: allowed before the handshake (once).
-    HANDSHAKE = enum.auto()
-    #: Needs the handshake done; the params carry no path.
+    #: Nothing yet: only ``initialize`` is allowed.
+    AWAITING_INITIALIZE = enum.auto()
+    #: ``initialize`` answered (the session is held); waiting for ``initialized``.
+    AWAITING_INITIALIZED = enum.auto()
+    #: Handshake done: every method is allowed.
     READY = enum.auto()
-    #: Needs the handshake done; a ``file://`` path in the params marks the session
-    #: as a Codex 0.171 one (see :func:`_note_era`).
-    READY_PATHS = enum.auto()
-
-
-#: A method's implementation: the connection, the request id and the decoded params
-#: in; the result out, or ``None`` when the method answers later by itself (a parked
-#: long-poll, an ``http/request``).
-Handler = Callable[["ConnectionProcessor", RequestId, Any], Awaitable[m.Message | None]]
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """One method: its params type (``None``: it takes none), the family named in
-    lifecycle errors, its handler and its :class:`Mode`."""
-
-    params_type: type[Any] | None
-    family: str
-    handler: Handler
-    mode: Mode
-
-
-def _fs(name: str) -> Handler:
-    """A :class:`FileSystemHandler` method (looked up per call: tests may replace it)."""
-
-    async def handle(conn: ConnectionProcessor, _id: RequestId, params: Any) -> m.Message:
-        result: m.Message = await getattr(conn._fs, name)(params)
-        return result
-
-    return handle
-
-
-def _processes(name: str) -> Handler:
-    """A method of the session's :class:`ProcessManager`."""
-
-    async def handle(conn: ConnectionProcessor, _id: RequestId, params: Any) -> m.Message:
-        result: m.Message = await getattr(conn._session().processes, name)(params)
-        return result
-
-    return handle
-
-
-async def _process_read(
-    conn: ConnectionProcessor, request_id: RequestId, params: m.ProcessReadParams
-) -> m.Message | None:
-    lease = conn._session_lease()
-    if params.wait_ms:
-        # A read that may wait is parked beside the other requests (Codex blocks them).
-        conn._park(request_id, lease, params)
-        return None
-    return await lease.session.processes.read(params)
-
-
-async def _http_request(
-    conn: ConnectionProcessor, request_id: RequestId, params: m.HttpRequestParams
-) -> None:
-    conn._http.submit(request_id, params)  # answered through conn._reply
-
-
-async def _initialize(
-    conn: ConnectionProcessor, _id: RequestId, params: m.InitializeParams
-) -> m.Message:
-    return conn._initialize(params)
-
-
-async def _environment_info(conn: ConnectionProcessor, _id: RequestId, _p: None) -> m.Message:
-    return environment_info()
-
-
-async def _environment_status(conn: ConnectionProcessor, _id: RequestId, _p: None) -> m.Message:
-    return m.EnvironmentStatusResult()
-
-
-async def _environment_config(
-    conn: ConnectionProcessor, _id: RequestId, params: m.EnvironmentConfigReadParams
-) -> m.Message:
-    return await conn._fs.run_blocking(functools.partial(read_environment_config, params))
-
-
-async def _discover_capabilities(
-    conn: ConnectionProcessor, _id: RequestId, params: m.DiscoverCapabilitiesParams
-) -> m.Message:
-    return await discover_capabilities_v2(conn._fs, params)
-
-
-async def _discover_capability_roots(
-    conn: ConnectionProcessor, _id: RequestId, params: m.CapabilityRootsDiscoverParams
-) -> m.Message:
-    return await discover_capability_roots(conn._fs, params)
-
-
-def _handles(name: str) -> Handler:
-    """A method of the connection's :class:`FileHandleTable`."""
-
-    async def handle(conn: ConnectionProcessor, _id: RequestId, params: Any) -> m.Message:
-        result: m.Message = await getattr(conn._handles, name)(params)
-        return result
-
-    return handle
-
-
-async def _walk(conn: ConnectionProcessor, _id: RequestId, params: m.FsWalkParams) -> m.Message:
-    return await walk(conn._fs, params)
-
-
-async def _watch_missing(
-    conn: ConnectionProcessor, _id: RequestId, params: m.FsWatchMissingParams
-) -> m.Message:
-    return await conn._watch.watch(params)
-
-
-_EXEC = "exec"
-_FILESYSTEM = "filesystem"
-_CAPABILITIES = "capability discovery"
-
-#: Every method this server answers; anything else is -32601.
-ROUTES: dict[str, Route] = {
-    m.INITIALIZE: Route(m.InitializeParams, "", _initialize, Mode.HANDSHAKE),
-    m.PROCESS_START: Route(m.ProcessStartParams, _EXEC, _processes("start"), Mode.READY_PATHS),
-    m.PROCESS_READ: Route(m.ProcessReadParams, _EXEC, _process_read, Mode.READY),
-    m.PROCESS_WRITE: Route(m.ProcessWriteParams, _EXEC, _processes("write"), Mode.READY_PATHS),
-    m.PROCESS_TERMINATE: Route(
-        m.ProcessTerminateParams, _EXEC, _processes("terminate"), Mode.READY_PATHS
-    ),
-    m.PROCESS_SIGNAL: Route(m.ProcessSignalParams, _EXEC, _processes("signal"), Mode.READY_PATHS),
-    m.PROCESS_RESIZE: Route(m.ProcessResizeParams, _EXEC, _processes("resize"), Mode.READY_PATHS),
-    m.HTTP_REQUEST: Route(m.HttpRequestParams, "http", _http_request, Mode.READY),
-    m.FS_READ_FILE: Route(m.FsReadFileParams, _FILESYSTEM, _fs("read_file"), Mode.READY_PATHS),
-    m.FS_WRITE_FILE: Route(m.FsWriteFileParams, _FILESYSTEM, _fs("write_file"), Mode.READY_PATHS),
-    m.FS_CREATE_DIRECTORY: Route(
-        m.FsCreateDirectoryParams,
-        _FILESYSTEM,
-        _fs("create_directory"),
-        Mode.READY_PATHS,
-    ),
-    m.FS_GET_METADATA: Route(
-        m.FsGetMetadataParams, _FILESYSTEM, _fs("get_metadata"), Mode.READY_PATHS
-    ),
-    m.FS_READ_DIRECTORY: Route(
-        m.FsReadDirectoryParams,
-        _FILESYSTEM,
-        _fs("read_directory"),
-        Mode.READY_PATHS,
-    ),
-    m.FS_REMOVE: Route(m.FsRemoveParams, _FILESYSTEM, _fs("remove"), Mode.READY_PATHS),
-    m.FS_COPY: Route(m.FsCopyParams, _FILESYSTEM, _fs("copy"), Mode.READY_PATHS),
-    m.FS_CHECKSUM: Route(m.FsChecksumParams, _FILESYSTEM, _fs("checksum"), Mode.READY_PATHS),
-    m.FS_CANONICALIZE: Route(
-        m.FsCanonicalizeParams,
-        _FILESYSTEM,
-        _fs("canonicalize"),
-        Mode.READY_PATHS,
-    ),
-    m.FS_WALK: Route(m.FsWalkParams, _FILESYSTEM, _walk, Mode.READY_PATHS),
-    m.FS_OPEN: Route(m.FsOpenParams, _FILESYSTEM, _handles("open"), Mode.READY_PATHS),
-    m.FS_READ_BLOCK: Route(
-        m.FsReadBlockParams, _FILESYSTEM, _handles("read_block"), Mode.READY_PATHS
-    ),
-    m.FS_WRITE_BLOCK: Route(
-        m.FsWriteBlockParams,
-        _FILESYSTEM,
-        _handles("write_block"),
-        Mode.READY_PATHS,
-    ),
-    m.FS_CLOSE: Route(m.FsCloseParams, _FILESYSTEM, _handles("close"), Mode.READY_PATHS),
-    m.FS_WATCH_MISSING: Route(
-        m.FsWatchMissingParams, _FILESYSTEM, _watch_missing, Mode.READY_PATHS
-    ),
-    m.ENVIRONMENT_INFO: Route(None, "environment info", _environment_info, Mode.READY),
-    m.ENVIRONMENT_STATUS: Route(None, "environment status", _environment_status, Mode.READY),
-    m.ENVIRONMENT_CONFIG_READ: Route(
-        m.EnvironmentConfigReadParams, "environment config", _environment_config, Mode.READY
-    ),
-    m.CAPABILITIES_DISCOVER: Route(
-        m.DiscoverCapabilitiesParams, _CAPABILITIES, _discover_capabilities, Mode.READY
-    ),
-    m.CAPABILITY_ROOTS_DISCOVER: Route(
-        m.CapabilityRootsDiscoverParams, _CAPABILITIES, _discover_capability_roots, Mode.READY
-    ),
-}
 
 
 class _CloseConnection(Exception):
@@ -329,10 +149,9 @@ class ConnectionProcessor:
     ) -> None:
         self._channel = channel
         self._registry = registry
-        self._fs = fs
+        self.fs = fs
         self._lease: Lease | None = None
-        self._initialize_started = False
-        self._initialized = False
+        self.lifecycle = Lifecycle.AWAITING_INITIALIZE
         self._background: asyncio.TaskGroup | None = None
         # Eager input: whether the next message may be handled in the channel's
         # callback (the connection's task is parked with nothing left to do) ...
@@ -343,9 +162,9 @@ class ConnectionProcessor:
         self._closing: _CloseConnection | None = None
         self._wakeup: asyncio.Future[None] | None = None
         self._eager_channel: EagerInput | None = None
-        self._http = HttpHandler(self._reply, self._send_notification)
-        self._handles: FileHandleTable = FileHandleTable(fs)
-        self._watch: MissingPathWatch = MissingPathWatch(self._send_notification)
+        self.http = HttpHandler(self._reply, self._send_notification)
+        self.handles = FileHandleTable(fs)
+        self.watch = MissingPathWatch(self._send_notification)
 
     @property
     def session_id(self) -> str | None:
@@ -368,9 +187,9 @@ class ConnectionProcessor:
                 finally:
                     if self._lease is not None:
                         self._registry.detach(self._lease)
-                    await self._watch.close()
-                    await self._handles.close_all()
-                    await self._http.shutdown()
+                    await self.watch.close()
+                    await self.handles.close_all()
+                    await self.http.shutdown()
         finally:
             await self._channel.close()
 
@@ -486,9 +305,9 @@ class ConnectionProcessor:
     def _handle_notification(self, note: Notification) -> None:
         if note.method != m.INITIALIZED:
             raise _CloseConnection(f"unexpected notification `{note.method}`")
-        if self._lease is None:
+        if self.lifecycle is Lifecycle.AWAITING_INITIALIZE:
             raise _CloseConnection("received `initialized` before `initialize`")
-        self._initialized = True
+        self.lifecycle = Lifecycle.READY
 
     async def _handle_request(self, req: Request) -> None:
         try:
@@ -557,41 +376,36 @@ class ConnectionProcessor:
                 outcome = err
         await self._reply(request_id, outcome)
 
-    def _initialize(self, params: m.InitializeParams) -> m.InitializeResult:
-        if self._initialize_started:
+    # -- what handlers reach (routes.RequestContext) ------------------------------------
+
+    @property
+    def processes(self) -> ProcessManager:
+        assert self._lease is not None, "the handshake is done before a handler runs"
+        return self._lease.session.processes
+
+    def initialize(self, params: m.InitializeParams) -> m.InitializeResult:
+        if self.lifecycle is not Lifecycle.AWAITING_INITIALIZE:
             raise InvalidRequest("initialize may only be sent once per connection")
-        self._initialize_started = True
-        try:
-            if params.resume_session_id is None:
-                self._lease = self._registry.create(self._send_notification)
-            else:
-                self._lease = self._registry.resume(
-                    params.resume_session_id, self._send_notification
-                )
-        except RpcError:
-            self._initialize_started = False
-            raise
+        if params.resume_session_id is None:
+            self._lease = self._registry.create(self._send_notification)
+        else:
+            self._lease = self._registry.resume(params.resume_session_id, self._send_notification)
+        self.lifecycle = Lifecycle.AWAITING_INITIALIZED
         return m.InitializeResult(
             session_id=self._lease.session.id, environment_info=environment_info()
         )
 
-    def _session_lease(self) -> Lease:
-        """The lease of a connection that passed the lifecycle check."""
-        assert self._lease is not None
-        return self._lease
-
-    def _session(self) -> Session:
-        return self._session_lease().session
-
-    def _park(self, request_id: RequestId, lease: Lease, params: m.ProcessReadParams) -> None:
-        assert self._background is not None
-        self._background.create_task(self._long_poll(request_id, lease, params))
+    def park_read(self, request_id: RequestId, params: m.ProcessReadParams) -> None:
+        assert self._background is not None and self._lease is not None
+        self._background.create_task(self._long_poll(request_id, self._lease, params))
 
     def _check_ready(self, family: str) -> Lease:
-        if self._lease is None:
+        lifecycle = self.lifecycle
+        if lifecycle is Lifecycle.AWAITING_INITIALIZE:
             raise InvalidRequest(f"client must call initialize before using {family} methods")
-        if not self._initialized:
+        if lifecycle is Lifecycle.AWAITING_INITIALIZED:
             raise InvalidRequest(f"client must send initialized before using {family} methods")
+        assert self._lease is not None
         if self._lease.revoked.is_set():
             raise InvalidRequest(TAKEN_OVER_MESSAGE)
         return self._lease

@@ -1,4 +1,4 @@
-"""Connection processor: lifecycle gating, dispatch, bad input, sessions and resume."""
+"""The connection (environment/connection.py): lifecycle gating, dispatch, bad input, sessions."""
 
 from __future__ import annotations
 
