@@ -21,7 +21,6 @@ from exec_server.protocol.jsonrpc import (
     encode_notification,
     encode_request,
     encode_response,
-    encode_result_raw,
     parse_message,
 )
 
@@ -101,7 +100,6 @@ def test_encoders_never_emit_jsonrpc_member() -> None:
         b'"id":2}'
     )
     assert encode_request(1, "x") == b'{"id":1,"method":"x"}'
-    assert encode_result_raw("r", b"{}") == b'{"id":"r","result":{}}'
 
 
 def test_decode_params_missing_field_is_serde_like() -> None:

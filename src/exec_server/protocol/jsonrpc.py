@@ -235,9 +235,3 @@ def encode_response(request_id: RequestId, result: Any) -> bytes:
 def encode_error(request_id: RequestId, error: RpcError) -> bytes:
     # Codex writes `error` before `id`; kept for byte-level similarity.
     return _encoder.encode({"error": error.to_error_object(), "id": request_id})
-
-
-def encode_result_raw(request_id: RequestId, result_json: bytes) -> bytes:
-    """Wrap an already-encoded result without re-encoding it (large payloads)."""
-    head = _encoder.encode(request_id)
-    return b"".join((b'{"id":', head, b',"result":', result_json, b"}"))

@@ -209,8 +209,3 @@ class DiskView:
             if now != node:
                 return False
         return all(_file_stamp(path) == stamp for path, (stamp, _) in self._files.items())
-
-    @property
-    def paths_read(self) -> int:
-        """How many paths the view looked at (what :meth:`still_holds` re-reads)."""
-        return len(self._nodes) + len(self._files)

@@ -92,17 +92,14 @@ def resolve_location(path: str, *, follow_final: bool = True) -> str:
 
 
 class FsSandbox:
-    """A restricted policy bound to canonical paths; answers and enforces access.
-
-    (``restricts`` is true: see :class:`Unrestricted` for ``sandbox: null``.)
+    """A restricted policy bound to canonical paths; answers and enforces access
+    (:class:`Unrestricted` is ``sandbox: null``'s).
 
     The ``check_*`` methods take lexically normalised request paths, resolve them
     and raise :class:`SandboxDenied`. The ``can_*``/``is_visible`` queries take
     already-resolved paths. ``modern`` selects 0.171's answers where they differ
     from 0.133's (``none`` entries).
     """
-
-    restricts = True
 
     def __init__(self, entries: Iterable[ResolvedEntry], *, modern: bool = False) -> None:
         self.entries: tuple[ResolvedEntry, ...] = tuple(entries)
@@ -296,8 +293,6 @@ class Unrestricted:
     It has :class:`FsSandbox`'s methods, so fs code asks one object either way; the
     ``check_*`` methods return the path as given.
     """
-
-    restricts = False
 
     def check_read(self, path: str, *, follow_final: bool = True) -> str:
         return path
