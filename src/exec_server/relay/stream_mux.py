@@ -1,10 +1,12 @@
 """Sans-IO multiplexer: many :class:`ReliableStream` s over one physical relay socket.
 
 The owner (an asyncio adapter, or a test) passes every binary websocket message to
-:meth:`StreamMux.receive_bytes`, writes what :meth:`StreamMux.frames_to_send` returns (each
-item is one binary websocket message), takes events from :meth:`StreamMux.next_event`, and
-calls :meth:`StreamMux.handle_timer` at :meth:`StreamMux.get_timer`. ``now`` is always an
-argument (seconds, any monotonic origin).
+:meth:`StreamMux.receive_bytes`, sends messages with :meth:`StreamMux.send_message`, writes
+what :meth:`StreamMux.data_to_send` returns (each item is one binary websocket message), takes
+events from :meth:`StreamMux.next_event`, and calls :meth:`StreamMux.handle_timer` at
+:meth:`StreamMux.get_timer`. ``now`` is always an argument (seconds, any monotonic origin).
+The streams themselves are only read through :attr:`StreamMux.streams`: every call that
+changes one goes through the mux, which then knows that the stream may have output.
 
 Routing rules (Codex E1 ``run_multiplexed_executor`` plus reliability):
 
@@ -51,7 +53,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
-from exec_server.relay.errors import InvalidFrame
+from exec_server.relay.errors import InvalidFrame, StreamClosed
 from exec_server.relay.events import MuxEvent, StreamOpened
 from exec_server.relay.frame_codec import (
     INBOUND_LIMITS,
@@ -133,8 +135,8 @@ class MuxConfig:
 class StreamMux:
     """All relay streams of one physical socket, for one side (see the module docstring).
 
-    Call :meth:`frames_to_send` after every other call (``receive_bytes``, ``handle_timer``,
-    ``next_event``, a stream's ``send_message``...): any of them can create output.
+    Call :meth:`data_to_send` after every other call (``receive_bytes``, ``handle_timer``,
+    ``next_event``, ``send_message``...): any of them can create output.
 
     A stream that ends (reset by either side, protocol error, idle timeout, socket loss
     of a legacy stream) leaves the routing table at once, so its id is free again for a
@@ -159,7 +161,7 @@ class StreamMux:
         # Each stream's next deadline, refreshed after every call that can move it, so
         # get_timer() costs O(streams) instead of rescanning every send window.
         self._timers: dict[ReliableStream, float] = {}
-        # Streams that may have output; frames_to_send skips the others.
+        # Streams that may have output; data_to_send skips the others.
         self._pending_output: set[ReliableStream] = set()
         # Streams whose output is held back (pause_output).
         self._paused: set[ReliableStream] = set()
@@ -194,6 +196,29 @@ class StreamMux:
         stream = ReliableStream(stream_id, initiator=True, now=now, config=self.config.stream)
         self._adopt(stream)
         return stream
+
+    def send_message(
+        self,
+        stream_id: str,
+        payload: bytes,
+        now: float,
+        *,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
+    ) -> None:
+        """Queue one whole message on a live stream (see ``ReliableStream.send_message``);
+        its frames come out of :meth:`data_to_send`.
+
+        Raises ``StreamClosed`` for a stream that ended or never existed, and whatever the
+        stream raises: ``SendBlocked`` (backpressure: retry after progress),
+        ``MessageTooLarge``, ``ValueError`` for an empty payload.
+        """
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            ended = next((s for s in self._closing if s.stream_id == stream_id), None)
+            raise StreamClosed(stream_id, None if ended is None else ended.close_reason)
+        stream.send_message(payload, now, traceparent=traceparent, tracestate=tracestate)
+        self._pending_output.add(stream)
 
     def reset_stream(self, stream_id: str, reason: str) -> None:
         """Reset one live stream (no-op for an unknown id)."""
@@ -244,7 +269,6 @@ class StreamMux:
 
     def _adopt(self, stream: ReliableStream) -> None:
         self._streams[stream.stream_id] = stream
-        stream.on_output_pending = self._pending_output.add
         self._after_input(stream)
 
     # ------------------------------------------------------------------ input
@@ -311,10 +335,10 @@ class StreamMux:
     # ------------------------------------------------------------------ output
 
     def has_output(self) -> bool:
-        """Whether :meth:`frames_to_send` may have something without a timer firing."""
+        """Whether :meth:`data_to_send` may have something without a timer firing."""
         return bool(self._control or self._pending_output)
 
-    def frames_to_send(self, now: float, max_bytes: int | None = None) -> list[bytes]:
+    def data_to_send(self, now: float, max_bytes: int | None = None) -> list[bytes]:
         """Encoded frames to write, one binary websocket message each.
 
         Streams take turns, one frame each per round; with ``max_bytes`` the call stops
@@ -382,6 +406,7 @@ class StreamMux:
                 self._ready_set.discard(stream)
                 continue
             event = stream.next_event()
+            self._pending_output.add(stream)  # taking a message may reopen its window
             if stream.has_events:
                 self._ready.append(stream)
             else:
@@ -429,7 +454,6 @@ class StreamMux:
             self._pending_output.discard(stream)
             self._paused.discard(stream)
             self._held.discard(stream)
-            stream.on_output_pending = None
 
     # ------------------------------------------------------------------ timers, connection
 

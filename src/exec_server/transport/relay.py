@@ -116,6 +116,8 @@ class RelayStreamChannel:
     def __init__(self, connection: RelayConnection, stream: ReliableStream) -> None:
         self._connection = connection
         self.stream = stream
+        """The relay stream, for reading its state and counters; only the connection's
+        multiplexer drives it."""
         self.stream_id = stream.stream_id
         self._inbox: deque[bytes] = deque()
         self._inbox_bytes = 0
@@ -155,6 +157,7 @@ class RelayStreamChannel:
         if self._end_reason is None:
             self._end_reason = reason
         self._readable.set()
+        self._connection.notify_progress()  # a sender waiting for window space must see it
 
     # --- MessageChannel ----------------------------------------------------------
 
@@ -168,7 +171,7 @@ class RelayStreamChannel:
         self._inbox_bytes -= len(payload)
         if self._held and self._inbox_bytes <= self._connection.config.inbox_hold_bytes // 2:
             self._held = False
-            self._connection._release(self.stream_id)
+            self._connection.release_events(self.stream_id)
         return payload
 
     async def send(self, message: bytes) -> None:
@@ -176,9 +179,9 @@ class RelayStreamChannel:
         while True:
             if self._end_reason is not None:
                 raise ChannelClosed(self._end_reason)
-            progress = conn._progress
+            progress = conn.progress
             try:
-                self.stream.send_message(message, conn.now())
+                conn.send_message(self.stream_id, message)
             except SendBlocked:
                 await progress.wait()
                 continue
@@ -187,14 +190,13 @@ class RelayStreamChannel:
             except StreamClosed as exc:
                 self._end(str(exc))
                 raise ChannelClosed(self._end_reason) from None
-            conn._output_pending()
             return
 
     async def close(self, reason: str | None = None) -> None:
         if self._end_reason is not None:
             return
         self._end(reason or "closed")
-        self._connection._close_stream(self.stream_id, reason or "closed")
+        self._connection.close_stream(self.stream_id, reason or "closed")
 
 
 class RelayConnection:
@@ -243,23 +245,39 @@ class RelayConnection:
         self._output_pending()
         return channel
 
-    def _output_pending(self) -> None:
+    def send_message(self, stream_id: str, message: bytes) -> None:
+        """Queue one message on a stream (``StreamMux.send_message``) and wake the writer.
+
+        Raises what the mux raises: ``SendBlocked`` (wait for :attr:`progress`, then
+        retry), ``MessageTooLarge``, ``StreamClosed``."""
+        self.mux.send_message(stream_id, message, self.now())
         self._wake.set()
 
-    def _notify_progress(self) -> None:
+    @property
+    def progress(self) -> asyncio.Event:
+        """Set at the next progress (frames written or received, a socket lost): a sender
+        whose message was refused with ``SendBlocked`` waits for it, then retries. Take it
+        before the attempt, so that progress in between is not missed."""
+        return self._progress
+
+    def notify_progress(self) -> None:
         # Senders blocked on a full window wait on the current event; replace it so
         # the next wait blocks until the next progress.
         self._progress.set()
         self._progress = asyncio.Event()
 
-    def _release(self, stream_id: str) -> None:
+    def _output_pending(self) -> None:
+        self._wake.set()
+
+    def release_events(self, stream_id: str) -> None:
         """A consumer drained its inbox: hand out the stream's held events again (taking
         them may reopen its receive window, which sends ``resume``)."""
         self.mux.release_events(stream_id)
         self._dispatch_events()
         self._output_pending()
 
-    def _close_stream(self, stream_id: str, reason: str) -> None:
+    def close_stream(self, stream_id: str, reason: str) -> None:
+        """Reset one stream (its channel is forgotten)."""
         self.channels.pop(stream_id, None)
         self.mux.release_events(stream_id)
         self.mux.reset_stream(stream_id, reason)
@@ -277,7 +295,7 @@ class RelayConnection:
                         self.config.max_channel_inbox_bytes,
                     )
                     channel._end("receive_buffer_overflow")
-                    self._close_stream(event.stream_id, "receive_buffer_overflow")
+                    self.close_stream(event.stream_id, "receive_buffer_overflow")
             elif isinstance(event, StreamOpened):
                 stream = self.mux.streams.get(event.stream_id)
                 if stream is None:
@@ -348,7 +366,7 @@ class RelayConnection:
                     await task
             self.mux.connection_lost(self.now())
             self._dispatch_events()
-            self._notify_progress()
+            self.notify_progress()
         return reason
 
     async def _read_loop(self, ws: AnyWebSocket, keepalive: Keepalive, *, control: bool) -> str:
@@ -359,7 +377,7 @@ class RelayConnection:
             if msg.type is WSMsgType.BINARY:
                 mux.receive_bytes(msg.data, self.now())
                 self._dispatch_events()
-                self._notify_progress()
+                self.notify_progress()
                 self._output_pending()
             elif msg.type is WSMsgType.PING:
                 await ws.pong(msg.data)
@@ -399,11 +417,11 @@ class RelayConnection:
                 self.mux.handle_timer(now)
                 self._dispatch_events()
                 deadline = self.mux.get_timer()
-            frames = self.mux.frames_to_send(now, WRITE_BATCH_BYTES)
+            frames = self.mux.data_to_send(now, WRITE_BATCH_BYTES)
             if frames:
                 for frame in frames:
                     await ws.send_frame(frame, WSMsgType.BINARY)
-                self._notify_progress()
+                self.notify_progress()
                 continue
             self._arm_timer(deadline)
             await self._wake.wait()
