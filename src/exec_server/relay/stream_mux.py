@@ -46,6 +46,7 @@ Memory is bounded by ``max_streams`` times the per-stream bounds of
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterator, Mapping
@@ -130,6 +131,27 @@ class MuxConfig:
             raise ValueError("max_streams must be positive and max_retired_stream_ids >= 0")
         if self.max_pending_control_frames < 0:
             raise ValueError("max_pending_control_frames must be >= 0")
+
+
+class _Batch:
+    """Frames collected by one :meth:`StreamMux.data_to_send` call, within its budget."""
+
+    __slots__ = ("budget", "frames", "total", "touched")
+
+    def __init__(self, max_bytes: int | None) -> None:
+        self.budget = math.inf if max_bytes is None else max_bytes
+        self.frames: list[bytes] = []
+        self.total = 0
+        self.touched: set[ReliableStream] = set()
+
+    def has_room(self) -> bool:
+        return self.total < self.budget
+
+    def add(self, frame: bytes) -> bool:
+        """Collect one frame; whether there is room for more."""
+        self.frames.append(frame)
+        self.total += len(frame)
+        return self.total < self.budget
 
 
 class StreamMux:
@@ -344,15 +366,25 @@ class StreamMux:
         Streams take turns, one frame each per round; with ``max_bytes`` the call stops
         once that many bytes are collected (the rest comes out next call).
         """
-        out: list[bytes] = []
-        total = 0
-        while self._control and (max_bytes is None or total < max_bytes):
-            frame_bytes = self._control.popleft()
-            out.append(frame_bytes)
-            total += len(frame_bytes)
+        batch = _Batch(max_bytes)
+        control = self._control
+        while control and batch.has_room():
+            batch.add(control.popleft())
+        active = self._active_streams(now)
+        while active and batch.has_room():
+            if len(active) == 1:  # a round of one stream: take its frames in a row
+                self._drain(active[0], now, batch)
+                break
+            active = self._round(active, now, batch)
+        for stream in batch.touched:
+            self._update(stream)
+        return batch.frames
+
+    def _active_streams(self, now: float) -> list[ReliableStream]:
+        """Streams that may have output now, starting from a different one each call."""
         streams = [*self._streams.values(), *self._closing]
         if not streams:
-            return out
+            return streams
         start = self._rotation % len(streams)
         self._rotation += 1
         if start:
@@ -362,37 +394,31 @@ class StreamMux:
         if self._paused:
             paused = self._paused
             active = [s for s in active if s not in paused or s.is_closed]
-        touched: set[ReliableStream] = set()
-        while active and (max_bytes is None or total < max_bytes):
-            if len(active) == 1:  # a round of one stream: take its frames in a row
-                stream = active[0]
-                while (frame := stream.next_frame(now)) is not None:
-                    touched.add(stream)
-                    frame_bytes = encode_frame(frame)
-                    out.append(frame_bytes)
-                    total += len(frame_bytes)
-                    if max_bytes is not None and total >= max_bytes:
-                        break
-                else:
-                    pending.discard(stream)
+        return active
+
+    def _drain(self, stream: ReliableStream, now: float, batch: _Batch) -> None:
+        """Every frame ``stream`` has, within the batch's budget."""
+        while (frame := stream.next_frame(now)) is not None:
+            batch.touched.add(stream)
+            if not batch.add(encode_frame(frame)):
+                return
+        self._pending_output.discard(stream)
+
+    def _round(
+        self, active: list[ReliableStream], now: float, batch: _Batch
+    ) -> list[ReliableStream]:
+        """One frame of each stream in turn; returns the streams that had one."""
+        still_active = []
+        for stream in active:
+            frame = stream.next_frame(now)
+            if frame is None:
+                self._pending_output.discard(stream)
+                continue
+            batch.touched.add(stream)
+            still_active.append(stream)
+            if not batch.add(encode_frame(frame)):
                 break
-            still_active = []
-            for stream in active:
-                frame = stream.next_frame(now)
-                if frame is None:
-                    pending.discard(stream)
-                    continue
-                touched.add(stream)
-                frame_bytes = encode_frame(frame)
-                out.append(frame_bytes)
-                total += len(frame_bytes)
-                still_active.append(stream)
-                if max_bytes is not None and total >= max_bytes:
-                    break
-            active = still_active
-        for stream in touched:
-            self._update(stream)
-        return out
+        return still_active
 
     # ------------------------------------------------------------------ events
 
