@@ -24,12 +24,10 @@ from exec_server.relay.frame_codec import (
     reset_frame,
     resume_frame,
 )
-from exec_server.relay.reliable_stream import (
+from exec_server.relay.reliable_stream import ReliableStream, ReliableStreamConfig, StreamDropReason
+from exec_server.relay.stream_config import (
     DEFAULT_MAX_SEGMENT_PAYLOAD_BYTES,
     LEGACY_MAX_MESSAGE_BYTES,
-    ReliableStream,
-    ReliableStreamConfig,
-    StreamDropReason,
 )
 from exec_server.relay.stream_mux import MuxConfig, MuxDropReason, MuxRole, StreamMux
 

@@ -22,12 +22,8 @@ from relay_sim import STREAM_ID, decode_or_none
 
 from exec_server.relay.events import MessageReceived, PeerMode
 from exec_server.relay.frame_codec import encode_frame
-from exec_server.relay.reliable_stream import (
-    MAX_WINDOW_SEGMENTS,
-    SEQ_SPACE,
-    ReliableStream,
-    ReliableStreamConfig,
-)
+from exec_server.relay.reliable_stream import ReliableStream, ReliableStreamConfig
+from exec_server.relay.stream_config import MAX_WINDOW_SEGMENTS, SEQ_SPACE
 from exec_server.relay.stream_mux import MuxConfig, MuxRole, StreamMux
 
 MACHINE_SETTINGS = settings(

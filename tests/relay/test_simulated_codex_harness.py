@@ -24,7 +24,7 @@ from exec_server.client.client import ExecServerClient
 from exec_server.environment.remote import RemoteEnvironment
 from exec_server.relay.events import PeerMode
 from exec_server.relay.frame_codec import data_frame, encode_frame
-from exec_server.relay.reliable_stream import DEFAULT_MAX_SEGMENT_PAYLOAD_BYTES
+from exec_server.relay.stream_config import DEFAULT_MAX_SEGMENT_PAYLOAD_BYTES
 from exec_server.relay.stream_mux import MuxDropReason
 
 #: Longer than the initial RTO (0.5 s) doubled, and 75x the ack delay: a reliable sender

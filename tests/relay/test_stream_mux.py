@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from exec_server.relay.errors import InvalidFrameReason
 from exec_server.relay.events import MessageReceived, PeerMode, StreamOpened, StreamReset
 from exec_server.relay.frame_codec import (
+    RELIABLE_CAPABILITY_BIT,
     HandshakeBody,
     RelayFrame,
     ack_frame,
@@ -20,7 +21,7 @@ from exec_server.relay.frame_codec import (
     resume_frame,
 )
 from exec_server.relay.proto import relay_v1_pb2 as pb
-from exec_server.relay.reliable_stream import RELIABLE_CAPABILITY_BIT, ReliableStreamConfig
+from exec_server.relay.reliable_stream import ReliableStreamConfig
 from exec_server.relay.stream_mux import MuxConfig, MuxDropReason, MuxRole, StreamMux
 
 FLAG = RELIABLE_CAPABILITY_BIT

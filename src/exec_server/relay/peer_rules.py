@@ -36,7 +36,9 @@ class ModeRules:
     """The initiator repeats its flagged claim and gives up after the negotiation
     timeout; messages over one segment wait (``SendBlocked``) until it resolves."""
     message_limit: Callable[[ReliableStreamConfig], int]
-    """The largest message :meth:`send_message` takes."""
+    """The largest message :meth:`send_message` takes ..."""
+    too_large: str
+    """... and why a larger one is refused (``MessageTooLarge``)."""
 
 
 RULES: dict[PeerMode, ModeRules] = {
@@ -48,6 +50,7 @@ RULES: dict[PeerMode, ModeRules] = {
         keepalive=False,  # a Codex peer drops ack_frame/heartbeat
         negotiates=True,
         message_limit=lambda c: max(c.max_message_bytes, c.legacy_max_message_bytes),
+        too_large="over the stream's max_message_bytes",
     ),
     PeerMode.RELIABLE: ModeRules(
         PeerMode.RELIABLE,
@@ -57,6 +60,7 @@ RULES: dict[PeerMode, ModeRules] = {
         keepalive=True,
         negotiates=False,
         message_limit=lambda c: c.max_message_bytes,
+        too_large="over the stream's max_message_bytes",
     ),
     PeerMode.LEGACY: ModeRules(
         PeerMode.LEGACY,
@@ -66,6 +70,7 @@ RULES: dict[PeerMode, ModeRules] = {
         keepalive=False,
         negotiates=False,
         message_limit=lambda c: c.legacy_max_message_bytes,
+        too_large="the peer is a legacy Codex endpoint, which cannot take it in one frame",
     ),
 }
 """The rules of each mode."""

@@ -36,7 +36,6 @@ from exec_server.relay.events import (
 from exec_server.relay.frame_codec import (
     RELAY_MESSAGE_FRAME_VERSION,
     RELIABLE_CAPABILITY_BIT,
-    U32_MAX,
     DataBody,
     HandshakeBody,
     RelayFrame,
@@ -52,54 +51,25 @@ from exec_server.relay.peer_rules import RULES
 from exec_server.relay.receive_window import Delivered, ReceiveWindow
 from exec_server.relay.send_window import PayloadTransform, Segment, SendWindow
 from exec_server.relay.stream_config import (
-    DEFAULT_MAX_SEGMENT_PAYLOAD_BYTES,
-    FAST_RETRANSMIT_SACKS,
-    LEGACY_MAX_MESSAGE_BYTES,
-    MAX_WINDOW_SEGMENTS,
-    REPAIR_RESEND_MIN_S,
-    SEQ_SPACE,
     PeerProtocolViolation,
     ReliableStreamConfig,
     StreamDropReason,
     StreamStats,
-    seq_from_wire,
-    seq_to_wire,
 )
 
-__all__ = [  # the configuration names are re-exported for the stream's users
-    "DEFAULT_MAX_SEGMENT_PAYLOAD_BYTES",
-    "FAST_RETRANSMIT_SACKS",
-    "LEGACY_MAX_MESSAGE_BYTES",
-    "MAX_WINDOW_SEGMENTS",
-    "RELIABLE_CAPABILITY_BIT",
-    "REPAIR_RESEND_MIN_S",
-    "SEQ_SPACE",
-    "ReliableStream",
-    "ReliableStreamConfig",
-    "StreamDropReason",
-    "StreamStats",
-    "seq_from_wire",
-    "seq_to_wire",
-]
+__all__ = ["ReliableStream", "ReliableStreamConfig", "StreamDropReason", "StreamStats"]
 
 
 class ReliableStream:
     """One relay virtual stream (see the module docstring and ``docs/relay.md``).
 
     ``initiator`` is true on the side that opens the stream (the harness): it queues the
-    opening ``resume`` frame (Codex's stream claim) and negotiates the peer mode. The
-    acceptor (environment) side is created for the peer's first frame, which the owner must
-    pass to :meth:`receive_frame` right away.
-
-    Frames given to :meth:`receive_frame` must already have passed
-    :func:`~exec_server.relay.frame_codec.validate_frame` and belong to this stream; the
-    multiplexer guarantees both. No method raises on peer input: violations reset the
-    stream and surface as :class:`~exec_server.relay.events.StreamReset`.
-
-    ``seal`` and ``unseal`` transform each segment's payload once, in seq order, when it
-    is segmented and when it is released in order (see the windows); retransmissions
-    resend sealed bytes. A stream owned by a :class:`~exec_server.relay.stream_mux.StreamMux`
-    is driven only through the mux (``StreamMux.send_message`` and the rest).
+    opening ``resume`` (Codex's stream claim) and negotiates the peer mode. The acceptor is
+    created for the peer's first frame, which must go to :meth:`receive_frame` at once.
+    Inbound frames must be validated and belong to this stream (the multiplexer sees to
+    both); nothing raises on peer input: violations reset the stream (a ``StreamReset``).
+    ``seal``/``unseal`` transform each segment's payload once (see the windows). A stream
+    owned by a :class:`~exec_server.relay.stream_mux.StreamMux` is driven only through it.
     """
 
     def __init__(
@@ -202,11 +172,8 @@ class ReliableStream:
         return self._send.blocked_reason(nbytes)
 
     def can_send(self, nbytes: int) -> bool:
-        """Whether :meth:`send_message` of ``nbytes`` would not raise ``SendBlocked`` now.
-
-        It may still raise ``MessageTooLarge`` or ``StreamClosed``: those never clear, so a
-        caller waiting for ``can_send`` must not wait on them.
-        """
+        """Whether :meth:`send_message` of ``nbytes`` would not raise ``SendBlocked`` now
+        (``MessageTooLarge`` and ``StreamClosed`` never clear: do not wait for those)."""
         return self.is_closed or self._blocked_reason(nbytes) is None
 
     def send_message(
@@ -231,12 +198,7 @@ class ReliableStream:
         rules = self._rules
         limit = rules.message_limit(self.config)
         if size > limit:
-            detail = (
-                "over the stream's max_message_bytes"
-                if rules.flags_frames
-                else "the peer is a legacy Codex endpoint, which cannot take it in one frame"
-            )
-            raise MessageTooLarge(size, limit, detail)
+            raise MessageTooLarge(size, limit, rules.too_large)
         blocked = self._blocked_reason(size)
         if blocked is not None:
             raise SendBlocked(blocked)
@@ -247,10 +209,8 @@ class ReliableStream:
         self.stats.messages_sent += 1
 
     def reset(self, reason: str) -> None:
-        """End the stream: queue ``reset{reason}`` (<= 256 bytes) and drop all buffers.
-
-        No event is emitted for a local reset. Idempotent.
-        """
+        """End the stream: queue ``reset{reason}`` (<= 256 bytes), drop all buffers; no
+        event for a local reset. Idempotent."""
         if self._closed_reason is None:
             self._close(truncate_reason(reason), remote=False, send_reset=True, emit=False)
 
@@ -264,19 +224,13 @@ class ReliableStream:
 
     def _data(self, segment: Segment, now: float) -> RelayFrame:
         ack, ack_bits = self._stamp(now)
-        seq = segment.seq
-        wire_seq = (
-            (0 if seq <= 0 else (seq - 1) % SEQ_SPACE + 1)  # seq_to_wire, inlined
-            if self._rules.flags_frames
-            else seq & U32_MAX
-        )
         self.stats.data_frames_sent += 1
         return RelayFrame(
             RELAY_MESSAGE_FRAME_VERSION,
             self.stream_id,
             ack,
             ack_bits,
-            DataBody(wire_seq, segment.index, segment.count, segment.payload),
+            DataBody(segment.wire_seq, segment.index, segment.count, segment.payload),
             segment.traceparent,
             segment.tracestate,
         )
@@ -289,8 +243,7 @@ class ReliableStream:
         """
         out: list[RelayFrame] = []
         while max_frames is None or len(out) < max_frames:
-            frame = self.next_frame(now)
-            if frame is None:
+            if (frame := self.next_frame(now)) is None:
                 break
             out.append(frame)
         return out
@@ -333,11 +286,7 @@ class ReliableStream:
         rules, send = self._rules, self._send
         if rules.negotiates and self.initiator:
             self._probe_resend_at = now + send.rtt.rto_s
-        if rules.flags_frames:
-            next_seq = seq_to_wire(send.snd_nxt)
-        else:  # the seq of the next data frame to go out
-            unsent = send.next_unsent_seq()
-            next_seq = send.legacy_seq if unsent is None else unsent & U32_MAX
+        next_seq = send.resume_seq(legacy=not rules.flags_frames)
         ack, ack_bits = self._stamp(now)
         self.stats.resumes_sent += 1
         return resume_frame(self.stream_id, next_seq, ack=ack, ack_bits=ack_bits)
@@ -357,16 +306,13 @@ class ReliableStream:
                 and self._undelivered_bytes <= self.config.max_receive_buffer_bytes // 2
                 and self._closed_reason is None
             ):
-                # Data was dropped while the owner was not reading: ask the peer to resend
-                # now rather than after its (possibly backed-off) RTO.
+                # Data was dropped while nobody read: ask for it now, not after the RTO.
                 self._receive.starved = False
                 self._pending_resume = True
         return event
 
-    def _emit_message(
-        self, payload: bytes, traceparent: str | None, tracestate: str | None
-    ) -> None:
-        self._events.append(MessageReceived(self.stream_id, payload, traceparent, tracestate))
+    def _emit_message(self, payload: bytes, tp: str | None, ts: str | None) -> None:
+        self._events.append(MessageReceived(self.stream_id, payload, tp, ts))
         self._undelivered_bytes += len(payload)
         self.stats.messages_received += 1
 
@@ -419,12 +365,8 @@ class ReliableStream:
     # ------------------------------------------------------------------ connection
 
     def connection_lost(self, now: float) -> None:
-        """The physical socket went away; output stops until :meth:`on_reconnect`.
-
-        A legacy stream ends (``connection_lost``): a Codex peer drops its side of every
-        stream with the socket and cannot resume. Reliable and probing streams keep their
-        state (a probing stream has not heard from its peer, so there is nothing to tear
-        down yet)."""
+        """The socket went away: output stops until :meth:`on_reconnect`. A legacy stream
+        ends (``connection_lost``): a Codex peer cannot resume."""
         if self._closed_reason is not None:
             return
         if self._rules.retains:
@@ -433,13 +375,8 @@ class ReliableStream:
             self._close("connection_lost", remote=False, send_reset=False, emit=True)
 
     def on_reconnect(self, now: float) -> None:
-        """A new physical socket is up.
-
-        Reliable: send ``resume{next_seq}`` (with our acks) and resend every segment the
-        peer has not acknowledged; the receiver drops duplicates. Probing: repeat the
-        flagged stream claim; data sent so far is resent only if the peer proves reliable
-        (against a Codex peer it may be lost, exactly as with Codex). Legacy: the stream
-        ends, as in :meth:`connection_lost`."""
+        """A new socket is up. Reliable: send ``resume{next_seq}`` and resend everything
+        unacknowledged. Probing: repeat the flagged claim. Legacy: the stream ends."""
         if self._closed_reason is not None or not self._rules.retains:
             self.connection_lost(now)
             self._connected = True  # lets a pending reset out

@@ -38,6 +38,7 @@ from exec_server.relay.stream_config import (
     ReliableStreamConfig,
     StreamStats,
     seq_from_wire,
+    seq_to_wire,
 )
 
 __all__ = ["PayloadTransform", "RttEstimator", "Segment", "SendWindow"]
@@ -55,6 +56,7 @@ class Segment:
     """One outbound segment (the payload already transformed) and its transmission state."""
 
     seq: int
+    wire_seq: int
     payload: bytes
     index: int
     count: int
@@ -175,9 +177,11 @@ class SendWindow:
         """No segment was ever queued with a window seq."""
         return self._next_assign == self.config.initial_seq
 
-    def next_unsent_seq(self) -> int | None:
-        """The logical seq of the first segment not sent yet (``None`` when none waits)."""
-        return self._out[0].seq if self._out else None
+    def resume_seq(self, *, legacy: bool) -> int:
+        """The wire seq a ``resume`` announces: the next data seq to go out."""
+        if not legacy:
+            return seq_to_wire(self.snd_nxt)
+        return self._out[0].wire_seq if self._out else self.legacy_seq
 
     def blocked_reason(self, nbytes: int) -> str | None:
         """Why ``nbytes`` more cannot be queued now (``None`` if they can). A single
@@ -206,9 +210,11 @@ class SendWindow:
                 chunk = seal(chunk)
             added += len(chunk)
             first = index == 0
+            seq = self._next_assign
             self._out.append(
                 Segment(
-                    self._next_assign,
+                    seq,
+                    seq_to_wire(seq),
                     chunk,
                     index,
                     count,
@@ -223,7 +229,8 @@ class SendWindow:
         self, payload: bytes, traceparent: str | None = None, tracestate: str | None = None
     ) -> None:
         """Queue one message as a single ``0/1`` segment with the next legacy seq."""
-        self._out.append(Segment(self.legacy_seq, payload, 0, 1, traceparent, tracestate))
+        seq = self.legacy_seq
+        self._out.append(Segment(seq, seq, payload, 0, 1, traceparent, tracestate))
         self.legacy_seq = (self.legacy_seq + 1) & U32_MAX
         self.buffered_bytes += len(payload)
 

@@ -68,7 +68,8 @@ from exec_server.relay.frame_codec import (
     encode_frame,
     reset_for_peer,
 )
-from exec_server.relay.reliable_stream import ReliableStream, ReliableStreamConfig, seq_to_wire
+from exec_server.relay.reliable_stream import ReliableStream, ReliableStreamConfig
+from exec_server.relay.stream_config import seq_to_wire
 
 __all__ = [
     "MAX_PENDING_CONTROL_FRAMES",
