@@ -40,7 +40,7 @@ from ..transport.relay import (
     RelayConnection,
     RelayStreamChannel,
     close_socket,
-    dial_relay_socket,
+    dial_environment_socket,
 )
 from ..transport.websocket import DEFAULT_MAX_MESSAGE_BYTES, WebSocketConnectError
 from .server import ExecServer
@@ -187,8 +187,7 @@ class RemoteEnvironment:
                     "exec-server remote environment registered with environment_id %s",
                     self.config.environment_id,
                 )
-                ws = await dial_relay_socket(
-                    http,
+                ws = await dial_environment_socket(
                     url,
                     timeout_s=CONNECT_TIMEOUT_S,
                     max_message_bytes=self.config.max_message_bytes,

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from aiohttp import ClientSession, ClientWebSocketResponse, WSMsgType
+from aiohttp import ClientSession, ClientWebSocketResponse, WSMsgType, web
 
 from ..relay.control import (
     CONTROL_SUBPROTOCOL,
@@ -63,6 +63,7 @@ from ..relay.events import (
 from ..relay.reliable_stream import ReliableStream
 from ..relay.stream_mux import MuxConfig, MuxRole, StreamMux
 from .channel import ChannelClosed, MessageTooLargeForTransport
+from .picows_socket import PicowsRelaySocket, dial_picows_relay_socket
 from .websocket import (
     AnyWebSocket,
     Keepalive,
@@ -71,6 +72,10 @@ from .websocket import (
 )
 
 log = logging.getLogger(__name__)
+
+RelaySocket = AnyWebSocket | PicowsRelaySocket
+"""A socket :meth:`RelayConnection.run_socket` drives: aiohttp's, or picows' (the
+environment's, which carries the output bytes)."""
 
 #: Bytes of outbound frames written per writer pass before yielding to the loop.
 WRITE_BATCH_BYTES = 1024 * 1024
@@ -327,7 +332,7 @@ class RelayConnection:
             except Exception:
                 log.exception("relay status callback failed")
 
-    async def run_socket(self, ws: AnyWebSocket) -> str:
+    async def run_socket(self, ws: RelaySocket) -> str:
         """Drive the mux over ``ws`` until it ends; returns why it ended. ``ws`` must
         have been opened with ``autoping=False`` (the reader answers pings)."""
         now = self.now()
@@ -336,7 +341,7 @@ class RelayConnection:
         self._sockets += 1
         self._connected = True
         self._dispatch_events()
-        protocol = ws.protocol if isinstance(ws, ClientWebSocketResponse) else ws.ws_protocol
+        protocol = ws.ws_protocol if isinstance(ws, web.WebSocketResponse) else ws.protocol
         keepalive = Keepalive(ws, self.config.keepalive)
         # Long-lived tasks per socket. The reader awaits ws.receive() directly, so a
         # burst of buffered messages is processed without a task switch per message, and
@@ -369,16 +374,23 @@ class RelayConnection:
             self.notify_progress()
         return reason
 
-    async def _read_loop(self, ws: AnyWebSocket, keepalive: Keepalive, *, control: bool) -> str:
-        mux = self.mux
+    def _on_binary(self, data: bytes) -> None:
+        """One binary message from the socket (a relay frame)."""
+        self.mux.receive_bytes(data, self.now())
+        self._dispatch_events()
+        self.notify_progress()
+        self._output_pending()
+
+    async def _read_loop(self, ws: RelaySocket, keepalive: Keepalive, *, control: bool) -> str:
+        if isinstance(ws, PicowsRelaySocket):
+            # picows hands frames over in its own callback: no task switch per message.
+            on_text = self._on_control if control else self._drop_text
+            ws.deliver_to(self._on_binary, on_text, keepalive)
         while True:
             msg = await ws.receive()
             keepalive.heard_count += 1
             if msg.type is WSMsgType.BINARY:
-                mux.receive_bytes(msg.data, self.now())
-                self._dispatch_events()
-                self.notify_progress()
-                self._output_pending()
+                self._on_binary(msg.data)
             elif msg.type is WSMsgType.PING:
                 await ws.pong(msg.data)
             elif msg.type is WSMsgType.PONG:
@@ -387,11 +399,14 @@ class RelayConnection:
                 if control:
                     self._on_control(msg.data)
                 else:
-                    self.text_frames_dropped += 1
+                    self._drop_text(msg.data)
             elif msg.type is WSMsgType.ERROR:
                 return f"relay websocket error: {ws.exception()}"
             else:
                 return _closed_reason(ws, msg.extra if msg.type is WSMsgType.CLOSE else None)
+
+    def _drop_text(self, text: str | bytes) -> None:
+        self.text_frames_dropped += 1
 
     def _on_control(self, text: str | bytes) -> None:
         message = decode_control(text)
@@ -407,7 +422,7 @@ class RelayConnection:
         else:
             self.text_frames_dropped += 1
 
-    async def _write_loop(self, ws: AnyWebSocket) -> None:
+    async def _write_loop(self, ws: RelaySocket) -> None:
         loop = asyncio.get_running_loop()
         while True:
             self._wake.clear()
@@ -456,7 +471,7 @@ class RelayConnection:
         self.channels.clear()
 
 
-def _closed_reason(ws: AnyWebSocket, message: object) -> str:
+def _closed_reason(ws: RelaySocket, message: object) -> str:
     reason = f": {message}" if isinstance(message, str) and message else ""
     return f"relay websocket closed (code {ws.close_code}{reason})"
 
@@ -465,7 +480,7 @@ def _closed_reason(ws: AnyWebSocket, message: object) -> str:
 SOCKET_CLOSE_TIMEOUT_S = 2.0
 
 
-async def close_socket(ws: AnyWebSocket) -> None:
+async def close_socket(ws: RelaySocket) -> None:
     """Close a websocket without ever hanging on an unresponsive peer."""
     with contextlib.suppress(Exception):
         async with asyncio.timeout(SOCKET_CLOSE_TIMEOUT_S):
@@ -611,6 +626,20 @@ async def connect_harness_relay(
         reconnect_deadline_s=reconnect_deadline_s,
         max_message_bytes=max_message_bytes,
         on_status=on_status,
+    )
+
+
+async def dial_environment_socket(
+    url: str, *, timeout_s: float = 10.0, max_message_bytes: int = 64 * 1024 * 1024
+) -> PicowsRelaySocket:
+    """Open the environment's relay websocket as :meth:`RelayConnection.run_socket`
+    wants it (the control subprotocol offered), on picows: every output byte crosses
+    it, and picows frames and masks it in one copy."""
+    return await dial_picows_relay_socket(
+        url,
+        timeout_s=timeout_s,
+        max_message_bytes=max_message_bytes,
+        protocols=(CONTROL_SUBPROTOCOL,),
     )
 
 
