@@ -89,6 +89,7 @@ __all__ = [  # the frame model is re-exported from frames
     "decode_frame",
     "decode_route",
     "encode_frame",
+    "encode_frame_after",
     "heartbeat_frame",
     "reset_for_peer",
     "reset_frame",
@@ -169,6 +170,27 @@ def encode_frame(frame: RelayFrame) -> bytes:
     ``ValueError`` for an integer outside the ``uint32`` range and ``UnicodeEncodeError``
     for a string that is not valid Unicode, as protobuf does.
     """
+    head, payload, tail = _encode_parts(frame)
+    if not payload:
+        return head + tail if tail else head
+    # The one copy of the payload.
+    return b"".join((head, payload, tail)) if tail else head + payload
+
+
+def encode_frame_after(frame: RelayFrame, headroom: int) -> bytearray:
+    """:func:`encode_frame`, into a ``bytearray`` whose first ``headroom`` bytes are left
+    free: a websocket writer can put its frame header there and mask in place, so the
+    payload is copied once on its way to the socket."""
+    head, payload, tail = _encode_parts(frame)
+    out = bytearray(headroom)
+    out += head
+    out += payload  # the one copy of the payload
+    out += tail
+    return out
+
+
+def _encode_parts(frame: RelayFrame) -> tuple[bytes, bytes, bytes]:
+    """The encoding as (everything before a data payload, the payload, the rest)."""
     stream_id = frame.stream_id
     head = _prefixes.get(stream_id) if frame.version == RELAY_MESSAGE_FRAME_VERSION else None
     if head is None:
@@ -188,12 +210,10 @@ def encode_frame(frame: RelayFrame) -> bytes:
     body = frame.body
     if isinstance(body, DataBody):
         payload = body.payload
-        head += _data_header(body, len(payload))
-        # The one copy of the payload.
-        return b"".join((head, payload, tail)) if tail else head + payload
+        return head + _data_header(body, len(payload)), payload, tail
     if body is not None:
         head += _control_body(body)
-    return head + tail if tail else head
+    return head, b"", tail
 
 
 def _data_header(body: DataBody, size: int) -> bytes:

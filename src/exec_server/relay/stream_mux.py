@@ -66,6 +66,7 @@ from exec_server.relay.frame_codec import (
     ResumeBody,
     decode_frame,
     encode_frame,
+    encode_frame_after,
     reset_for_peer,
 )
 from exec_server.relay.reliable_stream import ReliableStream, ReliableStreamConfig
@@ -137,18 +138,23 @@ class MuxConfig:
 class _Batch:
     """Frames collected by one :meth:`StreamMux.data_to_send` call, within its budget."""
 
-    __slots__ = ("budget", "frames", "total", "touched")
+    __slots__ = ("budget", "frames", "headroom", "total", "touched")
 
-    def __init__(self, max_bytes: int | None) -> None:
+    def __init__(self, max_bytes: int | None, headroom: int) -> None:
         self.budget = math.inf if max_bytes is None else max_bytes
-        self.frames: list[bytes] = []
+        self.headroom = headroom
+        self.frames: list[bytes | bytearray] = []
         self.total = 0
         self.touched: set[ReliableStream] = set()
+
+    def encode(self, frame: RelayFrame) -> bytes | bytearray:
+        headroom = self.headroom
+        return encode_frame_after(frame, headroom) if headroom else encode_frame(frame)
 
     def has_room(self) -> bool:
         return self.total < self.budget
 
-    def add(self, frame: bytes) -> bool:
+    def add(self, frame: bytes | bytearray) -> bool:
         """Collect one frame; whether there is room for more."""
         self.frames.append(frame)
         self.total += len(frame)
@@ -361,13 +367,17 @@ class StreamMux:
         """Whether :meth:`data_to_send` may have something without a timer firing."""
         return bool(self._control or self._pending_output)
 
-    def data_to_send(self, now: float, max_bytes: int | None = None) -> list[bytes]:
+    def data_to_send(
+        self, now: float, max_bytes: int | None = None, *, headroom: int = 0
+    ) -> list[bytes | bytearray]:
         """Encoded frames to write, one binary websocket message each.
 
         Streams take turns, one frame each per round; with ``max_bytes`` the call stops
-        once that many bytes are collected (the rest comes out next call).
+        once that many bytes are collected (the rest comes out next call). With
+        ``headroom``, each frame is a ``bytearray`` whose first ``headroom`` bytes are
+        free for the websocket writer (``encode_frame_after``); ``max_bytes`` counts them.
         """
-        batch = _Batch(max_bytes)
+        batch = _Batch(max_bytes, headroom)
         control = self._control
         while control and batch.has_room():
             batch.add(control.popleft())
@@ -401,7 +411,7 @@ class StreamMux:
         """Every frame ``stream`` has, within the batch's budget."""
         while (frame := stream.next_frame(now)) is not None:
             batch.touched.add(stream)
-            if not batch.add(encode_frame(frame)):
+            if not batch.add(batch.encode(frame)):
                 return
         self._pending_output.discard(stream)
 
@@ -417,7 +427,7 @@ class StreamMux:
                 continue
             batch.touched.add(stream)
             still_active.append(stream)
-            if not batch.add(encode_frame(frame)):
+            if not batch.add(batch.encode(frame)):
                 break
         return still_active
 

@@ -32,7 +32,7 @@ from aiohttp import WSMessage, WSMsgType
 
 from .websocket import Keepalive, WebSocketConnectError
 
-__all__ = ["PicowsRelaySocket", "dial_picows_relay_socket"]
+__all__ = ["HEADROOM", "PicowsRelaySocket", "dial_picows_relay_socket"]
 
 _P_BINARY = picows.WSMsgType.BINARY
 _P_TEXT = picows.WSMsgType.TEXT
@@ -40,6 +40,10 @@ _P_PING = picows.WSMsgType.PING
 _P_PONG = picows.WSMsgType.PONG
 _P_CLOSE = picows.WSMsgType.CLOSE
 _CLOSED = WSMessage(WSMsgType.CLOSED, None, None)
+
+HEADROOM = 14
+"""Free bytes picows needs in front of a message it frames in place (the longest
+websocket header: 2 + 8 length bytes + a 4-byte mask)."""
 
 
 class PicowsRelaySocket(picows.WSListener):
@@ -156,6 +160,22 @@ class PicowsRelaySocket(picows.WSListener):
         if transport is None or self._closed:
             raise ConnectionResetError("relay websocket is closed")
         transport.send(_P_BINARY if opcode is WSMsgType.BINARY else _P_TEXT, message)
+        if not self._writable.is_set():
+            await self._writable.wait()
+            if self._closed:
+                raise ConnectionResetError("relay websocket is closed")
+
+    async def send_relay_frame(self, frame: bytes | bytearray) -> None:
+        """Send one binary message: a ``bytearray`` must start with :data:`HEADROOM`
+        free bytes, where picows writes the websocket header, and is masked in place
+        (no copy; the bytearray is spent); ``bytes`` are copied once."""
+        transport = self._transport
+        if transport is None or self._closed:
+            raise ConnectionResetError("relay websocket is closed")
+        if type(frame) is bytearray:
+            transport.send_reuse_external_bytearray(_P_BINARY, frame, HEADROOM)
+        else:
+            transport.send(_P_BINARY, frame)
         if not self._writable.is_set():
             await self._writable.wait()
             if self._closed:

@@ -63,6 +63,7 @@ from ..relay.events import (
 from ..relay.reliable_stream import ReliableStream
 from ..relay.stream_mux import MuxConfig, MuxRole, StreamMux
 from .channel import ChannelClosed, MessageTooLargeForTransport
+from .picows_socket import HEADROOM as PICOWS_HEADROOM
 from .picows_socket import PicowsRelaySocket, dial_picows_relay_socket
 from .websocket import (
     AnyWebSocket,
@@ -424,6 +425,10 @@ class RelayConnection:
 
     async def _write_loop(self, ws: RelaySocket) -> None:
         loop = asyncio.get_running_loop()
+        # On picows, frames are encoded behind room for the websocket header, which is
+        # then written and masked in place: one copy of each payload to the socket.
+        picows = isinstance(ws, PicowsRelaySocket)
+        headroom = PICOWS_HEADROOM if picows else 0
         while True:
             self._wake.clear()
             now = loop.time()
@@ -432,10 +437,13 @@ class RelayConnection:
                 self.mux.handle_timer(now)
                 self._dispatch_events()
                 deadline = self.mux.get_timer()
-            frames = self.mux.data_to_send(now, WRITE_BATCH_BYTES)
+            frames = self.mux.data_to_send(now, WRITE_BATCH_BYTES, headroom=headroom)
             if frames:
                 for frame in frames:
-                    await ws.send_frame(frame, WSMsgType.BINARY)
+                    if isinstance(ws, PicowsRelaySocket):
+                        await ws.send_relay_frame(frame)
+                    else:
+                        await ws.send_frame(bytes(frame), WSMsgType.BINARY)
                 self.notify_progress()
                 continue
             self._arm_timer(deadline)
