@@ -6,8 +6,9 @@ ones (at most ``max_reorder_bytes``, within ``MAX_WINDOW_SEGMENTS`` of the next 
 seq), releases them in seq order, reassembles segmented messages, and says what to
 acknowledge (:meth:`ReceiveWindow.ack_fields`) and when (:attr:`ReceiveWindow.ack_due`):
 at once after a gap, a segment that fills one, a duplicate, every
-``ack_every_segments`` segments or half the sender's byte window (``max_unacked_bytes``);
-otherwise after ``ack_delay_s``, so several segments share one ``ack_frame``.
+``ack_every_segments`` segments or a quarter of the sender's byte window
+(``max_unacked_bytes``); otherwise after ``ack_delay_s``, so several segments share one
+``ack_frame``.
 
 **Payload transform seam.** ``unseal``, if given, is applied to every segment's payload
 exactly once, in seq order, as the segment is released in order (before reassembly); it
@@ -171,7 +172,7 @@ class ReceiveWindow:
         if (
             urgent
             or self._unacked_segments >= cfg.ack_every_segments
-            or self._unacked_bytes >= cfg.max_unacked_bytes // 2
+            or self._unacked_bytes >= cfg.max_unacked_bytes // 4
         ):
             self.ack_due = now
         elif self.ack_due is None:
