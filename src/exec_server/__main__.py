@@ -1,5 +1,5 @@
 """``python -m exec_server`` runs the CLI."""
 
-from .cli.main import main
+from .cli.app import main
 
 main()

@@ -70,10 +70,9 @@ from exec_server.environment.fs_handler import (
     MIB,
     FileSystemHandler,
     FsLimits,
-    decode_base64,
     map_os_error,
-    os_error_text,
 )
+from exec_server.environment.rust_compat import decode_base64, os_error_text
 from exec_server.environment.sandbox import SandboxDenied
 from exec_server.protocol import messages as m
 from exec_server.protocol.errors import (

@@ -40,14 +40,14 @@ async def test_256_mib_write_and_read_round_trip(tmp_path: Path) -> None:
         assert len(payload) == SIZE
         target = tmp_path / "big.bin"
         async with await ExecServerClient.connect(url) as client:
-            await client.write_file(str(target), payload)
+            await client.fs.write_file(str(target), payload)
             assert target.stat().st_size == SIZE
             assert hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(payload).digest()
-            data = await client.read_file(str(target))
+            data = await client.fs.read_file(str(target))
             assert len(data) == SIZE and data == payload
             del data
             # The connection is still usable afterwards.
-            meta = await client.get_metadata(str(target))
+            meta = await client.fs.get_metadata(str(target))
             assert meta.is_file
         peak = _peak_rss_bytes(proc.pid) - baseline
         assert peak < MAX_PEAK_FACTOR * SIZE, f"server peak grew by {peak / SIZE:.1f}x the file"

@@ -14,12 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from codex_binary import CODEX_0171, require_codex_binary
 from interop_support import (
+    ERA_0171,
     JSON,
     Differ,
     RawClient,
     ScriptContext,
+    Target,
     b64,
+    interop_mode,
+    pids_with_marker,
     read_view_exact,
     result_of,
     summarize_events,
@@ -660,5 +665,275 @@ async def test_environment_config_read(differ0171: Differ, codex_home_0171: Path
             await read([["mcp_servers"]], cwd=w + "/sub")
         finally:
             config.unlink(missing_ok=True)
+
+    await differ0171.check(script)
+
+
+# --- capability discovery ------------------------------------------------------------------
+
+SKILL_FIXTURES = {
+    # standalone skills in CODEX_HOME/skills
+    "ch/skills/alpha/SKILL.md": "---\nname: alpha\ndescription: Alpha does things\n---\n# A\n",
+    "ch/skills/no name/SKILL.md": "---\ndescription: named after   its directory\n---\n",
+    "ch/skills/colon/SKILL.md": "---\nname: colon\ndescription: Build for AWS: ECS\n---\n",
+    "ch/skills/block/SKILL.md": "---\nname: block\ndescription: |\n  one\n  two\n---\n",
+    "ch/skills/short/SKILL.md": (
+        "---\nname: short\ndescription: 0x10\nmetadata:\n  short-description: s d\n---\n"
+    ),
+    "ch/skills/crlf/SKILL.md": "---\r\nname: crlf\r\ndescription: crlf\r\n---\r\n",
+    "ch/skills/nodesc/SKILL.md": "---\nname: nodesc\n---\n",
+    "ch/skills/nofront/SKILL.md": "# no front matter\n",
+    "ch/skills/dup/SKILL.md": "---\nname: a\ndescription: d\nname: b\n---\n",
+    "ch/skills/meta/SKILL.md": "---\nname: meta\ndescription: meta\n---\n",
+    "ch/skills/meta/agents/openai.yaml": (
+        "dependencies:\n  tools:\n    - type: env_var\n      value: GITHUB_TOKEN\n"
+        "      description: '  a  token '\n    - value: no-type\npolicy:\n"
+        "  allow_implicit_invocation: false\n  products: [codex]\n"
+    ),
+    "ch/skills/badmeta/SKILL.md": "---\nname: badmeta\ndescription: d\n---\n",
+    "ch/skills/badmeta/agents/openai.yaml": "policy:\n  allow_implicit_invocation: maybe\n",
+    "ch/skills/ns/.codex-plugin/plugin.json": '{"name":"nsp"}',
+    "ch/skills/ns/skills/inner/SKILL.md": "---\nname: inner\ndescription: inner\n---\n",
+    "ch/skills/a/b/c/d/e/f/SKILL.md": "---\nname: depth6\ndescription: d\n---\n",
+    "ch/skills/a/b/c/d/e/f/g/SKILL.md": "---\nname: depth7\ndescription: d\n---\n",
+    # ~/.agents/skills
+    "home/.agents/skills/user/SKILL.md": "---\nname: user\ndescription: user skill\n---\n",
+    # installed plugins
+    "ch/plugins/cache/mkt/plug/1.9.0/.codex-plugin/plugin.json": '{"name":"plug"}',
+    "ch/plugins/cache/mkt/plug/1.10.0/.codex-plugin/plugin.json": (
+        '{"name":"plug","interface":{"displayName":"Plug In"},"mcpServers":{"z":{},"a":{}}}'
+    ),
+    "ch/plugins/cache/mkt/plug/1.10.0/skills/x/SKILL.md": "---\nname: x\ndescription: x\n---\n",
+    "ch/plugins/cache/mkt/plug/.codex-remote-plugin-install.json": (
+        '{"schema_version":1,"remote_plugin_id":" rp-1 "}'
+    ),
+    "ch/plugins/cache/mkt/loc/2.0.0/.claude-plugin/plugin.json": '{"name":"loc"}',
+    "ch/plugins/cache/mkt/loc/local/.claude-plugin/plugin.json": '{"name":"  "}',
+    "ch/plugins/cache/mkt/loc/local/skills/s/SKILL.md": "---\nname: s\ndescription: s\n---\n",
+    "ch/plugins/cache/mkt/decl/1.0.0/.codex-plugin/plugin.json": (
+        '{"name":"decl","mcpServers":"./m.json","apps":"apps.json"}'
+    ),
+    "ch/plugins/cache/mkt/decl/1.0.0/m.json": "{}",
+    "ch/plugins/cache/mkt/decl/1.0.0/.app.json": '{"apps":1}',
+    "ch/plugins/cache/mkt/broken/1.0.0/.codex-plugin/plugin.json": "{not json",
+    "ch/plugins/cache/mkt/nomanifest/1.0.0/skills/s/SKILL.md": "---\nname: s\n---\n",
+    "ch/plugins/cache/mkt/bad name/1.0.0/.codex-plugin/plugin.json": '{"name":"bad"}',
+}
+
+
+@pytest.fixture
+def discovery_differ(tmp_path: Path, request: pytest.FixtureRequest) -> tuple[Differ, Path]:
+    """Both servers with one CODEX_HOME and HOME full of skills and plugins."""
+    for relative, text in SKILL_FIXTURES.items():
+        path = tmp_path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    env = {"CODEX_HOME": str(tmp_path / "ch"), "HOME": str(tmp_path / "home")}
+    reference = Target.codex(Path(require_codex_binary(CODEX_0171)), env)
+    candidate = Target.ours(env) if interop_mode() == "diff" else reference
+    return Differ(reference, candidate, request.node.name, era=ERA_0171), tmp_path
+
+
+def restricted(entries: list[JSON]) -> JSON:
+    """A 0.171 sandbox context reading only what ``entries`` grant."""
+    return {
+        "permissions": {
+            "type": "managed",
+            "file_system": {"type": "restricted", "entries": entries},
+            "network": "restricted",
+        },
+        "cwd": "file:///tmp",
+        "workspaceRoots": ["file:///tmp"],
+        "windowsSandboxLevel": "disabled",
+        "useLegacyLandlock": False,
+    }
+
+
+def entry(path: Path | str, access: str) -> JSON:
+    return {"path": {"type": "path", "path": Path(path).as_uri()}, "access": access}
+
+
+ROOT_READ = {"path": {"type": "special", "value": {"kind": "root"}}, "access": "read"}
+
+
+async def test_capabilities_discover_v2(discovery_differ: tuple[Differ, Path]) -> None:
+    """The installed plugins and skills, their metadata, and 0.171's coarse warnings."""
+    differ, fixtures = discovery_differ
+
+    async def script(ctx: ScriptContext) -> None:
+        c = await ctx.connect()
+        await c.call("capabilities/discoverV2", {"cwd": uri(ctx)})
+        await c.initialize(record=False)
+        await c.notify("initialized", {})
+        await c.call("capabilities/discoverV2", {"cwd": uri(ctx)})
+        await c.call("capabilities/discoverV2", {"cwd": "file:///no/such/dir", "sandbox": None})
+        hide_home_skills = restricted([ROOT_READ, entry(fixtures / "ch" / "skills", "none")])
+        await c.call("capabilities/discoverV2", {"cwd": uri(ctx), "sandbox": hide_home_skills})
+        only_home = restricted([entry(fixtures / "home", "read")])
+        await c.call("capabilities/discoverV2", {"cwd": uri(ctx), "sandbox": only_home})
+        for bad in (
+            {},
+            None,
+            {"cwd": "/tmp"},
+            {"cwd": "http://x/"},
+            {"cwd": uri(ctx), "sandbox": {}},
+        ):
+            await c.call("capabilities/discoverV2", bad)
+
+    await differ.check(script)
+
+
+async def test_capabilities_discover_v2_codex_home_must_exist(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    async def script(ctx: ScriptContext) -> None:
+        c = await ctx.connect_ready()
+        await c.call("capabilities/discoverV2", {"cwd": uri(ctx)})
+
+    binary = Path(require_codex_binary(CODEX_0171))
+    (tmp_path / "file").write_text("")
+    for codex_home in (tmp_path / "missing", tmp_path / "file"):
+        env = {"CODEX_HOME": str(codex_home), "HOME": str(tmp_path)}
+        reference = Target.codex(binary, env)
+        candidate = Target.ours(env) if interop_mode() == "diff" else reference
+        await Differ(reference, candidate, request.node.name, era=ERA_0171).check(script)
+
+
+async def test_capability_roots_discover_v1(discovery_differ: tuple[Differ, Path]) -> None:
+    """Raw capability files under the roots a client names, each through its sandbox."""
+    differ, fixtures = discovery_differ
+    skills = fixtures / "ch" / "skills"
+    plugin = fixtures / "ch" / "plugins" / "cache" / "mkt" / "plug" / "1.10.0"
+
+    async def script(ctx: ScriptContext) -> None:
+        Path(ctx.path("p", ".codex-plugin")).mkdir(parents=True)
+        ctx.write_text('{"name":"p"}', "p", ".codex-plugin", "plugin.json")
+        ctx.write_text('{"apps":[]}', "p", ".app.json")
+        Path(ctx.path("p", "s", "big")).mkdir(parents=True)
+        ctx.write_text("---\nname: big\n---\n" + "x" * (1024 * 1024), "p", "s", "big", "SKILL.md")
+        Path(ctx.path("p", "s", "bin")).mkdir()
+        Path(ctx.path("p", "s", "bin", "SKILL.md")).write_bytes(b"---\nname: \xff\n---\n")
+        c = await ctx.connect_ready()
+        roots: list[JSON] = [
+            {"id": "skills", "path": skills.as_uri()},
+            {"id": "plugin", "path": plugin.as_uri()},
+            {"id": "plugin skills", "path": (plugin / "skills").as_uri()},
+            {"id": "mine", "path": uri(ctx, "p")},
+            {"id": "missing", "path": uri(ctx, "missing")},
+            {"id": "file", "path": uri(ctx, "p", ".app.json")},
+            {"id": "", "path": skills.as_uri(), "sandbox": None},
+            {
+                "id": "hidden file",
+                "path": (skills / "alpha").as_uri(),
+                "sandbox": restricted([ROOT_READ, entry(skills / "alpha" / "SKILL.md", "none")]),
+            },
+            {
+                "id": "hidden dir",
+                "path": (skills / "meta").as_uri(),
+                "sandbox": restricted([ROOT_READ, entry(skills / "meta" / "agents", "none")]),
+            },
+            {
+                "id": "invisible root",
+                "path": skills.as_uri(),
+                "sandbox": restricted([entry(fixtures / "home", "read")]),
+            },
+        ]
+        await c.call("capabilityRoots/discoverV1", {"roots": roots})
+        await c.call("capabilityRoots/discoverV1", {"roots": []})
+        too_many = [{"id": str(i), "path": uri(ctx)} for i in range(129)]
+        resp = await c.call("capabilityRoots/discoverV1", {"roots": too_many}, record=False)
+        ctx.note("129 roots", error_message(resp))
+        for bad in (
+            None,
+            {},
+            {"roots": {}},
+            {"roots": [{"id": "a"}]},
+            {"roots": [{"path": uri(ctx)}]},
+        ):
+            await c.call("capabilityRoots/discoverV1", bad)
+        await c.call("capabilityRoots/discoverV1", {"roots": [{"id": "a", "path": "/tmp"}]})
+
+    await differ.check(script)
+
+
+async def test_sandboxed_file_streaming(differ0171: Differ) -> None:
+    """``fs/open``/``readBlock``/``writeBlock`` under a sandbox honour its policy, as
+    0.171 (which claims ``sandboxedFileStreaming``) does."""
+
+    async def script(ctx: ScriptContext) -> None:
+        for name in ("rw", "ro", "hidden"):
+            os.mkdir(ctx.path(name))
+            ctx.write_text(f"{name} data", name, "f.txt")
+        ctx.write_text("secret", "ro", "hidden.txt")
+        sandbox = restricted(
+            [
+                entry(ctx.path("ro"), "read"),
+                entry(ctx.path("rw"), "write"),
+                entry(ctx.path("ro", "hidden.txt"), "none"),
+            ]
+        )
+        c = await ctx.connect_ready()
+
+        async def open_(handle: str, *parts: str, mode: str | None = None) -> None:
+            params: JSON = {"handleId": handle, "path": uri(ctx, *parts), "sandbox": sandbox}
+            if mode is not None:
+                params["mode"] = mode
+            await c.call("fs/open", params)
+
+        await open_("r1", "ro", "f.txt")
+        await c.call("fs/readBlock", {"handleId": "r1", "offset": 0, "len": 64})
+        await open_("r2", "ro", "hidden.txt")
+        await open_("r3", "hidden", "f.txt")
+        await open_("w1", "ro", "new.txt", mode="replace")
+        await open_("w2", "ro", "f.txt", mode="replace")
+        await open_("w3", "hidden", "new.txt", mode="replace")
+        await open_("w4", "rw", "new.txt", mode="replace")
+        await c.call("fs/writeBlock", {"handleId": "w4", "offset": 0, "chunk": b64("streamed")})
+        await c.call("fs/close", {"handleId": "w4"})
+        await open_("r4", "rw", "new.txt")
+        await c.call("fs/readBlock", {"handleId": "r4", "offset": 0, "len": 64})
+        ctx.note("ro/f.txt untouched", ctx.read_text("ro", "f.txt"))
+        ctx.note("ro/new.txt", ctx.exists("ro", "new.txt"))
+        ctx.note("hidden/new.txt", ctx.exists("hidden", "new.txt"))
+        ctx.note("rw/new.txt", ctx.read_text("rw", "new.txt"))
+
+    await differ0171.check(script)
+
+
+async def test_sandboxed_command_takes_its_background_jobs_along(differ0171: Differ) -> None:
+    """0.171 runs a sandboxed command as the init of its own pid namespace: when it
+    exits, what it started in the background is killed and the process closes."""
+    marker = "97.125"
+
+    async def script(ctx: ScriptContext) -> None:
+        c = await ctx.connect_ready()
+        sandbox = restricted([ROOT_READ, entry(ctx.path(), "write")])
+        params = start_params(ctx, "bg", f"sleep {marker} & echo started", sandbox=sandbox)
+        await c.call("process/start", params, view=lambda r: sorted(result_of(r)))
+        try:
+            ctx.note("closed", await c.wait_closed("bg", timeout=30))
+            ctx.note("left running", pids_with_marker(marker))
+        finally:
+            for pid in pids_with_marker(marker):
+                os.kill(pid, 9)
+
+    await differ0171.check(script)
+
+
+async def test_spawn_errors_read_like_fs_errors(differ0171: Differ) -> None:
+    """One errno, one text: Codex's musl build words ELOOP "Symbolic link loop" for
+    ``process/start`` as for ``fs/*``."""
+
+    async def script(ctx: ScriptContext) -> None:
+        os.symlink("a", ctx.path("b"))
+        os.symlink("b", ctx.path("a"))
+        c = await ctx.connect_ready()
+        params = start_params(ctx, "cwd-loop", "true")
+        params["cwd"] = uri(ctx, "a")
+        await c.call("process/start", params)
+        params = start_params(ctx, "exe-loop", "true")
+        params["argv"] = [ctx.path("a")]
+        await c.call("process/start", params)
+        await c.call("fs/readFile", {"path": uri(ctx, "a")})
 
     await differ0171.check(script)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from aiohttp import WSMsgType, web
 
-from exec_server.client import ExecServerClient
+from exec_server.client import ClientConfig, ExecServerClient
 from exec_server.relay.events import PeerMode
 from exec_server.relay.frame_codec import InvalidFrame, decode_frame
 from exec_server.transport.channel import MessageTooLargeForTransport
@@ -174,7 +174,9 @@ async def test_our_harness_runs_commands_on_the_codex_executor(
 ) -> None:
     forwarder, url = codex_executor
     assert forwarder.registrations[0] == f"Bearer {forwarder.token}"
-    async with await ExecServerClient.connect(url, client_name="interop-harness") as client:
+    async with await ExecServerClient.connect(
+        url, config=ClientConfig(client_name="interop-harness")
+    ) as client:
         assert client.session_id
         result = await (
             await client.start_process(["/bin/sh", "-c", "echo hello; echo oops >&2; exit 3"])
@@ -188,14 +190,14 @@ async def test_our_harness_runs_commands_on_the_codex_executor(
 
         payload = os.urandom(3 * 1024 * 1024)
         target = tmp_path / "through-relay.bin"
-        await client.write_file(str(target), payload)
-        assert await client.read_file(str(target)) == payload
+        await client.fs.write_file(str(target), payload)
+        assert await client.fs.read_file(str(target)) == payload
 
         # A message the legacy peer could not take in one frame fails clearly, and the
         # stream stays usable.
         with pytest.raises(MessageTooLargeForTransport, match="legacy Codex"):
-            await client.write_file(str(tmp_path / "huge.bin"), b"\0" * (20 * 1024 * 1024))
-        meta = await client.get_metadata(str(target))
+            await client.fs.write_file(str(tmp_path / "huge.bin"), b"\0" * (20 * 1024 * 1024))
+        meta = await client.fs.get_metadata(str(target))
         assert meta.is_file
 
         channel = client._channel

@@ -30,7 +30,7 @@ import msgspec
 from codex_harness_sim import SimulatedCodexHarness
 from forwarding_rendezvous import ForwardingRendezvous, serve_remote_environment
 
-from exec_server.client.client import ExecServerClient
+from exec_server.client import ClientConfig, ExecServerClient
 from exec_server.relay.errors import InvalidFrameReason as R
 from exec_server.relay.events import PeerMode
 from exec_server.relay.frame_codec import (
@@ -186,7 +186,9 @@ async def test_bad_frames_are_dropped_and_counted_while_live_streams_carry_on(
         codex = SimulatedCodexHarness(ws)
         await codex.open()
         await codex.initialize()
-        ours = await ExecServerClient.connect(rendezvous.harness_url, client_name="ours")
+        ours = await ExecServerClient.connect(
+            rendezvous.harness_url, config=ClientConfig(client_name="ours")
+        )
         try:
             relay = ours._channel
             assert isinstance(relay, HarnessRelayChannel)
@@ -212,9 +214,9 @@ async def test_bad_frames_are_dropped_and_counted_while_live_streams_carry_on(
             async def our_round(i: int) -> None:
                 path = str(tmp_path / f"ours-{i}")
                 data = random.Random(i).randbytes(2000 + i)
-                await ours.write_file(path, data)
-                assert await ours.read_file(path) == data
-                meta = await ours.get_metadata(path)
+                await ours.fs.write_file(path, data)
+                assert await ours.fs.read_file(path) == data
+                meta = await ours.fs.get_metadata(path)
                 assert meta.is_file
 
             async def codex_round(i: int) -> None:

@@ -35,16 +35,17 @@ from forwarding_rendezvous import (
     serve_remote_environment,
 )
 
-import exec_server.client.client as client_module
-from exec_server.client.client import (
+import exec_server.transport.relay as relay_module
+from exec_server.client import (
+    ClientConfig,
     ClosedEvent,
     ExecServerClient,
     ExitedEvent,
     FailedEvent,
     OutputEvent,
+    ServerError,
 )
 from exec_server.environment.server import ExecServer
-from exec_server.protocol.errors import ServerError
 from exec_server.relay.events import PeerMode
 from exec_server.relay.frame_codec import data_frame, encode_frame, resume_frame
 from exec_server.transport.channel import MalformedFrame, MessageChannel
@@ -135,14 +136,14 @@ class RecordingExecServer(ExecServer):
 def harness_channels(monkeypatch: pytest.MonkeyPatch) -> list[RecordingChannel]:
     """Every channel ExecServerClient.connect dials for a role=harness URL, recorded."""
     dialed: list[RecordingChannel] = []
-    real = client_module.connect_harness_relay
+    real = relay_module.connect_harness_relay
 
     async def recording_connect(url: str, **kwargs: Any) -> MessageChannel:
         channel = RecordingChannel(await real(url, **kwargs), server_side=False)
         dialed.append(channel)
         return channel
 
-    monkeypatch.setattr(client_module, "connect_harness_relay", recording_connect)
+    monkeypatch.setattr(relay_module, "connect_harness_relay", recording_connect)
     return dialed
 
 
@@ -208,12 +209,12 @@ async def run_ops(
         choice = n % 3
         if choice == 2:
             with pytest.raises(ServerError) as info:
-                await client.get_metadata(str(workdir / f"missing-{n}"))
+                await client.fs.get_metadata(str(workdir / f"missing-{n}"))
             assert info.value.code == -32004, info.value
             counts.missing += 1
             return
         target = probe_file if choice == 0 else workdir
-        meta = await client.get_metadata(str(target))
+        meta = await client.fs.get_metadata(str(target))
         assert meta.is_file == (choice == 0) and meta.is_directory == (choice == 1)
         counts.metadata += 1
 
@@ -223,8 +224,8 @@ async def run_ops(
         size = op_rng.randint(600_000, 900_000) if n % 25 == 0 else op_rng.randint(0, 20_000)
         data = op_rng.randbytes(size)
         path = str(workdir / f"file-{n}.bin")
-        await client.write_file(path, data)
-        assert await client.read_file(path) == data, f"content mismatch for {path}"
+        await client.fs.write_file(path, data)
+        assert await client.fs.read_file(path) == data, f"content mismatch for {path}"
         counts.files += 1
         counts.file_bytes += size
 
@@ -326,7 +327,9 @@ async def test_lossy_rendezvous_with_disconnects_loses_and_repeats_nothing(
         serve_remote_environment(rendezvous, server) as remote,
     ):
         clients = [
-            await ExecServerClient.connect(rendezvous.harness_url, client_name=f"fault-{i}")
+            await ExecServerClient.connect(
+                rendezvous.harness_url, config=ClientConfig(client_name=f"fault-{i}")
+            )
             for i in range(CLIENTS + 1)
         ]
         try:

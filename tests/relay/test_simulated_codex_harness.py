@@ -20,7 +20,7 @@ import aiohttp
 from codex_harness_sim import SimulatedCodexHarness
 from forwarding_rendezvous import ForwardingRendezvous, serve_remote_environment
 
-from exec_server.client.client import ExecServerClient
+from exec_server.client import ClientConfig, ExecServerClient
 from exec_server.environment.remote import RemoteEnvironment
 from exec_server.relay.events import PeerMode
 from exec_server.relay.frame_codec import data_frame, encode_frame
@@ -172,7 +172,9 @@ async def test_codex_harnesses_and_our_harness_share_one_environment_socket(
             for _ in range(2)
         ]
         codex = [SimulatedCodexHarness(ws) for ws in sockets]
-        ours = await ExecServerClient.connect(rendezvous.harness_url, client_name="ours")
+        ours = await ExecServerClient.connect(
+            rendezvous.harness_url, config=ClientConfig(client_name="ours")
+        )
         try:
             dirs = [tmp_path / name for name in ("codex-1", "codex-2", "ours")]
             for d in dirs:
@@ -180,8 +182,8 @@ async def test_codex_harnesses_and_our_harness_share_one_environment_socket(
 
             async def our_session() -> None:
                 for i in range(50):
-                    await ours.write_file(str(dirs[2] / f"f{i}"), bytes([i]) * 1000)
-                    assert await ours.read_file(str(dirs[2] / f"f{i}")) == bytes([i]) * 1000
+                    await ours.fs.write_file(str(dirs[2] / f"f{i}"), bytes([i]) * 1000)
+                    assert await ours.fs.read_file(str(dirs[2] / f"f{i}")) == bytes([i]) * 1000
                 result = await (await ours.start_process(["/bin/echo", "ok"])).collect()
                 assert (result.stdout, result.exit_code) == (b"ok\n", 0)
 

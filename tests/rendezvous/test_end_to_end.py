@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from exec_server.client import ExecServerClient, OutputEvent
+from exec_server.client import ClientConfig, ExecServerClient, OutputEvent
 from exec_server.environment.remote import RemoteEnvironment, RemoteEnvironmentConfig
 from exec_server.environment.server import ExecServer
 from exec_server.rendezvous.server import RendezvousConfig, RendezvousServer
@@ -60,12 +60,12 @@ async def test_every_rpc_through_the_rendezvous(stack: Stack, tmp_path: Path) ->
     async with await ExecServerClient.connect(url) as client:
         assert client.session_id
         info = await client.environment_info()
-        assert info.shell.path
+        assert info.shell_path
 
         proc = await client.start_process(["/bin/sh", "-c", "echo out; echo err >&2; exit 7"])
         result = await proc.collect()
         assert (result.stdout, result.stderr, result.exit_code) == (b"out\n", b"err\n", 7)
-        read = await client.read_process(proc.process_id)
+        read = await proc.read()
         assert read.closed and read.exit_code == 7
 
         cat = await client.start_process(["cat"], pipe_stdin=True)
@@ -94,25 +94,28 @@ async def test_every_rpc_through_the_rendezvous(stack: Stack, tmp_path: Path) ->
         await sleeper.wait()
 
         base = tmp_path / "fs"
-        await client.create_directory(str(base / "a" / "b"))
+        await client.fs.create_directory(str(base / "a" / "b"))
         payload = os.urandom(5 * 1024 * 1024 + 17)  # several relay segments
-        await client.write_file(str(base / "a" / "b" / "f.bin"), payload)
-        assert await client.read_file(str(base / "a" / "b" / "f.bin")) == payload
-        meta = await client.get_metadata(str(base / "a" / "b" / "f.bin"))
+        await client.fs.write_file(str(base / "a" / "b" / "f.bin"), payload)
+        assert await client.fs.read_file(str(base / "a" / "b" / "f.bin")) == payload
+        meta = await client.fs.get_metadata(str(base / "a" / "b" / "f.bin"))
         assert meta.is_file and meta.size == len(payload)
-        assert [e.file_name for e in await client.read_directory(str(base / "a"))] == ["b"]
-        await client.copy(str(base / "a"), str(base / "copy"), recursive=True)
+        assert [e.file_name for e in await client.fs.read_directory(str(base / "a"))] == ["b"]
+        await client.fs.copy(str(base / "a"), str(base / "copy"), recursive=True)
         assert (base / "copy" / "b" / "f.bin").read_bytes() == payload
-        digest = await client.checksum(str(base / "copy" / "b" / "f.bin"))
+        digest = await client.fs.checksum(str(base / "copy" / "b" / "f.bin"))
         assert digest.size == len(payload)
-        await client.remove(str(base / "a"))
+        await client.fs.remove(str(base / "a"))
         assert not (base / "a").exists()
 
 
 async def test_many_concurrent_streams_without_cross_talk(stack: Stack) -> None:
     url = stack.rendezvous.harness_url("e2e")
     clients = await asyncio.gather(
-        *(ExecServerClient.connect(url, client_name=f"c{i}") for i in range(40))
+        *(
+            ExecServerClient.connect(url, config=ClientConfig(client_name=f"c{i}"))
+            for i in range(40)
+        )
     )
     try:
 

@@ -35,8 +35,8 @@ from fault_support import (
     until,
 )
 
-from exec_server.client import ExecServerClient
-from exec_server.protocol.errors import ServerError
+from exec_server.cli.errors import EXIT_CONNECTION
+from exec_server.client import ExecServerClient, ServerError
 
 
 @pytest.fixture
@@ -57,12 +57,12 @@ async def test_environment_killed_mid_output_run_says_so_then_fails_clearly(
     killed_at = stack.environment.kill()
     code = await run.wait()
     status = run.line_with("the environment is offline; waiting")
-    final = run.line_with("Error:")
+    final = run.line_with("exec-server: lost the connection to")
     assert status is not None, run.lines
     assert final is not None, run.lines
     assert status[0] <= final[0]
     assert "environment_offline" in final[1] and "did not come back" in final[1]
-    assert code == 1
+    assert code == EXIT_CONNECTION
     assert run.stdout_bytes < OUTPUT_BYTES
     report(
         "kill -9 environment, 64 MiB output",
@@ -84,11 +84,11 @@ async def test_environment_killed_mid_upload_cp_says_so_then_fails_clearly(
     killed_at = stack.environment.kill()
     code = await cp.wait()
     status = cp.line_with("the environment is offline; waiting")
-    final = cp.line_with("Error:")
+    final = cp.line_with("exec-server: lost the connection to")
     assert status is not None and final is not None, cp.lines
     assert "environment_offline" in final[1]
     assert "partial file may remain (the environment is unreachable)" in final[1]
-    assert code == 1
+    assert code == EXIT_CONNECTION
     assert dest.stat().st_size < source.stat().st_size  # partial, and the error says so
     report(
         "kill -9 environment, cp upload",
@@ -234,13 +234,13 @@ async def test_full_disk_write_file_is_a_clear_error(full_disk_server: tuple[str
     target = str(disk / "big.bin")
     async with await ExecServerClient.connect(url) as client:
         with pytest.raises(ServerError) as failed:
-            await client.write_file(target, b"x" * (8 * 1024 * 1024))
+            await client.fs.write_file(target, b"x" * (8 * 1024 * 1024))
         assert "No space left on device" in failed.value.message
-        left = await client.get_metadata(target)
+        left = await client.fs.get_metadata(target)
         # In place, as Codex's fs::write: what fit stays, and the caller was told.
         assert left.size < 8 * 1024 * 1024
-        await client.remove(target)
-        await client.write_file(str(disk / "small.bin"), b"fits")  # the server is fine
+        await client.fs.remove(target)
+        await client.fs.write_file(str(disk / "small.bin"), b"fits")  # the server is fine
         report(
             "full disk, fs/writeFile",
             error=failed.value.message,
@@ -257,10 +257,10 @@ async def test_full_disk_cp_is_a_clear_error_and_leaves_no_partial_file(
     cp = await Proc.start(*CLI, "cp", "--url", url, str(source), f"{ENV}:{disk / 'big.bin'}")
     cp.collect(stdout=False)
     code = await cp.wait()
-    final = cp.line_with("Error:")
+    final = cp.line_with("exec-server: cannot write")
     assert code == 1 and final is not None, cp.lines
     assert "No space left on device" in final[1] and "partial file was removed" in final[1]
     async with await ExecServerClient.connect(url) as client:
-        names = [entry.file_name for entry in await client.read_directory(str(disk))]
+        names = [entry.file_name for entry in await client.fs.read_directory(str(disk))]
     assert "big.bin" not in names
     report("full disk, cp upload", error=final[1])

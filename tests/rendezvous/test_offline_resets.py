@@ -18,6 +18,7 @@ import msgspec
 import pytest
 from rendezvous_support import TOKEN, WAIT_S, MakeRendezvous, wait_for
 
+from exec_server.client import ClientConfig, ExecServerClient, FailedEvent, TransportClosed
 from exec_server.environment.remote import RemoteEnvironment, RemoteEnvironmentConfig
 from exec_server.environment.server import ExecServer
 from exec_server.relay.control import ENVIRONMENT_OFFLINE
@@ -133,3 +134,27 @@ async def test_harness_offline_past_its_grace_ends_the_environment_stream(setup:
     await wait_for(lambda: not setup.remote.connection.mux.streams)
     assert setup.rendezvous.router.stats.resets_sent["harness_offline"] == 1
     assert IDLE_TIMEOUT_S > GRACE_S + 10.0  # the waits above could not be idle timeouts
+
+
+async def test_the_sdk_reports_the_environment_offline_and_gives_up_without_redialing(
+    setup: Setup,
+) -> None:
+    """Through ``ClientConfig.on_relay_status`` a harness hears offline, then gone; the
+    client then fails its process and calls at once instead of redialing an environment
+    the rendezvous already waited for (its recovery would last 25 s)."""
+    statuses: list[RelayStatus] = []
+    config = ClientConfig(on_relay_status=statuses.append, recovery_timeout_s=25.0)
+    async with ExecServerClient.connect(
+        rendezvous=setup.rendezvous.base_url, environment_id=ENV, token=TOKEN, config=config
+    ) as client:
+        proc = await client.start_process(["sleep", "60"], cwd="/")
+        setup.task.cancel()  # the environment goes away and does not come back
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await setup.task
+        event = await asyncio.wait_for(proc.next_event(), GRACE_S + 10.0)
+        assert isinstance(event, FailedEvent)
+        assert "did not come back" in event.message
+        with pytest.raises(TransportClosed, match="did not come back"):
+            await client.fs.get_metadata("/")
+        assert [s.state for s in statuses] == ["offline", "gone"]
+        assert client.recoveries == 0

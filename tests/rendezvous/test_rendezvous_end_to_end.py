@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from rendezvous_support import TOKEN, WAIT_S, MakeRendezvous, auth, wait_for
 
-from exec_server.client.client import ExecServerClient
+from exec_server.client import ExecServerClient
 from exec_server.environment.remote import RemoteEnvironment, RemoteEnvironmentConfig
 from exec_server.environment.server import ExecServer
 from exec_server.rendezvous import RendezvousServer, UrlRole

@@ -110,7 +110,7 @@ async def test_stalled_harnesses_get_every_byte_and_others_keep_going(
             stall_end = time.monotonic() + STALL_S
             while time.monotonic() < stall_end:
                 sent = time.monotonic()
-                await observer.get_metadata(str(tmp_path))
+                await observer.fs.get_metadata(str(tmp_path))
                 latencies.append(time.monotonic() - sent)
                 rss.append(rss_bytes(env_pid))
                 await asyncio.sleep(0.05)

@@ -1,15 +1,14 @@
-"""The ``exec-server`` command line.
+"""``exec-server serve``: the environment server, local or remote.
 
 stdout is reserved for the transport: ``serve`` prints exactly one line (the bound
 URL) before anything else, or speaks JSON-RPC on it with ``--listen stdio``. Logs go
-to stderr.
+to stderr. (The ``exec-server`` group itself is :mod:`exec_server.cli.app`.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 import sys
@@ -36,57 +35,19 @@ from ..environment.ws_auth import (
     is_loopback_host,
     non_loopback_refusal,
 )
-from ..malloc_tuning import tune_malloc
 from ..transport.stdio import open_process_stdio
 from ..transport.websocket import DEFAULT_MAX_MESSAGE_BYTES
-from . import commands, up_cmd
-from .rendezvous_cmd import register_commands as register_rendezvous_commands
+from .tokens import read_token
 
 TOKEN_ENV = "CODEX_EXEC_SERVER_CONNECTION_TOKEN"
 REGISTRATION_TOKEN_ENV = "EXEC_SERVER_REGISTRATION_TOKEN"
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
 def _read_token(token_file: Path | None) -> str | None:
-    if token_file is not None:
-        try:
-            token = token_file.read_text().strip()
-        except OSError as exc:
-            raise click.UsageError(f"cannot read --token-file {token_file}: {exc}") from None
-        if not token:
-            raise click.UsageError(f"--token-file {token_file} is empty")
-        return token
-    env = os.environ.get(TOKEN_ENV)
-    if env is not None:
-        token = env.strip()
-        if not token:
-            raise click.UsageError(f"{TOKEN_ENV} is set but empty")
-        return token
-    return None
+    return read_token(token_file, "--token-file", TOKEN_ENV, required=False)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--log-level",
-    default=lambda: os.environ.get("EXEC_SERVER_LOG", "warning"),
-    show_default="warning (env EXEC_SERVER_LOG)",
-    help="stderr log level: debug, info, warning, error.",
-)
-def main(log_level: str) -> None:
-    """Run commands and touch files for a coding agent (Codex-compatible)."""
-    _setup_logging(log_level)
-    # Every subcommand streams large buffers (servers, run, cp); see the module.
-    tune_malloc()
-
-
-@main.command()
+@click.command()
 @click.option(
     "--listen",
     default=None,
@@ -315,11 +276,3 @@ async def _serve(stdio: bool, host: str, port: int, config: ServerConfig) -> Non
             await stop.wait()
     finally:
         await server.close()
-
-
-register_rendezvous_commands(main)
-for _command in (up_cmd.up, commands.run, commands.shell, commands.cp, commands.envs):
-    main.add_command(_command)
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

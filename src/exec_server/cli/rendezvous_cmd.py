@@ -1,26 +1,19 @@
-"""``exec-server rendezvous`` and ``exec-server harness-url``.
+"""``exec-server rendezvous``: the registry + rendezvous service.
 
-``rendezvous`` runs the registry + rendezvous service and prints its base URL
-(``http://IP:PORT``) as the only stdout line; logs go to stderr. The bearer token is
-never printed or logged, only the path of the file holding it.
-
-``harness-url`` asks a running rendezvous for a signed ``role=harness`` URL for an
-environment (``POST /cloud/environment/{id}/connect``) and prints it: give it to a Codex
-harness as ``CODEX_EXEC_SERVER_URL``, or to our client.
+It prints its base URL (``http://IP:PORT``) as the only stdout line; logs go to
+stderr. The bearer token is never printed or logged, only the path of the file
+holding it. (``harness-url``, its client side, is in :mod:`exec_server.cli.envs_cmd`.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
 import sys
 from pathlib import Path
 
 import click
 
-from ..rendezvous.credentials import TOKEN_ENV
 from ..rendezvous.errors import CredentialError
 from ..rendezvous.router import DEFAULT_ENVIRONMENT_GRACE_S, DEFAULT_HARNESS_GRACE_S
 from ..rendezvous.server import (
@@ -29,20 +22,8 @@ from ..rendezvous.server import (
     ListenUrlError,
     RendezvousConfig,
     RendezvousServer,
-    is_valid_environment_id,
     parse_listen_url,
 )
-
-__all__ = ["harness_url", "register_commands", "rendezvous"]
-
-HARNESS_URL_TIMEOUT_S = 10.0
-"""Total budget of the ``/connect`` request."""
-
-
-def register_commands(group: click.Group) -> None:
-    """Add this module's commands to the ``exec-server`` group."""
-    group.add_command(rendezvous)
-    group.add_command(harness_url)
 
 
 @click.command("rendezvous")
@@ -154,80 +135,3 @@ async def _run(config: RendezvousConfig, host: str, port: int) -> None:
         await stop.wait()
     finally:
         await server.close()
-
-
-@click.command("harness-url")
-@click.option("--rendezvous", "base_url", required=True, metavar="BASE_URL", help="Registry URL.")
-@click.option("--environment-id", required=True, help="Environment to reach.")
-@click.option(
-    "--lifetime",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Seconds the URL stays valid (default: the rendezvous's, 24 h).",
-)
-@click.option(
-    "--token-file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help=f"File holding the rendezvous bearer token (default: env {TOKEN_ENV}).",
-)
-def harness_url(
-    base_url: str, environment_id: str, lifetime: float | None, token_file: Path | None
-) -> None:
-    """Print a signed role=harness websocket URL for an environment."""
-    if not is_valid_environment_id(environment_id):
-        raise click.UsageError(
-            f"invalid --environment-id {environment_id!r}: expected 1-256 of [A-Za-z0-9_-]"
-        )
-    token = _read_token(token_file)
-    url = asyncio.run(_request_harness_url(base_url, environment_id, lifetime, token))
-    click.echo(url)
-
-
-def _read_token(token_file: Path | None) -> str:
-    if token_file is not None:
-        try:
-            token = token_file.read_text().strip()
-        except OSError as exc:
-            raise click.UsageError(f"cannot read --token-file {token_file}: {exc}") from None
-        if not token:
-            raise click.UsageError(f"--token-file {token_file} is empty")
-        return token
-    token = os.environ.get(TOKEN_ENV, "").strip()
-    if not token:
-        raise click.UsageError(f"a bearer token is required: set {TOKEN_ENV} or pass --token-file")
-    return token
-
-
-async def _request_harness_url(
-    base_url: str, environment_id: str, lifetime_s: float | None, token: str
-) -> str:
-    import aiohttp
-
-    endpoint = f"{base_url.strip().rstrip('/')}/cloud/environment/{environment_id}/connect"
-    body = {"lifetime_s": lifetime_s} if lifetime_s is not None else None
-    try:
-        async with (
-            aiohttp.ClientSession() as http,
-            http.post(
-                endpoint,
-                json=body,
-                headers={"Authorization": f"Bearer {token}"},
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=HARNESS_URL_TIMEOUT_S),
-            ) as resp,
-        ):
-            status, text = resp.status, await resp.text()
-    except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-        raise click.ClickException(f"rendezvous unreachable at {base_url}: {exc}") from None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        data = None
-    if 200 <= status < 300 and isinstance(data, dict) and isinstance(data.get("url"), str):
-        url: str = data["url"]
-        return url
-    error = data.get("error") if isinstance(data, dict) else None
-    if isinstance(error, dict) and error.get("message"):
-        detail = f"{error.get('code', 'error')}: {error['message']}"
-    else:
-        detail = text[:4096] or "empty or malformed response"
-    raise click.ClickException(f"harness URL request failed ({status}): {detail}")

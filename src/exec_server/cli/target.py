@@ -8,24 +8,23 @@ the config file (``$EXEC_SERVER_CONFIG`` or ``~/.config/exec-server/config.toml`
     environment_id = "laptop"
     token_file = "~/.config/exec-server/token"   # rendezvous token (or `token = ...`)
 
-With a rendezvous, a fresh harness URL is requested from
-``POST {rendezvous}/cloud/environment/{id}/connect`` for every connection.
+With a rendezvous, a fresh harness URL is requested from the registry for every
+connection (the SDK's ``ExecServerClient.connect(rendezvous=..., environment_id=...)``).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 import click
+import msgspec
 
-from ..client import ExecServerClient
-from ..transport.relay import StatusCallback
+from ..client import ClientConfig, Connecting, ExecServerClient, RelayStatus
+from .errors import CliError
+from .tokens import read_token_file
 
 URL_ENV = "EXEC_SERVER_URL"
 CODEX_URL_ENV = "CODEX_EXEC_SERVER_URL"
@@ -34,28 +33,27 @@ ENVIRONMENT_ENV = "EXEC_SERVER_ENVIRONMENT_ID"
 RENDEZVOUS_TOKEN_ENV = "EXEC_SERVER_RENDEZVOUS_TOKEN"
 CONNECTION_TOKEN_ENV = "CODEX_EXEC_SERVER_CONNECTION_TOKEN"
 CONFIG_ENV = "EXEC_SERVER_CONFIG"
-CONNECT_TIMEOUT_S = 10.0
+CLI_CLIENT_NAME = "exec-server-cli"
 
 
-class TargetError(click.ClickException):
-    """The command cannot tell (or reach) where to connect."""
-
-
-def _config() -> dict[str, Any]:
+def _config_file() -> dict[str, Any]:
     path = Path(
         os.environ.get(CONFIG_ENV) or Path.home() / ".config" / "exec-server" / "config.toml"
     ).expanduser()
     if not path.is_file():
         return {}
+    import tomllib
+
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise TargetError(f"cannot read config file {path}: {exc}") from None
+        raise CliError(f"cannot read config file {path}: {exc}", exit_code=2) from None
 
 
-@dataclass
-class Target:
+class Target(msgspec.Struct, frozen=True):
+    """One place to connect to, resolved from options, environment and config file."""
+
     url: str | None = None
     rendezvous: str | None = None
     environment_id: str | None = None
@@ -70,108 +68,106 @@ class Target:
         environment_id: str | None,
         token_file: Path | None,
     ) -> Target:
-        config = _config()
-        target = cls(
-            url=url
-            or os.environ.get(URL_ENV)
-            or os.environ.get(CODEX_URL_ENV)
-            or config.get("url"),
-            rendezvous=rendezvous or os.environ.get(RENDEZVOUS_ENV) or config.get("rendezvous"),
-            environment_id=environment_id
-            or os.environ.get(ENVIRONMENT_ENV)
-            or config.get("environment_id"),
-            connection_token=os.environ.get(CONNECTION_TOKEN_ENV),
-        )
+        if url and rendezvous:
+            raise CliError("give --url or --rendezvous, not both", exit_code=2)
+        config = _config_file()
         token_path = token_file or (
             Path(config["token_file"]).expanduser() if config.get("token_file") else None
         )
         if token_path is not None:
-            try:
-                target.rendezvous_token = token_path.read_text().strip()
-            except OSError as exc:
-                raise TargetError(f"cannot read token file {token_path}: {exc}") from None
+            rendezvous_token: str | None = read_token_file(token_path, "--token-file")
         else:
-            target.rendezvous_token = os.environ.get(RENDEZVOUS_TOKEN_ENV) or config.get("token")
+            rendezvous_token = os.environ.get(RENDEZVOUS_TOKEN_ENV) or config.get("token")
+        if not url and not rendezvous:
+            # Neither given: the environment, then the config file (a rendezvous wins).
+            url = os.environ.get(URL_ENV) or os.environ.get(CODEX_URL_ENV) or config.get("url")
+            rendezvous = os.environ.get(RENDEZVOUS_ENV) or config.get("rendezvous")
+        target = cls(
+            url=None if rendezvous else url,
+            rendezvous=rendezvous,
+            environment_id=environment_id
+            or os.environ.get(ENVIRONMENT_ENV)
+            or config.get("environment_id"),
+            rendezvous_token=rendezvous_token,
+            connection_token=os.environ.get(CONNECTION_TOKEN_ENV),
+        )
         if target.url is None and target.rendezvous is None:
-            raise TargetError(
-                "no exec-server to connect to: pass --url WS_URL or "
-                "--rendezvous BASE_URL --environment-id ID "
-                f"(or set {URL_ENV} / {RENDEZVOUS_ENV}, or write a config file)"
+            raise CliError(
+                "no exec-server to connect to",
+                hint="pass --url WS_URL or --rendezvous BASE_URL --environment-id ID "
+                f"(or set {URL_ENV} / {RENDEZVOUS_ENV}, or write a config file)",
+                exit_code=2,
             )
         return target
 
     def with_environment(self, environment_id: str | None) -> Target:
-        if environment_id is None:
+        """The same rendezvous, another environment (``cp ENV:/path``); with a URL the
+        name is only a label (``env:/path``) for the one server there is."""
+        if environment_id is None or self.rendezvous is None:
             return self
-        return Target(
-            self.url if self.rendezvous is None else None,
-            self.rendezvous,
-            environment_id,
-            self.rendezvous_token,
-            self.connection_token,
+        return msgspec.structs.replace(self, environment_id=environment_id)
+
+    def describe(self) -> str:
+        """The target as a person would name it (no signatures or tokens)."""
+        if self.rendezvous is not None:
+            return f"environment {self.environment_id} via {self.rendezvous}"
+        assert self.url is not None
+        parts = urlsplit(self.url)
+        return parts._replace(query="", fragment="").geturl()
+
+    def client_config(self, *, relay_status: bool = True) -> ClientConfig:
+        """The SDK config every people-facing command uses; with ``relay_status``, what
+        the rendezvous reports about the environment is printed on stderr
+        (:func:`print_relay_status`)."""
+        return ClientConfig(
+            client_name=CLI_CLIENT_NAME,
+            on_relay_status=print_relay_status if relay_status else None,
         )
 
-    async def harness_url(self) -> str:
-        if self.rendezvous is None:
-            assert self.url is not None
-            return self.url
-        if not self.environment_id:
-            raise TargetError("--environment-id is required with --rendezvous")
-        if not self.rendezvous_token:
-            raise TargetError(
-                f"a rendezvous token is required: set {RENDEZVOUS_TOKEN_ENV} or pass --token-file"
-            )
-        base = self.rendezvous.rstrip("/")
-        endpoint = f"{base}/cloud/environment/{self.environment_id}/connect"
+    def connect(self, *, relay_status: bool = True) -> Connecting:
+        """``async with target.connect() as client``; ConnectError when it fails.
+        ``relay_status=False`` keeps status lines off stderr (a raw-mode terminal)."""
+        config = self.client_config(relay_status=relay_status)
+        if self.rendezvous is not None:
+            if not self.environment_id:
+                raise CliError(
+                    "--environment-id is required with --rendezvous",
+                    hint=f"or set {ENVIRONMENT_ENV}; `exec-server envs` lists them",
+                    exit_code=2,
+                )
+            if not self.rendezvous_token:
+                raise CliError(
+                    "a rendezvous token is required",
+                    hint=f"set {RENDEZVOUS_TOKEN_ENV} or pass --token-file",
+                    exit_code=2,
+                )
+            try:
+                return ExecServerClient.connect(
+                    rendezvous=self.rendezvous,
+                    environment_id=self.environment_id,
+                    token=self.rendezvous_token,
+                    config=config,
+                )
+            except ValueError as exc:
+                raise CliError(str(exc), exit_code=2) from None
+        assert self.url is not None
         try:
-            async with (
-                aiohttp.ClientSession() as http,
-                http.post(
-                    endpoint,
-                    headers={"Authorization": f"Bearer {self.rendezvous_token}"},
-                    allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=CONNECT_TIMEOUT_S),
-                ) as resp,
-            ):
-                body = await resp.text()
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise TargetError(f"cannot reach rendezvous {base}: {exc}") from None
-        return _url_from_connect(status, body, self.environment_id)
-
-    async def connect(
-        self,
-        client_name: str = "exec-server-cli",
-        on_relay_status: StatusCallback | None = None,
-    ) -> ExecServerClient:
-        url = await self.harness_url()
-        try:
-            return await ExecServerClient.connect(
-                url,
-                client_name=client_name,
-                token=self.connection_token,
-                on_relay_status=on_relay_status,
-            )
-        except (OSError, TimeoutError) as exc:
-            raise TargetError(str(exc)) from None
+            return ExecServerClient.connect(self.url, token=self.connection_token, config=config)
+        except ValueError as exc:
+            raise CliError(f"bad --url: {exc}", exit_code=2) from None
 
 
-def _url_from_connect(status: int, body: str, environment_id: str) -> str:
-    try:
-        data = json.loads(body) if body else {}
-    except ValueError:
-        data = {}
-    if status != 200:
-        err = data.get("error", {}) if isinstance(data, dict) else {}
-        message = err.get("message") if isinstance(err, dict) else None
-        raise TargetError(
-            f"rendezvous refused access to environment {environment_id} ({status}): "
-            f"{message or body[:300] or 'no details'}"
-        )
-    url = data.get("url") if isinstance(data, dict) else None
-    if not isinstance(url, str):
-        raise TargetError("rendezvous answered /connect without a url")
-    return url
+def print_relay_status(status: RelayStatus) -> None:
+    """Tell the person at the terminal why nothing is happening (stderr)."""
+    if status.state == "offline":
+        wait = f" up to {status.grace_s:.0f}s" if status.grace_s is not None else ""
+        click.echo(f"exec-server: the environment is offline; waiting{wait} for it", err=True)
+    elif status.state == "online":
+        click.echo("exec-server: the environment is back online", err=True)
+    elif status.state == "reconnecting":
+        click.echo(f"exec-server: lost the rendezvous ({status.detail}); reconnecting", err=True)
+    elif status.state == "reconnected":
+        click.echo("exec-server: reconnected to the rendezvous", err=True)
 
 
 def target_options(func: Any) -> Any:

@@ -1,31 +1,70 @@
-"""Harness SDK: :class:`ExecServerClient` and process handles."""
+"""The harness SDK: drive an exec-server (processes and files) from Python.
 
-from .client import (
+::
+
+    from exec_server.client import ExecServerClient
+
+    async with ExecServerClient.connect("ws://127.0.0.1:8765") as client:
+        result = await client.run(["uname", "-a"])
+
+See :class:`ExecServerClient` and the README's SDK section. Every error raised here
+is an :class:`ExecServerError`.
+"""
+
+from ..transport.relay_status import RelayStatus, StatusCallback
+from .client import DEFAULT_RUN_OUTPUT_BYTES, ExecServerClient
+from .config import (
+    DEFAULT,
     DEFAULT_OUTPUT_CHUNK_BYTES,
-    ClientTimeouts,
-    ClosedEvent,
-    ExecServerClient,
-    ExitedEvent,
-    FailedEvent,
-    OutputEvent,
-    ProcessEvent,
-    ProcessFailed,
-    ProcessHandle,
-    ProcessResult,
+    ClientConfig,
+    Timeout,
+    Timeouts,
 )
-from .rpc import TransportClosed
+from .connect import Connecting
+from .errors import (
+    ConnectError,
+    ExecServerError,
+    ProcessFailed,
+    ProcessTimeout,
+    RegistryError,
+    RequestTimeout,
+    ServerError,
+    SessionExpired,
+    TransportClosed,
+)
+from .events import ClosedEvent, ExitedEvent, FailedEvent, OutputEvent, ProcessEvent
+from .fs import FileSystem
+from .info import EnvironmentInfo, local_path
+from .process import ProcessHandle, ProcessResult
 
 __all__ = [
+    "DEFAULT",
     "DEFAULT_OUTPUT_CHUNK_BYTES",
-    "ClientTimeouts",
+    "DEFAULT_RUN_OUTPUT_BYTES",
+    "ClientConfig",
     "ClosedEvent",
+    "ConnectError",
+    "Connecting",
+    "EnvironmentInfo",
     "ExecServerClient",
+    "ExecServerError",
     "ExitedEvent",
     "FailedEvent",
+    "FileSystem",
     "OutputEvent",
     "ProcessEvent",
     "ProcessFailed",
     "ProcessHandle",
     "ProcessResult",
+    "ProcessTimeout",
+    "RegistryError",
+    "RelayStatus",
+    "RequestTimeout",
+    "ServerError",
+    "SessionExpired",
+    "StatusCallback",
+    "Timeout",
+    "Timeouts",
     "TransportClosed",
+    "local_path",
 ]

@@ -4,8 +4,10 @@ Requests get integer ids from 1, like the Rust client. Responses are matched by 
 and may arrive in any order. Notifications are handed, still raw, to one callback
 that routes it and may return an awaitable: the reader then waits for it before
 reading on, which is how a slow consumer pushes back on the server.
-When the channel ends, every pending call
-fails with :class:`TransportClosed` and so does every later call.
+``process/output`` notifications, most of the bytes a server sends, take a shorter
+path (:func:`~exec_server.client.events.decode_output`) to their own callback.
+When the channel ends, every pending call fails with :class:`TransportClosed` and
+so does every later call.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from ..protocol.errors import TRANSPORT_CLOSED, ServerError
 from ..protocol.jsonrpc import (
     ErrorResponse,
     MalformedMessage,
@@ -31,6 +32,8 @@ from ..protocol.jsonrpc import (
     parse_message,
 )
 from ..transport.channel import ChannelClosed, MalformedFrame, MessageChannel
+from .errors import ServerError, TransportClosed
+from .events import OutputCallback, decode_output
 
 log = logging.getLogger(__name__)
 
@@ -41,32 +44,32 @@ NotificationCallback = Callable[[str, msgspec.Raw], Awaitable[None] | None]
 DisconnectCallback = Callable[[str], None]
 
 
-class TransportClosed(ServerError):
-    """The connection to the exec-server is gone."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(TRANSPORT_CLOSED, reason)
-
-
 class RpcClient:
-    """Owns one channel's reader task; use as an async context manager or close()."""
+    """Owns one channel's reader task; call :meth:`start`, then :meth:`close`."""
 
     def __init__(
         self,
         channel: MessageChannel,
         on_notification: NotificationCallback,
         on_disconnect: DisconnectCallback | None = None,
+        on_output: OutputCallback | None = None,
     ) -> None:
         self._channel = channel
         self._on_notification = on_notification
         self._on_disconnect = on_disconnect
+        self._on_output = on_output
         self._ids = itertools.count(1)
         self._pending: dict[int | str, asyncio.Future[msgspec.Raw]] = {}
+        self._methods: dict[int | str, str] = {}
         self._closed_reason: str | None = None
         self._reader: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._reader = asyncio.get_running_loop().create_task(self._read_loop())
+
+    @property
+    def channel(self) -> MessageChannel:
+        return self._channel
 
     @property
     def closed(self) -> bool:
@@ -83,6 +86,7 @@ class RpcClient:
         request_id = next(self._ids)
         future: asyncio.Future[msgspec.Raw] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
+        self._methods[request_id] = method
         try:
             try:
                 await self._channel.send(encode_request(request_id, method, params))
@@ -91,6 +95,7 @@ class RpcClient:
             raw = await future
         finally:
             self._pending.pop(request_id, None)
+            self._methods.pop(request_id, None)
         return msgspec.json.decode(raw, type=result_type)
 
     async def notify(self, method: str, params: Any = None) -> None:
@@ -104,6 +109,7 @@ class RpcClient:
 
     async def _read_loop(self) -> None:
         reason: str | None = None
+        on_output = self._on_output
         try:
             while True:
                 try:
@@ -111,39 +117,51 @@ class RpcClient:
                 except ChannelClosed as exc:
                     reason = exc.reason
                     return
-                if isinstance(raw, MalformedFrame):
-                    reason = f"malformed frame from exec-server: {raw.detail}"
-                    return
-                try:
-                    message = parse_message(raw)
-                except MalformedMessage as exc:
-                    reason = f"malformed message from exec-server: {exc}"
-                    return
-                if isinstance(message, Response):
-                    fut = self._pending.get(message.id)
-                    if fut is not None and not fut.done():
-                        fut.set_result(message.result)
-                elif isinstance(message, ErrorResponse):
-                    fut = self._pending.get(message.id)
-                    err = message.error
-                    if fut is not None and not fut.done():
-                        fut.set_exception(ServerError(err.code, err.message, err.data))
-                    elif message.id == -1:
-                        log.warning("exec-server reported a protocol error: %s", err.message)
-                elif isinstance(message, Notification):
-                    try:
-                        waiter = self._on_notification(message.method, message.params)
+                if on_output is not None and type(raw) is bytes:
+                    output = decode_output(raw)
+                    if output is not None:
+                        waiter = on_output(*output)
                         if waiter is not None:
                             await waiter
-                    except Exception:
-                        log.exception("notification handler failed for %s", message.method)
-                elif isinstance(message, Request):
-                    reason = f"exec-server sent an unexpected request `{message.method}`"
+                        continue
+                reason = await self._dispatch(raw)
+                if reason is not None:
                     return
         finally:
             self._fail_all(_disconnect_message(reason))
             with contextlib.suppress(Exception):
                 await self._channel.close(reason)
+
+    async def _dispatch(self, raw: bytes | str | MalformedFrame) -> str | None:
+        """Handle one message; returns why the connection must end, if it must."""
+        if isinstance(raw, MalformedFrame):
+            return f"malformed frame from exec-server: {raw.detail}"
+        try:
+            message = parse_message(raw)
+        except MalformedMessage as exc:
+            return f"malformed message from exec-server: {exc}"
+        if isinstance(message, Response):
+            fut = self._pending.get(message.id)
+            if fut is not None and not fut.done():
+                fut.set_result(message.result)
+        elif isinstance(message, ErrorResponse):
+            fut = self._pending.get(message.id)
+            err = message.error
+            if fut is not None and not fut.done():
+                method = self._methods.get(message.id, "")
+                fut.set_exception(ServerError(err.code, err.message, err.data, method))
+            elif message.id == -1:
+                log.warning("exec-server reported a protocol error: %s", err.message)
+        elif isinstance(message, Notification):
+            try:
+                waiter = self._on_notification(message.method, message.params)
+                if waiter is not None:
+                    await waiter
+            except Exception:
+                log.exception("notification handler failed for %s", message.method)
+        elif isinstance(message, Request):
+            return f"exec-server sent an unexpected request `{message.method}`"
+        return None
 
     def _fail_all(self, message: str) -> None:
         first = self._closed_reason is None

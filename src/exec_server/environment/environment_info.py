@@ -36,6 +36,13 @@ def capabilities() -> m.EnvironmentCapabilities:
         fs_watch_missing=inotify_available(),
         environment_config_read=True,
         file_write_streaming=True,
+        # capabilities/discoverV2 and capabilityRoots/discoverV1, each read through
+        # the request's (or root's) sandbox.
+        capability_discovery_v2=True,
+        capability_discovery_sandbox=True,
+        # fs/open under a sandbox checks the policy when the handle is opened (the
+        # differential suite compares it with 0.171's).
+        sandboxed_file_streaming=True,
     )
 
 

@@ -41,7 +41,8 @@ from ..protocol.messages import (
     FsWalkResult,
 )
 from ..protocol.path_uri import parse_wire_path
-from .fs_handler import FileSystemHandler, os_error_text
+from .fs_handler import FileSystemHandler
+from .rust_compat import os_error_text
 from .sandbox import FsSandbox, parse_sandbox
 
 MAX_WALK_DEPTH = 64
@@ -169,7 +170,7 @@ def _list(directory: str, sandbox: FsSandbox | None) -> list[str]:
     """Entry names of ``directory`` that ``fs/readDirectory`` would report, in byte
     order: entries that cannot be stat'ed (broken symlinks) and, under a sandbox,
     invisible ones are left out, as there."""
-    location = directory if sandbox is None else sandbox.check_visible(directory)
+    location = directory if sandbox is None else sandbox.check_list(directory)
     names: list[str] = []
     with os.scandir(directory) as listing:
         for entry in listing:

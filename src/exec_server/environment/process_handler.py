@@ -73,6 +73,8 @@ from ..protocol.messages import (
 )
 from ..protocol.path_uri import file_uri_to_path, speaks_uri
 from ..protocol.rust_uuid import uuid_error
+from .child_signals import prepare_child_signals
+from .rust_compat import os_error_text
 from .sandbox import UnsupportedPolicy, parse_sandbox, resolve_policy
 from .sandbox.confinement import (
     DEFAULT_ENFORCER,
@@ -270,11 +272,11 @@ def _acquire_controlling_tty() -> None:
 
 
 def _os_error_text(exc: OSError) -> str:
-    # Rust's io::Error display, which Codex sends verbatim, e.g.
-    # "No such file or directory (os error 2)".
+    # Rust's io::Error display on Codex's musl build, sent verbatim, e.g.
+    # "No such file or directory (os error 2)" (the same text as fs/* errors).
     if exc.errno is None:
         return str(exc)
-    return f"{os.strerror(exc.errno)} (os error {exc.errno})"
+    return os_error_text(exc.errno)
 
 
 def _set_winsize(fd: int, rows: int, cols: int) -> None:
@@ -761,6 +763,10 @@ class _Process:
         seq = self.next_seq
         self.next_seq = seq + 1
         self.exit_code = self._exit_code_of(returncode)
+        if self.confined:
+            # As 0.171, whose sandboxed command is the init of its own pid namespace:
+            # when it exits, what it left running in the background goes with it.
+            self.kill_group(signal_module.SIGKILL)
         exited = ProcessExitedNotification(process_id=self.id, seq=seq, exit_code=self.exit_code)
         if self.confined:
             # Judged as 0.171 does, with a death by signal N counted as 128 + N.
@@ -1013,6 +1019,7 @@ class ProcessManager:
         self._notify = notify
         self._limits = limits
         self._enforcer = enforcer
+        prepare_child_signals()
         self._placeholder_timer: asyncio.TimerHandle | None = None
         self._processes: dict[str, _Process | _Starting] = {}
         self._closed = False

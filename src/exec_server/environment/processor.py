@@ -52,6 +52,7 @@ from ..transport.channel import (
     MessageChannel,
     MessageTooLargeForTransport,
 )
+from .capabilities.requests import discover_capabilities_v2, discover_capability_roots
 from .environment_config import read_environment_config
 from .environment_info import environment_info
 from .file_handles import FileHandleTable
@@ -103,6 +104,7 @@ _FAMILY_ENV_INFO = "environment info"
 _FAMILY_ENV_STATUS = "environment status"
 _FAMILY_ENV_CONFIG = "environment config"
 _FAMILY_HTTP = "http"
+_FAMILY_CAPABILITIES = "capability discovery"
 
 TAKEN_OVER_MESSAGE = "session has been resumed by another connection"
 
@@ -242,6 +244,14 @@ class ConnectionProcessor:
                 result = await self._fs.run_blocking(
                     functools.partial(read_environment_config, config_params)
                 )
+            elif req.method == m.CAPABILITIES_DISCOVER:
+                discover_params = decode_params(req.params, m.DiscoverCapabilitiesParams)
+                self._check_ready(_FAMILY_CAPABILITIES)
+                result = await discover_capabilities_v2(self._fs, discover_params)
+            elif req.method == m.CAPABILITY_ROOTS_DISCOVER:
+                roots_params = decode_params(req.params, m.CapabilityRootsDiscoverParams)
+                self._check_ready(_FAMILY_CAPABILITIES)
+                result = await discover_capability_roots(self._fs, roots_params)
             elif req.method == m.ENVIRONMENT_STATUS:
                 self._check_ready(_FAMILY_ENV_STATUS)
                 decode_unit_params(req.params)

@@ -24,8 +24,6 @@ detach and can be resumed with ``initialize{resumeSessionId}``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import random
 import re
@@ -35,6 +33,7 @@ from typing import Literal
 import aiohttp
 
 from ..relay.stream_mux import MuxConfig, MuxRole
+from ..transport.registry_client import RegistryClient, RegistryError
 from ..transport.relay import (
     RelayConfig,
     RelayConnection,
@@ -54,7 +53,6 @@ REGISTRY_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 10.0
 #: Relay streams one environment socket carries at most.
 ENVIRONMENT_MAX_STREAMS = 4096
-ERROR_BODY_PREVIEW_CHARS = 4096
 
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 
@@ -93,56 +91,30 @@ class RemoteEnvironmentConfig:
         if not self.token.strip():
             raise ValueError("the registration token is empty")
 
-    @property
-    def register_url(self) -> str:
-        base = self.base_url.strip().rstrip("/")
-        return f"{base}/cloud/{self.path_flavor}/{self.environment_id}/register"
 
-
-async def register(http: aiohttp.ClientSession, config: RemoteEnvironmentConfig) -> str:
+async def register(registry: RegistryClient, config: RemoteEnvironmentConfig) -> str:
     """POST the registration; return the rendezvous websocket URL."""
-    params = {"name": config.name} if config.name else None
     try:
-        async with http.post(
-            config.register_url,
-            headers={"Authorization": f"Bearer {config.token}"},
-            params=params,
-            allow_redirects=False,
-            timeout=aiohttp.ClientTimeout(total=REGISTRY_TIMEOUT_S),
-        ) as resp:
-            body = await resp.text()
-            status = resp.status
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise _RetryableRegistrationError(f"environment registry unreachable: {exc}") from None
-    if 200 <= status < 300:
-        try:
-            data = json.loads(body) if body else {}
-        except ValueError:
-            raise RegistrationError("environment registry returned invalid JSON") from None
-        url = data.get("url") if isinstance(data, dict) else None
-        if not isinstance(url, str) or not url:
-            raise RegistrationError("environment registry response is missing field `url`")
-        returned_id = data.get(f"{config.path_flavor}_id")
-        if returned_id is not None and returned_id != config.environment_id:
-            raise RegistrationError("environment registry returned a different environment id")
-        return url
-    message = _error_message(body)
-    if status in (401, 403):
-        raise RegistrationError(f"environment registry authentication failed ({status}): {message}")
-    if status >= 500 or status in (408, 429):
-        raise _RetryableRegistrationError(f"environment registry error ({status}): {message}")
-    raise RegistrationError(f"environment registry request failed ({status}): {message}")
+        registration = await registry.register(config.environment_id, name=config.name)
+    except RegistryError as exc:
+        message = _registration_problem(exc)
+        if exc.transient:
+            raise _RetryableRegistrationError(message) from None
+        raise RegistrationError(message) from None
+    return registration.url
 
 
-def _error_message(body: str) -> str:
-    with contextlib.suppress(ValueError):
-        data = json.loads(body)
-        if isinstance(data, dict) and isinstance(data.get("error"), dict):
-            err = data["error"]
-            code, message = err.get("code"), err.get("message")
-            if message:
-                return f"{message} ({code})" if code else str(message)
-    return body[:ERROR_BODY_PREVIEW_CHARS] or "empty or malformed error body"
+def _registration_problem(exc: RegistryError) -> str:
+    if exc.status == 0:
+        return f"environment registry unreachable: {exc.message}"
+    if 200 <= exc.status < 300:
+        return f"environment registry {exc.message}"
+    detail = f"{exc.message} ({exc.code})" if exc.code else exc.message
+    if exc.unauthorized:
+        return f"environment registry authentication failed ({exc.status}): {detail}"
+    if exc.transient:
+        return f"environment registry error ({exc.status}): {detail}"
+    return f"environment registry request failed ({exc.status}): {detail}"
 
 
 class RemoteEnvironment:
@@ -166,10 +138,20 @@ class RemoteEnvironment:
     async def run(self) -> None:
         """Register, connect and serve; returns only by raising RegistrationError."""
         fatal: RegistrationError | None = None
-        async with aiohttp.ClientSession() as http, asyncio.TaskGroup() as streams:
+        async with (
+            aiohttp.ClientSession() as http,
+            RegistryClient(
+                self.config.base_url,
+                self.config.token,
+                flavor=self.config.path_flavor,
+                timeout_s=REGISTRY_TIMEOUT_S,
+                session=http,
+            ) as registry,
+            asyncio.TaskGroup() as streams,
+        ):
             self._streams = streams
             try:
-                await self._loop(http)
+                await self._loop(http, registry)
             except RegistrationError as exc:
                 fatal = exc  # raised below, outside the TaskGroup, unwrapped
             finally:
@@ -177,11 +159,11 @@ class RemoteEnvironment:
         assert fatal is not None
         raise fatal
 
-    async def _loop(self, http: aiohttp.ClientSession) -> None:
+    async def _loop(self, http: aiohttp.ClientSession, registry: RegistryClient) -> None:
         backoff = self.config.initial_backoff_s
         while True:
             try:
-                url = await register(http, self.config)
+                url = await register(registry, self.config)
                 self.registrations += 1
                 log.info(
                     "exec-server remote environment registered with environment_id %s",

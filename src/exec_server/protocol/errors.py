@@ -15,7 +15,6 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 NOT_FOUND = -32004
 SESSION_ALREADY_ATTACHED = -32010
-TRANSPORT_CLOSED = -32000
 
 
 class RpcError(Exception):
@@ -77,14 +76,3 @@ class SessionAlreadyAttached(RpcError):
     """
 
     code = INVALID_REQUEST
-
-
-class ServerError(RpcError):
-    """An error received from the server, as seen by a client."""
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message, data=data)
-        self.code = code
-
-    def __str__(self) -> str:
-        return f"{self.message} (code {self.code})"

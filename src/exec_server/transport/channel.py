@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+#: Default ceiling for one inbound JSON-RPC message. A 256 MiB file is ~342 MiB of
+#: base64, so 512 MiB leaves room for a 384 MiB file per message.
+DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
+
 
 class ChannelClosed(Exception):
     """The channel ended; ``reason`` says why when the transport knows."""

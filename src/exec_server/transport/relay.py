@@ -65,6 +65,7 @@ from ..relay.stream_mux import MuxConfig, MuxRole, StreamMux
 from .channel import ChannelClosed, MessageTooLargeForTransport
 from .picows_socket import HEADROOM as PICOWS_HEADROOM
 from .picows_socket import PicowsRelaySocket, dial_picows_relay_socket
+from .relay_status import RelayStatus, StatusCallback
 from .websocket import (
     AnyWebSocket,
     Keepalive,
@@ -92,25 +93,6 @@ class RelayConfig:
     max_channel_inbox_bytes: int = MAX_CHANNEL_INBOX_BYTES
     inbox_hold_bytes: int = INBOX_HOLD_BYTES
     keepalive: KeepaliveConfig = field(default_factory=KeepaliveConfig)
-
-
-@dataclass(frozen=True, slots=True)
-class RelayStatus:
-    """What a harness learns about the environment behind its relay stream.
-
-    ``state`` is ``"offline"`` (the rendezvous lost the environment's socket and holds
-    the stream for ``grace_s`` seconds), ``"online"`` (it is back), ``"gone"`` (the
-    grace ended: the stream was reset with ``environment_offline``; nothing will come),
-    ``"reconnecting"`` (the harness lost its own socket to the rendezvous and redials
-    for up to ``grace_s`` seconds; ``detail`` says why) or ``"reconnected"``.
-    """
-
-    state: str
-    grace_s: float | None = None
-    detail: str = ""
-
-
-StatusCallback = Callable[[RelayStatus], None]
 
 
 class RelayStreamChannel:

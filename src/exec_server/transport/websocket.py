@@ -28,13 +28,10 @@ from typing import Protocol
 from aiohttp import ClientError, ClientSession, ClientWebSocketResponse, WSMsgType, web
 from aiohttp.client_exceptions import ClientConnectionResetError
 
+from .channel import DEFAULT_MAX_MESSAGE_BYTES as DEFAULT_MAX_MESSAGE_BYTES
 from .channel import ChannelClosed, MalformedFrame
 
 log = logging.getLogger(__name__)
-
-#: Default ceiling for one inbound JSON-RPC message. A 256 MiB file is ~342 MiB of
-#: base64, so 512 MiB leaves room for a 384 MiB file per message.
-DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 
 AnyWebSocket = web.WebSocketResponse | ClientWebSocketResponse
 

@@ -1,0 +1,179 @@
+"""How a client reaches a server: the dialers behind ``ExecServerClient.connect``.
+
+Each dialer is a coroutine factory returning a fresh
+:class:`~exec_server.transport.channel.MessageChannel`; the client calls it again to
+recover a lost session. Transports are imported when first dialed, so a local
+``ws://`` connection never loads the relay or the registry's HTTP stack.
+
+Every failure becomes :class:`~exec_server.client.ConnectError`, worded with what
+was dialed, and ``transient`` when dialing again later may help.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from ..transport.channel import MessageChannel
+from ..transport.registry_client import RegistryClient, RegistryError
+from ..transport.relay_status import RelayStatus, StatusCallback
+from .config import ClientConfig
+from .errors import ConnectError
+
+if TYPE_CHECKING:
+    from .client import ExecServerClient
+
+#: A factory of fresh channels to the same server (used again to recover a session).
+Reconnect = Callable[[], Awaitable[MessageChannel]]
+
+
+class Connecting:
+    """What ``ExecServerClient.connect`` returns: await it for the client, or use it
+    as ``async with`` (the client is closed on exit), as websockets' ``connect``."""
+
+    def __init__(self, open_client: Callable[[], Coroutine[Any, Any, ExecServerClient]]) -> None:
+        self._open = open_client
+        self._client: ExecServerClient | None = None
+
+    def __await__(self) -> Generator[Any, None, ExecServerClient]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> ExecServerClient:
+        self._client = await self._open()
+        return self._client
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+
+class RelayWatch:
+    """Hears the relay's status reports on every channel one client dials, passes them
+    on (``ClientConfig.on_relay_status``) and remembers when the rendezvous gave the
+    environment up, so that recovery does not dial it again."""
+
+    def __init__(self, user: StatusCallback | None) -> None:
+        self.user = user
+        self.gone: RelayStatus | None = None
+
+    def __call__(self, status: RelayStatus) -> None:
+        if status.state == "gone":
+            self.gone = status
+        if self.user is not None:
+            self.user(status)
+
+
+def is_harness_url(url: str) -> bool:
+    """True for a rendezvous ``role=harness`` URL (how Codex picks the relay)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    return "harness" in parse_qs(urlsplit(url).query).get("role", [])
+
+
+def dial_url(
+    url: str, token: str | None, config: ClientConfig, watch: RelayWatch | None = None
+) -> Reconnect:
+    """Dial a local server's ``ws://`` URL, or a ``role=harness`` rendezvous URL (whose
+    status reports go to ``watch``)."""
+    if not url.startswith(("ws://", "wss://")):
+        raise ValueError(f"expected a ws:// or wss:// URL, got {url!r}")
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    if is_harness_url(url):
+        return lambda: _dial_relay(url, headers, config, watch)
+    return lambda: _dial_websocket(url, headers, config)
+
+
+def dial_rendezvous(
+    rendezvous: str,
+    environment_id: str,
+    token: str | None,
+    config: ClientConfig,
+    watch: RelayWatch | None = None,
+) -> Reconnect:
+    """Ask the registry for a fresh harness URL for ``environment_id``, then dial it
+    (its status reports go to ``watch``)."""
+    registry = RegistryClient(rendezvous, token, timeout_s=config.timeouts.connect_s)
+
+    async def dial() -> MessageChannel:
+        try:
+            harness = await registry.connect(environment_id)
+        except RegistryError as exc:
+            raise ConnectError(
+                f"cannot reach environment {environment_id} through {registry.base_url}: "
+                f"{_registry_problem(exc)}",
+                status=exc.status or None,
+                transient=exc.transient,
+            ) from exc
+        finally:
+            await registry.close()
+        return await _dial_relay(harness.url, None, config, watch)
+
+    return dial
+
+
+async def _dial_websocket(
+    url: str, headers: Mapping[str, str] | None, config: ClientConfig
+) -> MessageChannel:
+    from ..transport.websocket_client import WebSocketDialError, connect_websocket_client
+
+    try:
+        return await connect_websocket_client(
+            url,
+            headers=headers,
+            timeout_s=config.timeouts.connect_s,
+            max_message_bytes=config.max_message_bytes,
+        )
+    except WebSocketDialError as exc:
+        raise ConnectError(str(exc), status=exc.status, transient=exc.transient) from None
+
+
+async def _dial_relay(
+    url: str, headers: Mapping[str, str] | None, config: ClientConfig, watch: RelayWatch | None
+) -> MessageChannel:
+    from ..transport.relay import connect_harness_relay
+
+    try:
+        return await connect_harness_relay(
+            url,
+            headers=dict(headers) if headers else None,
+            timeout_s=config.timeouts.connect_s,
+            on_status=watch if watch is not None else config.on_relay_status,
+        )
+    except (OSError, TimeoutError) as exc:
+        raise ConnectError(str(exc) or f"cannot connect to {_redact(url)}") from None
+
+
+async def spawn_stdio_channel(
+    argv: list[str] | None, env: Mapping[str, str] | None, config: ClientConfig
+) -> MessageChannel:
+    from ..transport.stdio import spawn_stdio_server
+
+    argv = argv or [sys.executable, "-m", "exec_server", "serve", "--listen", "stdio"]
+    try:
+        return await spawn_stdio_server(argv, env=dict(env) if env is not None else None)
+    except OSError as exc:
+        raise ConnectError(f"cannot start exec-server {argv[0]}: {exc}", transient=False) from None
+
+
+def _registry_problem(exc: RegistryError) -> str:
+    if exc.unauthorized:
+        return f"the registry refused the token ({exc.status}): {exc.message}"
+    if exc.status == 0:
+        return exc.message
+    return f"{exc.status} {exc.code}: {exc.message}".replace("  ", " ")
+
+
+def _redact(url: str) -> str:
+    """A URL without its query (signed URLs carry their signature there)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts._replace(query="", fragment="").geturl()
