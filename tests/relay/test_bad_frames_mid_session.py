@@ -53,7 +53,7 @@ from exec_server.relay.proto.relay_v1_pb2 import (
 )
 from exec_server.relay.reliable_stream import StreamDropReason
 from exec_server.relay.stream_mux import MuxDropReason
-from exec_server.transport.relay import HarnessRelayChannel
+from exec_server.transport.harness_relay import HarnessRelayChannel
 
 SEED = 7
 INJECTION_GAP_S = 0.003

@@ -9,7 +9,7 @@ The loop (Codex E1, plus what Codex left out):
    errors are retried.
 2. Dial ``url`` verbatim (no compression, keepalive pings every 30 s, 60 s pong
    timeout, the rendezvous control subprotocol offered) and drive one
-   :class:`~exec_server.transport.relay.RelayConnection` over it: every relay stream
+   :class:`~exec_server.transport.relay_connection.RelayConnection` over it: every relay stream
    becomes a :class:`~exec_server.environment.processor.ConnectionProcessor` on the
    server's shared session registry.
 3. When the socket ends, wait and go back to 1. Backoff starts at 1 s, doubles to
@@ -34,7 +34,7 @@ import aiohttp
 
 from ..relay.stream_mux import MuxConfig, MuxRole
 from ..transport.registry_client import RegistryClient, RegistryError
-from ..transport.relay import (
+from ..transport.relay_connection import (
     RelayConfig,
     RelayConnection,
     RelayStreamChannel,

@@ -8,7 +8,7 @@ frames in C without a task switch per message. Measured in ``benchmarks/relay_be
 (CPU seconds per process; ``benchmarks/README.md``).
 
 :class:`PicowsRelaySocket` offers the part of aiohttp's websocket API that
-:class:`~exec_server.transport.relay.RelayConnection` and
+:class:`~exec_server.transport.relay_connection.RelayConnection` and
 :class:`~exec_server.transport.websocket.Keepalive` use (``receive``, ``send_frame``,
 ``ping``, ``pong``, ``close``, ``close_code``, ``exception``, ``protocol``, ``closed``),
 so the relay adapter drives either kind of socket unchanged. Pings from the peer are

@@ -35,10 +35,9 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from aiohttp import ClientSession, ClientWebSocketResponse, WSMsgType, web
 
@@ -141,7 +140,8 @@ class RelayStreamChannel:
             self._connection.mux.hold_events(self.stream_id)
         return True
 
-    def _end(self, reason: str) -> None:
+    def end(self, reason: str) -> None:
+        """End the channel (its stream is not reset: see :meth:`close`)."""
         if self._end_reason is None:
             self._end_reason = reason
         self._readable.set()
@@ -176,14 +176,14 @@ class RelayStreamChannel:
             except MessageTooLarge as exc:
                 raise MessageTooLargeForTransport(str(exc)) from None
             except StreamClosed as exc:
-                self._end(str(exc))
+                self.end(str(exc))
                 raise ChannelClosed(self._end_reason) from None
             return
 
     async def close(self, reason: str | None = None) -> None:
         if self._end_reason is not None:
             return
-        self._end(reason or "closed")
+        self.end(reason or "closed")
         self._connection.close_stream(self.stream_id, reason or "closed")
 
 
@@ -205,6 +205,8 @@ class RelayConnection:
         self.on_status = on_status
         """Harness side: called with every :class:`RelayStatus` report."""
         self._wake = asyncio.Event()
+        self._flushed = asyncio.Event()  # set while the writer has nothing left to write
+        self._flushed.set()
         self._timer: asyncio.TimerHandle | None = None
         self._progress = asyncio.Event()
         self._sockets = 0
@@ -255,7 +257,14 @@ class RelayConnection:
         self._progress = asyncio.Event()
 
     def _output_pending(self) -> None:
+        self._flushed.clear()
         self._wake.set()
+
+    async def flushed(self) -> None:
+        """Return once everything queued so far is written, or no socket is up (the
+        rest then waits for the next socket)."""
+        while self._connected and not self._flushed.is_set():
+            await self._flushed.wait()
 
     def release_events(self, stream_id: str) -> None:
         """A consumer drained its inbox: hand out the stream's held events again (taking
@@ -282,7 +291,7 @@ class RelayConnection:
                         event.stream_id,
                         self.config.max_channel_inbox_bytes,
                     )
-                    channel._end("receive_buffer_overflow")
+                    channel.end("receive_buffer_overflow")
                     self.close_stream(event.stream_id, "receive_buffer_overflow")
             elif isinstance(event, StreamOpened):
                 stream = self.mux.streams.get(event.stream_id)
@@ -295,7 +304,7 @@ class RelayConnection:
             elif isinstance(event, StreamReset):
                 channel = self.channels.pop(event.stream_id, None)
                 if event.remote and event.reason == ENVIRONMENT_OFFLINE:
-                    self._report(
+                    self.report(
                         RelayStatus(
                             "gone",
                             detail="the environment went offline and did not come back "
@@ -303,12 +312,13 @@ class RelayConnection:
                         )
                     )
                 if channel is not None:
-                    channel._end(event.reason)
+                    channel.end(event.reason)
                 log.debug("relay stream %s ended: %s", event.stream_id, event.reason)
             elif isinstance(event, PeerModeResolved | PeerResumed):
                 log.debug("relay stream %s: %s", event.stream_id, event)
 
-    def _report(self, status: RelayStatus) -> None:
+    def report(self, status: RelayStatus) -> None:
+        """Tell the owner (``on_status``) about the environment behind the relay."""
         if self.on_status is not None:
             try:
                 self.on_status(status)
@@ -326,32 +336,24 @@ class RelayConnection:
         self._dispatch_events()
         protocol = ws.ws_protocol if isinstance(ws, web.WebSocketResponse) else ws.protocol
         keepalive = Keepalive(ws, self.config.keepalive)
-        # Long-lived tasks per socket. The reader awaits ws.receive() directly, so a
-        # burst of buffered messages is processed without a task switch per message, and
-        # the writer then answers the whole burst (acks included) in one pass.
-        reader = asyncio.ensure_future(
-            self._read_loop(ws, keepalive, control=protocol == CONTROL_SUBPROTOCOL)
-        )
-        writer = asyncio.ensure_future(self._write_loop(ws))
-        pinger = asyncio.ensure_future(keepalive.run())
-        tasks = (reader, writer, pinger)
+        control = protocol == CONTROL_SUBPROTOCOL
+        reason = "relay socket closed"
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            if reader in done:
-                reason = reader.result()
-            elif pinger in done:
-                reason = f"relay websocket given up: {pinger.result()}"
-            else:
-                exc = writer.exception() if not writer.cancelled() else None
-                reason = f"relay write failed: {exc}" if exc else "relay writer stopped"
+            # The reader, the writer and the keepalive of this socket: the first to end
+            # ends the other two (it raises _SocketEnded; the TaskGroup cancels the rest).
+            # The reader awaits ws.receive() directly, so a burst of buffered messages is
+            # processed without a task switch per message, and the writer then answers
+            # the whole burst (acks included) in one pass.
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(_ends_socket(self._read_loop(ws, keepalive, control=control)))
+                tasks.create_task(_ends_socket(self._write_loop(ws), "relay write failed"))
+                tasks.create_task(_ends_socket(keepalive.run(), "relay websocket given up"))
+        except* _SocketEnded as ended:
+            reason = str(ended.exceptions[0])
         finally:
             self._connected = False
+            self._flushed.set()
             self._disarm_timer()
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
             self.mux.connection_lost(self.now())
             self._dispatch_events()
             self.notify_progress()
@@ -399,9 +401,9 @@ class RelayConnection:
             self.mux.resume_output(message.stream_id)
             self._output_pending()
         elif isinstance(message, PeerOffline):
-            self._report(RelayStatus("offline", grace_s=message.grace_s))
+            self.report(RelayStatus("offline", grace_s=message.grace_s))
         elif isinstance(message, PeerOnline):
-            self._report(RelayStatus("online"))
+            self.report(RelayStatus("online"))
         else:
             self.text_frames_dropped += 1
 
@@ -429,6 +431,8 @@ class RelayConnection:
                 self.notify_progress()
                 continue
             self._arm_timer(deadline)
+            if not self.mux.has_output():
+                self._flushed.set()
             await self._wake.wait()
 
     def _arm_timer(self, deadline: float | None) -> None:
@@ -456,9 +460,24 @@ class RelayConnection:
     def close_all(self, reason: str) -> None:
         """End every channel (used when the owner gives up on the relay)."""
         for stream_id, channel in list(self.channels.items()):
-            channel._end(reason)
+            channel.end(reason)
             self.mux.reset_stream(stream_id, reason)
         self.channels.clear()
+
+
+class _SocketEnded(Exception):
+    """One of a socket's loops ended; the message says why."""
+
+
+async def _ends_socket(loop: Coroutine[Any, Any, str | None], prefix: str = "") -> None:
+    """Run one of a socket's loops and end the socket when it returns or fails."""
+    try:
+        result = await loop
+    except Exception as exc:
+        raise _SocketEnded(f"{prefix}: {exc}" if prefix else str(exc)) from exc
+    if result is None:
+        raise _SocketEnded("relay writer stopped")
+    raise _SocketEnded(f"{prefix}: {result}" if prefix else result)
 
 
 def _closed_reason(ws: RelaySocket, message: object) -> str:
@@ -475,148 +494,6 @@ async def close_socket(ws: RelaySocket) -> None:
     with contextlib.suppress(Exception):
         async with asyncio.timeout(SOCKET_CLOSE_TIMEOUT_S):
             await ws.close()
-
-
-#: How long a harness keeps trying to get its relay socket back before giving up.
-HARNESS_RECONNECT_DEADLINE_S = 25.0
-HARNESS_RECONNECT_INITIAL_S = 0.1
-HARNESS_RECONNECT_MAX_S = 2.0
-#: On close, how long to let the writer flush the stream's reset frame.
-CLOSE_FLUSH_S = 0.5
-
-
-def is_rendezvous_harness_url(url: str) -> bool:
-    """True when the URL's query has ``role=harness`` (how Codex picks the relay)."""
-    return "harness" in parse_qs(urlsplit(url).query).get("role", [])
-
-
-class HarnessRelayChannel:
-    """One harness stream over a rendezvous, surviving physical reconnects.
-
-    The channel owns its socket and a supervisor task: when the socket drops, the
-    supervisor dials the same URL again (backoff from 0.1 s to 2 s, for up to
-    ``reconnect_deadline_s``) and the reliable stream resumes on the new socket,
-    so nothing is lost or repeated. If the peer is a legacy Codex environment the
-    stream cannot resume and the channel ends; the client then falls back to
-    resuming its session.
-    """
-
-    transport_name = "relay"
-    parse_error_prefix = "failed to parse relay JSON-RPC message from exec-server relay"
-
-    def __init__(
-        self,
-        url: str,
-        http: Any,
-        ws: AnyWebSocket,
-        *,
-        headers: dict[str, str] | None,
-        config: RelayConfig | None,
-        reconnect_deadline_s: float,
-        max_message_bytes: int,
-        on_status: StatusCallback | None = None,
-    ) -> None:
-        self.url = url
-        self._http = http
-        self._headers = headers
-        self._max_message_bytes = max_message_bytes
-        self.connection = RelayConnection(MuxRole.HARNESS, config, on_status=on_status)
-        self.channel = self.connection.open_channel()
-        self.stream_id = self.channel.stream_id
-        self._reconnect_deadline_s = reconnect_deadline_s
-        self.reconnects = 0
-        self._ws: AnyWebSocket = ws
-        self._supervisor = asyncio.ensure_future(self._supervise(ws))
-
-    async def _dial(self) -> AnyWebSocket:
-        return await dial_relay_socket(
-            self._http, self.url, headers=self._headers, max_message_bytes=self._max_message_bytes
-        )
-
-    async def _supervise(self, ws: AnyWebSocket) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            self._ws = ws
-            reason = await self.connection.run_socket(ws)
-            await close_socket(ws)
-            if self.channel.ended:
-                return
-            log.info("relay socket lost (%s); reconnecting stream %s", reason, self.stream_id)
-            self.connection._report(
-                RelayStatus("reconnecting", grace_s=self._reconnect_deadline_s, detail=reason)
-            )
-            deadline = loop.time() + self._reconnect_deadline_s
-            delay = HARNESS_RECONNECT_INITIAL_S
-            while True:
-                try:
-                    async with asyncio.timeout(max(0.1, deadline - loop.time())):
-                        ws = await self._dial()
-                    self.reconnects += 1
-                    self.connection._report(RelayStatus("reconnected"))
-                    break
-                except Exception as exc:
-                    if loop.time() + delay >= deadline:
-                        self.channel._end(f"relay reconnect failed: {reason}; last error: {exc}")
-                        return
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, HARNESS_RECONNECT_MAX_S)
-
-    async def receive(self) -> bytes:
-        return await self.channel.receive()
-
-    async def send(self, message: bytes) -> None:
-        await self.channel.send(message)
-
-    async def close(self, reason: str | None = None) -> None:
-        if not self.channel.ended:
-            await self.channel.close(reason or "harness closed")
-            # Let the writer put the reset on the wire before the socket goes.
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + CLOSE_FLUSH_S
-            while self.connection.connected and loop.time() < deadline:
-                if not self.connection.mux.has_output():
-                    break
-                await asyncio.sleep(0.01)
-        self._supervisor.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._supervisor
-        await close_socket(self._ws)
-        await self._http.close()
-
-
-async def connect_harness_relay(
-    url: str,
-    *,
-    headers: dict[str, str] | None = None,
-    timeout_s: float = 10.0,
-    config: RelayConfig | None = None,
-    reconnect_deadline_s: float = HARNESS_RECONNECT_DEADLINE_S,
-    max_message_bytes: int = 64 * 1024 * 1024,
-    on_status: StatusCallback | None = None,
-) -> HarnessRelayChannel:
-    """Dial a ``role=harness`` rendezvous URL and open one relay stream on it.
-
-    ``on_status`` hears what the rendezvous reports about the environment
-    (:class:`RelayStatus`): offline and being waited for, back online, or gone.
-    """
-    http = ClientSession()
-    try:
-        ws = await dial_relay_socket(
-            http, url, headers=headers, timeout_s=timeout_s, max_message_bytes=max_message_bytes
-        )
-    except BaseException:
-        await http.close()
-        raise
-    return HarnessRelayChannel(
-        url,
-        http,
-        ws,
-        headers=headers,
-        config=config,
-        reconnect_deadline_s=reconnect_deadline_s,
-        max_message_bytes=max_message_bytes,
-        on_status=on_status,
-    )
 
 
 async def dial_environment_socket(
