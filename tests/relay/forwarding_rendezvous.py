@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from frame_peek import peek_stream_id as frame_stream_id
 
 from exec_server.environment.remote import RemoteEnvironment, RemoteEnvironmentConfig
 from exec_server.environment.server import ExecServer
-from exec_server.relay.frame_codec import peek_stream_id as frame_stream_id
 
 ENVIRONMENT_ID = "env-faults"
 REGISTRY_TOKEN = "registry-token"

@@ -35,7 +35,7 @@ from forwarding_rendezvous import (
     serve_remote_environment,
 )
 
-import exec_server.transport.relay as relay_module
+import exec_server.transport.harness_relay as relay_module
 from exec_server.client import (
     ClientConfig,
     ClosedEvent,
@@ -49,7 +49,7 @@ from exec_server.environment.server import ExecServer
 from exec_server.relay.events import PeerMode
 from exec_server.relay.frame_codec import data_frame, encode_frame, resume_frame
 from exec_server.transport.channel import MalformedFrame, MessageChannel
-from exec_server.transport.relay import HarnessRelayChannel
+from exec_server.transport.harness_relay import HarnessRelayChannel
 
 SEED = 20261124
 FAULTS = FaultPlan(loss=0.02, duplicate=0.01, reorder=0.02)

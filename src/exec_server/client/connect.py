@@ -138,7 +138,7 @@ async def _dial_websocket(
 async def _dial_relay(
     url: str, headers: Mapping[str, str] | None, config: ClientConfig, watch: RelayWatch | None
 ) -> MessageChannel:
-    from ..transport.relay import connect_harness_relay
+    from ..transport.harness_relay import connect_harness_relay
 
     try:
         return await connect_harness_relay(

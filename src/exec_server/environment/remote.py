@@ -9,11 +9,13 @@ The loop (Codex E1, plus what Codex left out):
    errors are retried.
 2. Dial ``url`` verbatim (no compression, keepalive pings every 30 s, 60 s pong
    timeout, the rendezvous control subprotocol offered) and drive one
-   :class:`~exec_server.transport.relay.RelayConnection` over it: every relay stream
+   :class:`~exec_server.transport.relay_connection.RelayConnection` over it: every relay stream
    becomes a :class:`~exec_server.environment.processor.ConnectionProcessor` on the
    server's shared session registry.
-3. When the socket ends, wait and go back to 1. Backoff starts at 1 s, doubles to
-   30 s, has +-20% jitter, and resets after a successful connect.
+3. When the socket ends, wait and go back to 1. The project's reconnect policy
+   (:mod:`~exec_server.transport.reconnect`) decides: errors that are not transient
+   end the loop; otherwise backoff starts at 1 s, doubles to 30 s, has +-20% jitter,
+   and resets after a successful connect.
 
 The relay connection, and with it every reliable stream, outlives the physical
 socket, so harnesses speaking our reliable relay resume their streams on the next
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -33,15 +34,16 @@ from typing import Literal
 import aiohttp
 
 from ..relay.stream_mux import MuxConfig, MuxRole
+from ..transport.reconnect import backoff, is_transient
 from ..transport.registry_client import RegistryClient, RegistryError
-from ..transport.relay import (
+from ..transport.relay_connection import (
     RelayConfig,
     RelayConnection,
     RelayStreamChannel,
     close_socket,
-    dial_relay_socket,
+    dial_environment_socket,
 )
-from ..transport.websocket import DEFAULT_MAX_MESSAGE_BYTES, WebSocketConnectError
+from ..transport.websocket import DEFAULT_MAX_MESSAGE_BYTES
 from .server import ExecServer
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,9 @@ class RegistrationError(Exception):
 
 
 class _RetryableRegistrationError(Exception):
-    pass
+    """Registration failed in a way that may clear (5xx, 408, 429, network)."""
+
+    transient = True
 
 
 @dataclass(frozen=True)
@@ -160,41 +164,32 @@ class RemoteEnvironment:
         raise fatal
 
     async def _loop(self, http: aiohttp.ClientSession, registry: RegistryClient) -> None:
-        backoff = self.config.initial_backoff_s
+        cfg = self.config
+        delays = backoff(cfg.initial_backoff_s, cfg.max_backoff_s, jitter=BACKOFF_JITTER)
         while True:
             try:
-                url = await register(registry, self.config)
+                url = await register(registry, cfg)
                 self.registrations += 1
                 log.info(
                     "exec-server remote environment registered with environment_id %s",
-                    self.config.environment_id,
+                    cfg.environment_id,
                 )
-                ws = await dial_relay_socket(
-                    http,
-                    url,
-                    timeout_s=CONNECT_TIMEOUT_S,
-                    max_message_bytes=self.config.max_message_bytes,
+                ws = await dial_environment_socket(
+                    url, timeout_s=CONNECT_TIMEOUT_S, max_message_bytes=cfg.max_message_bytes
                 )
-            except _RetryableRegistrationError as exc:
-                log.warning("%s; retrying in %.1fs", exc, backoff)
-            except WebSocketConnectError as exc:
-                log.warning(
-                    "%s; retrying in %.1fs",
-                    exc,
-                    backoff,
-                )
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise  # RegistrationError (bad credentials, 4xx), or a bug
+                delay = next(delays)
+                log.warning("%s; retrying in %.1fs", exc, delay)
             else:
-                backoff = self.config.initial_backoff_s
+                delays = backoff(cfg.initial_backoff_s, cfg.max_backoff_s, jitter=BACKOFF_JITTER)
                 self.connected.set()
                 try:
                     reason = await self.connection.run_socket(ws)
                 finally:
                     self.connected.clear()
                     await close_socket(ws)
-                log.info("relay websocket ended (%s); reconnecting", reason)
-            await asyncio.sleep(_jittered(backoff))
-            backoff = min(backoff * 2, self.config.max_backoff_s)
-
-
-def _jittered(delay: float) -> float:
-    return delay * (1 + random.uniform(-BACKOFF_JITTER, BACKOFF_JITTER))
+                delay = next(delays)
+                log.info("relay websocket ended (%s); reconnecting in %.1fs", reason, delay)
+            await asyncio.sleep(delay)
