@@ -296,8 +296,10 @@ class ConnectionProcessor:
         await self._send(encode_error(MALFORMED_MESSAGE_ID, err))
 
     async def _send(self, data: bytes) -> None:
-        with contextlib.suppress(ChannelClosed):
+        try:
             await self._channel.send(data)
+        except ChannelClosed as exc:
+            log.debug("dropped a message for a closed connection: %s", exc.reason)
 
     async def _send_notification(self, method: str, params: m.Message) -> None:
         await self._send(encode_notification(method, params))
@@ -342,7 +344,9 @@ class ConnectionProcessor:
         except (msgspec.EncodeError, OverflowError, MemoryError) as exc:
             data = encode_error(request_id, InternalError(f"failed to encode result: {exc}"))
         try:
-            await self._send(data)
+            await self._channel.send(data)
+        except ChannelClosed as exc:
+            log.debug("dropped a response for a closed connection: %s", exc.reason)
         except MessageTooLargeForTransport as exc:
             await self._send(
                 encode_error(request_id, InternalError(f"response cannot be delivered: {exc}"))
@@ -416,8 +420,17 @@ def _note_era(lease: Lease, params: object) -> None:
     session = lease.session
     if session.speaks_uris:
         return
-    for name in ("path", "cwd", "source_path"):
-        value = getattr(params, name, None)
+    kind = type(params)
+    names = _PATH_FIELDS.get(kind)
+    if names is None:
+        fields = getattr(kind, "__struct_fields__", ())
+        names = _PATH_FIELDS[kind] = tuple(n for n in ("path", "cwd", "source_path") if n in fields)
+    for name in names:
+        value = getattr(params, name)
         if isinstance(value, str) and speaks_uri(value):
             session.speaks_uris = True
             return
+
+
+#: Per params type, its fields that hold a path.
+_PATH_FIELDS: dict[type, tuple[str, ...]] = {}

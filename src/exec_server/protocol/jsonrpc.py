@@ -17,7 +17,6 @@ decoded by the receiver into the method's typed params with :func:`decode_params
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
@@ -39,34 +38,33 @@ class MalformedMessage(Exception):
     """The input is not a JSON-RPC message; answered with id -1, connection kept."""
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+# Frozen msgspec Structs rather than dataclasses: built once per message on the hot
+# path, and a frozen dataclass's __init__ costs about six times as much.
+
+
+class Request(msgspec.Struct, frozen=True, gc=False):
     id: RequestId
     method: str
     params: msgspec.Raw
 
 
-@dataclass(frozen=True, slots=True)
-class Notification:
+class Notification(msgspec.Struct, frozen=True, gc=False):
     method: str
     params: msgspec.Raw
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
+class Response(msgspec.Struct, frozen=True, gc=False):
     id: RequestId
     result: msgspec.Raw
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorObject:
+class ErrorObject(msgspec.Struct, frozen=True):
     code: int
     message: str
     data: Any = None
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorResponse:
+class ErrorResponse(msgspec.Struct, frozen=True):
     id: RequestId
     error: ErrorObject
 
@@ -138,10 +136,18 @@ def decode_params(raw: msgspec.Raw, params_type: type[T]) -> T:
         if rust_name is not None:
             raise InvalidParams(f"invalid type: null, expected struct {rust_name}")
         data = b"{}"
+    decoder = _params_decoders.get(params_type)
+    if decoder is None:
+        decoder = _params_decoders[params_type] = msgspec.json.Decoder(params_type)
     try:
-        return msgspec.json.decode(data, type=params_type)
+        result: T = decoder.decode(data)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise InvalidParams(_serde_like(str(exc))) from None
+    return result
+
+
+#: One decoder per params type (about half the cost of ``msgspec.json.decode(type=)``).
+_params_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
 
 
 def decode_unit_params(raw: msgspec.Raw) -> None:

@@ -79,6 +79,15 @@ def parse_wire_path(raw: str) -> WirePath:
     return WirePath(parse_native_path(raw), is_uri=False)
 
 
+def native_path(raw: str) -> str:
+    """``parse_wire_path(raw).native``, without building a :class:`WirePath`."""
+    if raw.startswith("/"):
+        return parse_native_path(raw)  # a scheme starts with a letter: not a URI
+    if raw.startswith("file:///") and _NOT_PLAIN.search(raw, 8) is None:
+        return normalize_path(raw[7:])
+    return parse_wire_path(raw).native
+
+
 def parse_native_path(raw: str) -> str:
     """A 0.133 path: absolute, no NUL, lexically normalised."""
     if not raw.startswith("/"):

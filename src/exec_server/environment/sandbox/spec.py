@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...protocol.errors import InternalError, InvalidParams, InvalidRequest
-from ...protocol.path_uri import RELATIVE_PATH_MESSAGE, parse_wire_path
+from ...protocol.path_uri import RELATIVE_PATH_MESSAGE, native_path
 
 
 def parse_absolute_path(raw: str) -> str:
@@ -32,7 +32,7 @@ def parse_absolute_path(raw: str) -> str:
     Accepts absolute paths (Codex 0.133) and ``file:`` URIs (0.171); errors carry
     the texts of the era the path speaks. See :mod:`exec_server.protocol.path_uri`.
     """
-    return parse_wire_path(raw).native
+    return native_path(raw)
 
 
 class Access(enum.IntEnum):
