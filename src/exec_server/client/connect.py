@@ -98,23 +98,41 @@ def dial_rendezvous(
     config: ClientConfig,
     watch: RelayWatch | None = None,
 ) -> Reconnect:
-    """Ask the registry for a fresh harness URL for ``environment_id``, then dial it
-    (its status reports go to ``watch``)."""
-    registry = RegistryClient(rendezvous, token, timeout_s=config.timeouts.connect_s)
+    """Reach ``environment_id`` through the registry on every dial: ``/connect`` with a
+    fresh Noise key, then the encrypted relay, or the cleartext one for an 0.133-era
+    environment (:mod:`~exec_server.transport.noise_channel`); status reports go to
+    ``watch``."""
+    registry = RegistryClient(
+        rendezvous,
+        token,
+        timeout_s=config.timeouts.connect_s,
+        account_id=config.chatgpt_account_id,
+    )
 
     async def dial() -> MessageChannel:
+        from ..transport.noise_channel import NoiseConnectFailed, open_rendezvous_channel
+
+        where = f"cannot reach environment {environment_id} through {registry.base_url}"
         try:
-            harness = await registry.connect(environment_id)
+            return await open_rendezvous_channel(
+                registry,
+                environment_id,
+                encryption=config.encryption,
+                timeout_s=config.timeouts.connect_s,
+                on_status=watch if watch is not None else config.on_relay_status,
+            )
         except RegistryError as exc:
             raise ConnectError(
-                f"cannot reach environment {environment_id} through {registry.base_url}: "
-                f"{_registry_problem(exc)}",
+                f"{where}: {_registry_problem(exc)}",
                 status=exc.status or None,
                 transient=exc.transient,
             ) from exc
+        except NoiseConnectFailed as exc:
+            raise ConnectError(f"{where}: {exc}", transient=exc.transient) from None
+        except (OSError, TimeoutError) as exc:
+            raise ConnectError(f"{where}: {exc or type(exc).__name__}") from None
         finally:
             await registry.close()
-        return await _dial_relay(harness.url, None, config, watch)
 
     return dial
 

@@ -12,7 +12,8 @@ at once after a gap, a segment that fills one, a duplicate, every
 
 **Payload transform seam.** ``unseal``, if given, is applied to every segment's payload
 exactly once, in seq order, as the segment is released in order (before reassembly),
-with the frame's ``segment_index`` and ``segment_count``; it may raise :class:`~exec_server.relay.stream_config.PeerProtocolViolation` to reject it.
+with the frame's ``segment_index`` and ``segment_count``; it may raise
+:class:`~exec_server.relay.stream_config.PeerProtocolViolation` to reject it.
 Nothing here reads a clock: ``now`` is an argument.
 """
 

@@ -84,6 +84,7 @@ __all__ = [
     "StreamMux",
 ]
 
+
 class MuxStream(Protocol):
     """What the multiplexer needs of a stream: the verbs of
     :class:`~exec_server.relay.reliable_stream.ReliableStream`, which every stream the
@@ -469,9 +470,7 @@ class StreamMux:
                 return
         self._pending_output.discard(stream)
 
-    def _round(
-        self, active: list[MuxStream], now: float, batch: _Batch
-    ) -> list[MuxStream]:
+    def _round(self, active: list[MuxStream], now: float, batch: _Batch) -> list[MuxStream]:
         """One frame of each stream in turn; returns the streams that had one."""
         still_active = []
         for stream in active:
