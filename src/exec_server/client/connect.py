@@ -11,10 +11,11 @@ was dialed, and ``transient`` when dialing again later may help.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..transport.channel import MessageChannel
 from ..transport.registry_client import RegistryClient, RegistryError
@@ -27,6 +28,39 @@ if TYPE_CHECKING:
 
 #: A factory of fresh channels to the same server (used again to recover a session).
 Reconnect = Callable[[], Awaitable[MessageChannel]]
+
+#: The variables Codex's harness (0.142+) reads to reach an environment through a
+#: registry of its Noise contract.
+CODEX_NOISE_REGISTRY_URL_ENV = "CODEX_EXEC_SERVER_NOISE_REGISTRY_URL"
+CODEX_NOISE_ENVIRONMENT_ID_ENV = "CODEX_EXEC_SERVER_NOISE_ENVIRONMENT_ID"
+CODEX_NOISE_AUTH_TOKEN_ENV = "CODEX_EXEC_SERVER_NOISE_AUTH_TOKEN"
+CODEX_NOISE_ACCOUNT_ID_ENV = "CODEX_EXEC_SERVER_NOISE_CHATGPT_ACCOUNT_ID"
+
+
+class CodexNoiseEnvironment(NamedTuple):
+    """Where the ``CODEX_EXEC_SERVER_NOISE_*`` variables point (each may be unset)."""
+
+    registry_url: str
+    environment_id: str | None
+    auth_token: str | None
+    account_id: str | None
+
+
+def codex_noise_environment(
+    environ: Mapping[str, str] | None = None,
+) -> CodexNoiseEnvironment | None:
+    """The Codex harness's Noise registry settings, or ``None`` when
+    ``CODEX_EXEC_SERVER_NOISE_REGISTRY_URL`` is not set."""
+    env = os.environ if environ is None else environ
+    registry_url = env.get(CODEX_NOISE_REGISTRY_URL_ENV, "").strip()
+    if not registry_url:
+        return None
+    return CodexNoiseEnvironment(
+        registry_url,
+        env.get(CODEX_NOISE_ENVIRONMENT_ID_ENV, "").strip() or None,
+        env.get(CODEX_NOISE_AUTH_TOKEN_ENV, "").strip() or None,
+        env.get(CODEX_NOISE_ACCOUNT_ID_ENV, "").strip() or None,
+    )
 
 
 class Connecting:
