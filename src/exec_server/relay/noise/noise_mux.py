@@ -309,6 +309,10 @@ class NoiseStreamMux(StreamMux):
     # ------------------------------------------------------------------ state
 
     @property
+    def _offers_reliable(self) -> bool:
+        return self.noise.allow_reliable and self.config.stream.allow_reliable
+
+    @property
     def pending_validations(self) -> int:
         return len(self._pending)
 
@@ -347,7 +351,7 @@ class NoiseStreamMux(StreamMux):
         handshake, message1 = InitiatorHandshake.start(
             identity, bundle.executor_public_key, prologue, authorization, keys=self._keys
         )
-        offer = self.noise.allow_reliable and self.config.stream.allow_reliable
+        offer = self._offers_reliable
         frame = _handshake_frame(stream_id, message1, flagged=offer)
         wait = self.noise.probe_initial_s
         self._initiating[stream_id] = _Initiating(
@@ -450,7 +454,7 @@ class NoiseStreamMux(StreamMux):
                 outcome=HandshakeOutcome.DATA_BEFORE_HANDSHAKE,
                 failed=pending is not None,
             )
-        elif isinstance(body, ResumeBody) and flagged:
+        elif isinstance(body, ResumeBody) and flagged and self._offers_reliable:
             if body.next_seq == 0 and frame.ack == 0:
                 # An initiator's probe: tell it we are ours and have no message 2 for it.
                 self._noise_out.append(
@@ -487,7 +491,7 @@ class NoiseStreamMux(StreamMux):
                 self._cooldown_until = now + self.noise.failure_cooldown_s
 
     def _on_message1(self, stream_id: str, message1: bytes, flagged: bool, now: float) -> None:
-        reliable = flagged and self.noise.allow_reliable and self.config.stream.allow_reliable
+        reliable = flagged and self._offers_reliable
         pending = self._pending.get(stream_id)
         if pending is not None:
             if reliable and pending.reliable and pending.digest == _digest(message1):
