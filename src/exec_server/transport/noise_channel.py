@@ -19,8 +19,10 @@ against ``exec-server rendezvous`` or any registry of Codex's Noise contract:
 3. the hybrid IK handshake over that URL (:class:`NoiseHarnessChannel`); message 1
    carries the authorization, and the environment answers only after the registry
    vouched for the key. A handshake that fails for a reason that may clear (no answer,
-   the socket dropped, the environment refused a key it could not validate yet) is
-   retried with a new key and bundle within the connect timeout.
+   the socket dropped, the environment was at its bound of pending validations, as a
+   burst of connections can make it) is retried with a new key and bundle, after a
+   short jittered backoff (:data:`RETRY_INITIAL_S` doubling to :data:`RETRY_MAX_S`),
+   until the connect timeout.
 
 :class:`NoiseHarnessChannel` then behaves like
 :class:`~exec_server.transport.harness_relay.HarnessRelayChannel`: with our environment
@@ -79,8 +81,9 @@ Encryption = Literal["auto", "required"]
 """``auto``: encrypted whenever the registry offers it (a bundle), cleartext for
 0.133-era environments; ``required``: encrypted or nothing."""
 
-#: Connection attempts (each with a new key and bundle) for one dial.
-MAX_HANDSHAKE_ATTEMPTS = 3
+#: Backoff between connection attempts (each with a new key and bundle) of one dial.
+RETRY_INITIAL_S = 0.05
+RETRY_MAX_S = 1.0
 
 
 class NoiseConnectFailed(ExecServerError):
@@ -305,10 +308,13 @@ async def open_rendezvous_channel(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     failure: NoiseConnectFailed | None = None
-    for _ in range(MAX_HANDSHAKE_ATTEMPTS):
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            break
+    delays = backoff(RETRY_INITIAL_S, RETRY_MAX_S)
+    while (remaining := deadline - loop.time()) > 0:
+        if failure is not None:
+            await asyncio.sleep(min(next(delays), remaining))
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
         identity = NoiseIdentity.generate()
         try:
             answer = await registry.connect_noise(
