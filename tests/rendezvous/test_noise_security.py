@@ -35,6 +35,7 @@ from exec_server.environment.remote import (
     RemoteTransport,
 )
 from exec_server.environment.server import ExecServer
+from exec_server.errors import ExecServerError
 from exec_server.relay.frame_codec import decode_frame, encode_frame, resume_frame
 from exec_server.relay.noise import NoiseIdentity
 from exec_server.relay.noise.noise_mux import HandshakeOutcome, NoiseStreamMux
@@ -244,3 +245,18 @@ async def test_bad_authorizations_keys_and_handshakes_are_refused_and_harm_no_st
         assert list(mux.streams.values()).count(bystander_stream) == 1
         assert (await bystander.run(["/bin/echo", "after"])).stdout == b"after\n"
         assert bystander.recoveries == 0
+
+
+async def test_a_cleartext_harness_cannot_reach_an_encrypted_environment(
+    rendezvous: RendezvousServer,
+) -> None:
+    """A signed cleartext harness URL still routes, but the environment answers nothing
+    but a reset that says why: it speaks only the encrypted relay."""
+    async with environment(rendezvous, "env-only-noise", "noise"):
+        url = rendezvous.harness_url("env-only-noise")
+        with pytest.raises(ExecServerError) as info:
+            async with ExecServerClient.connect(
+                url, config=ClientConfig(recovery_timeout_s=0)
+            ) as client:
+                await client.run(["/bin/true"])
+        assert "only end-to-end encrypted (Noise) streams" in str(info.value)

@@ -115,7 +115,8 @@ class NoiseResponder:
             log.info("refused a Noise handshake on stream %s: %s", event.stream_id, event.reason)
 
     async def _validate(self, event: ValidationRequested) -> None:
-        registry, registration_id = self._registry, self.registration_id
+        registry = self._registry
+        registration_id = event.executor_registration_id or self.registration_id
         valid = False
         if registry is not None and registration_id is not None:
             try:

@@ -103,6 +103,7 @@ __all__ = [
     "HANDSHAKE_TIMEOUT_S",
     "PROBE_INITIAL_S",
     "PROBE_MAX_S",
+    "UNKNOWN_STREAM_REASON",
     "HandshakeFailed",
     "HandshakeOutcome",
     "NoiseBundle",
@@ -122,6 +123,12 @@ PROBE_MAX_S = 4.0
 """Longest wait between two probes."""
 FAILURE_COOLDOWN_S = 10.0
 """How long a responder socket refuses new handshakes once its failure budget is spent."""
+UNKNOWN_STREAM_REASON = (
+    "unknown_stream: no encrypted stream with this id; this environment accepts only "
+    "end-to-end encrypted (Noise) streams"
+)
+"""Our reset for our own peers' frames on a stream without a handshake: a cleartext
+harness that reached an encrypted environment, or a stream the environment lost."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,7 +474,7 @@ class NoiseStreamMux(StreamMux):
             elif stream_id not in self._pending:
                 # A reliable stream this side does not have (a restarted environment).
                 self._noise_out.append(
-                    reset_frame(stream_id, "unknown_stream", ack_bits=RELIABLE_CAPABILITY_BIT)
+                    reset_frame(stream_id, UNKNOWN_STREAM_REASON, ack_bits=RELIABLE_CAPABILITY_BIT)
                 )
         elif isinstance(body, ResetBody) and self._pending.pop(stream_id, None) is not None:
             self._noise_events.append(HandshakeFailed(stream_id, body.reason, remote=True))
@@ -484,10 +491,14 @@ class NoiseStreamMux(StreamMux):
         failed: bool,
     ) -> None:
         """Reset a stream whose handshake this side will not complete; a ``failed``
-        handshake counts against the socket's budget."""
+        handshake counts against the socket's budget. Codex peers get Codex's reason;
+        ours are told what is wrong (cleartext data reaching an encrypted environment)."""
         self.handshakes[outcome] += 1
         flag = RELIABLE_CAPABILITY_BIT if flagged else 0
-        self._noise_out.append(reset_frame(stream_id, NOISE_RELAY_RESET_REASON, ack_bits=flag))
+        reason = NOISE_RELAY_RESET_REASON
+        if flagged and outcome is HandshakeOutcome.DATA_BEFORE_HANDSHAKE:
+            reason = UNKNOWN_STREAM_REASON
+        self._noise_out.append(reset_frame(stream_id, reason, ack_bits=flag))
         if failed:
             self._noise_events.append(HandshakeFailed(stream_id, outcome.value, remote=False))
             self.failed_handshakes += 1
@@ -538,7 +549,11 @@ class NoiseStreamMux(StreamMux):
         )
         self._noise_events.append(
             ValidationRequested(
-                stream_id, validation_id, handshake.initiator_public_key, authorization
+                stream_id,
+                validation_id,
+                handshake.initiator_public_key,
+                authorization,
+                self._registration_id,
             )
         )
 

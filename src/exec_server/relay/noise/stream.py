@@ -151,6 +151,8 @@ class ValidationRequested:
     validation_id: int
     harness_public_key: NoisePublicKey
     authorization: str = field(repr=False)
+    executor_registration_id: str | None = None
+    """The registration message 1 was read under (the Noise multiplexer sets it)."""
 
 
 @dataclass(frozen=True, slots=True)
