@@ -130,6 +130,8 @@ class NoiseResponder:
                     )
             except (RegistryError, TimeoutError) as exc:
                 log.warning("cannot validate a harness key with the registry: %s", exc)
+            except Exception:  # fail closed, and keep the environment's task group alive
+                log.exception("validating a harness key failed")
         self.validations += 1
         if not valid:
             self.refusals += 1

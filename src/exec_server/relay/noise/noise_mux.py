@@ -397,7 +397,13 @@ class NoiseStreamMux(StreamMux):
             peer_mode=PeerMode.RELIABLE,
         )
 
-    def _open(self, stream: MuxStream, answered: _Answered | None) -> None:
+    def _open(self, stream: MuxStream, answered: _Answered | None) -> bool:
+        """Adopt a stream whose handshake completed; false when the multiplexer has no
+        room (streams that ended but still flush count too)."""
+        try:
+            self.adopt_stream(stream)
+        except (ValueError, RuntimeError):
+            return False
         self.handshakes[
             HandshakeOutcome.OPENED_RELIABLE if answered else HandshakeOutcome.OPENED_CODEX
         ] += 1
@@ -407,7 +413,7 @@ class NoiseStreamMux(StreamMux):
                 live = self.streams
                 self._answered = {k: v for k, v in self._answered.items() if k in live}
             self._answered[stream.stream_id] = answered
-        self.adopt_stream(stream)
+        return True
 
     # ------------------------------------------------------------------ input
 
@@ -601,12 +607,18 @@ class NoiseStreamMux(StreamMux):
             self._refuse(stream_id, now, flagged=flagged, outcome=outcome, failed=True)
             return
         frame = _handshake_frame(stream_id, message2, flagged=flagged)
-        self._noise_out.append(frame)
+        stream: MuxStream
         if pending.reliable:
             stream = self._reliable_stream(stream_id, transport, initiator=False, now=now)
-            self._open(stream, _Answered(pending.digest, frame))
+            opened = self._open(stream, _Answered(pending.digest, frame))
         else:
-            self._open(CodexNoiseStream(stream_id, transport, config=self.config.stream), None)
+            stream = CodexNoiseStream(stream_id, transport, config=self.config.stream)
+            opened = self._open(stream, None)
+        if opened:
+            self._noise_out.append(frame)
+        else:
+            outcome = HandshakeOutcome.TOO_MANY_STREAMS
+            self._refuse(stream_id, now, flagged=flagged, outcome=outcome, failed=False)
 
     # --- initiator --------------------------------------------------------------------
 
@@ -641,13 +653,21 @@ class NoiseStreamMux(StreamMux):
             outcome = HandshakeOutcome.BAD_MESSAGE
             self._fail(stream_id, outcome, str(exc), remote=False, send_reset=True)
             return
-        del self._initiating[stream_id]
+        stream: MuxStream
         if reliable:
             stream = self._reliable_stream(stream_id, transport, initiator=True, now=now)
             # Copies of message 2 may follow (our responder answers copies of message 1).
-            self._open(stream, _Answered(_digest(message2), None))
+            opened = self._open(stream, _Answered(_digest(message2), None))
         else:
-            self._open(CodexNoiseStream(stream_id, transport, config=self.config.stream), None)
+            stream = CodexNoiseStream(stream_id, transport, config=self.config.stream)
+            opened = self._open(stream, None)
+        if opened:
+            del self._initiating[stream_id]
+        else:
+            why = "too many relay streams on this socket"
+            self._fail(
+                stream_id, HandshakeOutcome.TOO_MANY_STREAMS, why, remote=False, send_reset=True
+            )
 
     def _fail(
         self,
