@@ -246,6 +246,8 @@ class NoiseHarnessChannel:
                     await self.connection.flushed()
         elif not self._opened.done():
             self._opened.cancel()
+        elif not self._opened.cancelled():
+            self._opened.exception()  # a failed handshake: its error was reported already
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
