@@ -344,7 +344,9 @@ def test_regrouping_segments_or_altering_a_record_resets_only_that_stream() -> N
             # Claim the 2-segment message is two whole messages (the header is not
             # encrypted; the record's associated data says otherwise).
             return [
-                data_frame(frame.stream_id, d.seq, d.payload, ack=frame.ack, ack_bits=frame.ack_bits)
+                data_frame(
+                    frame.stream_id, d.seq, d.payload, ack=frame.ack, ack_bits=frame.ack_bits
+                )
             ]
         return [frame]
 
