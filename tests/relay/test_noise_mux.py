@@ -285,16 +285,40 @@ def test_refusals_spend_the_budget_then_handshakes_cool_down_without_touching_st
 
 
 def test_pending_validations_are_bounded_and_time_out() -> None:
-    pair = Pair(registry=lambda request: None)  # the registry never answers
-    for i in range(33):
+    pair = Pair(
+        registry=lambda request: None,  # the registry never answers
+        env_noise=NoiseMuxConfig(max_waiting_handshakes=1),
+    )
+    for i in range(34):
         pair.open(f"s-{i}")
     pair.pump()
-    assert pair.env.pending_validations == 32
+    assert (pair.env.pending_validations, pair.env.waiting_handshakes) == (32, 1)
     assert pair.env.handshakes[HandshakeOutcome.TOO_MANY_PENDING] == 1
     pair.advance(10.5, step=0.5)
-    assert pair.env.pending_validations == 0
-    assert pair.env.handshakes[HandshakeOutcome.REFUSED] == 32  # timed out: refused
-    assert pair.env.streams == {}
+    # 32 timed out (refused); the one that waited got a slot then, and its own timeout.
+    assert pair.env.handshakes[HandshakeOutcome.REFUSED] == 32
+    assert (pair.env.pending_validations, pair.env.waiting_handshakes) == (1, 0)
+    pair.advance(10.5, step=0.5)
+    assert pair.env.handshakes[HandshakeOutcome.REFUSED] == 33
+    assert pair.env.pending_validations == 0 and pair.env.streams == {}
+
+
+def test_a_burst_waits_for_validation_slots_instead_of_being_reset() -> None:
+    """More harnesses at once than validation slots: the surplus waits, unread, and
+    every one gets its stream as slots free; the registry never sees more than 32."""
+    held: list[ValidationRequested] = []
+    pair = Pair(registry=lambda request: held.append(request) or None)  # type: ignore[func-returns-value]
+    for i in range(100):
+        pair.open(f"s-{i}")
+    pair.pump()
+    assert (pair.env.pending_validations, pair.env.waiting_handshakes) == (32, 68)
+    while held:
+        request = held.pop(0)
+        pair.env.validation_result(request.stream_id, request.validation_id, True, pair.now)
+        assert pair.env.pending_validations <= 32
+        pair.pump()
+    assert len(pair.env.streams) == 100 and len(opened(pair, "harness")) == 100
+    assert set(pair.env.handshakes) == {HandshakeOutcome.OPENED_RELIABLE}
 
 
 def test_garbage_and_data_before_the_handshake_get_resets() -> None:

@@ -347,7 +347,7 @@ def test_garbage_handshakes_spend_the_budget_then_handshakes_pause() -> None:
 def test_pending_validation_and_active_stream_bounds() -> None:
     """Pending handshakes count against the stream limit: a harness is not validated
     (its single-use authorization spent) for a stream there is no room for."""
-    conn = Responder(max_streams=2, max_pending_validations=2)
+    conn = Responder(max_streams=2, max_pending_validations=2, max_waiting_handshakes=0)
     harnesses = [initiator(f"p-{i}") for i in range(4)]
     results = [conn.receive(wire(h.start()[1])) for h in harnesses[:3]]
     first, second = request_of(results[0][1]), request_of(results[1][1])

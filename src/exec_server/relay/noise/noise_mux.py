@@ -39,8 +39,10 @@ the prologue binding environment, registration and stream; the harness key it pr
 and its authorization go to the owner as :class:`ValidationRequested` (the registry's
 ``/validate``); message 2 is sent only after :meth:`NoiseStreamMux.validation_result`
 says yes, within :attr:`NoiseMuxConfig.validation_timeout_s`. At most
-:attr:`NoiseMuxConfig.max_pending_validations` handshakes wait at once and at most
-``MuxConfig.max_streams`` streams are open; over either, the handshake is reset. Every
+:attr:`NoiseMuxConfig.max_pending_validations` handshakes wait for the registry at once;
+beyond them up to :attr:`NoiseMuxConfig.max_waiting_handshakes` messages 1 are held,
+unread, for a free slot (0.171 resets them at once). Open, pending and held handshakes
+together stay within ``MuxConfig.max_streams``; over any bound the handshake is reset. Every
 failed handshake (unreadable message 1, refused or timed-out validation, a duplicate
 message 1 that is not an exact flagged copy, data before the handshake) counts against
 :attr:`NoiseMuxConfig.max_failed_handshakes` per socket; once the budget is spent,
@@ -101,6 +103,7 @@ from exec_server.relay.stream_mux import MuxConfig, MuxRole, MuxStream, StreamMu
 __all__ = [
     "FAILURE_COOLDOWN_S",
     "HANDSHAKE_TIMEOUT_S",
+    "MAX_WAITING_HANDSHAKES",
     "PROBE_INITIAL_S",
     "PROBE_MAX_S",
     "UNKNOWN_STREAM_REASON",
@@ -123,6 +126,8 @@ PROBE_MAX_S = 4.0
 """Longest wait between two probes."""
 FAILURE_COOLDOWN_S = 10.0
 """How long a responder socket refuses new handshakes once its failure budget is spent."""
+MAX_WAITING_HANDSHAKES = 512
+"""Messages 1 a responder socket holds while its validation slots are all taken."""
 UNKNOWN_STREAM_REASON = (
     "unknown_stream: no encrypted stream with this id; this environment accepts only "
     "end-to-end encrypted (Noise) streams"
@@ -136,6 +141,9 @@ class NoiseMuxConfig:
     """The handshake bounds of one Noise socket (stream limits are ``MuxConfig``'s)."""
 
     max_pending_validations: int = MAX_PENDING_VALIDATIONS
+    max_waiting_handshakes: int = MAX_WAITING_HANDSHAKES
+    """Messages 1 held, unread, while every validation slot is taken (a burst of
+    harnesses); beyond them a handshake is reset, as 0.171 resets at 32."""
     max_failed_handshakes: int = MAX_FAILED_HANDSHAKES
     failure_cooldown_s: float = FAILURE_COOLDOWN_S
     validation_timeout_s: float = HARNESS_KEY_VALIDATION_TIMEOUT_S
@@ -149,6 +157,8 @@ class NoiseMuxConfig:
     def __post_init__(self) -> None:
         if self.max_pending_validations <= 0 or self.max_failed_handshakes <= 0:
             raise ValueError("max_pending_validations and max_failed_handshakes must be positive")
+        if self.max_waiting_handshakes < 0:
+            raise ValueError("max_waiting_handshakes must be >= 0")
         if min(self.validation_timeout_s, self.handshake_timeout_s, self.probe_initial_s) <= 0:
             raise ValueError("timeouts must be positive")
         if self.probe_max_s < self.probe_initial_s or self.failure_cooldown_s < 0:
@@ -244,6 +254,15 @@ class _Pending:
 
 
 @dataclass(slots=True)
+class _Waiting:
+    """Responder: a message 1 not read yet (every validation slot was taken)."""
+
+    message1: bytes
+    flagged: bool
+    deadline: float
+
+
+@dataclass(slots=True)
 class _Answered:
     """Responder: a reliable stream whose message 2 the initiator may not have yet."""
 
@@ -300,6 +319,7 @@ class NoiseStreamMux(StreamMux):
         self._noise_events: deque[NoiseMuxEvent] = deque()
         # responder
         self._pending: dict[str, _Pending] = {}
+        self._waiting: dict[str, _Waiting] = {}  # in arrival order
         self._answered: dict[str, _Answered] = {}
         self._next_validation_id = 0
         self.failed_handshakes = 0
@@ -314,7 +334,8 @@ class NoiseStreamMux(StreamMux):
     def __repr__(self) -> str:
         return (
             f"NoiseStreamMux({self.role.value}, streams={len(self.streams)}, "
-            f"pending={len(self._pending)}, initiating={len(self._initiating)})"
+            f"pending={len(self._pending)}, waiting={len(self._waiting)}, "
+            f"initiating={len(self._initiating)})"
         )
 
     # ------------------------------------------------------------------ state
@@ -326,6 +347,11 @@ class NoiseStreamMux(StreamMux):
     @property
     def pending_validations(self) -> int:
         return len(self._pending)
+
+    @property
+    def waiting_handshakes(self) -> int:
+        """Messages 1 held until a validation slot frees."""
+        return len(self._waiting)
 
     @property
     def handshaking(self) -> int:
@@ -463,28 +489,30 @@ class NoiseStreamMux(StreamMux):
         if isinstance(body, HandshakeBody):
             self._on_message1(stream_id, body.payload, flagged, now)
         elif isinstance(body, DataBody):
-            pending = self._pending.pop(stream_id, None)
+            started = self._drop_started(stream_id)
             self._refuse(
                 stream_id,
                 now,
                 flagged=flagged,
                 outcome=HandshakeOutcome.DATA_BEFORE_HANDSHAKE,
-                failed=pending is not None,
+                failed=started,
             )
+            self._admit_waiting(now)
         elif isinstance(body, ResumeBody) and flagged and self._offers_reliable:
             if body.next_seq == 0 and frame.ack == 0:
                 # An initiator's probe: tell it we are ours and have no message 2 for it.
                 self._noise_out.append(
                     ack_frame(stream_id, ack=0, ack_bits=RELIABLE_CAPABILITY_BIT)
                 )
-            elif stream_id not in self._pending:
+            elif stream_id not in self._pending and stream_id not in self._waiting:
                 # A reliable stream this side does not have (a restarted environment).
                 self._noise_out.append(
                     reset_frame(stream_id, UNKNOWN_STREAM_REASON, ack_bits=RELIABLE_CAPABILITY_BIT)
                 )
-        elif isinstance(body, ResetBody) and self._pending.pop(stream_id, None) is not None:
+        elif isinstance(body, ResetBody) and self._drop_started(stream_id):
             self._noise_events.append(HandshakeFailed(stream_id, body.reason, remote=True))
             self.handshakes[HandshakeOutcome.RESET_BY_PEER] += 1
+            self._admit_waiting(now)
         # ack_frame, heartbeat, an unflagged resume (Codex's claim): ignored as 0.171 does
 
     def _refuse(
@@ -511,21 +539,53 @@ class NoiseStreamMux(StreamMux):
             if self.failed_handshakes >= self.noise.max_failed_handshakes:
                 self._cooldown_until = now + self.noise.failure_cooldown_s
 
-    def _on_message1(self, stream_id: str, message1: bytes, flagged: bool, now: float) -> None:
-        reliable = flagged and self._offers_reliable
+    def _drop_started(self, stream_id: str) -> bool:
+        """Forget a handshake being validated or waiting for a slot; whether there was one."""
+        pending = self._pending.pop(stream_id, None)
+        waiting = self._waiting.pop(stream_id, None)
+        return pending is not None or waiting is not None
+
+    def _holds_copy(self, stream_id: str, message1: bytes) -> bool:
+        """Whether ``message1`` is an exact copy of a flagged message 1 already held."""
         pending = self._pending.get(stream_id)
         if pending is not None:
-            if reliable and pending.reliable and pending.digest == _digest(message1):
-                return  # a copy of the message 1 being validated
-            del self._pending[stream_id]
+            return pending.reliable and pending.digest == _digest(message1)
+        waiting = self._waiting.get(stream_id)
+        return waiting is not None and waiting.flagged and waiting.message1 == message1
+
+    def _on_message1(self, stream_id: str, message1: bytes, flagged: bool, now: float) -> None:
+        reliable = flagged and self._offers_reliable
+        if stream_id in self._pending or stream_id in self._waiting:
+            if reliable and self._holds_copy(stream_id, message1):
+                return  # a copy of a message 1 already held
+            self._drop_started(stream_id)
             self._refuse(
                 stream_id, now, flagged=flagged, outcome=HandshakeOutcome.DUPLICATE, failed=True
             )
+            self._admit_waiting(now)
             return
         outcome = self._admission(now)
+        if outcome is HandshakeOutcome.TOO_MANY_PENDING and (
+            len(self._waiting) < self.noise.max_waiting_handshakes
+        ):
+            self._waiting[stream_id] = _Waiting(
+                message1, flagged, now + self.noise.validation_timeout_s
+            )
+            return
         if outcome is not None:
             self._refuse(stream_id, now, flagged=flagged, outcome=outcome, failed=False)
             return
+        self._read_message1(stream_id, message1, flagged, now)
+
+    def _admit_waiting(self, now: float) -> None:
+        """Read held messages 1 while validation slots are free (oldest first)."""
+        while self._waiting and len(self._pending) < self.noise.max_pending_validations:
+            stream_id = next(iter(self._waiting))
+            waiting = self._waiting.pop(stream_id)
+            self._read_message1(stream_id, waiting.message1, waiting.flagged, now)
+
+    def _read_message1(self, stream_id: str, message1: bytes, flagged: bool, now: float) -> None:
+        reliable = flagged and self._offers_reliable
         if self._identity is None or self._registration_id is None or not self._environment_id:
             self._refuse(
                 stream_id, now, flagged=flagged, outcome=HandshakeOutcome.REFUSED, failed=False
@@ -571,7 +631,7 @@ class NoiseStreamMux(StreamMux):
             self.failed_handshakes = 0  # the cooldown is over: a fresh budget
         if len(self._pending) >= self.noise.max_pending_validations:
             return HandshakeOutcome.TOO_MANY_PENDING
-        if len(self.streams) + len(self._pending) >= self.config.max_streams:
+        if len(self.streams) + len(self._pending) + len(self._waiting) >= self.config.max_streams:
             return HandshakeOutcome.TOO_MANY_STREAMS
         return None
 
@@ -585,6 +645,10 @@ class NoiseStreamMux(StreamMux):
         if pending is None or pending.validation_id != validation_id:
             return
         del self._pending[stream_id]
+        self._complete(stream_id, pending, valid, now)
+        self._admit_waiting(now)
+
+    def _complete(self, stream_id: str, pending: _Pending, valid: bool, now: float) -> None:
         flagged = pending.reliable
         if not valid:
             self._refuse(
@@ -718,6 +782,10 @@ class NoiseStreamMux(StreamMux):
         for pending in self._pending.values():
             if deadline is None or pending.deadline < deadline:
                 deadline = pending.deadline
+        if self._waiting:  # in arrival order: the first waits longest
+            first = next(iter(self._waiting.values())).deadline
+            if deadline is None or first < deadline:
+                deadline = first
         for state in self._initiating.values():
             soonest = min(state.deadline, state.probe_at)
             if deadline is None or soonest < deadline:
@@ -729,6 +797,12 @@ class NoiseStreamMux(StreamMux):
         for stream_id, pending in list(self._pending.items()):
             if now >= pending.deadline:
                 self.validation_result(stream_id, pending.validation_id, False, now)
+        for stream_id, waiting in list(self._waiting.items()):
+            if now < waiting.deadline:
+                break
+            del self._waiting[stream_id]
+            outcome = HandshakeOutcome.TOO_MANY_PENDING
+            self._refuse(stream_id, now, flagged=waiting.flagged, outcome=outcome, failed=False)
         for stream_id, state in list(self._initiating.items()):
             if now >= state.deadline:
                 why = "no Noise handshake answer in time"
