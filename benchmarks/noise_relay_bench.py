@@ -400,7 +400,12 @@ async def main_async(args: argparse.Namespace) -> int:
                 base_url,
                 streams,
                 str(tmp),
-                {"rendezvous": rendezvous.pid, CLEAR: clear_env.pid, NOISE: noise_env.pid},
+                {
+                    "client": None,
+                    "rendezvous": rendezvous.pid,
+                    CLEAR: clear_env.pid,
+                    NOISE: noise_env.pid,
+                },
             ),
         )
     finally:
