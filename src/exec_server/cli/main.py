@@ -8,7 +8,6 @@ to stderr. (The ``exec-server`` group itself is :mod:`exec_server.cli.app`.)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from ..concurrency import run_until
 from ..environment.remote import RegistrationError, RemoteEnvironment, RemoteEnvironmentConfig
 from ..environment.server import (
     DEFAULT_LISTEN_URL,
@@ -241,28 +241,13 @@ async def _serve_remote(config: ServerConfig, remote: RemoteEnvironmentConfig) -
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = asyncio.ensure_future(environment.run())
-    stopper = asyncio.ensure_future(stop.wait())
     try:
-        await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (runner, stopper):
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await stopper
-        error: BaseException | None = None
-        try:
-            await runner
-        except asyncio.CancelledError:
-            pass
-        except BaseException as exc:
-            error = exc
-        await server.close()
-    if isinstance(error, RegistrationError):
+        await run_until(stop, environment.run())
+    except RegistrationError as error:
         click.echo(f"exec-server: {error}", err=True)
-        raise SystemExit(1)
-    if error is not None:
-        raise error
+        raise SystemExit(1) from None
+    finally:
+        await server.close()
 
 
 async def _serve(stdio: bool, host: str, port: int, config: ServerConfig) -> None:
@@ -274,13 +259,7 @@ async def _serve(stdio: bool, host: str, port: int, config: ServerConfig) -> Non
     try:
         if stdio:
             channel = await open_process_stdio(max_message_bytes=config.max_message_bytes)
-            session = asyncio.ensure_future(server.serve_channel(channel))
-            stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({session, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (session, stopper):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await run_until(stop, server.serve_channel(channel))
         else:
             url = await server.start_websocket(host, port)
             sys.stdout.write(url + "\n")

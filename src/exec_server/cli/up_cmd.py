@@ -14,7 +14,6 @@ and reaps every process the environment started.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import click
 
+from ..concurrency import run_until
 from ..environment.remote import (
     RegistrationError,
     RemoteEnvironment,
@@ -101,33 +101,21 @@ async def _up(
             transport=transport,
         ),
     )
-    runner = asyncio.ensure_future(environment.run())
-    stopper = asyncio.ensure_future(stop.wait())
+
+    async def announce_when_online() -> None:
+        try:
+            async with asyncio.timeout(UP_READY_TIMEOUT_S):
+                await environment.connected.wait()
+        except TimeoutError:
+            raise click.ClickException(
+                f"the environment did not come online within {UP_READY_TIMEOUT_S:.0f}s"
+            ) from None
+        _print_banner(rendezvous, base_url, environment)
+        await asyncio.Event().wait()  # the banner is out; run until stopped
+
     try:
-        ready = asyncio.ensure_future(environment.connected.wait())
-        done, _ = await asyncio.wait(
-            {ready, runner, stopper},
-            timeout=UP_READY_TIMEOUT_S,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        ready.cancel()
-        if runner in done:
-            runner.result()  # raises the registration error
-        if stopper not in done:
-            if not done:
-                raise click.ClickException(
-                    f"the environment did not come online within {UP_READY_TIMEOUT_S:.0f}s"
-                )
-            _print_banner(rendezvous, base_url, environment)
-            await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if runner.done():
-                runner.result()
+        await run_until(stop, environment.run(), announce_when_online())
     finally:
-        for task in (runner, stopper):
-            task.cancel()
-        for task in (runner, stopper):
-            with contextlib.suppress(asyncio.CancelledError, RegistrationError):
-                await task
         await server.close()
         await rendezvous.close()
         sys.stderr.write("exec-server up: stopped\n")
