@@ -63,7 +63,6 @@ from exec_server.relay.noise.records import (
 
 __all__ = [
     "CODEX_MAX_ACTIVE_STREAMS",
-    "DEFAULT_MAX_ACTIVE_STREAMS",
     "HARNESS_KEY_VALIDATION_TIMEOUT_S",
     "MAX_FAILED_HANDSHAKES",
     "MAX_PENDING_VALIDATIONS",
@@ -84,8 +83,6 @@ NOISE_RELAY_RESET_REASON = "noise_relay_protocol_error"
 
 CODEX_MAX_ACTIVE_STREAMS = 128
 """Codex 0.171's ``MAX_ACTIVE_NOISE_RELAY_STREAMS`` (per executor socket)."""
-DEFAULT_MAX_ACTIVE_STREAMS = 4096
-"""Our default: as many streams as the rendezvous routes per environment."""
 MAX_PENDING_VALIDATIONS = 32
 """Handshakes waiting for the registry at once (Codex ``MAX_PENDING_HANDSHAKE_VALIDATIONS``)."""
 MAX_FAILED_HANDSHAKES = 8
