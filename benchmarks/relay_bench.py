@@ -81,7 +81,7 @@ from bench_support import START_TIMEOUT_S, Child, Ids, ProcState, RpcState, run_
 from exec_server.client import DEFAULT_OUTPUT_CHUNK_BYTES  # noqa: E402
 from exec_server.malloc_tuning import tune_malloc  # noqa: E402
 from exec_server.transport.channel import ChannelClosed, MessageChannel  # noqa: E402
-from exec_server.transport.relay_connection import connect_harness_relay  # noqa: E402
+from exec_server.transport.harness_relay import connect_harness_relay  # noqa: E402
 from exec_server.transport.websocket import connect_websocket  # noqa: E402
 
 ENVIRONMENT_ID = "bench"

@@ -174,10 +174,10 @@ def test_messages_completed_before_a_violation_are_still_handed_out() -> None:
 
 
 def test_unseal_runs_once_per_segment_in_seq_order() -> None:
-    calls: list[bytes] = []
+    calls: list[tuple[bytes, int, int]] = []
 
-    def unseal(sealed: bytes) -> bytes:
-        calls.append(sealed)
+    def unseal(sealed: bytes, index: int, count: int) -> bytes:
+        calls.append((sealed, index, count))
         return sealed.upper()
 
     w = window(unseal=unseal)
@@ -185,11 +185,11 @@ def test_unseal_runs_once_per_segment_in_seq_order() -> None:
     give(w, frame(2, b"b", 1, 2))
     assert calls == []  # held out of order: not opened yet
     assert give(w, frame(1, b"a", 0, 2)) == [b"AB", b"C"]
-    assert calls == [b"a", b"b", b"c"]
+    assert calls == [(b"a", 0, 2), (b"b", 1, 2), (b"c", 0, 1)]
 
 
 def test_an_unseal_failure_is_a_protocol_error() -> None:
-    def unseal(sealed: bytes) -> bytes:
+    def unseal(sealed: bytes, index: int, count: int) -> bytes:
         raise PeerProtocolViolation("noise_decrypt_failed")
 
     w = window(unseal=unseal)

@@ -213,17 +213,17 @@ def test_legacy_seqs_start_at_zero_and_wrap_at_u32() -> None:
 
 
 def test_seal_runs_once_per_segment_in_seq_order_and_retransmits_sealed_bytes() -> None:
-    calls: list[bytes] = []
+    calls: list[tuple[bytes, int, int]] = []
 
-    def seal(plain: bytes) -> bytes:
-        calls.append(plain)
+    def seal(plain: bytes, index: int, count: int) -> bytes:
+        calls.append((plain, index, count))
         return b"<" + plain[::-1] + b">"
 
     w = window(seal=seal)
     w.queue(b"0123456789abc")
     w.queue(b"xy")
     sent = send_all(w, 0.0)
-    assert calls == [b"0123456789", b"abc", b"xy"]
+    assert calls == [(b"0123456789", 0, 2), (b"abc", 1, 2), (b"xy", 0, 1)]
     assert [s.payload for s in sent] == [b"<9876543210>", b"<cba>", b"<yx>"]
     assert w.buffered_bytes == 12 + 5 + 4  # sealed bytes are what the window holds
     w.on_timer(10.0)

@@ -49,6 +49,7 @@ async def setup(make_rendezvous: MakeRendezvous) -> AsyncIterator[Setup]:
     remote = RemoteEnvironment(
         server,
         RemoteEnvironmentConfig(
+            transport="legacy",  # raw cleartext frames below
             base_url=rendezvous.base_url,
             environment_id=ENV,
             token=TOKEN,

@@ -115,6 +115,12 @@ def _read_token(token_file: Path | None) -> str | None:
     type=click.Path(path_type=Path, dir_okay=False),
     help=f"Registry bearer token (default: env {REGISTRATION_TOKEN_ENV}).",
 )
+@click.option(
+    "--remote-transport",
+    type=click.Choice(["noise", "legacy"]),
+    help="noise: end-to-end encrypted relay, Codex 0.171's (default); legacy: cleartext, "
+    "for 0.133-era registries (the default with --executor-id).",
+)
 def serve(
     listen: str | None,
     token_file: Path | None,
@@ -133,6 +139,7 @@ def serve(
     executor_id: str | None,
     name: str | None,
     registration_token_file: Path | None,
+    remote_transport: str | None,
 ) -> None:
     """Serve the exec-server JSON-RPC API locally, or remotely through a rendezvous."""
     try:
@@ -168,11 +175,12 @@ def serve(
             name,
             registration_token_file,
             max_message_bytes,
+            remote_transport,
         )
         asyncio.run(_serve_remote(config, remote))
         return
-    if environment_id or executor_id:
-        raise click.UsageError("--environment-id/--executor-id require --remote")
+    if environment_id or executor_id or remote_transport:
+        raise click.UsageError("--environment-id/--executor-id/--remote-transport require --remote")
     try:
         address = parse_listen_url(listen or DEFAULT_LISTEN_URL)
     except ListenUrlError as exc:
@@ -191,6 +199,7 @@ def _remote_config(
     name: str | None,
     token_file: Path | None,
     max_message_bytes: int,
+    transport: str | None = None,
 ) -> RemoteEnvironmentConfig:
     if environment_id and executor_id:
         raise click.UsageError("give --environment-id or --executor-id, not both")
@@ -217,6 +226,9 @@ def _remote_config(
             name=name,
             path_flavor="executor" if executor_id else "environment",
             max_message_bytes=max_message_bytes,
+            transport="legacy"
+            if transport == "legacy" or (executor_id and not transport)
+            else "noise",
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

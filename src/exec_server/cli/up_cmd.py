@@ -2,9 +2,13 @@
 
 The quickest way to a working remote setup on one machine: it starts the embedded
 rendezvous (registry + relay router), registers a local environment with it over the
-real registration and relay path, and prints a harness URL ready for
-``CODEX_EXEC_SERVER_URL`` plus a copy-paste ``exec-server run`` example. Ctrl-C (or
-SIGTERM) stops both and reaps every process the environment started.
+real registration and relay path, and prints how to reach it. The environment is on
+the end-to-end encrypted relay (Noise) by default: the banner gives the
+``CODEX_EXEC_SERVER_NOISE_*`` variables for the Codex harness (0.142 and later) and a
+copy-paste ``exec-server run --rendezvous ...`` example; with
+``--remote-transport legacy`` it prints a cleartext harness URL for
+``CODEX_EXEC_SERVER_URL`` instead (0.133-era harnesses). Ctrl-C (or SIGTERM) stops both
+and reaps every process the environment started.
 """
 
 from __future__ import annotations
@@ -18,7 +22,12 @@ from pathlib import Path
 import click
 
 from ..concurrency import run_until
-from ..environment.remote import RegistrationError, RemoteEnvironment, RemoteEnvironmentConfig
+from ..environment.remote import (
+    RegistrationError,
+    RemoteEnvironment,
+    RemoteEnvironmentConfig,
+    RemoteTransport,
+)
 from ..environment.server import ExecServer
 from ..rendezvous.server import RendezvousConfig, RendezvousServer, parse_listen_url
 from ..transport.listen_url import ListenUrlError
@@ -42,20 +51,38 @@ UP_HARNESS_URL_LIFETIME_S = 7 * 24 * 3600.0
     type=click.Path(path_type=Path, file_okay=False),
     help="Persist the rendezvous token, URL secret and registrations here.",
 )
-def up(listen: str, environment_id: str, name: str | None, data_dir: Path | None) -> None:
+@click.option(
+    "--remote-transport",
+    type=click.Choice(["noise", "legacy"]),
+    default="noise",
+    show_default=True,
+    help="noise: end-to-end encrypted relay; legacy: cleartext, for 0.133-era harnesses.",
+)
+def up(
+    listen: str,
+    environment_id: str,
+    name: str | None,
+    data_dir: Path | None,
+    remote_transport: RemoteTransport,
+) -> None:
     """Start a rendezvous and a local environment registered to it."""
     try:
         host, port = parse_listen_url(listen)
     except ListenUrlError as exc:
         raise click.UsageError(str(exc)) from None
     try:
-        asyncio.run(_up(host, port, environment_id, name, data_dir))
+        asyncio.run(_up(host, port, environment_id, name, data_dir, remote_transport))
     except RegistrationError as exc:
         raise click.ClickException(str(exc)) from None
 
 
 async def _up(
-    host: str, port: int, environment_id: str, name: str | None, data_dir: Path | None
+    host: str,
+    port: int,
+    environment_id: str,
+    name: str | None,
+    data_dir: Path | None,
+    transport: RemoteTransport = "noise",
 ) -> None:
     rendezvous = RendezvousServer(RendezvousConfig(data_dir=data_dir))
     server = ExecServer()
@@ -71,6 +98,7 @@ async def _up(
             environment_id=environment_id,
             token=rendezvous.token,
             name=name or environment_id,
+            transport=transport,
         ),
     )
 
@@ -82,7 +110,7 @@ async def _up(
             raise click.ClickException(
                 f"the environment did not come online within {UP_READY_TIMEOUT_S:.0f}s"
             ) from None
-        _print_banner(rendezvous, base_url, environment_id)
+        _print_banner(rendezvous, base_url, environment)
         await asyncio.Event().wait()  # the banner is out; run until stopped
 
     try:
@@ -93,14 +121,43 @@ async def _up(
         sys.stderr.write("exec-server up: stopped\n")
 
 
-def _print_banner(rendezvous: RendezvousServer, base_url: str, environment_id: str) -> None:
-    harness_url = rendezvous.harness_url(environment_id, lifetime_s=UP_HARNESS_URL_LIFETIME_S)
+def _print_banner(
+    rendezvous: RendezvousServer, base_url: str, environment: RemoteEnvironment
+) -> None:
+    environment_id = environment.config.environment_id
     token_file = rendezvous.token_path
     token_hint = (
         f"--token-file {token_file}"
         if token_file is not None
         else "(token from EXEC_SERVER_RENDEZVOUS_TOKEN)"
     )
+    if environment.noise is not None:
+        token = (
+            f'"$(cat {token_file})"'
+            if token_file is not None
+            else '"$EXEC_SERVER_RENDEZVOUS_TOKEN"'
+        )
+        key = environment.noise.identity.public_key.fingerprint
+        lines = [
+            "exec-server is up (end-to-end encrypted relay).",
+            f"  rendezvous:   {base_url}",
+            f"  environment:  {environment_id} (online, Noise key {key})",
+            f"  token file:   {token_file if token_file is not None else '(from the environment)'}",
+            "",
+            "Point the Codex harness (0.142 or later) at it:",
+            f"  export CODEX_EXEC_SERVER_NOISE_REGISTRY_URL='{base_url}'",
+            f"  export CODEX_EXEC_SERVER_NOISE_ENVIRONMENT_ID='{environment_id}'",
+            f"  export CODEX_EXEC_SERVER_NOISE_AUTH_TOKEN={token}",
+            "Try it:",
+            f"  exec-server run --rendezvous {base_url} --environment-id {environment_id} "
+            f"{token_hint} -- uname -a",
+            f"  exec-server envs --rendezvous {base_url} {token_hint}",
+            "Press Ctrl-C to stop.",
+        ]
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
+        return
+    harness_url = rendezvous.harness_url(environment_id, lifetime_s=UP_HARNESS_URL_LIFETIME_S)
     lines = [
         "exec-server is up.",
         f"  rendezvous:   {base_url}",

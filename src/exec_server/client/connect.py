@@ -11,10 +11,11 @@ was dialed, and ``transient`` when dialing again later may help.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..transport.channel import MessageChannel
 from ..transport.registry_client import RegistryClient, RegistryError
@@ -27,6 +28,39 @@ if TYPE_CHECKING:
 
 #: A factory of fresh channels to the same server (used again to recover a session).
 Reconnect = Callable[[], Awaitable[MessageChannel]]
+
+#: The variables Codex's harness (0.142+) reads to reach an environment through a
+#: registry of its Noise contract.
+CODEX_NOISE_REGISTRY_URL_ENV = "CODEX_EXEC_SERVER_NOISE_REGISTRY_URL"
+CODEX_NOISE_ENVIRONMENT_ID_ENV = "CODEX_EXEC_SERVER_NOISE_ENVIRONMENT_ID"
+CODEX_NOISE_AUTH_TOKEN_ENV = "CODEX_EXEC_SERVER_NOISE_AUTH_TOKEN"
+CODEX_NOISE_ACCOUNT_ID_ENV = "CODEX_EXEC_SERVER_NOISE_CHATGPT_ACCOUNT_ID"
+
+
+class CodexNoiseEnvironment(NamedTuple):
+    """Where the ``CODEX_EXEC_SERVER_NOISE_*`` variables point (each may be unset)."""
+
+    registry_url: str
+    environment_id: str | None
+    auth_token: str | None
+    account_id: str | None
+
+
+def codex_noise_environment(
+    environ: Mapping[str, str] | None = None,
+) -> CodexNoiseEnvironment | None:
+    """The Codex harness's Noise registry settings, or ``None`` when
+    ``CODEX_EXEC_SERVER_NOISE_REGISTRY_URL`` is not set."""
+    env = os.environ if environ is None else environ
+    registry_url = env.get(CODEX_NOISE_REGISTRY_URL_ENV, "").strip()
+    if not registry_url:
+        return None
+    return CodexNoiseEnvironment(
+        registry_url,
+        env.get(CODEX_NOISE_ENVIRONMENT_ID_ENV, "").strip() or None,
+        env.get(CODEX_NOISE_AUTH_TOKEN_ENV, "").strip() or None,
+        env.get(CODEX_NOISE_ACCOUNT_ID_ENV, "").strip() or None,
+    )
 
 
 class Connecting:
@@ -98,23 +132,41 @@ def dial_rendezvous(
     config: ClientConfig,
     watch: RelayWatch | None = None,
 ) -> Reconnect:
-    """Ask the registry for a fresh harness URL for ``environment_id``, then dial it
-    (its status reports go to ``watch``)."""
-    registry = RegistryClient(rendezvous, token, timeout_s=config.timeouts.connect_s)
+    """Reach ``environment_id`` through the registry on every dial: ``/connect`` with a
+    fresh Noise key, then the encrypted relay, or the cleartext one for an 0.133-era
+    environment (:mod:`~exec_server.transport.noise_channel`); status reports go to
+    ``watch``."""
+    registry = RegistryClient(
+        rendezvous,
+        token,
+        timeout_s=config.timeouts.connect_s,
+        account_id=config.chatgpt_account_id,
+    )
 
     async def dial() -> MessageChannel:
+        from ..transport.noise_channel import NoiseConnectFailed, open_rendezvous_channel
+
+        where = f"cannot reach environment {environment_id} through {registry.base_url}"
         try:
-            harness = await registry.connect(environment_id)
+            return await open_rendezvous_channel(
+                registry,
+                environment_id,
+                encryption=config.encryption,
+                timeout_s=config.timeouts.connect_s,
+                on_status=watch if watch is not None else config.on_relay_status,
+            )
         except RegistryError as exc:
             raise ConnectError(
-                f"cannot reach environment {environment_id} through {registry.base_url}: "
-                f"{_registry_problem(exc)}",
+                f"{where}: {_registry_problem(exc)}",
                 status=exc.status or None,
                 transient=exc.transient,
             ) from exc
+        except NoiseConnectFailed as exc:
+            raise ConnectError(f"{where}: {exc}", transient=exc.transient) from None
+        except (OSError, TimeoutError) as exc:
+            raise ConnectError(f"{where}: {exc or type(exc).__name__}") from None
         finally:
             await registry.close()
-        return await _dial_relay(harness.url, None, config, watch)
 
     return dial
 

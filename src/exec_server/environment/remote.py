@@ -3,8 +3,12 @@
 The loop (Codex E1, plus what Codex left out):
 
 1. ``POST {base}/cloud/environment/{id}/register`` (or ``/cloud/executor/{id}/register``
-   for E1 registries) with ``Authorization: Bearer <token>`` and no body; the answer is
-   ``{"environment_id"|"executor_id": id, "url": ws-url}``. Redirects are not followed.
+   for E1 registries) with ``Authorization: Bearer <token>``; the answer is
+   ``{"environment_id"|"executor_id": id, "url": ws-url}``. With the Noise transport (the
+   default) the body carries the process's Noise public key and the answer must add
+   ``security_profile`` and ``executor_registration_id`` (Codex 0.171's contract;
+   :mod:`~exec_server.environment.noise_responder`); with ``transport="legacy"`` there is
+   no body (0.133-era registries). Redirects are not followed.
    401/403 and other 4xx are fatal with a clear message; 5xx, 408, 429 and network
    errors are retried.
 2. Dial ``url`` verbatim (no compression, keepalive pings every 30 s, 60 s pong
@@ -16,6 +20,10 @@ The loop (Codex E1, plus what Codex left out):
    (:mod:`~exec_server.transport.reconnect`) decides: errors that are not transient
    end the loop; otherwise backoff starts at 1 s, doubles to 30 s, has +-20% jitter,
    and resets after a successful connect.
+
+With Noise, every stream starts with the hybrid IK handshake and each harness key is
+checked with the registry's ``/validate`` before the environment answers; streams
+that did not complete a handshake get nothing but a reset.
 
 The relay connection, and with it every reliable stream, outlives the physical
 socket, so harnesses speaking our reliable relay resume their streams on the next
@@ -33,6 +41,7 @@ from typing import Literal
 
 import aiohttp
 
+from ..relay.noise.noise_mux import NoiseMuxConfig
 from ..relay.stream_mux import MuxConfig, MuxRole
 from ..transport.reconnect import backoff, is_transient
 from ..transport.registry_client import RegistryClient, RegistryError
@@ -44,6 +53,7 @@ from ..transport.relay_connection import (
     dial_environment_socket,
 )
 from ..transport.websocket import DEFAULT_MAX_MESSAGE_BYTES
+from .noise_responder import NoiseResponder
 from .server import ExecServer
 
 log = logging.getLogger(__name__)
@@ -59,6 +69,9 @@ ENVIRONMENT_MAX_STREAMS = 4096
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 
 PathFlavor = Literal["environment", "executor"]
+#: ``noise``: Codex 0.171's encrypted relay (the default); ``legacy``: cleartext, for
+#: 0.133-era registries.
+RemoteTransport = Literal["noise", "legacy"]
 
 
 class RegistrationError(Exception):
@@ -85,6 +98,8 @@ class RemoteEnvironmentConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     initial_backoff_s: float = INITIAL_BACKOFF_S
     max_backoff_s: float = MAX_BACKOFF_S
+    transport: RemoteTransport = "noise"
+    noise: NoiseMuxConfig = field(default_factory=NoiseMuxConfig)
 
     def __post_init__(self) -> None:
         if not _ID_PATTERN.match(self.environment_id):
@@ -96,15 +111,23 @@ class RemoteEnvironmentConfig:
             raise ValueError("the registration token is empty")
 
 
-async def register(registry: RegistryClient, config: RemoteEnvironmentConfig) -> str:
-    """POST the registration; return the rendezvous websocket URL."""
+async def register(
+    registry: RegistryClient, config: RemoteEnvironmentConfig, noise: NoiseResponder | None = None
+) -> str:
+    """POST the registration (with ``noise``'s public key); return the rendezvous
+    websocket URL."""
+    key = noise.identity.public_key if noise is not None else None
     try:
-        registration = await registry.register(config.environment_id, name=config.name)
+        registration = await registry.register(
+            config.environment_id, name=config.name, noise_key=key
+        )
     except RegistryError as exc:
         message = _registration_problem(exc)
         if exc.transient:
             raise _RetryableRegistrationError(message) from None
         raise RegistrationError(message) from None
+    if noise is not None:
+        noise.registered(registration)
     return registration.url
 
 
@@ -127,8 +150,17 @@ class RemoteEnvironment:
     def __init__(self, server: ExecServer, config: RemoteEnvironmentConfig) -> None:
         self.server = server
         self.config = config
+        self.noise = (
+            NoiseResponder(config.environment_id, config.relay.mux, config.noise)
+            if config.transport == "noise"
+            else None
+        )
         self.connection = RelayConnection(
-            MuxRole.ENVIRONMENT, config.relay, on_stream=self._on_stream
+            MuxRole.ENVIRONMENT,
+            config.relay,
+            on_stream=self._on_stream,
+            mux=self.noise.mux if self.noise is not None else None,
+            on_event=self.noise.on_event if self.noise is not None else None,
         )
         self.connected = asyncio.Event()
         self.registrations = 0
@@ -154,6 +186,10 @@ class RemoteEnvironment:
             asyncio.TaskGroup() as streams,
         ):
             self._streams = streams
+            if self.noise is not None:
+                self.noise.bind(
+                    registry, streams, poke=self.connection.poke, now=self.connection.now
+                )
             try:
                 await self._loop(http, registry)
             except RegistrationError as exc:
@@ -168,7 +204,7 @@ class RemoteEnvironment:
         delays = backoff(cfg.initial_backoff_s, cfg.max_backoff_s, jitter=BACKOFF_JITTER)
         while True:
             try:
-                url = await register(registry, cfg)
+                url = await register(registry, cfg, self.noise)
                 self.registrations += 1
                 log.info(
                     "exec-server remote environment registered with environment_id %s",

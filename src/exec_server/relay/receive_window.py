@@ -11,8 +11,9 @@ at once after a gap, a segment that fills one, a duplicate, every
 ``ack_frame``.
 
 **Payload transform seam.** ``unseal``, if given, is applied to every segment's payload
-exactly once, in seq order, as the segment is released in order (before reassembly); it
-may raise :class:`~exec_server.relay.stream_config.PeerProtocolViolation` to reject it.
+exactly once, in seq order, as the segment is released in order (before reassembly),
+with the frame's ``segment_index`` and ``segment_count``; it may raise
+:class:`~exec_server.relay.stream_config.PeerProtocolViolation` to reject it.
 Nothing here reads a clock: ``now`` is an argument.
 """
 
@@ -182,7 +183,12 @@ class ReceiveWindow:
         self, frame: RelayFrame, data: DataBody, delivered: list[Delivered]
     ) -> None:
         """Release or reassemble the next in-order data frame (``data`` is its body)."""
-        payload = data.payload if self._unseal is None else self._unseal(data.payload)
+        unseal = self._unseal
+        payload = (
+            data.payload
+            if unseal is None
+            else unseal(data.payload, data.segment_index, data.segment_count)
+        )
         if not self._parts:
             if data.segment_index != 0:
                 raise PeerProtocolViolation("protocol_error:segment_out_of_order")

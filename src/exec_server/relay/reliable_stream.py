@@ -70,6 +70,8 @@ class ReliableStream:
     both); nothing raises on peer input: violations reset the stream (a ``StreamReset``).
     ``seal``/``unseal`` transform each segment's payload once (see the windows). A stream
     owned by a :class:`~exec_server.relay.stream_mux.StreamMux` is driven only through it.
+    ``peer_mode`` is given when the peer is already known (the Noise handshake negotiates
+    it): the stream then starts in that mode, without an opening ``resume``.
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class ReliableStream:
         config: ReliableStreamConfig | None = None,
         seal: PayloadTransform | None = None,
         unseal: PayloadTransform | None = None,
+        peer_mode: PeerMode | None = None,
     ) -> None:
         self.stream_id = stream_id
         self.initiator = initiator
@@ -88,12 +91,15 @@ class ReliableStream:
         self.stats = StreamStats()
         self._send = SendWindow(cfg, self.stats, seal=seal)
         self._receive = ReceiveWindow(cfg, self.stats, unseal=unseal)
-        self._rules = RULES[PeerMode.PROBING if cfg.allow_reliable else PeerMode.LEGACY]
+        negotiated = peer_mode is not None
+        if peer_mode is None:
+            peer_mode = PeerMode.PROBING if cfg.allow_reliable else PeerMode.LEGACY
+        self._rules = RULES[peer_mode]
         self._legacy_by_timeout = False
         self._connected = True
         self._closed_reason: str | None = None
         self._pending_reset: str | None = None
-        self._pending_resume = initiator
+        self._pending_resume = initiator and not negotiated
         self._events: deque[StreamEvent] = deque()
         self._undelivered_bytes = 0
         self._last_sent_at = now

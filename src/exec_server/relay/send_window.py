@@ -16,9 +16,12 @@ Retransmission deadlines come from two queues (RTO and repair) kept in ``sent_at
 order, so finding the earliest one does not scan the window.
 
 **Payload transform seam.** ``seal``, if given, is applied to every segment's payload
-exactly once, in seq order, when the message is segmented; retransmissions resend the
-sealed bytes. Byte accounting (window, send buffer) counts sealed bytes. Nothing here
-reads a clock: ``now`` is an argument.
+exactly once, in seq order, when the message is segmented; it is also told the segment's
+``segment_index`` and ``segment_count``, so that an authenticating transform can bind
+them (the Noise relay uses them as associated data: the unauthenticated frame header
+then cannot regroup segments into other messages). Retransmissions resend the sealed
+bytes. Byte accounting (window, send buffer) counts sealed bytes. Nothing here reads a
+clock: ``now`` is an argument.
 """
 
 from __future__ import annotations
@@ -43,9 +46,10 @@ from exec_server.relay.stream_config import (
 
 __all__ = ["PayloadTransform", "RttEstimator", "Segment", "SendWindow"]
 
-PayloadTransform = Callable[[bytes], bytes]
+PayloadTransform = Callable[[bytes, int, int], bytes]
 """A per-segment payload transform (encryption on the send side, decryption on the
-receive side): bytes in, bytes out, called once per segment in seq order."""
+receive side): ``(payload, segment_index, segment_count) -> payload``, called once per
+segment in seq order."""
 
 _MAX_TIMER_QUEUE = 4 * MAX_WINDOW_SEGMENTS
 """Entries a retransmission-deadline queue may hold before it is rebuilt from the window."""
@@ -207,7 +211,7 @@ class SendWindow:
                 bytes(payload) if count == 1 else bytes(payload[index * step : (index + 1) * step])
             )
             if seal is not None:
-                chunk = seal(chunk)
+                chunk = seal(chunk, index, count)
             added += len(chunk)
             first = index == 0
             seq = self._next_assign

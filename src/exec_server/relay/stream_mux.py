@@ -53,9 +53,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
+from typing import Protocol
 
 from exec_server.relay.errors import InvalidFrame, StreamClosed
-from exec_server.relay.events import MuxEvent, StreamOpened
+from exec_server.relay.events import MuxEvent, PeerMode, StreamEvent, StreamOpened
 from exec_server.relay.frame_codec import (
     INBOUND_LIMITS,
     MAX_OUTBOUND_STREAM_ID_BYTES,
@@ -70,7 +71,7 @@ from exec_server.relay.frame_codec import (
     reset_for_peer,
 )
 from exec_server.relay.reliable_stream import ReliableStream, ReliableStreamConfig
-from exec_server.relay.stream_config import seq_to_wire
+from exec_server.relay.stream_config import StreamStats, seq_to_wire
 
 __all__ = [
     "MAX_PENDING_CONTROL_FRAMES",
@@ -79,8 +80,48 @@ __all__ = [
     "MuxConfig",
     "MuxDropReason",
     "MuxRole",
+    "MuxStream",
     "StreamMux",
 ]
+
+
+class MuxStream(Protocol):
+    """What the multiplexer needs of a stream: the verbs of
+    :class:`~exec_server.relay.reliable_stream.ReliableStream`, which every stream the
+    mux creates is. Other kinds are adopted with :meth:`StreamMux.adopt_stream` (the
+    Noise relay's streams with a Codex peer, :mod:`exec_server.relay.noise.codex_stream`)."""
+
+    @property
+    def stream_id(self) -> str: ...
+    @property
+    def mode(self) -> PeerMode: ...
+    @property
+    def stats(self) -> StreamStats: ...
+    @property
+    def is_closed(self) -> bool: ...
+    @property
+    def close_reason(self) -> str | None: ...
+    @property
+    def is_finished(self) -> bool: ...
+    @property
+    def has_events(self) -> bool: ...
+    def send_message(
+        self,
+        payload: bytes,
+        now: float,
+        *,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
+    ) -> None: ...
+    def reset(self, reason: str) -> None: ...
+    def next_frame(self, now: float) -> RelayFrame | None: ...
+    def next_event(self) -> StreamEvent | None: ...
+    def receive_frame(self, frame: RelayFrame, now: float) -> None: ...
+    def get_timer(self) -> float | None: ...
+    def handle_timer(self, now: float) -> None: ...
+    def connection_lost(self, now: float) -> None: ...
+    def on_reconnect(self, now: float) -> None: ...
+
 
 MAX_STREAMS = 128
 """Live streams per socket (Codex ``MAX_ACTIVE_NOISE_RELAY_STREAMS``)."""
@@ -145,7 +186,7 @@ class _Batch:
         self.headroom = headroom
         self.frames: list[bytes | bytearray] = []
         self.total = 0
-        self.touched: set[ReliableStream] = set()
+        self.touched: set[MuxStream] = set()
 
     def encode(self, frame: RelayFrame) -> bytes | bytearray:
         headroom = self.headroom
@@ -179,28 +220,28 @@ class StreamMux:
         self.dropped: Counter[str] = Counter()
         """Inbound frames dropped at mux level, by reason (``InvalidFrameReason`` values and
         ``MuxDropReason`` values). Per-stream drops are in each stream's ``stats``."""
-        self._streams: dict[str, ReliableStream] = {}  # live streams, by id
-        self._closing: dict[ReliableStream, None] = {}  # ended, output or events pending
+        self._streams: dict[str, MuxStream] = {}  # live streams, by id
+        self._closing: dict[MuxStream, None] = {}  # ended, output or events pending
         self._retired: OrderedDict[str, None] = OrderedDict()
         self._control: deque[bytes] = deque()
         self._opened: deque[StreamOpened] = deque()
-        self._ready: deque[ReliableStream] = deque()  # streams with events, in turn
-        self._ready_set: set[ReliableStream] = set()
+        self._ready: deque[MuxStream] = deque()  # streams with events, in turn
+        self._ready_set: set[MuxStream] = set()
         self._rotation = 0
         # Each stream's next deadline, refreshed after every call that can move it, so
         # get_timer() costs O(streams) instead of rescanning every send window.
-        self._timers: dict[ReliableStream, float] = {}
+        self._timers: dict[MuxStream, float] = {}
         # Streams that may have output; data_to_send skips the others.
-        self._pending_output: set[ReliableStream] = set()
+        self._pending_output: set[MuxStream] = set()
         # Streams whose output is held back (pause_output).
-        self._paused: set[ReliableStream] = set()
+        self._paused: set[MuxStream] = set()
         # Streams whose events are held back (hold_events).
-        self._held: set[ReliableStream] = set()
+        self._held: set[MuxStream] = set()
 
     # ------------------------------------------------------------------ streams
 
     @property
-    def streams(self) -> Mapping[str, ReliableStream]:
+    def streams(self) -> Mapping[str, MuxStream]:
         """Live streams by id (read-only view); ended streams are not in it."""
         return MappingProxyType(self._streams)
 
@@ -293,10 +334,24 @@ class StreamMux:
                     self._ready.append(stream)
                 return
 
+    def adopt_stream(self, stream: MuxStream, *, announce: bool = True) -> None:
+        """Take over a stream created elsewhere (the Noise layer creates one once its
+        handshake completes); with ``announce``, a :class:`StreamOpened` event tells the
+        owner. Raises ``ValueError`` for an id in use and ``RuntimeError`` over
+        ``max_streams``."""
+        if stream.stream_id in self._streams:
+            raise ValueError(f"relay stream id {stream.stream_id!r} is in use on this socket")
+        if self._stream_count() >= self.config.max_streams:
+            raise RuntimeError(f"too many relay streams (max {self.config.max_streams})")
+        self._retired.pop(stream.stream_id, None)
+        if announce:
+            self._opened.append(StreamOpened(stream.stream_id))
+        self._adopt(stream)
+
     def _stream_count(self) -> int:
         return len(self._streams) + len(self._closing)
 
-    def _adopt(self, stream: ReliableStream) -> None:
+    def _adopt(self, stream: MuxStream) -> None:
         self._streams[stream.stream_id] = stream
         self._after_input(stream)
 
@@ -321,7 +376,7 @@ class StreamMux:
         stream.receive_frame(frame, now)
         self._after_input(stream)
 
-    def _accept(self, frame: RelayFrame, now: float) -> ReliableStream | None:
+    def _accept(self, frame: RelayFrame, now: float) -> MuxStream | None:
         stream_id = frame.stream_id
         body = frame.body
         reliable = (
@@ -391,7 +446,7 @@ class StreamMux:
             self._update(stream)
         return batch.frames
 
-    def _active_streams(self, now: float) -> list[ReliableStream]:
+    def _active_streams(self, now: float) -> list[MuxStream]:
         """Streams that may have output now, starting from a different one each call."""
         streams = [*self._streams.values(), *self._closing]
         if not streams:
@@ -407,7 +462,7 @@ class StreamMux:
             active = [s for s in active if s not in paused or s.is_closed]
         return active
 
-    def _drain(self, stream: ReliableStream, now: float, batch: _Batch) -> None:
+    def _drain(self, stream: MuxStream, now: float, batch: _Batch) -> None:
         """Every frame ``stream`` has, within the batch's budget."""
         while (frame := stream.next_frame(now)) is not None:
             batch.touched.add(stream)
@@ -415,9 +470,7 @@ class StreamMux:
                 return
         self._pending_output.discard(stream)
 
-    def _round(
-        self, active: list[ReliableStream], now: float, batch: _Batch
-    ) -> list[ReliableStream]:
+    def _round(self, active: list[MuxStream], now: float, batch: _Batch) -> list[MuxStream]:
         """One frame of each stream in turn; returns the streams that had one."""
         still_active = []
         for stream in active:
@@ -460,7 +513,7 @@ class StreamMux:
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def _after_input(self, stream: ReliableStream) -> None:
+    def _after_input(self, stream: MuxStream) -> None:
         """After a call that may have changed anything about ``stream``."""
         self._pending_output.add(stream)
         if stream.has_events and stream not in self._ready_set and stream not in self._held:
@@ -468,7 +521,7 @@ class StreamMux:
             self._ready.append(stream)
         self._update(stream)
 
-    def _update(self, stream: ReliableStream) -> None:
+    def _update(self, stream: MuxStream) -> None:
         """Refresh the cached deadline; move an ended stream out of routing, then forget
         it once it has nothing left to write or report."""
         deadline = stream.get_timer()

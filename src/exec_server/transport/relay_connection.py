@@ -59,8 +59,7 @@ from ..relay.events import (
     StreamOpened,
     StreamReset,
 )
-from ..relay.reliable_stream import ReliableStream
-from ..relay.stream_mux import MuxConfig, MuxRole, StreamMux
+from ..relay.stream_mux import MuxConfig, MuxRole, MuxStream, StreamMux
 from .channel import ChannelClosed, MessageTooLargeForTransport
 from .picows_socket import HEADROOM as PICOWS_HEADROOM
 from .picows_socket import PicowsRelaySocket, dial_picows_relay_socket
@@ -100,7 +99,7 @@ class RelayStreamChannel:
     transport_name = "relay"
     parse_error_prefix = "failed to parse relay JSON-RPC message from exec-server relay"
 
-    def __init__(self, connection: RelayConnection, stream: ReliableStream) -> None:
+    def __init__(self, connection: RelayConnection, stream: MuxStream) -> None:
         self._connection = connection
         self.stream = stream
         """The relay stream, for reading its state and counters; only the connection's
@@ -197,9 +196,12 @@ class RelayConnection:
         *,
         on_stream: Callable[[RelayStreamChannel], None] | None = None,
         on_status: StatusCallback | None = None,
+        mux: StreamMux | None = None,
+        on_event: Callable[[object], None] | None = None,
     ) -> None:
         self.config = config or RelayConfig()
-        self.mux = StreamMux(role, self.config.mux)
+        self.mux = mux if mux is not None else StreamMux(role, self.config.mux)
+        self._on_event = on_event
         self.channels: dict[str, RelayStreamChannel] = {}
         self._on_stream = on_stream
         self.on_status = on_status
@@ -273,6 +275,12 @@ class RelayConnection:
         self._dispatch_events()
         self._output_pending()
 
+    def poke(self) -> None:
+        """The owner changed the multiplexer directly (a Noise validation answer): hand
+        out its events and wake the writer."""
+        self._dispatch_events()
+        self._output_pending()
+
     def close_stream(self, stream_id: str, reason: str) -> None:
         """Reset one stream (its channel is forgotten)."""
         self.channels.pop(stream_id, None)
@@ -316,6 +324,8 @@ class RelayConnection:
                 log.debug("relay stream %s ended: %s", event.stream_id, event.reason)
             elif isinstance(event, PeerModeResolved | PeerResumed):
                 log.debug("relay stream %s: %s", event.stream_id, event)
+            elif self._on_event is not None:
+                self._on_event(event)  # a multiplexer's own events (the Noise handshake's)
 
     def report(self, status: RelayStatus) -> None:
         """Tell the owner (``on_status``) about the environment behind the relay."""
