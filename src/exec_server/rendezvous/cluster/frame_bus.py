@@ -48,6 +48,9 @@ class RemoteFrame:
     environment_id: str
     direction: Direction
     data: bytes
+    control: bool = False
+    """A control message of the router (``data`` is its JSON text, see
+    :meth:`RemoteChannel.send_control`), not a relay frame."""
 
 
 class InboundHandler(Protocol):
@@ -89,6 +92,14 @@ class RemoteChannel(Protocol):
 
     async def wait_for_room(self) -> None:
         """Return once the window has room or the channel is closed."""
+        ...
+
+    def send_control(self, data: bytes) -> bool:
+        """Send a small control message of the router, in order with the channel's
+        frames and regardless of the window (the harness's node asking the environment's
+        node to pause or resume one stream's output). It arrives as a
+        :class:`RemoteFrame` with ``control=True`` and ``direction``
+        ``HARNESS_TO_ENVIRONMENT``."""
         ...
 
 

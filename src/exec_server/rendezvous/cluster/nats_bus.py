@@ -6,7 +6,8 @@ NatsClusterConfig`; ``<to>``/``<from>`` are node ids):
 * ``<prefix>.frames.<to>.<from>``: relay frame bytes as the payload, untouched, with
   one header ``Exs: <environment id> <kind> <incarnation> <generation> <seq>`` (plus
   `` <part>/<parts>`` when a frame above the server's ``max_payload`` is split). Kind
-  ``h`` is harness-to-environment, ``e`` environment-to-harness, ``s`` a sync (empty
+  ``h`` is harness-to-environment, ``e`` environment-to-harness, ``c`` a control
+  message of the router (JSON text, harness-to-environment), ``s`` a sync (empty
   payload; ``seq`` is the last one sent). One connection and one writer task publish
   everything in order, so a channel's frames (and a split frame's parts) stay in order
   and contiguous.
@@ -63,6 +64,7 @@ HEADER = "Exs"
 _KIND_OF = {Direction.HARNESS_TO_ENVIRONMENT: "h", Direction.ENVIRONMENT_TO_HARNESS: "e"}
 _DIRECTION_OF = {kind: direction for direction, kind in _KIND_OF.items()}
 _SYNC = "s"
+_CONTROL = "c"
 _SUBSCRIPTION_MSGS_LIMIT = 1_000_000
 _SUBSCRIPTION_BYTES_LIMIT = 1 << 30
 """Far above what flow control lets senders have in flight: never the binding limit."""
@@ -167,6 +169,12 @@ class NatsRemoteChannel:
         if self._closed:
             return False
         self._bus._send(self, _KIND_OF[direction], data)
+        return True
+
+    def send_control(self, data: bytes) -> bool:
+        if self._closed:
+            return False
+        self._bus._send(self, _CONTROL, data)
         return True
 
     async def wait_for_room(self) -> None:
@@ -477,7 +485,7 @@ class NatsFrameBus:
             verdict = state.on_sync(generation, seq)
             if verdict is Arrival.ACCEPT and not self._inbound.get(key):
                 await self._grant_if_due(key, incarnation, state)
-        elif kind in _DIRECTION_OF:
+        elif kind in _DIRECTION_OF or kind == _CONTROL:
             verdict = state.on_frame(generation, seq)
             if verdict is Arrival.ACCEPT:
                 state.queued_bytes += len(data)
@@ -490,8 +498,9 @@ class NatsFrameBus:
                             RemoteFrame(
                                 NodeRef(sender_id, incarnation),
                                 environment_id,
-                                _DIRECTION_OF[kind],
+                                _DIRECTION_OF.get(kind, Direction.HARNESS_TO_ENVIRONMENT),
                                 data,
+                                kind == _CONTROL,
                             ),
                             incarnation,
                             generation,
