@@ -12,11 +12,12 @@ was dialed, and ``transient`` when dialing again later may help.
 from __future__ import annotations
 
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ..transport.channel import MessageChannel
+from ..transport.failover import Failover, rebase_url
 from ..transport.registry_client import RegistryClient, RegistryError
 from ..transport.relay_status import RelayStatus, StatusCallback
 from .config import ClientConfig
@@ -92,29 +93,43 @@ def dial_url(
 
 
 def dial_rendezvous(
-    rendezvous: str,
+    rendezvous: str | Sequence[str],
     environment_id: str,
     token: str | None,
     config: ClientConfig,
     watch: RelayWatch | None = None,
 ) -> Reconnect:
     """Ask the registry for a fresh harness URL for ``environment_id``, then dial it
-    (its status reports go to ``watch``)."""
-    registry = RegistryClient(rendezvous, token, timeout_s=config.timeouts.connect_s)
+    (its status reports go to ``watch``).
+
+    ``rendezvous`` may list several nodes of a rendezvous cluster (a sequence, or
+    comma separated): the first that answers is used, and the relay socket moves to
+    the others (the same signed URL is good on every node) when its node dies."""
+    nodes = Failover(rendezvous)
+    registries = {
+        base: RegistryClient(base, token, timeout_s=config.timeouts.connect_s)
+        for base in nodes.urls
+    }
 
     async def dial() -> MessageChannel:
-        try:
-            harness = await registry.connect(environment_id)
-        except RegistryError as exc:
-            raise ConnectError(
-                f"cannot reach environment {environment_id} through {registry.base_url}: "
-                f"{_registry_problem(exc)}",
-                status=exc.status or None,
-                transient=exc.transient,
-            ) from exc
-        finally:
-            await registry.close()
-        return await _dial_relay(harness.url, None, config, watch)
+        while True:
+            registry = registries[nodes.current]
+            try:
+                harness = await registry.connect(environment_id)
+            except RegistryError as exc:
+                if exc.transient and not nodes.failed():
+                    continue  # the next node
+                raise ConnectError(
+                    f"cannot reach environment {environment_id} through {registry.base_url}: "
+                    f"{_registry_problem(exc)}",
+                    status=exc.status or None,
+                    transient=exc.transient,
+                ) from exc
+            finally:
+                await registry.close()
+            nodes.succeeded()
+            alternates = [rebase_url(harness.url, base) for base in nodes.others()]
+            return await _dial_relay(harness.url, None, config, watch, alternates)
 
     return dial
 
@@ -136,7 +151,11 @@ async def _dial_websocket(
 
 
 async def _dial_relay(
-    url: str, headers: Mapping[str, str] | None, config: ClientConfig, watch: RelayWatch | None
+    url: str,
+    headers: Mapping[str, str] | None,
+    config: ClientConfig,
+    watch: RelayWatch | None,
+    alternates: Sequence[str] = (),
 ) -> MessageChannel:
     from ..transport.relay import connect_harness_relay
 
@@ -146,6 +165,7 @@ async def _dial_relay(
             headers=dict(headers) if headers else None,
             timeout_s=config.timeouts.connect_s,
             on_status=watch if watch is not None else config.on_relay_status,
+            alternates=alternates,
         )
     except (OSError, TimeoutError) as exc:
         raise ConnectError(str(exc) or f"cannot connect to {_redact(url)}") from None

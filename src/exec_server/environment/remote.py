@@ -15,6 +15,11 @@ The loop (Codex E1, plus what Codex left out):
 3. When the socket ends, wait and go back to 1. Backoff starts at 1 s, doubles to
    30 s, has +-20% jitter, and resets after a successful connect.
 
+``base_url`` may name several nodes of a rendezvous cluster, comma separated
+(``serve --remote URL1,URL2``): the loop uses the first, and when registering or
+dialing fails, or the socket ends, it goes on with the next at once; only once every
+node failed in a row does it back off.
+
 The relay connection, and with it every reliable stream, outlives the physical
 socket, so harnesses speaking our reliable relay resume their streams on the next
 socket and lose nothing. Legacy (Codex) streams end with the socket; their sessions
@@ -33,6 +38,7 @@ from typing import Literal
 import aiohttp
 
 from ..relay.stream_mux import MuxConfig, MuxRole
+from ..transport.failover import Failover, parse_base_urls
 from ..transport.registry_client import RegistryClient, RegistryError
 from ..transport.relay import (
     RelayConfig,
@@ -83,6 +89,7 @@ class RemoteEnvironmentConfig:
     max_backoff_s: float = MAX_BACKOFF_S
 
     def __post_init__(self) -> None:
+        parse_base_urls(self.base_url)  # ValueError when empty
         if not _ID_PATTERN.match(self.environment_id):
             raise ValueError(
                 f"invalid environment id {self.environment_id!r}: "
@@ -138,20 +145,20 @@ class RemoteEnvironment:
     async def run(self) -> None:
         """Register, connect and serve; returns only by raising RegistrationError."""
         fatal: RegistrationError | None = None
-        async with (
-            aiohttp.ClientSession() as http,
-            RegistryClient(
-                self.config.base_url,
-                self.config.token,
-                flavor=self.config.path_flavor,
-                timeout_s=REGISTRY_TIMEOUT_S,
-                session=http,
-            ) as registry,
-            asyncio.TaskGroup() as streams,
-        ):
+        async with aiohttp.ClientSession() as http, asyncio.TaskGroup() as streams:
+            registries = [
+                RegistryClient(
+                    base_url,
+                    self.config.token,
+                    flavor=self.config.path_flavor,
+                    timeout_s=REGISTRY_TIMEOUT_S,
+                    session=http,
+                )
+                for base_url in parse_base_urls(self.config.base_url)
+            ]
             self._streams = streams
             try:
-                await self._loop(http, registry)
+                await self._loop(http, registries)
             except RegistrationError as exc:
                 fatal = exc  # raised below, outside the TaskGroup, unwrapped
             finally:
@@ -159,9 +166,11 @@ class RemoteEnvironment:
         assert fatal is not None
         raise fatal
 
-    async def _loop(self, http: aiohttp.ClientSession, registry: RegistryClient) -> None:
+    async def _loop(self, http: aiohttp.ClientSession, registries: list[RegistryClient]) -> None:
         backoff = self.config.initial_backoff_s
+        nodes = Failover([registry.base_url for registry in registries])
         while True:
+            registry = registries[nodes.index]
             try:
                 url = await register(registry, self.config)
                 self.registrations += 1
@@ -175,16 +184,14 @@ class RemoteEnvironment:
                     timeout_s=CONNECT_TIMEOUT_S,
                     max_message_bytes=self.config.max_message_bytes,
                 )
-            except _RetryableRegistrationError as exc:
+            except (_RetryableRegistrationError, WebSocketConnectError) as exc:
+                if not nodes.failed():
+                    log.warning("%s; trying %s", exc, nodes.current)
+                    continue
                 log.warning("%s; retrying in %.1fs", exc, backoff)
-            except WebSocketConnectError as exc:
-                log.warning(
-                    "%s; retrying in %.1fs",
-                    exc,
-                    backoff,
-                )
             else:
                 backoff = self.config.initial_backoff_s
+                nodes.succeeded()
                 self.connected.set()
                 try:
                     reason = await self.connection.run_socket(ws)

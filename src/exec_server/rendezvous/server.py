@@ -68,7 +68,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.tcp_helpers import tcp_nodelay
@@ -78,7 +78,6 @@ from ..relay.control import CONTROL_SUBPROTOCOL
 from ..relay.frame_codec import DEFAULT_MAX_FRAME_BYTES, INBOUND_LIMITS
 from ..transport.listen_url import ListenUrlError, parse_ip_port_url
 from ..transport.websocket import DEFAULT_PONG_TIMEOUT_S, Keepalive, KeepaliveConfig
-from .cluster.nats_connection import NatsClusterConfig
 from .cluster.state import URL_SIGNING_SECRET, ClusterState, LocalClusterState
 from .credentials import ResolvedToken, bearer_matches, ensure_private_dir, resolve_token
 from .errors import SocketProtocolError, UrlRejected
@@ -112,6 +111,10 @@ from .router import (
     SocketPeer,
 )
 from .url_signing import RELAY_PATH_PREFIX, UrlRole, UrlSigner, websocket_base_url
+
+if TYPE_CHECKING:
+    # nats-py loads only when a node joins a cluster.
+    from .cluster.nats_connection import NatsClusterConfig
 
 __all__ = [
     "DEFAULT_ENVIRONMENT_URL_LIFETIME_S",

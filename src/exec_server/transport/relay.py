@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -455,9 +455,11 @@ class HarnessRelayChannel:
     The channel owns its socket and a supervisor task: when the socket drops, the
     supervisor dials the same URL again (backoff from 0.1 s to 2 s, for up to
     ``reconnect_deadline_s``) and the reliable stream resumes on the new socket,
-    so nothing is lost or repeated. If the peer is a legacy Codex environment the
-    stream cannot resume and the channel ends; the client then falls back to
-    resuming its session.
+    so nothing is lost or repeated. ``alternates`` are the same URL on other nodes of
+    a rendezvous cluster: each redial goes through the URL and then every alternate
+    before backing off, and the one that answered is tried first next time. If the
+    peer is a legacy Codex environment the stream cannot resume and the channel ends;
+    the client then falls back to resuming its session.
     """
 
     transport_name = "relay"
@@ -474,8 +476,10 @@ class HarnessRelayChannel:
         reconnect_deadline_s: float,
         max_message_bytes: int,
         on_status: StatusCallback | None = None,
+        alternates: Sequence[str] = (),
     ) -> None:
         self.url = url
+        self.alternates = list(alternates)
         self._http = http
         self._headers = headers
         self._max_message_bytes = max_message_bytes
@@ -488,9 +492,24 @@ class HarnessRelayChannel:
         self._supervisor = asyncio.ensure_future(self._supervise(ws))
 
     async def _dial(self) -> AnyWebSocket:
-        return await dial_relay_socket(
-            self._http, self.url, headers=self._headers, max_message_bytes=self._max_message_bytes
-        )
+        candidates = [self.url, *self.alternates]
+        for index, url in enumerate(candidates):
+            try:
+                ws = await dial_relay_socket(
+                    self._http,
+                    url,
+                    headers=self._headers,
+                    max_message_bytes=self._max_message_bytes,
+                )
+            except Exception:
+                if index == len(candidates) - 1:
+                    raise
+                continue
+            if index:
+                self.alternates = [u for u in candidates if u != url]
+                self.url = url
+            return ws
+        raise AssertionError("unreachable")
 
     async def _supervise(self, ws: AnyWebSocket) -> None:
         loop = asyncio.get_running_loop()
@@ -552,22 +571,36 @@ async def connect_harness_relay(
     reconnect_deadline_s: float = HARNESS_RECONNECT_DEADLINE_S,
     max_message_bytes: int = 64 * 1024 * 1024,
     on_status: StatusCallback | None = None,
+    alternates: Sequence[str] = (),
 ) -> HarnessRelayChannel:
     """Dial a ``role=harness`` rendezvous URL and open one relay stream on it.
 
     ``on_status`` hears what the rendezvous reports about the environment
     (:class:`RelayStatus`): offline and being waited for, back online, or gone.
+    ``alternates``: the same URL on other nodes of a rendezvous cluster, dialed in turn
+    when the first does not answer (and when the socket is lost later).
     """
     http = ClientSession()
+    candidates = [url, *alternates]
     try:
-        ws = await dial_relay_socket(
-            http, url, headers=headers, timeout_s=timeout_s, max_message_bytes=max_message_bytes
-        )
+        for index, candidate in enumerate(candidates):
+            try:
+                ws = await dial_relay_socket(
+                    http,
+                    candidate,
+                    headers=headers,
+                    timeout_s=timeout_s,
+                    max_message_bytes=max_message_bytes,
+                )
+                break
+            except (OSError, TimeoutError):
+                if index == len(candidates) - 1:
+                    raise
     except BaseException:
         await http.close()
         raise
     return HarnessRelayChannel(
-        url,
+        candidate,
         http,
         ws,
         headers=headers,
@@ -575,6 +608,7 @@ async def connect_harness_relay(
         reconnect_deadline_s=reconnect_deadline_s,
         max_message_bytes=max_message_bytes,
         on_status=on_status,
+        alternates=[other for other in candidates if other != candidate],
     )
 
 

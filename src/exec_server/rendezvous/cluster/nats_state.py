@@ -576,7 +576,8 @@ class NatsClusterState:
                     group.create_task(self._watch("streams", StreamOwner, self._streams))
                     group.create_task(self._wait_for_resync())
             except* _Resync:
-                log.info("resynchronising the cluster state after a NATS reconnect")
+                if not self._closed:
+                    log.info("resynchronising the cluster state after a NATS reconnect")
             except* (NatsError, OSError, TimeoutError) as group_error:
                 log.warning("cluster state watch failed: %r; restarting", group_error.exceptions)
                 await asyncio.sleep(_RESYNC_BACKOFF_S)
