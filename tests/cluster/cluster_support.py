@@ -7,8 +7,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
+import signal
+import socket
+import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
+
+import aiohttp
 
 from exec_server.environment.remote import RemoteEnvironment, RemoteEnvironmentConfig
 from exec_server.environment.server import ExecServer
@@ -130,3 +137,175 @@ class Cluster:
 
 async def wait_online(node: RendezvousServer, environment_id: str) -> None:
     await eventually(lambda: node.router.is_online(environment_id), f"{node} sees it online")
+
+
+# --- rendezvous nodes as processes ---------------------------------------------------------
+
+CLI = [sys.executable, "-m", "exec_server"]
+PROCESS_WAIT_S = 90.0
+"""Longest wait for a process-level event (failover included) on a loaded machine."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    """A child process; stdout kept whole (or counted), stderr lines kept."""
+
+    proc: asyncio.subprocess.Process
+    stdout: bytearray = field(default_factory=bytearray)
+    stderr: list[str] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    async def start(cls, *args: str, env: dict[str, str] | None = None) -> Proc:
+        proc = await asyncio.create_subprocess_exec(
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, **(env or {})},
+        )
+        return cls(proc)
+
+    async def first_line(self) -> str:
+        assert self.proc.stdout is not None
+        raw = await asyncio.wait_for(self.proc.stdout.readline(), PROCESS_WAIT_S)
+        return raw.decode().strip()
+
+    def collect(self) -> None:
+        self._tasks.append(asyncio.ensure_future(self._read_stdout()))
+        self._tasks.append(asyncio.ensure_future(self._read_stderr()))
+
+    async def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        while chunk := await self.proc.stdout.read(1 << 16):
+            self.stdout += chunk
+
+    async def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        async for raw in self.proc.stderr:
+            self.stderr.append(raw.decode(errors="replace").rstrip())
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGKILL)
+
+    async def wait(self) -> int:
+        code = await asyncio.wait_for(self.proc.wait(), PROCESS_WAIT_S)
+        for task in self._tasks:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 10)
+        return code
+
+    async def stop(self) -> None:
+        self.kill()
+        await self.proc.wait()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+class ProcessCluster:
+    """``exec-server rendezvous --cluster`` node processes n1..nN on one NATS, a remote
+    environment process and CLI commands, all on loopback."""
+
+    def __init__(self, nats_server: EmbeddedNats) -> None:
+        self.nats = nats_server
+        self.bases: list[str] = []
+        self.nodes: list[Proc] = []
+        self.procs: list[Proc] = []
+
+    async def start_node(self, grace_s: float = 30.0) -> None:
+        number = len(self.nodes) + 1
+        base = f"http://127.0.0.1:{free_port()}"
+        node = await Proc.start(
+            *CLI,
+            "rendezvous",
+            "--cluster",
+            self.nats.url,
+            "--node-id",
+            f"n{number}",
+            "--listen",
+            base,
+            "--environment-grace",
+            str(grace_s),
+            "--harness-grace",
+            str(grace_s),
+            env={"EXEC_SERVER_RENDEZVOUS_TOKEN": TOKEN},
+        )
+        self.procs.append(node)
+        assert await node.first_line() == base
+        node.collect()
+        self.nodes.append(node)
+        self.bases.append(base)
+
+    def urls(self, *order: int) -> str:
+        return ",".join(self.bases[number - 1] for number in order)
+
+    async def start_environment(self, environment_id: str, *order: int) -> Proc:
+        environment = await Proc.start(
+            *CLI,
+            "serve",
+            "--remote",
+            self.urls(*order),
+            "--environment-id",
+            environment_id,
+            env={"EXEC_SERVER_REGISTRATION_TOKEN": TOKEN},
+        )
+        self.procs.append(environment)
+        environment.collect()
+        await eventually_within(
+            lambda: self.online(environment_id, 1), PROCESS_WAIT_S, "the environment is online"
+        )
+        return environment
+
+    async def command(self, order: tuple[int, ...], *args: str) -> Proc:
+        """``exec-server <args[0]> --rendezvous <nodes in order> --environment-id ...``."""
+        proc = await Proc.start(
+            *CLI,
+            args[0],
+            "--rendezvous",
+            self.urls(*order),
+            *args[1:],
+            env={"EXEC_SERVER_RENDEZVOUS_TOKEN": TOKEN},
+        )
+        self.procs.append(proc)
+        proc.collect()
+        return proc
+
+    async def online(self, environment_id: str, node: int) -> bool:
+        try:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(
+                    f"{self.bases[node - 1]}/cloud/environments",
+                    headers={"Authorization": f"Bearer {TOKEN}"},
+                ) as resp,
+            ):
+                rows = await resp.json() if resp.status == 200 else []
+        except (aiohttp.ClientError, OSError):
+            return False
+        return any(row["id"] == environment_id and row["online"] for row in rows)
+
+    async def close(self) -> None:
+        for proc in reversed(self.procs):
+            await proc.stop()
+
+
+async def eventually_within(
+    check: Callable[[], bool | Awaitable[bool]], timeout_s: float, what: str
+) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        result = check()
+        if result if isinstance(result, bool) else await result:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        await asyncio.sleep(0.05)
