@@ -159,6 +159,36 @@ async def test_a_thousand_streams_spread_over_the_nodes(cluster: Cluster) -> Non
     assert not any(cluster_router(cluster, n).cluster_stats.refused for n in (1, 2, 3))
 
 
+async def test_streams_past_the_bus_window_flow_both_ways_in_order(cluster: Cluster) -> None:
+    """Legacy frames (never dropped) well past the frame bus's 4 MiB credit window, each
+    way: the sender waits for credit, nothing is lost, reordered or stuck."""
+    count, size = 2500, 3000
+    async with aiohttp.ClientSession() as http:
+        environment = await _register_raw_environment(http, cluster, "bulk", 1)
+        await wait_online(cluster.nodes[1], "bulk")
+        harness = await http.ws_connect(cluster.harness_url("bulk", 2), max_msg_size=0)
+
+        async def send(ws: aiohttp.ClientWebSocketResponse, stream_id: str) -> None:
+            for seq in range(count):
+                payload = seq.to_bytes(4, "big") * (size // 4)
+                await ws.send_bytes(encode_frame(data_frame(stream_id, seq, payload)))
+
+        async def receive(ws: aiohttp.ClientWebSocketResponse) -> list[int]:
+            seqs = []
+            while len(seqs) < count:
+                frame = decode_frame((await ws.receive(timeout=WAIT_S)).data)
+                assert frame.body is not None and frame.body.kind == "data"
+                seqs.append(int.from_bytes(frame.body.payload[:4], "big"))
+            return seqs
+
+        _, upstream = await asyncio.gather(send(harness, "up"), receive(environment))
+        assert upstream == list(range(count))
+        _, downstream = await asyncio.gather(send(environment, "up"), receive(harness))
+        assert downstream == list(range(count))
+        await harness.close()
+        await environment.close()
+
+
 async def _list(http: aiohttp.ClientSession, cluster: Cluster, node: int) -> dict[str, dict]:  # type: ignore[type-arg]
     async with http.get(
         f"{cluster.nodes[node - 1].base_url}/cloud/environments", headers=AUTH

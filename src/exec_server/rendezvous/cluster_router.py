@@ -162,13 +162,16 @@ class _BusSink:
 
     async def send_bytes(self, data: bytes) -> None:
         peer = self._peer
-        while True:
-            channel = peer.channel()
-            if channel is None:
-                raise ConnectionError(f"{peer.label}: gone")
-            if channel.try_send(data, peer.direction):
-                return
+        channel = peer.channel()
+        if channel is not None and channel.try_send(data, peer.direction):
+            return
+        if channel is not None:
+            # Below the window again, but maybe not by this frame's size: it goes anyway
+            # (a window is exceeded by at most one frame).
             await channel.wait_for_room()
+            channel = peer.channel()
+        if channel is None or not channel.force_send(data, peer.direction):
+            raise ConnectionError(f"{peer.label}: gone")
 
     async def send_str(self, data: str) -> None:
         raise ConnectionError("control texts are never queued for another node")
