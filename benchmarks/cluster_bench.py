@@ -26,9 +26,12 @@ measures side by side:
   line was lost or repeated.
 
 It never fails on numbers; on 2 CPUs shared with other work, trust ratios measured in
-the same run.
+the same run. With two or more CPUs (and ``--pin``, the default), this process (both
+relay endpoints) runs on the first CPU and every rendezvous node and nats-server on the
+second, as the other runners here do: a wake-up across cores costs tens of
+microseconds on this VM, and otherwise the round trip measures the scheduler.
 
-    python benchmarks/cluster_bench.py [--quick] [--json] [--skip-failover]
+    python benchmarks/cluster_bench.py [--quick] [--json] [--skip-failover] [--no-pin]
 """
 
 from __future__ import annotations
@@ -93,6 +96,24 @@ class Node:
                 await self.proc.wait()
 
 
+SERVER_CPU: int | None = None
+"""CPU the nodes and nats-server are pinned to (None: no pinning)."""
+
+
+def _pin_server() -> None:
+    if SERVER_CPU is not None:
+        os.sched_setaffinity(0, {SERVER_CPU})
+
+
+def pin_all_threads(pid: int) -> None:
+    """Pin every thread of a running process (nats-server is multi-threaded)."""
+    if SERVER_CPU is None:
+        return
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task), {SERVER_CPU})
+
+
 @dataclass
 class Setup:
     nats: EmbeddedNats | None
@@ -114,6 +135,7 @@ class Setup:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
             env={**os.environ, "EXEC_SERVER_RENDEZVOUS_TOKEN": self.token},
+            preexec_fn=_pin_server,
         )
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)
@@ -338,6 +360,7 @@ async def failover(nats: EmbeddedNats, kill_node: int) -> dict[str, Any]:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
             env={**os.environ, "EXEC_SERVER_REGISTRATION_TOKEN": s.token},
+            preexec_fn=_pin_server,
         )
         try:
             async with aiohttp.ClientSession() as http:
@@ -378,8 +401,9 @@ async def failover(nats: EmbeddedNats, kill_node: int) -> dict[str, Any]:
 async def main(quick: bool, skip_failover: bool) -> dict[str, Any]:
     rtt_samples = 300 if quick else 2000
     per_pair = {KIB: 5_000 if quick else 30_000, 64 * KIB: 500 if quick else 3_000}
-    report: dict[str, Any] = {}
+    report: dict[str, Any] = {"pinned": SERVER_CPU is not None}
     async with EmbeddedNats() as nats:
+        pin_all_threads(nats.pid or 0)
         async with setup(1, cluster=False, nats=nats) as single:
             single_rtt = await round_trips(single, single.nodes[0], single.nodes[0], rtt_samples)
             single_tp = [await stream_frames(single, size, n) for size, n in per_pair.items()]
@@ -440,6 +464,10 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="fewer samples")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--skip-failover", action="store_true")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     args = parser.parse_args()
+    if not args.no_pin and len(os.sched_getaffinity(0)) >= 2:
+        SERVER_CPU = 1
+        os.sched_setaffinity(0, {0})
     result = asyncio.run(main(args.quick, args.skip_failover))
     print(json.dumps(result, indent=2) if args.json else render(result))

@@ -483,6 +483,51 @@ class ClusterRouter(Router):
 
     # --- frames from other nodes (FrameBus InboundHandler) ---------------------------------
 
+    def try_deliver(self, frame: RemoteFrame) -> bool:
+        """The fast path of :meth:`deliver`: a frame of a stream routed here between the
+        sender and a local socket (already verified against the records when the stream
+        arrived here, kept up to date by state events), with room at that socket."""
+        if frame.control:
+            return False
+        route = self._routes.get(frame.environment_id)
+        if route is None:
+            return False
+        try:
+            stream_id, kind, flagged = decode_route(frame.data, self.config.frame_limits)
+        except InvalidFrame:
+            return False  # deliver() refuses and counts it
+        stream = route.streams.get(stream_id)
+        if stream is None:
+            return False
+        owner = stream.owner
+        socket = route.socket
+        if frame.direction is BusDirection.HARNESS_TO_ENVIRONMENT:
+            if (
+                socket is None
+                or socket.remote
+                or _node_of(owner) != frame.sender
+                or not socket.has_room()
+            ):
+                return False
+            if not flagged:
+                stream.legacy_seen = True
+            if kind == "reset":
+                self._end_stream(route, stream)
+            if not socket.force_enqueue(frame.data):
+                self.stats.dropped[DropReason.ENVIRONMENT_OFFLINE] += 1
+                return True
+            self.stats.frames_routed[Direction.HARNESS_TO_ENVIRONMENT] += 1
+            self.stats.bytes_routed[Direction.HARNESS_TO_ENVIRONMENT] += len(frame.data)
+            if kind == "reset":
+                self._maybe_forget(route)
+            return True
+        if owner is None or owner.remote or _node_of(socket) != frame.sender:
+            return False
+        if not flagged:
+            stream.legacy_seen = True
+        self._to_harness(route, stream, kind, flagged, frame.data)
+        return True
+
     async def deliver(self, frame: RemoteFrame) -> None:
         """A frame another node forwarded (verified before anything is done with it)."""
         control: ControlMessage | None = None

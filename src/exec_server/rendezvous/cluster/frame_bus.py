@@ -60,6 +60,13 @@ class InboundHandler(Protocol):
         """Verify and route one frame (ordered per channel; may wait for room)."""
         ...
 
+    def try_deliver(self, frame: RemoteFrame) -> bool:
+        """Route one frame at once if that needs no waiting and no lookup (the common
+        case: a frame of a stream already routed here, with room at its socket); False
+        to have it delivered by :meth:`deliver` instead. Called only when nothing of
+        the channel waits before it, so order is kept."""
+        ...
+
     def channel_lost(self, node_id: str, environment_id: str) -> None:
         """Frames between this node and ``node_id`` for this environment may have been
         lost (either direction): reset what cannot recover."""
