@@ -8,7 +8,9 @@ measures side by side:
   -> back (the environment end echoes), through one rendezvous, through one cluster
   node (harness and environment on the same node: nothing goes through NATS), and
   across two nodes (environment on n1, harness on n2). ``added_us`` is the cross-node
-  p50 minus the single node's (issue goal: <= 500 us on loopback).
+  p50 minus the single node's (issue goal: <= 500 us on loopback). ``nats_floor`` is
+  what two NATS traversals cost here without any of our code: a 1 KiB ping-pong
+  between this process and an echo process, both bare nats-py.
 * ``throughput``: relay frames of 1 KiB and 64 KiB streamed harness -> environment
   (legacy frames: never dropped, back-pressured) by one harness/environment pair per
   node, with 1, 2 and 3 nodes (pair ``i`` has its environment on node ``i`` and its
@@ -26,12 +28,12 @@ measures side by side:
   line was lost or repeated.
 
 It never fails on numbers; on 2 CPUs shared with other work, trust ratios measured in
-the same run. With two or more CPUs (and ``--pin``, the default), this process (both
-relay endpoints) runs on the first CPU and every rendezvous node and nats-server on the
-second, as the other runners here do: a wake-up across cores costs tens of
-microseconds on this VM, and otherwise the round trip measures the scheduler.
+the same run. ``--pin`` runs this process (both relay endpoints) on the first CPU and
+every node and nats-server on the second, as the other runners here do; with four
+processes on one core in the cross-node path, that measured no better on this VM
+(1.1-2.9 ms against 0.9-1.4 ms unpinned), so it is off by default.
 
-    python benchmarks/cluster_bench.py [--quick] [--json] [--skip-failover] [--no-pin]
+    python benchmarks/cluster_bench.py [--quick] [--json] [--skip-failover] [--pin]
 """
 
 from __future__ import annotations
@@ -243,6 +245,61 @@ async def round_trips(
     return timings
 
 
+async def nats_floor(nats: EmbeddedNats, samples: int) -> list[float]:
+    """A 1 KiB ping-pong through NATS with a bare nats-py echo process."""
+    import nats as nats_py
+
+    echo = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--nats-echo",
+        nats.url,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        preexec_fn=_pin_server,
+    )
+    client = await nats_py.connect(nats.url)
+    try:
+        assert echo.stdout is not None
+        await asyncio.wait_for(echo.stdout.readline(), START_TIMEOUT_S)
+        waiter: asyncio.Future[None] | None = None
+
+        async def pong(msg: Any) -> None:
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+        await client.subscribe("bench.pong", cb=pong)
+        await client.flush()
+        timings = []
+        loop = asyncio.get_running_loop()
+        for index in range(samples + samples // 10):
+            waiter = loop.create_future()
+            started = time.perf_counter()
+            await client.publish("bench.ping", b"p" * KIB)
+            await asyncio.wait_for(waiter, OP_TIMEOUT_S)
+            if index >= samples // 10:
+                timings.append(time.perf_counter() - started)
+        return timings
+    finally:
+        await client.close()
+        echo.kill()
+        await echo.wait()
+
+
+async def run_nats_echo(url: str) -> None:
+    import nats as nats_py
+
+    client = await nats_py.connect(url)
+
+    async def echo(msg: Any) -> None:
+        await client.publish("bench.pong", msg.data)
+
+    await client.subscribe("bench.ping", cb=echo)
+    await client.flush()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
 # --- throughput ---------------------------------------------------------------------------
 
 
@@ -410,10 +467,12 @@ async def main(quick: bool, skip_failover: bool) -> dict[str, Any]:
         async with setup(3, cluster=True, nats=nats) as three:
             same = await round_trips(three, three.nodes[0], three.nodes[0], rtt_samples)
             cross = await round_trips(three, three.nodes[0], three.nodes[1], rtt_samples)
+        floor = await nats_floor(nats, rtt_samples)
         p50 = {
             "single": statistics.median(single_rtt) * 1e6,
             "cluster_same_node": statistics.median(same) * 1e6,
             "cross_node": statistics.median(cross) * 1e6,
+            "nats_floor": statistics.median(floor) * 1e6,
         }
         p50["added_us"] = p50["cross_node"] - p50["single"]
         report["rtt_p50_us"] = p50
@@ -437,6 +496,7 @@ def render(report: dict[str, Any]) -> str:
         f"  one cluster node (same-node stream)  {rtt['cluster_same_node']:8.0f} us",
         f"  across two nodes (through NATS)      {rtt['cross_node']:8.0f} us",
         f"  added by crossing nodes              {rtt['added_us']:8.0f} us  (goal <= 500 us)",
+        f"  of which NATS itself (bare nats-py)  {rtt['nats_floor']:8.0f} us",
         "",
         "streaming harness -> environment, one pair per node (cross-node when >1 node)",
         "  setup         frame   frames/s/node  MB/s/node  node CPU us/frame  "
@@ -464,9 +524,13 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="fewer samples")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--skip-failover", action="store_true")
-    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument("--pin", action="store_true", help="pin this process and the servers")
+    parser.add_argument("--nats-echo", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if not args.no_pin and len(os.sched_getaffinity(0)) >= 2:
+    if args.nats_echo:
+        asyncio.run(run_nats_echo(args.nats_echo))
+        sys.exit(0)
+    if args.pin and len(os.sched_getaffinity(0)) >= 2:
         SERVER_CPU = 1
         os.sched_setaffinity(0, {0})
     result = asyncio.run(main(args.quick, args.skip_failover))
