@@ -229,6 +229,13 @@ async def test_a_forged_cross_node_frame_is_refused(cluster: Cluster) -> None:
         received = decode_frame((await environment.receive(timeout=WAIT_S)).data)
         assert received.body is not None and received.body.payload == b"genuine again"
         assert n1.stats.dropped[DropReason.REFUSED_FROM_NODE] == 2
+        async with http.get(f"{cluster.nodes[0].base_url}/metrics") as resp:
+            metrics = await resp.text()
+        assert 'exec_server_rendezvous_frames_dropped_total{reason="refused_from_node"} 2.0' in (
+            metrics
+        )
+        assert "exec_server_rendezvous_cluster_ready 1.0" in metrics
+        assert "exec_server_rendezvous_cluster_nodes_live 3.0" in metrics
         await harness.close()
         await environment.close()
 
