@@ -284,6 +284,8 @@ class RendezvousServer:
         """Load credentials, open the store and listen; return ``http://HOST:PORT``."""
         if self._runner is not None:
             raise RuntimeError("the rendezvous is already started")
+        if self.config.cluster is not None and self.config.data_dir is not None:
+            raise ValueError("data_dir is not used by a cluster node: its state lives in NATS")
         data_dir = self.config.data_dir
         try:
             if self.config.cluster is None:
