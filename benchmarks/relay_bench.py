@@ -80,9 +80,8 @@ from bench_support import START_TIMEOUT_S, Child, Ids, ProcState, RpcState, run_
 
 from exec_server.client import DEFAULT_OUTPUT_CHUNK_BYTES  # noqa: E402
 from exec_server.malloc_tuning import tune_malloc  # noqa: E402
-from exec_server.relay.frame_codec import peek_stream_id as frame_stream_id  # noqa: E402
 from exec_server.transport.channel import ChannelClosed, MessageChannel  # noqa: E402
-from exec_server.transport.relay import connect_harness_relay  # noqa: E402
+from exec_server.transport.harness_relay import connect_harness_relay  # noqa: E402
 from exec_server.transport.websocket import connect_websocket  # noqa: E402
 
 ENVIRONMENT_ID = "bench"
@@ -103,6 +102,17 @@ LOSS_SEED = 1729
 # ------------------------------------------------------------------------------------
 # the minimal forwarding rendezvous (runs in its own process)
 # ------------------------------------------------------------------------------------
+
+
+def frame_stream_id(data: bytes) -> str | None:
+    """The ``stream_id`` of a frame as our endpoints encode it (``version`` 1, then a
+    ``stream_id`` shorter than 128 bytes), or ``None``: all this forwarder reads."""
+    if data[:3] != b"\x08\x01\x12" or len(data) < 4 or data[3] >= 0x80:
+        return None
+    try:
+        return data[4 : 4 + data[3]].decode()
+    except UnicodeDecodeError:
+        return None
 
 
 class Forwarder:

@@ -27,8 +27,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp import WSMsgType, web
+from frame_peek import peek_stream_id
 
-from exec_server.relay.frame_codec import decode_frame, encode_frame, peek_stream_id
+from exec_server.relay.frame_codec import decode_frame, encode_frame
 from exec_server.relay.noise import NoiseIdentity, NoisePublicKey
 from exec_server.relay.noise.stream import (
     HandshakeCompleted,

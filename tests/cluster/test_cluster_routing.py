@@ -39,9 +39,15 @@ async def test_every_rpc_with_the_environment_on_n1_and_harnesses_on_n2_and_n3(
 ) -> None:
     await cluster.start_environment("env", 1)
     await wait_online(cluster.nodes[1], "env")
+    # Each asks its own node for an end-to-end encrypted connection: the bundle comes
+    # from n2 (or n3), the environment on n1 has n1 validate the harness key.
     async with (
-        ExecServerClient.connect(cluster.harness_url("env", 2)) as on_n2,
-        ExecServerClient.connect(cluster.harness_url("env", 3)) as on_n3,
+        ExecServerClient.connect(
+            rendezvous=cluster.nodes[1].base_url, environment_id="env", token=TOKEN
+        ) as on_n2,
+        ExecServerClient.connect(
+            rendezvous=cluster.nodes[2].base_url, environment_id="env", token=TOKEN
+        ) as on_n3,
     ):
         assert (await on_n2.environment_info()).shell_path
         proc = await on_n2.start_process(["/bin/sh", "-c", "echo out; echo err >&2; exit 7"])

@@ -260,15 +260,17 @@ async def run_codex_exec(
     codex: str,
     *,
     model: FakeModel,
-    exec_server_url: str,
+    exec_server_url: str | None,
     workdir: Path,
     codex_home: Path,
     sandbox: str,
     prompt: str = "run the scripted steps",
     timeout: float = 180.0,
+    extra_env: dict[str, str] | None = None,
 ) -> ExecRun:
     """``codex exec`` (0.171) with ``model`` as its provider and its tools executed by
-    the exec-server at ``exec_server_url``."""
+    the exec-server at ``exec_server_url`` (or wherever ``extra_env`` says: the
+    ``CODEX_EXEC_SERVER_NOISE_*`` variables reach one through a registry)."""
     codex_home.mkdir(parents=True, exist_ok=True)
     provider = f'{{name="fake",base_url="{model.url}",wire_api="responses"}}'
     argv = [
@@ -285,12 +287,9 @@ async def run_codex_exec(
         sandbox,
         prompt,
     ]
-    env = {
-        **os.environ,
-        "CODEX_HOME": str(codex_home),
-        "CODEX_EXEC_SERVER_URL": exec_server_url,
-        "NO_COLOR": "1",
-    }
+    env = {**os.environ, "CODEX_HOME": str(codex_home), "NO_COLOR": "1", **(extra_env or {})}
+    if exec_server_url is not None:
+        env["CODEX_EXEC_SERVER_URL"] = exec_server_url
     proc = await asyncio.create_subprocess_exec(
         *argv,
         cwd=workdir,

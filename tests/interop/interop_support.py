@@ -560,6 +560,24 @@ def read_view_exact(resp: JSON) -> JSON:
     return {**resp, "result": result}
 
 
+def read_view_joined(resp: JSON) -> JSON:
+    """A process/read response reduced to what does not depend on how the output was cut
+    into chunks: each stream's text joined, seqs increasing, and the rest of the result
+    (nextSeq, which counts chunks, is dropped with the seqs)."""
+    if not isinstance(resp, dict) or not isinstance(resp.get("result"), dict):
+        return resp
+    result = dict(resp["result"])
+    chunks = result.pop("chunks", [])
+    result.pop("nextSeq", None)
+    joined: dict[str, str] = {}
+    for c in chunks:
+        joined[c["stream"]] = joined.get(c["stream"], "") + _text(unb64(c["chunk"]))
+    seqs = [c["seq"] for c in chunks]
+    result["output"] = joined
+    result["seqsIncrease"] = seqs == sorted(set(seqs))
+    return {**resp, "result": result}
+
+
 def read_file_view(resp: JSON) -> JSON:
     """An fs/readFile response with ``dataBase64`` decoded for readability."""
     if isinstance(resp, dict) and isinstance(resp.get("result"), dict):

@@ -27,7 +27,7 @@ from exec_server.client import ClientConfig, ExecServerClient
 from exec_server.relay.events import PeerMode
 from exec_server.relay.frame_codec import InvalidFrame, decode_frame
 from exec_server.transport.channel import MessageTooLargeForTransport
-from exec_server.transport.relay import HarnessRelayChannel
+from exec_server.transport.harness_relay import HarnessRelayChannel
 
 pytestmark = pytest.mark.interop
 

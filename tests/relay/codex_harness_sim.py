@@ -19,7 +19,6 @@ from aiohttp import ClientWebSocketResponse, WSMsgType
 
 from exec_server.relay.frame_codec import (
     RelayFrame,
-    body_kind,
     data_frame,
     decode_frame,
     encode_frame,
@@ -110,7 +109,7 @@ class SimulatedCodexHarness:
             return None
         self.frames.append(frame)
         self.raw.append(data)
-        if body_kind(frame) != "data":
+        if frame.kind != "data":
             return None  # recorded; a Codex harness ignores ack/resume/heartbeat
         decoded: dict[str, Any] = msgspec.json.decode(frame.data.payload)
         return decoded

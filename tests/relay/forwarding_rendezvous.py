@@ -4,6 +4,10 @@
 websocket URL, accepts one environment socket (a newer one replaces it) and any number
 of harness sockets (``?role=harness``), and forwards binary frames between them by
 ``stream_id``, the only field it reads (hand-parsed, like a real rendezvous would).
+It also speaks Codex's Noise registry contract with our
+:class:`~exec_server.rendezvous.noise_registry.NoiseRegistry` (a registration with a
+key, ``/connect`` with a harness key answering the bundle, ``/validate``), so the
+encrypted relay runs through the same faults.
 
 Faults, each direction with its own seeded ``random.Random`` (:class:`FaultPlan`):
 
@@ -27,16 +31,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from frame_peek import peek_stream_id as frame_stream_id
 
-from exec_server.environment.remote import RemoteEnvironment, RemoteEnvironmentConfig
+from exec_server.environment.remote import (
+    RemoteEnvironment,
+    RemoteEnvironmentConfig,
+    RemoteTransport,
+)
 from exec_server.environment.server import ExecServer
-from exec_server.relay.frame_codec import peek_stream_id as frame_stream_id
+from exec_server.rendezvous.noise_registry import (
+    SECURITY_PROFILE,
+    AuthorizationRefused,
+    HarnessKeyAuthorizer,
+    NoiseRegistry,
+    RegistryRefusal,
+)
 
 ENVIRONMENT_ID = "env-faults"
 REGISTRY_TOKEN = "registry-token"
@@ -147,6 +163,9 @@ class ForwardingRendezvous:
     _runner: web.AppRunner | None = None
     _flusher: asyncio.Task[None] | None = None
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    noise: NoiseRegistry = field(
+        default_factory=lambda: NoiseRegistry(HarnessKeyAuthorizer(b"forwarding-rendezvous-secret"))
+    )
 
     def __post_init__(self) -> None:
         self.up = FaultyLink("to_environment", self.to_environment, self.seed, self._to_env)
@@ -162,6 +181,8 @@ class ForwardingRendezvous:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post(f"/cloud/environment/{self.environment_id}/register", self._register)
+        app.router.add_post(f"/cloud/environment/{self.environment_id}/connect", self._connect)
+        app.router.add_post(f"/cloud/environment/{self.environment_id}/validate", self._validate)
         app.router.add_get("/relay/environment", self._environment)
         app.router.add_get("/relay/harness", self._harness)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -249,12 +270,50 @@ class ForwardingRendezvous:
             return web.json_response({"error": {"message": "bad token"}}, status=401)
         self.registrations += 1
         port = request.url.port
+        answer = {
+            "environment_id": self.environment_id,
+            "url": f"ws://127.0.0.1:{port}/relay/environment?role=environment&sig=test",
+        }
+        body = await request.json() if request.can_read_body else {}
+        if body:
+            registration = self.noise.register(self.environment_id, body)
+            answer["security_profile"] = SECURITY_PROFILE
+            answer["executor_registration_id"] = registration.registration_id
+        return web.json_response(answer)
+
+    async def _connect(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {REGISTRY_TOKEN}":
+            return web.json_response({"error": {"message": "bad token"}}, status=401)
+        body = await request.json() if request.can_read_body else {}
+        if "harness_public_key" not in body:
+            return web.json_response(
+                {"environment_id": self.environment_id, "url": self.harness_url}
+            )
+        try:
+            registration, authorization = self.noise.connect(self.environment_id, body, time.time())
+        except RegistryRefusal as exc:
+            error = {"code": exc.code, "message": exc.message}
+            return web.json_response({"error": error}, status=exc.status)
         return web.json_response(
             {
                 "environment_id": self.environment_id,
-                "url": f"ws://127.0.0.1:{port}/relay/environment?role=environment&sig=test",
+                "url": self.harness_url,
+                "security_profile": SECURITY_PROFILE,
+                "executor_registration_id": registration.registration_id,
+                "executor_public_key": registration.executor_key.to_json_obj(),
+                "harness_key_authorization": authorization,
             }
         )
+
+    async def _validate(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {REGISTRY_TOKEN}":
+            return web.json_response({"error": {"message": "bad token"}}, status=401)
+        stream_id = request.headers.get("x-codex-noise-stream-id", "")
+        try:
+            self.noise.validate(self.environment_id, await request.json(), stream_id, time.time())
+        except AuthorizationRefused as exc:
+            return web.json_response({"valid": False, "reason": exc.reason.value})
+        return web.json_response({"valid": True})
 
     async def _environment(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(compress=False, max_msg_size=0, autoping=True)
@@ -309,9 +368,14 @@ def _abort(ws: web.WebSocketResponse) -> None:
 
 @contextlib.asynccontextmanager
 async def serve_remote_environment(
-    rendezvous: ForwardingRendezvous, server: ExecServer | None = None
+    rendezvous: ForwardingRendezvous,
+    server: ExecServer | None = None,
+    *,
+    transport: RemoteTransport = "legacy",
 ) -> AsyncIterator[RemoteEnvironment]:
-    """Our environment, in process, registered with ``rendezvous`` and connected to it.
+    """Our environment, in process, registered with ``rendezvous`` and connected to it
+    (the cleartext relay unless ``transport="noise"``: most tests here write cleartext
+    frames of their own).
 
     Reconnect backoff is shortened (50 ms doubling to 200 ms) so a forced disconnect
     costs the test little time. The server is closed on exit.
@@ -325,6 +389,7 @@ async def serve_remote_environment(
             token=REGISTRY_TOKEN,
             initial_backoff_s=0.05,
             max_backoff_s=0.2,
+            transport=transport,
         ),
     )
     task = asyncio.ensure_future(remote.run())

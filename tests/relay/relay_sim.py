@@ -12,7 +12,6 @@ from exec_server.relay.errors import InvalidFrame
 from exec_server.relay.events import MessageReceived, StreamEvent
 from exec_server.relay.frame_codec import (
     RelayFrame,
-    body_kind,
     data_frame,
     decode_frame,
     encode_frame,
@@ -34,7 +33,7 @@ def messages(events: list[StreamEvent]) -> list[bytes]:
 
 
 def kinds(frames: list[RelayFrame]) -> list[str | None]:
-    return [body_kind(f) for f in frames]
+    return [f.kind for f in frames]
 
 
 @dataclass
@@ -134,7 +133,7 @@ class LegacyCodexExecutor:
             self.silently_dropped += 1
             return
         self.frames_seen.append(frame)
-        kind = body_kind(frame)
+        kind = frame.kind
         sid = frame.stream_id
         if kind == "reset":
             self.executed.pop(sid, None)

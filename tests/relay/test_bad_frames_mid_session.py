@@ -35,6 +35,7 @@ from exec_server.relay.errors import InvalidFrameReason as R
 from exec_server.relay.events import PeerMode
 from exec_server.relay.frame_codec import (
     DEFAULT_MAX_FRAME_BYTES,
+    RELIABLE_CAPABILITY_BIT,
     HandshakeBody,
     RelayFrame,
     ack_frame,
@@ -50,9 +51,9 @@ from exec_server.relay.proto.relay_v1_pb2 import (
     RelayMessageFrame,
     RelayReset,
 )
-from exec_server.relay.reliable_stream import RELIABLE_CAPABILITY_BIT, StreamDropReason
+from exec_server.relay.reliable_stream import StreamDropReason
 from exec_server.relay.stream_mux import MuxDropReason
-from exec_server.transport.relay import HarnessRelayChannel
+from exec_server.transport.harness_relay import HarnessRelayChannel
 
 SEED = 7
 INJECTION_GAP_S = 0.003

@@ -1,11 +1,15 @@
 """Socket-level fault injection: harness <-> lossy forwarding rendezvous <-> environment.
 
-Everything runs on loopback in one event loop: real ``ExecServerClient.connect`` harnesses
-on a ``?role=harness`` URL, our :class:`RemoteEnvironment` (registration, reconnect with
-backoff), and a test rendezvous (:mod:`forwarding_rendezvous`) that forwards frames by
-``stream_id`` while dropping 2%, duplicating 1% and reordering 2% of them in both
-directions, seeded. During the run it force-disconnects the harness sockets once and the
-environment socket once.
+Everything runs on loopback in one event loop: real ``ExecServerClient.connect`` harnesses,
+our :class:`RemoteEnvironment` (registration, reconnect with backoff), and a test
+rendezvous (:mod:`forwarding_rendezvous`) that forwards frames by ``stream_id`` while
+dropping 2%, duplicating 1% and reordering 2% of them in both directions, seeded. During
+the run it force-disconnects the harness sockets once and the environment socket once.
+
+It runs twice: on the end-to-end encrypted relay (the default: the harnesses connect with
+``rendezvous=`` + ``environment_id=``, the handshake itself crosses the faulty links,
+every segment is a Noise record, retransmissions resend the same ciphertext), and on the
+cleartext reliable relay (a ``?role=harness`` URL, as for an 0.133-era registry).
 
 Asserted end to end: every request is executed once and answered once, file contents and
 exit codes are right, a 50 MiB process output arrives byte-exact (SHA-256 computed by the
@@ -29,13 +33,15 @@ from typing import Any
 import msgspec
 import pytest
 from forwarding_rendezvous import (
+    REGISTRY_TOKEN,
     FaultPlan,
     ForwardingRendezvous,
     frame_stream_id,
     serve_remote_environment,
 )
 
-import exec_server.transport.relay as relay_module
+import exec_server.transport.harness_relay as relay_module
+import exec_server.transport.noise_channel as noise_module
 from exec_server.client import (
     ClientConfig,
     ClosedEvent,
@@ -48,8 +54,10 @@ from exec_server.client import (
 from exec_server.environment.server import ExecServer
 from exec_server.relay.events import PeerMode
 from exec_server.relay.frame_codec import data_frame, encode_frame, resume_frame
+from exec_server.relay.noise.noise_mux import HandshakeOutcome, NoiseStreamMux
 from exec_server.transport.channel import MalformedFrame, MessageChannel
-from exec_server.transport.relay import HarnessRelayChannel
+from exec_server.transport.harness_relay import HarnessRelayChannel
+from exec_server.transport.noise_channel import NoiseHarnessChannel
 
 SEED = 20261124
 FAULTS = FaultPlan(loss=0.02, duplicate=0.01, reorder=0.02)
@@ -134,16 +142,24 @@ class RecordingExecServer(ExecServer):
 
 @pytest.fixture
 def harness_channels(monkeypatch: pytest.MonkeyPatch) -> list[RecordingChannel]:
-    """Every channel ExecServerClient.connect dials for a role=harness URL, recorded."""
+    """Every relay channel ExecServerClient.connect dials (cleartext or encrypted),
+    recorded."""
     dialed: list[RecordingChannel] = []
     real = relay_module.connect_harness_relay
+    real_noise = noise_module.connect_noise_relay
 
     async def recording_connect(url: str, **kwargs: Any) -> MessageChannel:
         channel = RecordingChannel(await real(url, **kwargs), server_side=False)
         dialed.append(channel)
         return channel
 
+    async def recording_noise_connect(*args: Any, **kwargs: Any) -> MessageChannel:
+        channel = RecordingChannel(await real_noise(*args, **kwargs), server_side=False)
+        dialed.append(channel)
+        return channel
+
     monkeypatch.setattr(relay_module, "connect_harness_relay", recording_connect)
+    monkeypatch.setattr(noise_module, "connect_noise_relay", recording_noise_connect)
     return dialed
 
 
@@ -317,21 +333,34 @@ async def inject_disconnects(
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("transport", ["noise", "legacy"])
 async def test_lossy_rendezvous_with_disconnects_loses_and_repeats_nothing(
-    tmp_path: Path, harness_channels: list[RecordingChannel]
+    tmp_path: Path, harness_channels: list[RecordingChannel], transport: str
 ) -> None:
     started = time.monotonic()
     server = RecordingExecServer()
+    encrypted = transport == "noise"
     async with (
         ForwardingRendezvous(to_environment=FAULTS, to_harness=FAULTS, seed=SEED) as rendezvous,
-        serve_remote_environment(rendezvous, server) as remote,
+        serve_remote_environment(
+            rendezvous, server, transport="noise" if encrypted else "legacy"
+        ) as remote,
     ):
-        clients = [
-            await ExecServerClient.connect(
-                rendezvous.harness_url, config=ClientConfig(client_name=f"fault-{i}")
+
+        def connect(i: int) -> Any:
+            config = ClientConfig(
+                client_name=f"fault-{i}", encryption="required" if encrypted else "auto"
             )
-            for i in range(CLIENTS + 1)
-        ]
+            if encrypted:
+                return ExecServerClient.connect(
+                    rendezvous=rendezvous.base_url,
+                    environment_id=rendezvous.environment_id,
+                    token=REGISTRY_TOKEN,
+                    config=config,
+                )
+            return ExecServerClient.connect(rendezvous.harness_url, config=config)
+
+        clients = [await connect(i) for i in range(CLIENTS + 1)]
         try:
             progress = Progress(
                 total_ops=CLIENTS * OPS_PER_CLIENT, total_output_bytes=BIG_OUTPUT_BYTES
@@ -354,8 +383,9 @@ async def test_lossy_rendezvous_with_disconnects_loses_and_repeats_nothing(
             assert rendezvous.environment_sockets >= 2 and remote.registrations >= 2
             assert rendezvous.harness_sockets >= 2 * (CLIENTS + 1)
             relays = [c.inner for c in harness_channels]
-            assert all(isinstance(r, HarnessRelayChannel) for r in relays)
-            assert all(r.reconnects >= 1 for r in relays if isinstance(r, HarnessRelayChannel))
+            kind = NoiseHarnessChannel if encrypted else HarnessRelayChannel
+            assert all(isinstance(r, kind) for r in relays)
+            assert all(getattr(r, "reconnects", 0) >= 1 for r in relays)
             assert [c.recoveries for c in clients] == [0] * len(clients), "session recovery used"
             assert len(harness_channels) == len(clients), "a client dialed a second channel"
 
@@ -399,12 +429,18 @@ async def test_lossy_rendezvous_with_disconnects_loses_and_repeats_nothing(
             env_streams = list(remote.connection.mux.streams.values())
             assert len(env_streams) == len(clients)
             assert all(s.mode is PeerMode.RELIABLE for s in env_streams)
+            env_mux = remote.connection.mux
+            assert isinstance(env_mux, NoiseStreamMux) == encrypted
+            if isinstance(env_mux, NoiseStreamMux):
+                # Every handshake completed (none refused, whatever the faults did to it).
+                assert env_mux.handshakes[HandshakeOutcome.OPENED_RELIABLE] == len(clients)
+                assert set(env_mux.handshakes) == {HandshakeOutcome.OPENED_RELIABLE}
             assert sum(s.stats.retransmissions for s in env_streams) > 0
             assert sum(s.stats.duplicates_received for s in env_streams) > 0
             harness_streams = [
                 r.connection.mux.streams[r.stream_id]
                 for r in relays
-                if isinstance(r, HarnessRelayChannel)
+                if isinstance(r, HarnessRelayChannel | NoiseHarnessChannel)
             ]
             print(
                 f"\nfault run: {elapsed:.1f}s; kicks (kind, ops done, output bytes): {kicks}",

@@ -24,12 +24,10 @@ from exec_server.relay.frame_codec import (
     reset_frame,
     resume_frame,
 )
-from exec_server.relay.reliable_stream import (
+from exec_server.relay.reliable_stream import ReliableStream, ReliableStreamConfig, StreamDropReason
+from exec_server.relay.stream_config import (
     DEFAULT_MAX_SEGMENT_PAYLOAD_BYTES,
     LEGACY_MAX_MESSAGE_BYTES,
-    ReliableStream,
-    ReliableStreamConfig,
-    StreamDropReason,
 )
 from exec_server.relay.stream_mux import MuxConfig, MuxDropReason, MuxRole, StreamMux
 
@@ -52,7 +50,7 @@ class HarnessVsLegacyExecutor:
         timer = self.mux.get_timer()
         if timer is not None and timer <= self.now:
             self.mux.handle_timer(self.now)
-        for data in self.mux.frames_to_send(self.now):
+        for data in self.mux.data_to_send(self.now):
             self.executor.receive(data)
         for data in self.executor.outbox:
             self.mux.receive_bytes(data, self.now)
@@ -69,7 +67,7 @@ class HarnessVsLegacyExecutor:
 
 def test_harness_resolves_legacy_on_the_executors_first_reply() -> None:
     sim = HarnessVsLegacyExecutor()
-    sim.stream.send_message(b"req-initialize", sim.now)
+    sim.mux.send_message(UUID, b"req-initialize", sim.now)
     sim.step()
     assert sim.stream.mode is PeerMode.LEGACY
     assert PeerModeResolved(UUID, PeerMode.LEGACY) in sim.events
@@ -79,13 +77,13 @@ def test_harness_resolves_legacy_on_the_executors_first_reply() -> None:
 
 def test_never_retransmits_or_segments_towards_a_legacy_executor() -> None:
     sim = HarnessVsLegacyExecutor()
-    sim.stream.send_message(b"req-initialize", sim.now)
+    sim.mux.send_message(UUID, b"req-initialize", sim.now)
     sim.run(0.2)
     big = b"B" * (3 * DEFAULT_MAX_SEGMENT_PAYLOAD_BYTES + 1)
     for i in range(40):
-        sim.stream.send_message(f"req-{i}".encode(), sim.now)
-        sim.stream.send_message(f"note-{i}".encode(), sim.now)  # notifications: no reply
-    sim.stream.send_message(big, sim.now)
+        sim.mux.send_message(UUID, f"req-{i}".encode(), sim.now)
+        sim.mux.send_message(UUID, f"note-{i}".encode(), sim.now)  # notifications: no reply
+    sim.mux.send_message(UUID, big, sim.now)
     sim.run(120.0, dt=0.5)  # far past every RTO, heartbeat and idle timeout
     executed = sim.executor.executed[UUID]
     assert len(executed) == len(set(executed)) == 82  # every message exactly once
@@ -104,7 +102,7 @@ def test_never_retransmits_or_segments_towards_a_legacy_executor() -> None:
 
 def test_a_silent_executor_gets_no_retransmission_either() -> None:
     sim = HarnessVsLegacyExecutor()
-    sim.stream.send_message(b"note-only", sim.now)  # no reply will ever come
+    sim.mux.send_message(UUID, b"note-only", sim.now)  # no reply will ever come
     sim.run(30.0, dt=0.25)  # the negotiation times out: legacy
     assert sim.stream.mode is PeerMode.LEGACY
     assert sim.executor.executed[UUID] == [b"note-only"]
@@ -113,11 +111,11 @@ def test_a_silent_executor_gets_no_retransmission_either() -> None:
 
 def test_messages_over_the_legacy_limit_are_refused_not_sent() -> None:
     sim = HarnessVsLegacyExecutor(ReliableStreamConfig(legacy_max_message_bytes=1000))
-    sim.stream.send_message(b"req-initialize", sim.now)
+    sim.mux.send_message(UUID, b"req-initialize", sim.now)
     sim.step()
     with pytest.raises(MessageTooLarge, match="legacy"):
-        sim.stream.send_message(b"x" * 1001, sim.now)
-    sim.stream.send_message(b"x" * 1000, sim.now)
+        sim.mux.send_message(UUID, b"x" * 1001, sim.now)
+    sim.mux.send_message(UUID, b"x" * 1000, sim.now)
     sim.step()
     assert sim.executor.executed[UUID][-1] == b"x" * 1000
 
@@ -163,7 +161,7 @@ class LegacyHarnessVsEnvironment:
         return list(self.mux.events())
 
     def output(self) -> list[bytes]:
-        return self.mux.frames_to_send(self.now)
+        return self.mux.data_to_send(self.now)
 
 
 def codex_data(stream_id: str, seq: int, payload: bytes) -> bytes:
@@ -182,9 +180,8 @@ def test_environment_answers_a_legacy_harness_with_codex_bytes() -> None:
         PeerModeResolved(UUID, PeerMode.LEGACY),
         MessageReceived(UUID, b'{"id":1,"method":"initialize"}'),
     ]
-    stream = sim.mux.streams[UUID]
-    stream.send_message(b'{"id":1,"result":{}}', sim.now)
-    stream.send_message(b'{"method":"n"}', sim.now)
+    sim.mux.send_message(UUID, b'{"id":1,"result":{}}', sim.now)
+    sim.mux.send_message(UUID, b'{"method":"n"}', sim.now)
     out = sim.output()
     head = b"\x08\x01\x12\x24" + UUID.encode()
     # data seq 0: 2a LL 18 01 22 LL <json>; data seq 1: 2a LL 08 01 18 01 22 LL <json>
@@ -240,7 +237,7 @@ def test_e1_acceptance_two_streams_and_a_reset() -> None:
         StreamOpened("stream-b"),
     ]
     for sid in ("stream-a", "stream-b"):
-        sim.mux.streams[sid].send_message(f'{{"id":1,"result":"{sid}"}}'.encode(), sim.now)
+        sim.mux.send_message(sid, f'{{"id":1,"result":"{sid}"}}'.encode(), sim.now)
     replies = [decode_frame(b) for b in sim.output()]
     assert sorted(f.stream_id for f in replies) == ["stream-a", "stream-b"]
     events = sim.send(
@@ -285,14 +282,14 @@ def test_any_schedule_against_a_legacy_executor_sends_each_message_once(
         max_segment_payload_bytes=100, legacy_max_message_bytes=2000, max_send_buffer_bytes=4000
     )
     sim = HarnessVsLegacyExecutor(config)
-    sim.stream.send_message(b"req-initialize", sim.now)
+    sim.mux.send_message(UUID, b"req-initialize", sim.now)
     sent = [b"req-initialize"]
     for action, value, is_request in steps:
         if action == "send":
             payload = (b"req-" if is_request else b"note-") + b"%d-" % len(sent)
             payload = payload.ljust(int(value), b"x")
             try:
-                sim.stream.send_message(payload, sim.now)
+                sim.mux.send_message(UUID, payload, sim.now)
             except (SendBlocked, MessageTooLarge):
                 continue
             sent.append(payload)

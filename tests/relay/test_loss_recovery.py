@@ -18,7 +18,7 @@ from __future__ import annotations
 from relay_sim import Pair, kinds
 
 from exec_server.relay.frame_codec import RelayFrame
-from exec_server.relay.reliable_stream import FAST_RETRANSMIT_SACKS, REPAIR_RESEND_MIN_S
+from exec_server.relay.stream_config import FAST_RETRANSMIT_SACKS, REPAIR_RESEND_MIN_S
 
 ONE_WAY_S = 0.01
 

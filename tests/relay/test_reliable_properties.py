@@ -22,12 +22,8 @@ from relay_sim import STREAM_ID, decode_or_none
 
 from exec_server.relay.events import MessageReceived, PeerMode
 from exec_server.relay.frame_codec import encode_frame
-from exec_server.relay.reliable_stream import (
-    MAX_WINDOW_SEGMENTS,
-    SEQ_SPACE,
-    ReliableStream,
-    ReliableStreamConfig,
-)
+from exec_server.relay.reliable_stream import ReliableStream, ReliableStreamConfig
+from exec_server.relay.stream_config import MAX_WINDOW_SEGMENTS, SEQ_SPACE
 from exec_server.relay.stream_mux import MuxConfig, MuxRole, StreamMux
 
 MACHINE_SETTINGS = settings(
@@ -318,12 +314,12 @@ class MuxPairMachine(RuleBasedStateMachine):
         payload = f"{side}{sid}{self.counter}:".encode().ljust(size, b".")
         if len(payload) > stream.config.max_message_bytes or not stream.can_send(len(payload)):
             return
-        stream.send_message(payload, self.now)
+        self.muxes[side].send_message(sid, payload, self.now)
         self.sent[side, sid].append(payload)
 
     @rule(side=st.sampled_from("he"), budget=st.sampled_from([None, 1, 64]))
     def pump(self, side: str, budget: int | None) -> None:
-        self.paths[side].frames.extend(self.muxes[side].frames_to_send(self.now, budget))
+        self.paths[side].frames.extend(self.muxes[side].data_to_send(self.now, budget))
 
     @rule(
         side=st.sampled_from("he"),

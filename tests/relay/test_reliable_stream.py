@@ -13,16 +13,15 @@ from exec_server.relay.events import (
     PeerResumed,
     StreamReset,
 )
-from exec_server.relay.frame_codec import data_frame, decode_frame, reset_for_peer, reset_frame
-from exec_server.relay.reliable_stream import (
+from exec_server.relay.frame_codec import (
     RELIABLE_CAPABILITY_BIT,
-    SEQ_SPACE,
-    ReliableStream,
-    ReliableStreamConfig,
-    StreamDropReason,
-    seq_from_wire,
-    seq_to_wire,
+    data_frame,
+    decode_frame,
+    reset_for_peer,
+    reset_frame,
 )
+from exec_server.relay.reliable_stream import ReliableStream, ReliableStreamConfig, StreamDropReason
+from exec_server.relay.stream_config import SEQ_SPACE, seq_from_wire, seq_to_wire
 
 SMALL = ReliableStreamConfig(
     max_segment_payload_bytes=10,

@@ -141,6 +141,7 @@ async def test_multiplexed_remote_environment_routes_independent_virtual_streams
     remote = RemoteEnvironment(
         server,
         RemoteEnvironmentConfig(
+            transport="legacy",  # a 0.133-era registry
             base_url=cloud.registry_url + "/",
             environment_id=environment_id,
             token=REGISTRY_TOKEN,
@@ -223,6 +224,7 @@ async def test_reconnects_and_reregisters_after_socket_loss(cloud_factory: Any) 
     remote = RemoteEnvironment(
         server,
         RemoteEnvironmentConfig(
+            transport="legacy",  # a 0.133-era registry
             base_url=cloud.registry_url,
             environment_id="env-reconnect",
             token=REGISTRY_TOKEN,
@@ -259,7 +261,10 @@ async def test_bad_credentials_are_fatal_with_a_clear_message(cloud_factory: Any
     remote = RemoteEnvironment(
         ExecServer(),
         RemoteEnvironmentConfig(
-            base_url=cloud.registry_url, environment_id="env-auth", token="wrong-token"
+            transport="legacy",  # a 0.133-era registry
+            base_url=cloud.registry_url,
+            environment_id="env-auth",
+            token="wrong-token",
         ),
     )
     with pytest.raises(RegistrationError, match=r"authentication failed \(401\): bad token"):
@@ -272,6 +277,7 @@ async def test_server_errors_are_retried(cloud_factory: Any) -> None:
     remote = RemoteEnvironment(
         ExecServer(),
         RemoteEnvironmentConfig(
+            transport="legacy",  # a 0.133-era registry
             base_url=cloud.registry_url,
             environment_id="env-503",
             token=REGISTRY_TOKEN,

@@ -23,8 +23,8 @@ from forwarding_rendezvous import ForwardingRendezvous, serve_remote_environment
 from exec_server.client import ClientConfig, ExecServerClient
 from exec_server.environment.remote import RemoteEnvironment
 from exec_server.relay.events import PeerMode
-from exec_server.relay.frame_codec import body_kind, data_frame, encode_frame
-from exec_server.relay.reliable_stream import DEFAULT_MAX_SEGMENT_PAYLOAD_BYTES
+from exec_server.relay.frame_codec import data_frame, encode_frame
+from exec_server.relay.stream_config import DEFAULT_MAX_SEGMENT_PAYLOAD_BYTES
 from exec_server.relay.stream_mux import MuxDropReason
 
 #: Longer than the initial RTO (0.5 s) doubled, and 75x the ack delay: a reliable sender
@@ -115,7 +115,7 @@ def _assert_codex_shaped(harness: SimulatedCodexHarness, remote: RemoteEnvironme
     frames = harness.frames
     assert frames, "the environment sent nothing"
     # Only data frames: no ack_frame, heartbeat, resume or reset ever reaches a Codex peer.
-    assert {body_kind(f) for f in frames} == {"data"}
+    assert {f.kind for f in frames} == {"data"}
     # seq 0, 1, 2, ... with no repeat: not a single retransmission.
     assert [f.data.seq for f in frames] == list(range(len(frames)))
     payloads = [f.data.payload for f in frames]

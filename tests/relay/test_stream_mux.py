@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from exec_server.relay.errors import InvalidFrameReason
 from exec_server.relay.events import MessageReceived, PeerMode, StreamOpened, StreamReset
 from exec_server.relay.frame_codec import (
+    RELIABLE_CAPABILITY_BIT,
     HandshakeBody,
     RelayFrame,
     ack_frame,
@@ -20,7 +21,7 @@ from exec_server.relay.frame_codec import (
     resume_frame,
 )
 from exec_server.relay.proto import relay_v1_pb2 as pb
-from exec_server.relay.reliable_stream import RELIABLE_CAPABILITY_BIT, ReliableStreamConfig
+from exec_server.relay.reliable_stream import ReliableStreamConfig
 from exec_server.relay.stream_mux import MuxConfig, MuxDropReason, MuxRole, StreamMux
 
 FLAG = RELIABLE_CAPABILITY_BIT
@@ -48,7 +49,7 @@ class Link:
 
     def flush(self) -> None:
         for _ in range(1000):
-            h, e = self.harness.frames_to_send(self.now), self.env.frames_to_send(self.now)
+            h, e = self.harness.data_to_send(self.now), self.env.data_to_send(self.now)
             if not h and not e:
                 return
             for data in h:
@@ -109,7 +110,7 @@ def test_arbitrary_input_never_raises(chunks: list[bytes]) -> None:
     for chunk in chunks:
         mux.receive_bytes(chunk, 0.0)
     list(mux.events())
-    mux.frames_to_send(0.0)
+    mux.data_to_send(0.0)
 
 
 def test_control_frames_for_unknown_streams_are_ignored_and_counted() -> None:
@@ -124,7 +125,7 @@ def test_control_frames_for_unknown_streams_are_ignored_and_counted() -> None:
         mux.receive_bytes(encode_frame(frame), 0.0)
     assert mux.dropped == {MuxDropReason.UNKNOWN_STREAM_CONTROL: 5}
     assert mux.streams == {}
-    assert mux.frames_to_send(0.0) == []
+    assert mux.data_to_send(0.0) == []
 
 
 def test_flagged_resume_creates_the_stream_and_is_acked() -> None:
@@ -132,7 +133,7 @@ def test_flagged_resume_creates_the_stream_and_is_acked() -> None:
     mux.receive_bytes(encode_frame(resume_frame("s", 1, ack_bits=FLAG)), 0.0)
     assert mux.next_event() == StreamOpened("s")
     assert mux.streams["s"].mode is PeerMode.RELIABLE
-    (reply,) = [decode_frame(b) for b in mux.frames_to_send(0.0)]
+    (reply,) = [decode_frame(b) for b in mux.data_to_send(0.0)]
     assert reply.kind == "ack_frame"
     assert reply.ack_bits & FLAG
 
@@ -153,19 +154,17 @@ def test_stream_limit_drops_and_answers_with_reset() -> None:
     mux.receive_bytes(encode_frame(data_frame("d", 0, b"x")), 0.0)  # legacy peer
     assert mux.dropped[MuxDropReason.TOO_MANY_STREAMS] == 2
     assert set(mux.streams) == {"a", "b"}
-    resets = {
-        f.stream_id: f for f in map(decode_frame, mux.frames_to_send(0.0)) if f.kind == "reset"
-    }
+    resets = {f.stream_id: f for f in map(decode_frame, mux.data_to_send(0.0)) if f.kind == "reset"}
     assert resets["c"].reset.reason == resets["d"].reset.reason == "too_many_streams"
     assert resets["c"].ack_bits == FLAG and resets["d"].ack_bits == 0
 
 
 def test_reset_ends_one_stream_and_reliable_stragglers_are_refused() -> None:
     link = Link()
-    a = link.harness.open_stream(link.now, "a")
-    b = link.harness.open_stream(link.now, "b")
-    a.send_message(b"hello-a", link.now)
-    b.send_message(b"hello-b", link.now)
+    link.harness.open_stream(link.now, "a")
+    link.harness.open_stream(link.now, "b")
+    link.harness.send_message("a", b"hello-a", link.now)
+    link.harness.send_message("b", b"hello-b", link.now)
     link.settle()
     assert messages_by_stream(link.env) == {"a": [b"hello-a"], "b": [b"hello-b"]}
     stale = flagged_data("a", 1, b"hello-a")
@@ -177,9 +176,9 @@ def test_reset_ends_one_stream_and_reliable_stragglers_are_refused() -> None:
     link.env.receive_bytes(stale, link.now)  # a late retransmission of the old stream
     assert link.env.dropped[MuxDropReason.RETIRED_STREAM] == 1
     assert "a" not in link.env.streams
-    (refusal,) = map(decode_frame, link.env.frames_to_send(link.now))
+    (refusal,) = map(decode_frame, link.env.data_to_send(link.now))
     assert (refusal.stream_id, refusal.reset.reason) == ("a", "stream_closed")
-    b.send_message(b"still-fine", link.now)
+    link.harness.send_message("b", b"still-fine", link.now)
     link.settle()
     assert messages_by_stream(link.env) == {"b": [b"still-fine"]}
     # a legacy data frame on the retired id starts a new stream, as in Codex
@@ -193,8 +192,8 @@ def test_output_is_fair_across_streams() -> None:
     link.settle()
     for stream in streams:
         for i in range(6):
-            stream.send_message(f"{stream.stream_id}{i}".encode(), link.now)
-    order = [decode_frame(b).stream_id for b in link.harness.frames_to_send(link.now)]
+            link.harness.send_message(stream.stream_id, f"{stream.stream_id}{i}".encode(), link.now)
+    order = [decode_frame(b).stream_id for b in link.harness.data_to_send(link.now)]
     assert len(order) == 18
     assert all(set(order[i : i + 3]) == {"a", "b", "c"} for i in range(0, 18, 3))
 
@@ -204,10 +203,10 @@ def test_output_budget_in_bytes() -> None:
     stream = link.harness.open_stream(link.now, "a")
     link.settle()
     for _ in range(10):
-        stream.send_message(b"x" * 100, link.now)
-    first = link.harness.frames_to_send(link.now, max_bytes=250)
+        link.harness.send_message(stream.stream_id, b"x" * 100, link.now)
+    first = link.harness.data_to_send(link.now, max_bytes=250)
     assert 250 <= sum(map(len, first)) < 250 + 200
-    rest = link.harness.frames_to_send(link.now)
+    rest = link.harness.data_to_send(link.now)
     assert len(first) + len(rest) == 10
 
 
@@ -227,12 +226,12 @@ def test_many_streams_exchange_both_ways() -> None:
     streams = [link.harness.open_stream(link.now) for _ in range(8)]
     link.settle()  # negotiate first: multi-segment messages wait for it
     for stream in streams:
-        stream.send_message(stream.stream_id.encode() * 10, link.now)
+        link.harness.send_message(stream.stream_id, stream.stream_id.encode() * 10, link.now)
     link.settle()
     got = messages_by_stream(link.env)
     assert got == {s.stream_id: [s.stream_id.encode() * 10] for s in streams}
-    for sid, env_stream in link.env.streams.items():
-        env_stream.send_message(b"reply-" + sid.encode() * 5, link.now)
+    for sid in list(link.env.streams):
+        link.env.send_message(sid, b"reply-" + sid.encode() * 5, link.now)
     link.settle()
     assert messages_by_stream(link.harness) == {
         s.stream_id: [b"reply-" + s.stream_id.encode() * 5] for s in streams
@@ -244,12 +243,12 @@ def test_reconnect_resumes_every_reliable_stream() -> None:
     streams = [link.harness.open_stream(link.now, sid) for sid in ("a", "b")]
     link.settle()
     for stream in streams:
-        stream.send_message(b"lost-in-flight", link.now)
-    link.harness.frames_to_send(link.now)  # dropped with the socket
+        link.harness.send_message(stream.stream_id, b"lost-in-flight", link.now)
+    link.harness.data_to_send(link.now)  # dropped with the socket
     link.harness.connection_lost(link.now)
-    assert link.harness.frames_to_send(link.now) == []
+    assert link.harness.data_to_send(link.now) == []
     link.harness.on_reconnect(link.now)
-    out = [decode_frame(b) for b in link.harness.frames_to_send(link.now)]
+    out = [decode_frame(b) for b in link.harness.data_to_send(link.now)]
     assert sorted((f.stream_id, f.kind) for f in out) == [
         ("a", "data"),
         ("a", "resume"),
@@ -308,24 +307,24 @@ def test_an_id_is_reusable_by_a_legacy_peer_before_the_reset_is_read() -> None:
 
 def test_pause_output_holds_one_stream_while_the_others_flow() -> None:
     link = Link()
-    a = link.harness.open_stream(0.0, "a")
-    b = link.harness.open_stream(0.0, "b")
-    a.send_message(b"1", 0.0)
-    b.send_message(b"1", 0.0)
+    link.harness.open_stream(0.0, "a")
+    link.harness.open_stream(0.0, "b")
+    link.harness.send_message("a", b"1", 0.0)
+    link.harness.send_message("b", b"1", 0.0)
     link.flush()
     assert set(link.env.streams) == {"a", "b"}
     link.env.pause_output("a")
     assert link.env.paused_streams == 1
-    link.env.streams["a"].send_message(b"held", 0.0)
-    link.env.streams["b"].send_message(b"flows", 0.0)
-    sent = [decode_frame(f) for f in link.env.frames_to_send(0.0)]
+    link.env.send_message("a", b"held", 0.0)
+    link.env.send_message("b", b"flows", 0.0)
+    sent = [decode_frame(f) for f in link.env.data_to_send(0.0)]
     assert [(f.stream_id, f.data.payload) for f in sent if f.kind == "data"] == [("b", b"flows")]
     link.env.resume_output("a")
-    sent = [decode_frame(f) for f in link.env.frames_to_send(0.0)]
+    sent = [decode_frame(f) for f in link.env.data_to_send(0.0)]
     assert [(f.stream_id, f.data.payload) for f in sent if f.kind == "data"] == [("a", b"held")]
     link.env.pause_output("a")
     link.env.reset_stream("a", "bye")  # a reset still goes out of a paused stream
-    assert [decode_frame(f).kind for f in link.env.frames_to_send(0.0)] == ["reset"]
+    assert [decode_frame(f).kind for f in link.env.data_to_send(0.0)] == ["reset"]
     link.env.connection_lost(0.0)
     assert link.env.paused_streams == 0
 
@@ -340,7 +339,7 @@ def test_a_reliable_frame_acknowledging_data_on_an_unknown_stream_is_refused() -
         0.0,
     )
     assert not env.streams
-    replies = [decode_frame(f) for f in env.frames_to_send(0.0)]
+    replies = [decode_frame(f) for f in env.data_to_send(0.0)]
     assert [(f.stream_id, f.reset.reason, f.ack_bits) for f in replies] == [
         ("old", "unknown_stream", FLAG),
         ("old2", "unknown_stream", FLAG),
@@ -353,15 +352,15 @@ def test_a_reliable_frame_acknowledging_data_on_an_unknown_stream_is_refused() -
 
 def test_held_events_stay_in_the_stream_until_released() -> None:
     link = Link()
-    a = link.harness.open_stream(0.0, "a")
-    b = link.harness.open_stream(0.0, "b")
-    a.send_message(b"a1", 0.0)
-    b.send_message(b"b1", 0.0)
+    link.harness.open_stream(0.0, "a")
+    link.harness.open_stream(0.0, "b")
+    link.harness.send_message("a", b"a1", 0.0)
+    link.harness.send_message("b", b"b1", 0.0)
     link.flush()
     assert messages_by_stream(link.env) == {"a": [b"a1"], "b": [b"b1"]}
     link.env.hold_events("a")
-    a.send_message(b"a2", 0.0)
-    b.send_message(b"b2", 0.0)
+    link.harness.send_message("a", b"a2", 0.0)
+    link.harness.send_message("b", b"b2", 0.0)
     link.flush()
     assert messages_by_stream(link.env) == {"b": [b"b2"]}
     assert link.env.streams["a"].undelivered_bytes == 2

@@ -130,8 +130,9 @@ async def until(
 class Stack:
     """Rendezvous (fixed port, data dir) + remote environment, each a process."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, transport: str = "noise") -> None:
         self.tmp_path = tmp_path
+        self.transport = transport
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.rendezvous: Proc | None = None
@@ -166,6 +167,8 @@ class Stack:
             ENV,
             "--session-ttl",
             str(SESSION_TTL_S),
+            "--remote-transport",
+            self.transport,
             env={"EXEC_SERVER_REGISTRATION_TOKEN": TOKEN},
         )
         self.procs.append(self.environment)
@@ -222,9 +225,10 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def running_stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    """A started :class:`Stack`, stopped (every process killed) on exit."""
-    stack = Stack(tmp_path)
+async def running_stack(tmp_path: Path, transport: str = "noise") -> AsyncIterator[Stack]:
+    """A started :class:`Stack` (the environment on the encrypted relay unless
+    ``transport="legacy"``), stopped (every process killed) on exit."""
+    stack = Stack(tmp_path, transport)
     try:
         await stack.start_rendezvous()
         await stack.start_environment()

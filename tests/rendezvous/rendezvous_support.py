@@ -17,7 +17,6 @@ from aiohttp import WSMsgType
 
 from exec_server.relay.frame_codec import (
     RelayFrame,
-    body_kind,
     data_frame,
     decode_frame,
     encode_frame,
@@ -100,7 +99,7 @@ async def recv_frame(ws: Ws, timeout: float = WAIT_S) -> RelayFrame:
 
 async def expect_reset(ws: Ws, stream_id: str, reason: str, timeout: float = WAIT_S) -> None:
     frame = await recv_frame(ws, timeout)
-    assert body_kind(frame) == "reset", frame
+    assert frame.kind == "reset", frame
     assert (frame.stream_id, frame.reset.reason) == (stream_id, reason)
 
 

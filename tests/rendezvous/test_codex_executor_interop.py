@@ -14,10 +14,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from codex_auth import write_codex_auth_json
 from codex_binary import require_codex_binary
 from rendezvous_support import MakeRendezvous, auth, data, dial, recv_frame, resume, wait_for
 
-from exec_server.rendezvous import UrlRole, write_codex_auth_json
+from exec_server.rendezvous import UrlRole
 
 pytestmark = pytest.mark.interop
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from exec_server.client import ClientConfig, ExecServerClient, OutputEvent
+from exec_server.client import ClientConfig, Connecting, ExecServerClient, OutputEvent
 from exec_server.environment.remote import RemoteEnvironment, RemoteEnvironmentConfig
 from exec_server.environment.server import ExecServer
 from exec_server.rendezvous.server import RendezvousConfig, RendezvousServer
@@ -42,6 +42,18 @@ async def _start_environment(
     return server, environment, task
 
 
+def _connect(
+    rendezvous: RendezvousServer, environment_id: str, config: ClientConfig | None = None
+) -> Connecting:
+    """The SDK through the registry: ``/connect`` with a key, then the encrypted relay."""
+    return ExecServerClient.connect(
+        rendezvous=rendezvous.base_url,
+        environment_id=environment_id,
+        token=rendezvous.token,
+        config=config or ClientConfig(encryption="required"),
+    )
+
+
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     rendezvous = RendezvousServer(RendezvousConfig(data_dir=tmp_path / "rz"))
@@ -56,8 +68,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 
 
 async def test_every_rpc_through_the_rendezvous(stack: Stack, tmp_path: Path) -> None:
-    url = stack.rendezvous.harness_url("e2e")
-    async with await ExecServerClient.connect(url) as client:
+    async with await _connect(stack.rendezvous, "e2e") as client:
         assert client.session_id
         info = await client.environment_info()
         assert info.shell_path
@@ -110,10 +121,11 @@ async def test_every_rpc_through_the_rendezvous(stack: Stack, tmp_path: Path) ->
 
 
 async def test_many_concurrent_streams_without_cross_talk(stack: Stack) -> None:
-    url = stack.rendezvous.harness_url("e2e")
     clients = await asyncio.gather(
         *(
-            ExecServerClient.connect(url, config=ClientConfig(client_name=f"c{i}"))
+            _connect(
+                stack.rendezvous, "e2e", ClientConfig(client_name=f"c{i}", encryption="required")
+            )
             for i in range(40)
         )
     )
@@ -141,9 +153,8 @@ async def test_rendezvous_restart_mid_run_streams_resume(tmp_path: Path) -> None
     rendezvous = RendezvousServer(RendezvousConfig(data_dir=data_dir))
     base_url = await rendezvous.start("127.0.0.1", port)
     server, environment, task = await _start_environment(base_url, rendezvous.token, "restart")
-    url = rendezvous.harness_url("restart")
     try:
-        async with await ExecServerClient.connect(url) as client:
+        async with await _connect(rendezvous, "restart") as client:
             proc = await client.start_process(
                 ["/bin/sh", "-c", "for i in $(seq 1 30); do echo line-$i; sleep 0.05; done"]
             )

@@ -36,7 +36,11 @@ async def test_ten_thousand_idle_streams_opened_and_abandoned_are_all_reclaimed(
     remote = RemoteEnvironment(
         server,
         RemoteEnvironmentConfig(
-            base_url=rendezvous.base_url, environment_id=ENV, token=TOKEN, initial_backoff_s=0.05
+            transport="legacy",  # raw cleartext frames below
+            base_url=rendezvous.base_url,
+            environment_id=ENV,
+            token=TOKEN,
+            initial_backoff_s=0.05,
         ),
     )
     task = asyncio.ensure_future(remote.run())

@@ -25,12 +25,8 @@ from exec_server.relay.control import ENVIRONMENT_OFFLINE
 from exec_server.rendezvous import RendezvousServer
 from exec_server.rendezvous.router import ResetReason
 from exec_server.transport.channel import ChannelClosed
-from exec_server.transport.relay import (
-    HarnessRelayChannel,
-    RelayStatus,
-    RelayStreamChannel,
-    connect_harness_relay,
-)
+from exec_server.transport.harness_relay import HarnessRelayChannel, connect_harness_relay
+from exec_server.transport.relay_connection import RelayStatus, RelayStreamChannel
 
 ENV = "env-offline"
 GRACE_S = 0.5
@@ -53,6 +49,7 @@ async def setup(make_rendezvous: MakeRendezvous) -> AsyncIterator[Setup]:
     remote = RemoteEnvironment(
         server,
         RemoteEnvironmentConfig(
+            transport="legacy",  # raw cleartext frames below
             base_url=rendezvous.base_url,
             environment_id=ENV,
             token=TOKEN,

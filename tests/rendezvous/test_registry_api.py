@@ -9,10 +9,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from codex_auth import write_codex_auth_json
 from rendezvous_support import TOKEN, MakeRendezvous, auth, dial, query_param, register, scrape
 
-from exec_server.rendezvous import RendezvousServer, write_codex_auth_json
-from exec_server.transport.relay import is_rendezvous_harness_url
+from exec_server.rendezvous import RendezvousServer
+from exec_server.transport.harness_relay import is_rendezvous_harness_url
 
 
 @pytest.mark.parametrize("flavour", ["environment", "executor"])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from exec_server.transport.relay import is_rendezvous_harness_url
+from exec_server.transport.harness_relay import is_rendezvous_harness_url
 
 START_TIMEOUT_S = 20.0
 

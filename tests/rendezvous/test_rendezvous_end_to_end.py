@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from rendezvous_support import TOKEN, WAIT_S, MakeRendezvous, auth, wait_for
 
-from exec_server.client import ExecServerClient
+from exec_server.client import ClientConfig, ExecServerClient
 from exec_server.environment.remote import RemoteEnvironment, RemoteEnvironmentConfig
 from exec_server.environment.server import ExecServer
 from exec_server.rendezvous import RendezvousServer, UrlRole
@@ -79,8 +79,12 @@ async def test_client_reaches_environment_and_survives_socket_drops(
         listing = await resp.json()
     assert [(r["id"], r["name"], r["online"]) for r in listing] == [(ENV, "e2e box", True)]
 
-    url = rendezvous.harness_url(ENV)
-    async with await ExecServerClient.connect(url) as client:
+    async with await ExecServerClient.connect(
+        rendezvous=rendezvous.base_url,
+        environment_id=ENV,
+        token=TOKEN,
+        config=ClientConfig(encryption="required"),
+    ) as client:
         assert await _echo(client, "hello") == b"hello\n"
         assert rendezvous.router.stream_count(ENV) == 1
 

@@ -41,7 +41,7 @@ from exec_server.relay.frame_codec import (
     resume_frame,
 )
 from exec_server.relay.proto.relay_v1_pb2 import RelayData, RelayMessageFrame, RelayResume
-from exec_server.rendezvous import RendezvousServer
+from exec_server.rendezvous import RendezvousServer, Router
 
 ENV = "env-1"
 DROPPED = "exec_server_rendezvous_frames_dropped_total"
@@ -66,6 +66,13 @@ class Peers:
 
     async def dropped(self, reason: str) -> float:
         return (await scrape(self.http, self.base)).get(f'{DROPPED}{{reason="{reason}"}}', 0.0)
+
+
+def stream_owner(router: Router, environment_id: str, stream_id: str) -> object | None:
+    """The socket that owns a stream in the router's table, or ``None``."""
+    route = router._routes.get(environment_id)
+    stream = route.streams.get(stream_id) if route else None
+    return stream.owner if stream else None
 
 
 @pytest.fixture
@@ -159,7 +166,7 @@ async def test_reclaim_after_disconnect_only_with_the_same_url_nonce(peers: Peer
     await first.send_bytes(resume("s-1"))
     await recv_frame(env)
     await first.close()
-    await wait_for(lambda: peers.server.router.stream_owner(ENV, "s-1") is None)
+    await wait_for(lambda: stream_owner(peers.server.router, ENV, "s-1") is None)
 
     stranger, _ = await peers.harness()  # a different /connect URL: another nonce
     await stranger.send_bytes(resume("s-1"))
@@ -244,7 +251,7 @@ async def test_harness_offline_reset_reaches_the_environment_after_the_grace(
     assert (await recv_frame(env)).reset.reason == "done"
     closed_at = time.monotonic()
     await harness.close()
-    await wait_for(lambda: peers.server.router.stream_owner(ENV, "s-1") is None)
+    await wait_for(lambda: stream_owner(peers.server.router, ENV, "s-1") is None)
     await env.send_bytes(data("s-1", 0, b"{}"))  # within grace: dropped
     await expect_reset(env, "s-1", "harness_offline")
     assert time.monotonic() - closed_at >= 0.25

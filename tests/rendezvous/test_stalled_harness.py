@@ -35,7 +35,8 @@ HEAD = ["/usr/bin/head", "-c", str(OUTPUT_BYTES), "/dev/zero"]
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    async with running_stack(tmp_path) as stack:
+    # The cleartext relay: a Codex-style cleartext harness shares the environment.
+    async with running_stack(tmp_path, transport="legacy") as stack:
         yield stack
 
 

@@ -23,7 +23,7 @@ from exec_server.relay.control import (
 )
 from exec_server.relay.stream_mux import MuxRole
 from exec_server.rendezvous import RendezvousConfig, RendezvousServer
-from exec_server.transport.relay import RelayConfig, RelayConnection, dial_relay_socket
+from exec_server.transport.relay_connection import RelayConfig, RelayConnection, dial_relay_socket
 from exec_server.transport.websocket import PONG_TIMEOUT, KeepaliveConfig
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "rendezvous"))

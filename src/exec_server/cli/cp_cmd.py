@@ -6,6 +6,10 @@ computed on both ends. A download goes to ``.NAME.part`` and is renamed only onc
 verified. An upload that fails part way removes what it wrote (and says whether it
 could). Errors name the path as the person wrote it (``ENV:/path`` or the local one)
 and say which side is missing what.
+
+A Codex executor has neither ranged ``fs/readFile``/``fs/writeFile`` nor ``fs/checksum``
+(our extensions; it answers the latter -32601): a file up to
+:data:`WHOLE_FILE_MAX_BYTES` then goes in one call and is verified by its size.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import click
 import msgspec
 
 from ..client import ExecServerClient, ServerError, TransportClosed
-from ..protocol.errors import NOT_FOUND
+from ..protocol.errors import METHOD_NOT_FOUND, NOT_FOUND
 from .errors import EXIT_CONNECTION, CliError, exit_now, run_async
 from .target import Target, target_options
 
@@ -32,6 +36,29 @@ from .target import Target, target_options
 CP_CHUNK_BYTES = 8 * 1024 * 1024
 #: Chunk requests in flight at once (hides round trips).
 CP_PIPELINE_DEPTH = 4
+#: Largest file copied in one call to an environment without ranged reads and writes
+#: (Codex's executor): its relay messages are at most 64 MiB, and base64 takes 4/3.
+WHOLE_FILE_MAX_BYTES = 32 * 1024 * 1024
+
+
+async def _has_ranged_io(client: ExecServerClient, remote_path: str) -> bool:
+    """Whether the environment has our ranged reads/writes and ``fs/checksum``: asked
+    with a checksum of the parent directory, which ours refuses at once and a Codex
+    executor does not know (-32601)."""
+    try:
+        await client.fs.checksum(posixpath.dirname(remote_path) or "/")
+    except ServerError as exc:
+        return exc.code != METHOD_NOT_FOUND
+    return True
+
+
+def _whole_file_limit(spec: str, size: int) -> None:
+    if size > WHOLE_FILE_MAX_BYTES:
+        raise CliError(
+            f"cannot copy {spec}: {_human(size)} is over {_human(WHOLE_FILE_MAX_BYTES)}, "
+            "the most one call to this environment carries (it has no ranged reads and "
+            "writes: a Codex executor, not exec-server)"
+        )
 
 
 class _Location(msgspec.Struct, frozen=True):
@@ -159,8 +186,17 @@ async def _upload(target: Target, local: Path, fh: BinaryIO, dst: _Location) -> 
                     f"{dst.spec} is a directory; cp copies files",
                     hint=f"to copy into it, end it with a slash: {dst.spec.rstrip('/')}/",
                 )
+        ranged = await _has_ranged_io(client, remote_path)
+        if not ranged:
+            _whole_file_limit(dst.spec, total)
         try:
-            await _send_chunks(client, fh, remote_path, digest, progress)
+            if ranged:
+                await _send_chunks(client, fh, remote_path, digest, progress)
+            else:
+                data = fh.read()
+                digest.update(data)
+                await client.fs.write_file(remote_path, data)
+                progress.advance(len(data))
         except ServerError as exc:
             progress.finish()
             error = _remote_error(exc, dst, "write")
@@ -177,6 +213,19 @@ async def _upload(target: Target, local: Path, fh: BinaryIO, dst: _Location) -> 
             ) from None
         progress.finish()
         try:
+            if not ranged:
+                size = (await client.fs.get_metadata(remote_path)).size
+                if size != total:
+                    raise CliError(
+                        f"size mismatch after upload to {dst.spec}: {total} bytes sent, "
+                        f"{size} on the environment"
+                    )
+                click.echo(
+                    f"copied {_human(total)} to {remote_path} (size verified; the environment "
+                    "has no fs/checksum)",
+                    err=True,
+                )
+                return
             remote = await client.fs.checksum(remote_path)
         except ServerError as exc:
             raise _remote_error(exc, dst, "write") from None
@@ -251,6 +300,9 @@ async def _download(target: Target, src: _Location, local: Path) -> None:
             raise _remote_error(exc, src, "read") from None
         if meta.is_directory:
             raise click.UsageError(f"{src.spec} is a directory; cp copies files")
+        if not await _has_ranged_io(client, src.path):
+            await _download_whole(client, src, local, meta.size)
+            return
         progress = _Progress(f"{posixpath.basename(src.path)} <-", meta.size)
         digest = hashlib.sha256()
         try:
@@ -277,6 +329,32 @@ async def _download(target: Target, src: _Location, local: Path) -> None:
         )
     tmp.replace(local)
     click.echo(f"copied {_human(received)} to {local} (sha256 {remote.digest[:16]}…)", err=True)
+
+
+async def _download_whole(client: ExecServerClient, src: _Location, local: Path, size: int) -> None:
+    """A download from an environment without ranged reads: one call, size-verified."""
+    _whole_file_limit(src.spec, size)
+    try:
+        data = await client.fs.read_file(src.path)
+    except ServerError as exc:
+        raise _remote_error(exc, src, "read") from None
+    if len(data) != size:
+        raise CliError(
+            f"size mismatch after downloading {src.spec} (did it change while copying?): "
+            f"{size} bytes announced, {len(data)} received"
+        )
+    tmp = local.with_name(f".{local.name}.part")
+    try:
+        tmp.write_bytes(data)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CliError(f"cannot write {local}: {exc.strerror or exc}") from None
+    tmp.replace(local)
+    click.echo(
+        f"copied {_human(len(data))} to {local} (size verified; the environment has no "
+        "fs/checksum)",
+        err=True,
+    )
 
 
 async def _receive_chunks(

@@ -8,7 +8,6 @@ to stderr. (The ``exec-server`` group itself is :mod:`exec_server.cli.app`.)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from ..concurrency import run_until
 from ..environment.remote import RegistrationError, RemoteEnvironment, RemoteEnvironmentConfig
 from ..environment.server import (
     DEFAULT_LISTEN_URL,
@@ -116,6 +116,12 @@ def _read_token(token_file: Path | None) -> str | None:
     type=click.Path(path_type=Path, dir_okay=False),
     help=f"Registry bearer token (default: env {REGISTRATION_TOKEN_ENV}).",
 )
+@click.option(
+    "--remote-transport",
+    type=click.Choice(["noise", "legacy"]),
+    help="noise: end-to-end encrypted relay, Codex 0.171's (default); legacy: cleartext, "
+    "for 0.133-era registries (the default with --executor-id).",
+)
 def serve(
     listen: str | None,
     token_file: Path | None,
@@ -134,6 +140,7 @@ def serve(
     executor_id: str | None,
     name: str | None,
     registration_token_file: Path | None,
+    remote_transport: str | None,
 ) -> None:
     """Serve the exec-server JSON-RPC API locally, or remotely through a rendezvous."""
     try:
@@ -169,11 +176,12 @@ def serve(
             name,
             registration_token_file,
             max_message_bytes,
+            remote_transport,
         )
         asyncio.run(_serve_remote(config, remote))
         return
-    if environment_id or executor_id:
-        raise click.UsageError("--environment-id/--executor-id require --remote")
+    if environment_id or executor_id or remote_transport:
+        raise click.UsageError("--environment-id/--executor-id/--remote-transport require --remote")
     try:
         address = parse_listen_url(listen or DEFAULT_LISTEN_URL)
     except ListenUrlError as exc:
@@ -192,6 +200,7 @@ def _remote_config(
     name: str | None,
     token_file: Path | None,
     max_message_bytes: int,
+    transport: str | None = None,
 ) -> RemoteEnvironmentConfig:
     if environment_id and executor_id:
         raise click.UsageError("give --environment-id or --executor-id, not both")
@@ -218,6 +227,9 @@ def _remote_config(
             name=name,
             path_flavor="executor" if executor_id else "environment",
             max_message_bytes=max_message_bytes,
+            transport="legacy"
+            if transport == "legacy" or (executor_id and not transport)
+            else "noise",
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
@@ -230,28 +242,13 @@ async def _serve_remote(config: ServerConfig, remote: RemoteEnvironmentConfig) -
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = asyncio.ensure_future(environment.run())
-    stopper = asyncio.ensure_future(stop.wait())
     try:
-        await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (runner, stopper):
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await stopper
-        error: BaseException | None = None
-        try:
-            await runner
-        except asyncio.CancelledError:
-            pass
-        except BaseException as exc:
-            error = exc
-        await server.close()
-    if isinstance(error, RegistrationError):
+        await run_until(stop, environment.run())
+    except RegistrationError as error:
         click.echo(f"exec-server: {error}", err=True)
-        raise SystemExit(1)
-    if error is not None:
-        raise error
+        raise SystemExit(1) from None
+    finally:
+        await server.close()
 
 
 async def _serve(stdio: bool, host: str, port: int, config: ServerConfig) -> None:
@@ -263,13 +260,7 @@ async def _serve(stdio: bool, host: str, port: int, config: ServerConfig) -> Non
     try:
         if stdio:
             channel = await open_process_stdio(max_message_bytes=config.max_message_bytes)
-            session = asyncio.ensure_future(server.serve_channel(channel))
-            stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({session, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (session, stopper):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await run_until(stop, server.serve_channel(channel))
         else:
             url = await server.start_websocket(host, port)
             sys.stdout.write(url + "\n")

@@ -8,8 +8,13 @@ the config file (``$EXEC_SERVER_CONFIG`` or ``~/.config/exec-server/config.toml`
     environment_id = "laptop"
     token_file = "~/.config/exec-server/token"   # rendezvous token (or `token = ...`)
 
-With a rendezvous, a fresh harness URL is requested from the registry for every
-connection (the SDK's ``ExecServerClient.connect(rendezvous=..., environment_id=...)``).
+With a rendezvous, every connection asks the registry for an end-to-end encrypted
+connection (a fresh Noise key, ``/connect``, the handshake; the cleartext relay for an
+environment registered the 0.133 way), as the SDK's
+``ExecServerClient.connect(rendezvous=..., environment_id=...)`` does. The Codex
+harness's variables are honoured too, after ours: ``CODEX_EXEC_SERVER_NOISE_REGISTRY_URL``
+(a rendezvous), ``_ENVIRONMENT_ID``, ``_AUTH_TOKEN`` (the registry bearer) and
+``_CHATGPT_ACCOUNT_ID``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import click
 import msgspec
 
 from ..client import ClientConfig, Connecting, ExecServerClient, RelayStatus
+from ..client.connect import codex_noise_environment
 from .errors import CliError
 from .tokens import read_token_file
 
@@ -59,6 +65,7 @@ class Target(msgspec.Struct, frozen=True):
     environment_id: str | None = None
     rendezvous_token: str | None = None
     connection_token: str | None = None
+    account_id: str | None = None
 
     @classmethod
     def resolve(
@@ -71,25 +78,36 @@ class Target(msgspec.Struct, frozen=True):
         if url and rendezvous:
             raise CliError("give --url or --rendezvous, not both", exit_code=2)
         config = _config_file()
+        codex = codex_noise_environment()
         token_path = token_file or (
             Path(config["token_file"]).expanduser() if config.get("token_file") else None
         )
         if token_path is not None:
             rendezvous_token: str | None = read_token_file(token_path, "--token-file")
         else:
-            rendezvous_token = os.environ.get(RENDEZVOUS_TOKEN_ENV) or config.get("token")
+            rendezvous_token = (
+                os.environ.get(RENDEZVOUS_TOKEN_ENV)
+                or (codex.auth_token if codex else None)
+                or config.get("token")
+            )
         if not url and not rendezvous:
             # Neither given: the environment, then the config file (a rendezvous wins).
             url = os.environ.get(URL_ENV) or os.environ.get(CODEX_URL_ENV) or config.get("url")
-            rendezvous = os.environ.get(RENDEZVOUS_ENV) or config.get("rendezvous")
+            rendezvous = (
+                os.environ.get(RENDEZVOUS_ENV)
+                or (codex.registry_url if codex else None)
+                or config.get("rendezvous")
+            )
         target = cls(
             url=None if rendezvous else url,
             rendezvous=rendezvous,
             environment_id=environment_id
             or os.environ.get(ENVIRONMENT_ENV)
+            or (codex.environment_id if codex else None)
             or config.get("environment_id"),
             rendezvous_token=rendezvous_token,
             connection_token=os.environ.get(CONNECTION_TOKEN_ENV),
+            account_id=codex.account_id if codex else None,
         )
         if target.url is None and target.rendezvous is None:
             raise CliError(
@@ -122,6 +140,7 @@ class Target(msgspec.Struct, frozen=True):
         return ClientConfig(
             client_name=CLI_CLIENT_NAME,
             on_relay_status=print_relay_status if relay_status else None,
+            chatgpt_account_id=self.account_id,
         )
 
     def connect(self, *, relay_status: bool = True) -> Connecting:

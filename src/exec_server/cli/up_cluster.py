@@ -25,7 +25,12 @@ from pathlib import Path
 
 import click
 
-from ..environment.remote import RegistrationError, RemoteEnvironment, RemoteEnvironmentConfig
+from ..environment.remote import (
+    RegistrationError,
+    RemoteEnvironment,
+    RemoteEnvironmentConfig,
+    RemoteTransport,
+)
 from ..environment.server import ExecServer
 from ..rendezvous.credentials import TOKEN_ENV, TOKEN_FILE_NAME
 from ..transport.registry_client import RegistryClient, RegistryError
@@ -37,9 +42,16 @@ UP_READY_TIMEOUT_S = 30.0
 HARNESS_URL_LIFETIME_S = 7 * 24 * 3600.0
 
 
-def up_cluster(host: str, port: int, count: int, environment_id: str, name: str | None) -> None:
+def up_cluster(
+    host: str,
+    port: int,
+    count: int,
+    environment_id: str,
+    name: str | None,
+    transport: RemoteTransport = "noise",
+) -> None:
     try:
-        asyncio.run(_up_cluster(host, port, count, environment_id, name))
+        asyncio.run(_up_cluster(host, port, count, environment_id, name, transport))
     except RegistrationError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -95,7 +107,12 @@ class _Nodes:
 
 
 async def _up_cluster(
-    host: str, port: int, count: int, environment_id: str, name: str | None
+    host: str,
+    port: int,
+    count: int,
+    environment_id: str,
+    name: str | None,
+    transport: RemoteTransport,
 ) -> None:
     from ..rendezvous.cluster.nats_server import EmbeddedNats, NatsServerError
 
@@ -128,6 +145,7 @@ async def _up_cluster(
                 environment_id=environment_id,
                 token=token,
                 name=name or environment_id,
+                transport=transport,
             ),
         )
         await _serve(environment, stop, nats.url, nodes, token, token_file, environment_id)
@@ -168,12 +186,17 @@ async def _serve(
             raise click.ClickException(
                 f"the environment did not come online within {UP_READY_TIMEOUT_S:.0f}s"
             )
-        async with RegistryClient(nodes.bases[0], token) as registry:
-            try:
-                harness = await registry.connect(environment_id, lifetime_s=HARNESS_URL_LIFETIME_S)
-            except RegistryError as exc:
-                raise click.ClickException(f"cannot get a harness URL: {exc}") from None
-        _print_banner(nats_url, nodes, token_file, environment_id, harness.url)
+        harness_url = None
+        if environment.noise is None:
+            async with RegistryClient(nodes.bases[0], token) as registry:
+                try:
+                    harness = await registry.connect(
+                        environment_id, lifetime_s=HARNESS_URL_LIFETIME_S
+                    )
+                except RegistryError as exc:
+                    raise click.ClickException(f"cannot get a harness URL: {exc}") from None
+            harness_url = harness.url
+        _print_banner(nats_url, nodes, token_file, environment_id, harness_url)
         await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if runner.done():
             runner.result()
@@ -190,19 +213,39 @@ def _url_host(host: str) -> str:
 
 
 def _print_banner(
-    nats_url: str, nodes: _Nodes, token_file: Path, environment_id: str, harness_url: str
+    nats_url: str,
+    nodes: _Nodes,
+    token_file: Path,
+    environment_id: str,
+    harness_url: str | None,
 ) -> None:
+    """``harness_url`` for a cleartext environment; None on the encrypted relay."""
     all_nodes = ",".join(nodes.bases)
-    lines = [f"exec-server is up: a rendezvous cluster of {len(nodes.bases)} nodes."]
+    relay = "cleartext relay" if harness_url is not None else "end-to-end encrypted relay"
+    lines = [f"exec-server is up: a rendezvous cluster of {len(nodes.bases)} nodes ({relay})."]
     lines.append(f"  nats:         {nats_url} (embedded, JetStream)")
     for number, (base, proc) in enumerate(zip(nodes.bases, nodes.procs, strict=True), 1):
         lines.append(f"  node up-{number}:    {base} (pid {proc.pid})")
     lines += [
         f"  rendezvous:   {all_nodes}",
         f"  environment:  {environment_id} (online)",
-        f"  harness URL:  {harness_url}",
-        f"  token file:   {token_file}",
-        "",
+    ]
+    if harness_url is not None:
+        lines.append(f"  harness URL:  {harness_url}")
+    lines += [f"  token file:   {token_file}", ""]
+    if harness_url is None:
+        lines += [
+            "Point the Codex harness (0.142 or later) at one node:",
+            f"  export CODEX_EXEC_SERVER_NOISE_REGISTRY_URL='{nodes.bases[0]}'",
+            f"  export CODEX_EXEC_SERVER_NOISE_ENVIRONMENT_ID='{environment_id}'",
+            f'  export CODEX_EXEC_SERVER_NOISE_AUTH_TOKEN="$(cat {token_file})"',
+        ]
+    else:
+        lines += [
+            "Point the Codex harness at it:",
+            f"  export CODEX_EXEC_SERVER_URL='{harness_url}'",
+        ]
+    lines += [
         "Try it:",
         f"  exec-server run --rendezvous {all_nodes} --environment-id {environment_id} "
         f"--token-file {token_file} -- uname -a",

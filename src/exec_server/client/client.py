@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import Awaitable, Mapping, Sequence
 from types import TracebackType
@@ -41,6 +42,7 @@ from .connect import (
     Connecting,
     Reconnect,
     RelayWatch,
+    codex_noise_environment,
     dial_rendezvous,
     dial_url,
     spawn_stdio_channel,
@@ -130,12 +132,26 @@ class ExecServerClient:
         registry's). Raises :class:`ConnectError` when connecting fails.
 
         Over a rendezvous, ``config.on_relay_status`` hears what the relay reports
-        about the environment (offline and waited for, back, given up).
+        about the environment (offline and waited for, back, given up). The relay is
+        end-to-end encrypted whenever the registry offers it (``config.encryption``).
+
+        With neither ``url`` nor ``rendezvous``, the Codex harness's variables are used
+        as Codex uses them: ``CODEX_EXEC_SERVER_NOISE_REGISTRY_URL``,
+        ``_ENVIRONMENT_ID``, ``_AUTH_TOKEN`` and ``_CHATGPT_ACCOUNT_ID``.
         """
         config = config or ClientConfig()
+        if url is None and rendezvous is None and (codex := codex_noise_environment()):
+            rendezvous = codex.registry_url
+            environment_id = environment_id or codex.environment_id
+            token = token or codex.auth_token
+            if codex.account_id and config.chatgpt_account_id is None:
+                config = dataclasses.replace(config, chatgpt_account_id=codex.account_id)
         watch = RelayWatch(config.on_relay_status)
         if (url is None) == (rendezvous is None):
-            raise ValueError("give either url or rendezvous (with environment_id)")
+            raise ValueError(
+                "give either url or rendezvous (with environment_id), or set "
+                "CODEX_EXEC_SERVER_NOISE_REGISTRY_URL"
+            )
         if rendezvous is not None:
             if not environment_id:
                 raise ValueError("environment_id is required with rendezvous")

@@ -9,7 +9,7 @@ per-request override).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal
 
 from ..transport.channel import DEFAULT_MAX_MESSAGE_BYTES
 from ..transport.relay_status import StatusCallback
@@ -76,6 +76,12 @@ class ClientConfig:
       lost and is redialed), in time to tell a person why nothing is happening. It
       runs on the event loop and must not block. Once the rendezvous gives the
       environment up (``"gone"``), the client stops recovering at once.
+    * ``encryption``: over a rendezvous (``rendezvous=``), ``"auto"`` takes the
+      end-to-end encrypted relay whenever the registry offers it and falls back to the
+      cleartext relay (with a warning) for an environment registered the 0.133 way;
+      ``"required"`` refuses the fallback.
+    * ``chatgpt_account_id``: sent to the registry as ``chatgpt-account-id`` (Codex's
+      ``CODEX_EXEC_SERVER_NOISE_CHATGPT_ACCOUNT_ID``), for registries that want it.
     """
 
     client_name: str = DEFAULT_CLIENT_NAME
@@ -85,6 +91,8 @@ class ClientConfig:
     output_chunk_bytes: int | None = DEFAULT_OUTPUT_CHUNK_BYTES
     max_buffered_output_bytes: int = MAX_BUFFERED_EVENT_BYTES
     on_relay_status: StatusCallback | None = field(default=None, compare=False)
+    encryption: Literal["auto", "required"] = "auto"
+    chatgpt_account_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_message_bytes < 1024:

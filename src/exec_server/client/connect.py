@@ -11,13 +11,14 @@ was dialed, and ``transient`` when dialing again later may help.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..transport.channel import MessageChannel
-from ..transport.failover import Failover, rebase_url
+from ..transport.failover import Failover
 from ..transport.registry_client import RegistryClient, RegistryError
 from ..transport.relay_status import RelayStatus, StatusCallback
 from .config import ClientConfig
@@ -28,6 +29,39 @@ if TYPE_CHECKING:
 
 #: A factory of fresh channels to the same server (used again to recover a session).
 Reconnect = Callable[[], Awaitable[MessageChannel]]
+
+#: The variables Codex's harness (0.142+) reads to reach an environment through a
+#: registry of its Noise contract.
+CODEX_NOISE_REGISTRY_URL_ENV = "CODEX_EXEC_SERVER_NOISE_REGISTRY_URL"
+CODEX_NOISE_ENVIRONMENT_ID_ENV = "CODEX_EXEC_SERVER_NOISE_ENVIRONMENT_ID"
+CODEX_NOISE_AUTH_TOKEN_ENV = "CODEX_EXEC_SERVER_NOISE_AUTH_TOKEN"
+CODEX_NOISE_ACCOUNT_ID_ENV = "CODEX_EXEC_SERVER_NOISE_CHATGPT_ACCOUNT_ID"
+
+
+class CodexNoiseEnvironment(NamedTuple):
+    """Where the ``CODEX_EXEC_SERVER_NOISE_*`` variables point (each may be unset)."""
+
+    registry_url: str
+    environment_id: str | None
+    auth_token: str | None
+    account_id: str | None
+
+
+def codex_noise_environment(
+    environ: Mapping[str, str] | None = None,
+) -> CodexNoiseEnvironment | None:
+    """The Codex harness's Noise registry settings, or ``None`` when
+    ``CODEX_EXEC_SERVER_NOISE_REGISTRY_URL`` is not set."""
+    env = os.environ if environ is None else environ
+    registry_url = env.get(CODEX_NOISE_REGISTRY_URL_ENV, "").strip()
+    if not registry_url:
+        return None
+    return CodexNoiseEnvironment(
+        registry_url,
+        env.get(CODEX_NOISE_ENVIRONMENT_ID_ENV, "").strip() or None,
+        env.get(CODEX_NOISE_AUTH_TOKEN_ENV, "").strip() or None,
+        env.get(CODEX_NOISE_ACCOUNT_ID_ENV, "").strip() or None,
+    )
 
 
 class Connecting:
@@ -99,37 +133,59 @@ def dial_rendezvous(
     config: ClientConfig,
     watch: RelayWatch | None = None,
 ) -> Reconnect:
-    """Ask the registry for a fresh harness URL for ``environment_id``, then dial it
-    (its status reports go to ``watch``).
+    """Reach ``environment_id`` through the registry on every dial: ``/connect`` with a
+    fresh Noise key, then the encrypted relay, or the cleartext one for an 0.133-era
+    environment (:mod:`~exec_server.transport.noise_channel`); status reports go to
+    ``watch``.
 
-    ``rendezvous`` may list several nodes of a rendezvous cluster (a sequence, or
-    comma separated): the first that answers is used, and the relay socket moves to
-    the others (the same signed URL is good on every node) when its node dies."""
+    ``rendezvous`` may list several nodes of a rendezvous cluster (a sequence, or comma
+    separated): a dial asks the first that answers (a node that cannot serve answers
+    503), and the relay socket moves to the others when its node dies (every node
+    verifies every node's signed URLs)."""
     nodes = Failover(rendezvous)
     registries = {
-        base: RegistryClient(base, token, timeout_s=config.timeouts.connect_s)
+        base: RegistryClient(
+            base,
+            token,
+            timeout_s=config.timeouts.connect_s,
+            account_id=config.chatgpt_account_id,
+        )
         for base in nodes.urls
     }
 
     async def dial() -> MessageChannel:
+        from ..transport.noise_channel import NoiseConnectFailed, open_rendezvous_channel
+
         while True:
             registry = registries[nodes.current]
+            where = f"cannot reach environment {environment_id} through {registry.base_url}"
             try:
-                harness = await registry.connect(environment_id)
+                channel = await open_rendezvous_channel(
+                    registry,
+                    environment_id,
+                    encryption=config.encryption,
+                    timeout_s=config.timeouts.connect_s,
+                    on_status=watch if watch is not None else config.on_relay_status,
+                    alternate_bases=nodes.others(),
+                )
             except RegistryError as exc:
                 if exc.transient and not nodes.failed():
                     continue  # the next node
                 raise ConnectError(
-                    f"cannot reach environment {environment_id} through {registry.base_url}: "
-                    f"{_registry_problem(exc)}",
+                    f"{where}: {_registry_problem(exc)}",
                     status=exc.status or None,
                     transient=exc.transient,
                 ) from exc
+            except NoiseConnectFailed as exc:
+                raise ConnectError(f"{where}: {exc}", transient=exc.transient) from None
+            except (OSError, TimeoutError) as exc:
+                if not nodes.failed():
+                    continue
+                raise ConnectError(f"{where}: {exc or type(exc).__name__}") from None
             finally:
                 await registry.close()
             nodes.succeeded()
-            alternates = [rebase_url(harness.url, base) for base in nodes.others()]
-            return await _dial_relay(harness.url, None, config, watch, alternates)
+            return channel
 
     return dial
 
@@ -151,13 +207,9 @@ async def _dial_websocket(
 
 
 async def _dial_relay(
-    url: str,
-    headers: Mapping[str, str] | None,
-    config: ClientConfig,
-    watch: RelayWatch | None,
-    alternates: Sequence[str] = (),
+    url: str, headers: Mapping[str, str] | None, config: ClientConfig, watch: RelayWatch | None
 ) -> MessageChannel:
-    from ..transport.relay import connect_harness_relay
+    from ..transport.harness_relay import connect_harness_relay
 
     try:
         return await connect_harness_relay(
@@ -165,7 +217,6 @@ async def _dial_relay(
             headers=dict(headers) if headers else None,
             timeout_s=config.timeouts.connect_s,
             on_status=watch if watch is not None else config.on_relay_status,
-            alternates=alternates,
         )
     except (OSError, TimeoutError) as exc:
         raise ConnectError(str(exc) or f"cannot connect to {_redact(url)}") from None

@@ -3,22 +3,32 @@
 The loop (Codex E1, plus what Codex left out):
 
 1. ``POST {base}/cloud/environment/{id}/register`` (or ``/cloud/executor/{id}/register``
-   for E1 registries) with ``Authorization: Bearer <token>`` and no body; the answer is
-   ``{"environment_id"|"executor_id": id, "url": ws-url}``. Redirects are not followed.
+   for E1 registries) with ``Authorization: Bearer <token>``; the answer is
+   ``{"environment_id"|"executor_id": id, "url": ws-url}``. With the Noise transport (the
+   default) the body carries the process's Noise public key and the answer must add
+   ``security_profile`` and ``executor_registration_id`` (Codex 0.171's contract;
+   :mod:`~exec_server.environment.noise_responder`); with ``transport="legacy"`` there is
+   no body (0.133-era registries). Redirects are not followed.
    401/403 and other 4xx are fatal with a clear message; 5xx, 408, 429 and network
    errors are retried.
 2. Dial ``url`` verbatim (no compression, keepalive pings every 30 s, 60 s pong
    timeout, the rendezvous control subprotocol offered) and drive one
-   :class:`~exec_server.transport.relay.RelayConnection` over it: every relay stream
+   :class:`~exec_server.transport.relay_connection.RelayConnection` over it: every relay stream
    becomes a :class:`~exec_server.environment.processor.ConnectionProcessor` on the
    server's shared session registry.
-3. When the socket ends, wait and go back to 1. Backoff starts at 1 s, doubles to
-   30 s, has +-20% jitter, and resets after a successful connect.
+3. When the socket ends, wait and go back to 1. The project's reconnect policy
+   (:mod:`~exec_server.transport.reconnect`) decides: errors that are not transient
+   end the loop; otherwise backoff starts at 1 s, doubles to 30 s, has +-20% jitter,
+   and resets after a successful connect.
+
+With Noise, every stream starts with the hybrid IK handshake and each harness key is
+checked with the registry's ``/validate`` before the environment answers; streams
+that did not complete a handshake get nothing but a reset.
 
 ``base_url`` may name several nodes of a rendezvous cluster, comma separated
 (``serve --remote URL1,URL2``): the loop uses the first, and when registering or
 dialing fails, or the socket ends, it goes on with the next at once; only once every
-node failed in a row does it back off.
+node failed in a row does it back off. Validations go to the node registered with.
 
 The relay connection, and with it every reliable stream, outlives the physical
 socket, so harnesses speaking our reliable relay resume their streams on the next
@@ -30,24 +40,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 import aiohttp
 
+from ..relay.noise.noise_mux import NoiseMuxConfig
 from ..relay.stream_mux import MuxConfig, MuxRole
 from ..transport.failover import Failover, parse_base_urls
+from ..transport.reconnect import backoff, is_transient
 from ..transport.registry_client import RegistryClient, RegistryError
-from ..transport.relay import (
+from ..transport.relay_connection import (
     RelayConfig,
     RelayConnection,
     RelayStreamChannel,
     close_socket,
-    dial_relay_socket,
+    dial_environment_socket,
 )
-from ..transport.websocket import DEFAULT_MAX_MESSAGE_BYTES, WebSocketConnectError
+from ..transport.websocket import DEFAULT_MAX_MESSAGE_BYTES
+from .noise_responder import NoiseResponder
 from .server import ExecServer
 
 log = logging.getLogger(__name__)
@@ -63,6 +75,9 @@ ENVIRONMENT_MAX_STREAMS = 4096
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 
 PathFlavor = Literal["environment", "executor"]
+#: ``noise``: Codex 0.171's encrypted relay (the default); ``legacy``: cleartext, for
+#: 0.133-era registries.
+RemoteTransport = Literal["noise", "legacy"]
 
 
 class RegistrationError(Exception):
@@ -70,7 +85,9 @@ class RegistrationError(Exception):
 
 
 class _RetryableRegistrationError(Exception):
-    pass
+    """Registration failed in a way that may clear (5xx, 408, 429, network)."""
+
+    transient = True
 
 
 @dataclass(frozen=True)
@@ -87,6 +104,8 @@ class RemoteEnvironmentConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     initial_backoff_s: float = INITIAL_BACKOFF_S
     max_backoff_s: float = MAX_BACKOFF_S
+    transport: RemoteTransport = "noise"
+    noise: NoiseMuxConfig = field(default_factory=NoiseMuxConfig)
 
     def __post_init__(self) -> None:
         parse_base_urls(self.base_url)  # ValueError when empty
@@ -99,15 +118,23 @@ class RemoteEnvironmentConfig:
             raise ValueError("the registration token is empty")
 
 
-async def register(registry: RegistryClient, config: RemoteEnvironmentConfig) -> str:
-    """POST the registration; return the rendezvous websocket URL."""
+async def register(
+    registry: RegistryClient, config: RemoteEnvironmentConfig, noise: NoiseResponder | None = None
+) -> str:
+    """POST the registration (with ``noise``'s public key); return the rendezvous
+    websocket URL."""
+    key = noise.identity.public_key if noise is not None else None
     try:
-        registration = await registry.register(config.environment_id, name=config.name)
+        registration = await registry.register(
+            config.environment_id, name=config.name, noise_key=key
+        )
     except RegistryError as exc:
         message = _registration_problem(exc)
         if exc.transient:
             raise _RetryableRegistrationError(message) from None
         raise RegistrationError(message) from None
+    if noise is not None:
+        noise.registered(registration)
     return registration.url
 
 
@@ -130,8 +157,17 @@ class RemoteEnvironment:
     def __init__(self, server: ExecServer, config: RemoteEnvironmentConfig) -> None:
         self.server = server
         self.config = config
+        self.noise = (
+            NoiseResponder(config.environment_id, config.relay.mux, config.noise)
+            if config.transport == "noise"
+            else None
+        )
         self.connection = RelayConnection(
-            MuxRole.ENVIRONMENT, config.relay, on_stream=self._on_stream
+            MuxRole.ENVIRONMENT,
+            config.relay,
+            on_stream=self._on_stream,
+            mux=self.noise.mux if self.noise is not None else None,
+            on_event=self.noise.on_event if self.noise is not None else None,
         )
         self.connected = asyncio.Event()
         self.registrations = 0
@@ -167,30 +203,35 @@ class RemoteEnvironment:
         raise fatal
 
     async def _loop(self, http: aiohttp.ClientSession, registries: list[RegistryClient]) -> None:
-        backoff = self.config.initial_backoff_s
+        cfg = self.config
+        delays = backoff(cfg.initial_backoff_s, cfg.max_backoff_s, jitter=BACKOFF_JITTER)
         nodes = Failover([registry.base_url for registry in registries])
         while True:
             registry = registries[nodes.index]
+            if self.noise is not None and self._streams is not None:
+                self.noise.bind(
+                    registry, self._streams, poke=self.connection.poke, now=self.connection.now
+                )
             try:
-                url = await register(registry, self.config)
+                url = await register(registry, cfg, self.noise)
                 self.registrations += 1
                 log.info(
                     "exec-server remote environment registered with environment_id %s",
-                    self.config.environment_id,
+                    cfg.environment_id,
                 )
-                ws = await dial_relay_socket(
-                    http,
-                    url,
-                    timeout_s=CONNECT_TIMEOUT_S,
-                    max_message_bytes=self.config.max_message_bytes,
+                ws = await dial_environment_socket(
+                    url, timeout_s=CONNECT_TIMEOUT_S, max_message_bytes=cfg.max_message_bytes
                 )
-            except (_RetryableRegistrationError, WebSocketConnectError) as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise  # RegistrationError (bad credentials, 4xx), or a bug
                 if not nodes.failed():
                     log.warning("%s; trying %s", exc, nodes.current)
                     continue
-                log.warning("%s; retrying in %.1fs", exc, backoff)
+                delay = next(delays)
+                log.warning("%s; retrying in %.1fs", exc, delay)
             else:
-                backoff = self.config.initial_backoff_s
+                delays = backoff(cfg.initial_backoff_s, cfg.max_backoff_s, jitter=BACKOFF_JITTER)
                 nodes.succeeded()
                 self.connected.set()
                 try:
@@ -198,10 +239,6 @@ class RemoteEnvironment:
                 finally:
                     self.connected.clear()
                     await close_socket(ws)
-                log.info("relay websocket ended (%s); reconnecting", reason)
-            await asyncio.sleep(_jittered(backoff))
-            backoff = min(backoff * 2, self.config.max_backoff_s)
-
-
-def _jittered(delay: float) -> float:
-    return delay * (1 + random.uniform(-BACKOFF_JITTER, BACKOFF_JITTER))
+                delay = next(delays)
+                log.info("relay websocket ended (%s); reconnecting in %.1fs", reason, delay)
+            await asyncio.sleep(delay)

@@ -1,29 +1,9 @@
-"""Encode, decode and validate ``codex.exec_server.relay.v1.RelayMessageFrame``.
+"""The ``RelayMessageFrame`` wire codec: bytes to :class:`RelayFrame` and back.
 
-This module owns the wire envelope and the rules every frame must satisfy, whichever
-side it comes from (Codex spec section 4.2, plus this project's segmentation):
-
-* ``version`` is 1;
-* ``stream_id`` is non-empty after trimming, has no surrounding whitespace, and is at most
-  ``max_stream_id_bytes`` UTF-8 bytes: 128 for ids we generate (Codex's
-  ``MAX_RELAY_STREAM_ID_BYTES``), 256 accepted inbound (the 0.133 executor accepts 200);
-* exactly one ``body`` member is set;
-* ``data``: non-empty ``payload`` and ``0 <= segment_index < segment_count <=
-  max_segment_count``. Codex peers only ever send ``0/1``; a legacy stream enforces that
-  itself, because segmentation is legal between our own endpoints;
-* ``reset``: ``reason`` non-empty and at most 256 UTF-8 bytes;
-* ``handshake``: ``payload`` non-empty;
-* ``traceparent`` / ``tracestate``: at most ``max_trace_field_bytes`` each.
-
-Every failure raises :class:`~exec_server.relay.errors.InvalidFrame` with an
-:class:`~exec_server.relay.errors.InvalidFrameReason`; nothing else escapes
-:func:`decode_frame`, whatever the input bytes.
-
-Frames in memory are :class:`RelayFrame` s: small immutable values with one ``body``
-(:class:`DataBody`, :class:`AckBody`, :class:`ResumeBody`, :class:`ResetBody`,
-:class:`HeartbeatBody`, :class:`HandshakeBody`, or ``None``), read as ``frame.data.seq``,
-``frame.reset.reason``... like the protobuf message they stand for. The generated protobuf
-bindings (:mod:`~exec_server.relay.proto.relay_v1_pb2`) are not used on the hot path:
+The frame model, its builders and :func:`validate_frame` live in
+:mod:`~exec_server.relay.frames` and are re-exported here, so that one import gives a
+relay endpoint everything about frames. The generated protobuf bindings
+(:mod:`~exec_server.relay.proto.relay_v1_pb2`) are not used on the hot path:
 
 * :func:`encode_frame` writes proto3 by hand, byte-identical to the official runtime's
   ``SerializeToString()``: fields in field-number order, zero scalars and empty
@@ -33,24 +13,56 @@ bindings (:mod:`~exec_server.relay.proto.relay_v1_pb2`) are not used on the hot 
   frame is one small header plus its payload, joined once (one payload copy).
 * :func:`decode_frame` reads canonical encodings directly (each field at most once, in
   increasing field-number order, known fields with their proto wire types, varints of at
-  most 32 bits), slicing the payload once. Anything else (unknown, repeated or reordered
-  fields, over-long varints, truncation, bad UTF-8...) goes to the official protobuf
-  parser, so the result is always exactly what protobuf makes of the bytes (last-one-wins
-  scalars, merged submessages, oneof semantics). The tests check both directions against
-  the official runtime.
+  most 32 bits), slicing the payload once; :func:`decode_route` does the same without
+  touching the payload (for the rendezvous, which forwards the original bytes). Anything
+  else (unknown, repeated or reordered fields, over-long varints, truncation, bad
+  UTF-8...) goes to the official protobuf parser, so the result is always exactly what
+  protobuf makes of the bytes (last-one-wins scalars, merged submessages, oneof
+  semantics). The tests check both directions against the official runtime.
+  ``docs/relay.md`` records why the fast path is kept (a measurement).
+
+Nothing but :class:`~exec_server.relay.errors.InvalidFrame` escapes :func:`decode_frame`
+or :func:`decode_route`, whatever the input bytes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Literal, TypeVar
-
-import msgspec
-
 from exec_server.relay.errors import InvalidFrame, InvalidFrameReason
+from exec_server.relay.frames import (
+    ACK_BODY,
+    DEFAULT_MAX_FRAME_BYTES,
+    DEFAULT_MAX_SEGMENT_COUNT,
+    HEARTBEAT_BODY,
+    INBOUND_LIMITS,
+    MAX_INBOUND_STREAM_ID_BYTES,
+    MAX_OUTBOUND_STREAM_ID_BYTES,
+    MAX_RESET_REASON_BYTES,
+    MAX_TRACE_FIELD_BYTES,
+    OUTBOUND_LIMITS,
+    RELAY_MESSAGE_FRAME_VERSION,
+    RELIABLE_CAPABILITY_BIT,
+    U32_MAX,
+    AckBody,
+    BodyKind,
+    DataBody,
+    FrameBody,
+    FrameLimits,
+    HandshakeBody,
+    HeartbeatBody,
+    RelayFrame,
+    ResetBody,
+    ResumeBody,
+    ack_frame,
+    data_frame,
+    heartbeat_frame,
+    reset_frame,
+    resume_frame,
+    truncate_reason,
+    validate_frame,
+)
 from exec_server.relay.proto import relay_v1_pb2 as _pb
 
-__all__ = [
+__all__ = [  # the frame model is re-exported from frames
     "DEFAULT_MAX_FRAME_BYTES",
     "DEFAULT_MAX_SEGMENT_COUNT",
     "INBOUND_LIMITS",
@@ -73,341 +85,18 @@ __all__ = [
     "ResetBody",
     "ResumeBody",
     "ack_frame",
-    "body_kind",
     "data_frame",
     "decode_frame",
     "decode_route",
     "encode_frame",
+    "encode_frame_after",
     "heartbeat_frame",
-    "peek_stream_id",
     "reset_for_peer",
     "reset_frame",
     "resume_frame",
     "truncate_reason",
     "validate_frame",
 ]
-
-RELAY_MESSAGE_FRAME_VERSION = 1
-"""The only frame version that exists (Codex ``RELAY_MESSAGE_FRAME_VERSION``)."""
-
-U32_MAX = 0xFFFF_FFFF
-"""Largest value of a ``uint32`` wire field."""
-
-RELIABLE_CAPABILITY_BIT = 0x1
-"""Bit 0 of ``ack_bits``: set by this project's endpoints on every frame while reliable
-mode is possible; a genuine ack never sets it, and Codex peers always send 0 (see
-:mod:`~exec_server.relay.reliable_stream`)."""
-
-MAX_OUTBOUND_STREAM_ID_BYTES = 128
-"""Longest stream id we generate (Codex E3+ ``MAX_RELAY_STREAM_ID_BYTES``)."""
-
-MAX_INBOUND_STREAM_ID_BYTES = 256
-"""Longest stream id we accept: lenient, as the 0.133 executor accepts 200-byte ids."""
-
-MAX_RESET_REASON_BYTES = 256
-"""Longest reset reason, UTF-8 bytes (Codex ``MAX_RELAY_RESET_REASON_BYTES``)."""
-
-MAX_TRACE_FIELD_BYTES = 512
-"""Longest ``traceparent``/``tracestate`` (W3C caps tracestate at 512 characters)."""
-
-DEFAULT_MAX_SEGMENT_COUNT = 4096
-"""Most segments one message may have (1 GiB at 256 KiB per segment)."""
-
-DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
-"""Largest encoded frame accepted inbound: a legacy Codex peer sends each message as one
-unsegmented frame (observed up to ~19.5 MB for a 14 MiB file) and accepts websocket
-messages up to 64 MiB, so we do too. Reliable peers send segments far below this."""
-
-BodyKind = Literal["data", "ack_frame", "resume", "reset", "heartbeat", "handshake"]
-
-
-@dataclass(frozen=True, slots=True)
-class FrameLimits:
-    """Size limits applied by :func:`validate_frame` and :func:`decode_frame`."""
-
-    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
-    max_stream_id_bytes: int = MAX_INBOUND_STREAM_ID_BYTES
-    max_segment_count: int = DEFAULT_MAX_SEGMENT_COUNT
-    max_reset_reason_bytes: int = MAX_RESET_REASON_BYTES
-    max_trace_field_bytes: int = MAX_TRACE_FIELD_BYTES
-
-
-INBOUND_LIMITS = FrameLimits()
-"""Limits for frames received from a peer."""
-
-OUTBOUND_LIMITS = FrameLimits(max_stream_id_bytes=MAX_OUTBOUND_STREAM_ID_BYTES)
-"""Limits for frames we build: stream ids at most 128 bytes, as newer Codex requires."""
-
-
-# --------------------------------------------------------------------------- frame model
-#
-# Integers are proto ``uint32`` values (0 .. U32_MAX); nothing checks that on
-# construction, but encode_frame refuses (ValueError) to write one out of range, as the
-# protobuf runtime refuses to hold one.
-
-
-class DataBody(msgspec.Struct, frozen=True, gc=False):
-    """``RelayData``: one segment of a message (``message_start_seq = seq - segment_index``)."""
-
-    seq: int = 0
-    segment_index: int = 0
-    segment_count: int = 0
-    payload: bytes = b""
-    kind: ClassVar[BodyKind] = "data"
-
-
-class AckBody(msgspec.Struct, frozen=True, gc=False):
-    """``RelayAck``: a standalone acknowledgement (the frame's ``ack``/``ack_bits``)."""
-
-    kind: ClassVar[BodyKind] = "ack_frame"
-
-
-class ResumeBody(msgspec.Struct, frozen=True, gc=False):
-    """``RelayResume``: the sender's next data seq, after (re)attaching."""
-
-    next_seq: int = 0
-    kind: ClassVar[BodyKind] = "resume"
-
-
-class ResetBody(msgspec.Struct, frozen=True, gc=False):
-    """``RelayReset``: ends the stream in both directions."""
-
-    reason: str = ""
-    kind: ClassVar[BodyKind] = "reset"
-
-
-class HeartbeatBody(msgspec.Struct, frozen=True, gc=False):
-    """``RelayHeartbeat``: liveness; the frame's acks ride along."""
-
-    kind: ClassVar[BodyKind] = "heartbeat"
-
-
-class HandshakeBody(msgspec.Struct, frozen=True, gc=False):
-    """``RelayHandshake``: an opaque handshake message (Noise in later Codex)."""
-
-    payload: bytes = b""
-    kind: ClassVar[BodyKind] = "handshake"
-
-
-FrameBody = DataBody | AckBody | ResumeBody | ResetBody | HeartbeatBody | HandshakeBody
-"""One member of the ``body`` oneof."""
-_Body = TypeVar("_Body", DataBody, AckBody, ResumeBody, ResetBody, HeartbeatBody, HandshakeBody)
-
-
-class RelayFrame(msgspec.Struct, frozen=True, gc=False):
-    """One ``RelayMessageFrame``, as an immutable value.
-
-    ``body`` is the selected ``body`` member (``None`` when none is); ``traceparent`` and
-    ``tracestate`` are ``None`` when absent (proto3 ``optional``). The properties
-    ``data``, ``ack_frame``, ``resume``, ``reset``, ``heartbeat`` and ``handshake`` return
-    the body when it is of that kind and raise ``AttributeError`` otherwise; check
-    :attr:`kind` (or :func:`body_kind`) first.
-    """
-
-    version: int = RELAY_MESSAGE_FRAME_VERSION
-    stream_id: str = ""
-    ack: int = 0
-    ack_bits: int = 0
-    body: FrameBody | None = None
-    traceparent: str | None = None
-    tracestate: str | None = None
-
-    @property
-    def kind(self) -> BodyKind | None:
-        """Which ``body`` member is set, or ``None``."""
-        body = self.body
-        return None if body is None else body.kind
-
-    def _body_as(self, cls: type[_Body], wanted: BodyKind) -> _Body:
-        body = self.body
-        if not isinstance(body, cls):
-            raise _wrong_body(self, wanted)
-        return body
-
-    @property
-    def data(self) -> DataBody:
-        return self._body_as(DataBody, "data")
-
-    @property
-    def ack_frame(self) -> AckBody:
-        return self._body_as(AckBody, "ack_frame")
-
-    @property
-    def resume(self) -> ResumeBody:
-        return self._body_as(ResumeBody, "resume")
-
-    @property
-    def reset(self) -> ResetBody:
-        return self._body_as(ResetBody, "reset")
-
-    @property
-    def heartbeat(self) -> HeartbeatBody:
-        return self._body_as(HeartbeatBody, "heartbeat")
-
-    @property
-    def handshake(self) -> HandshakeBody:
-        return self._body_as(HandshakeBody, "handshake")
-
-
-def _wrong_body(frame: RelayFrame, wanted: BodyKind) -> AttributeError:
-    return AttributeError(f"relay frame body is {frame.kind or 'not set'}, not {wanted}")
-
-
-def body_kind(frame: RelayFrame) -> BodyKind | None:
-    """Which ``body`` member is set, or ``None``."""
-    body = frame.body
-    return None if body is None else body.kind
-
-
-# --------------------------------------------------------------------------- builders
-
-
-def truncate_reason(reason: str, max_bytes: int = MAX_RESET_REASON_BYTES) -> str:
-    """``reason`` cut to at most ``max_bytes`` UTF-8 bytes on a character boundary;
-    an empty reason becomes ``"reset"`` so the result is always a valid reset reason."""
-    encoded = reason.encode()
-    if len(encoded) > max_bytes:
-        reason = encoded[:max_bytes].decode(errors="ignore")
-    return reason or "reset"
-
-
-def data_frame(
-    stream_id: str,
-    seq: int,
-    payload: bytes,
-    *,
-    ack: int = 0,
-    ack_bits: int = 0,
-    segment_index: int = 0,
-    segment_count: int = 1,
-    traceparent: str | None = None,
-    tracestate: str | None = None,
-) -> RelayFrame:
-    """A ``data`` frame; the defaults give Codex's unsegmented ``0/1`` shape."""
-    return RelayFrame(
-        RELAY_MESSAGE_FRAME_VERSION,
-        stream_id,
-        ack,
-        ack_bits,
-        DataBody(seq, segment_index, segment_count, payload),
-        traceparent,
-        tracestate,
-    )
-
-
-_ACK_BODY = AckBody()
-_HEARTBEAT_BODY = HeartbeatBody()
-
-
-def ack_frame(stream_id: str, *, ack: int, ack_bits: int) -> RelayFrame:
-    """A standalone acknowledgement (``ack_frame`` body, state in ``ack``/``ack_bits``)."""
-    return RelayFrame(RELAY_MESSAGE_FRAME_VERSION, stream_id, ack, ack_bits, _ACK_BODY)
-
-
-def resume_frame(stream_id: str, next_seq: int, *, ack: int = 0, ack_bits: int = 0) -> RelayFrame:
-    """A ``resume{next_seq}`` frame; ``resume_frame(id, 0)`` is Codex's stream claim."""
-    return RelayFrame(RELAY_MESSAGE_FRAME_VERSION, stream_id, ack, ack_bits, ResumeBody(next_seq))
-
-
-def reset_frame(stream_id: str, reason: str, *, ack: int = 0, ack_bits: int = 0) -> RelayFrame:
-    """A ``reset{reason}`` frame; ``reason`` is truncated to 256 bytes if needed."""
-    return RelayFrame(
-        RELAY_MESSAGE_FRAME_VERSION,
-        stream_id,
-        ack,
-        ack_bits,
-        ResetBody(truncate_reason(reason)),
-    )
-
-
-def reset_for_peer(stream_id: str, reason: str, *, reliable: bool) -> bytes:
-    """The encoded ``reset{reason}`` to send a peer that did not see the stream's state:
-    the one builder for resets that answer or end a stream from outside it (the
-    multiplexer refusing a stream, the rendezvous giving up on a peer).
-
-    ``reliable`` mirrors the capability flag of the peer's own frames on that stream: our
-    reliable endpoints treat a reset as terminal whatever its flag, and a Codex peer
-    ignores ``ack_bits``, so the flag only keeps the frame in the peer's own dialect.
-    """
-    flag = RELIABLE_CAPABILITY_BIT if reliable else 0
-    return encode_frame(reset_frame(stream_id, reason, ack_bits=flag))
-
-
-def heartbeat_frame(stream_id: str, *, ack: int = 0, ack_bits: int = 0) -> RelayFrame:
-    """A ``heartbeat`` frame (liveness; it also carries the current acks)."""
-    return RelayFrame(RELAY_MESSAGE_FRAME_VERSION, stream_id, ack, ack_bits, _HEARTBEAT_BODY)
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def validate_frame(frame: RelayFrame, limits: FrameLimits = INBOUND_LIMITS) -> None:
-    """Check the rules in the module docstring; raise :class:`InvalidFrame` on the first miss."""
-    if frame.version != RELAY_MESSAGE_FRAME_VERSION:
-        raise InvalidFrame(
-            InvalidFrameReason.BAD_VERSION,
-            f"unsupported relay message frame version {frame.version}",
-        )
-    stream_id = frame.stream_id
-    stripped = stream_id.strip()
-    if not stripped:
-        raise InvalidFrame(
-            InvalidFrameReason.MISSING_STREAM_ID, "relay message frame is missing stream_id"
-        )
-    if stripped != stream_id:
-        raise InvalidFrame(
-            InvalidFrameReason.NON_CANONICAL_STREAM_ID,
-            "relay stream_id has surrounding whitespace",
-        )
-    # len(str) <= len(utf-8) <= 4 * len(str): skip the encode in the common short case.
-    max_id = limits.max_stream_id_bytes
-    if len(stream_id) * 4 > max_id and len(stream_id.encode()) > max_id:
-        raise InvalidFrame(
-            InvalidFrameReason.STREAM_ID_TOO_LONG,
-            f"relay stream_id exceeds {max_id} bytes",
-        )
-    body = frame.body
-    if isinstance(body, DataBody):
-        if not body.payload:
-            raise InvalidFrame(
-                InvalidFrameReason.EMPTY_PAYLOAD, "relay data frame has an empty payload"
-            )
-        if not 0 <= body.segment_index < body.segment_count <= limits.max_segment_count:
-            raise InvalidFrame(
-                InvalidFrameReason.BAD_SEGMENT,
-                f"segment {body.segment_index}/{body.segment_count} is outside "
-                f"0 <= index < count <= {limits.max_segment_count}",
-            )
-    elif body is None:
-        raise InvalidFrame(InvalidFrameReason.MISSING_BODY, "relay message frame is missing body")
-    elif isinstance(body, ResetBody):
-        reason = body.reason
-        if not reason:
-            raise InvalidFrame(
-                InvalidFrameReason.EMPTY_RESET_REASON, "relay reset frame has no reason"
-            )
-        max_reason = limits.max_reset_reason_bytes
-        if len(reason) * 4 > max_reason and len(reason.encode()) > max_reason:
-            raise InvalidFrame(
-                InvalidFrameReason.RESET_REASON_TOO_LONG,
-                f"reset reason exceeds {max_reason} bytes",
-            )
-    elif isinstance(body, HandshakeBody) and not body.payload:
-        raise InvalidFrame(
-            InvalidFrameReason.EMPTY_HANDSHAKE, "relay handshake frame has no payload"
-        )
-    if frame.traceparent is not None:
-        _check_trace_field("traceparent", frame.traceparent, limits.max_trace_field_bytes)
-    if frame.tracestate is not None:
-        _check_trace_field("tracestate", frame.tracestate, limits.max_trace_field_bytes)
-
-
-def _check_trace_field(name: str, value: str, max_bytes: int) -> None:
-    # len(str) <= len(utf-8) <= 4 * len(str): skip the encode in the common case.
-    if len(value) * 4 > max_bytes and len(value.encode()) > max_bytes:
-        raise InvalidFrame(
-            InvalidFrameReason.TRACE_CONTEXT_TOO_LONG, f"{name} exceeds {max_bytes} bytes"
-        )
 
 
 # --------------------------------------------------------------------------- encoding
@@ -481,6 +170,27 @@ def encode_frame(frame: RelayFrame) -> bytes:
     ``ValueError`` for an integer outside the ``uint32`` range and ``UnicodeEncodeError``
     for a string that is not valid Unicode, as protobuf does.
     """
+    head, payload, tail = _encode_parts(frame)
+    if not payload:
+        return head + tail if tail else head
+    # The one copy of the payload.
+    return b"".join((head, payload, tail)) if tail else head + payload
+
+
+def encode_frame_after(frame: RelayFrame, headroom: int) -> bytearray:
+    """:func:`encode_frame`, into a ``bytearray`` whose first ``headroom`` bytes are left
+    free: a websocket writer can put its frame header there and mask in place, so the
+    payload is copied once on its way to the socket."""
+    head, payload, tail = _encode_parts(frame)
+    out = bytearray(headroom)
+    out += head
+    out += payload  # the one copy of the payload
+    out += tail
+    return out
+
+
+def _encode_parts(frame: RelayFrame) -> tuple[bytes, bytes, bytes]:
+    """The encoding as (everything before a data payload, the payload, the rest)."""
     stream_id = frame.stream_id
     head = _prefixes.get(stream_id) if frame.version == RELAY_MESSAGE_FRAME_VERSION else None
     if head is None:
@@ -499,44 +209,60 @@ def encode_frame(frame: RelayFrame) -> bytes:
         tail += _length_delimited(b"\x62", tracestate.encode())
     body = frame.body
     if isinstance(body, DataBody):
-        seq, index, count = body.seq, body.segment_index, body.segment_count
-        inner = _uint_field(0x08, seq) if seq else b""
-        if index:
-            inner += _uint_field(0x10, index)
-        if count:
-            inner += _ONE_SEGMENT if count == 1 else _uint_field(0x18, count)
         payload = body.payload
-        size = len(payload)
-        if size:
-            inner += _uint_field(0x22, size)
-        head += _uint_field(0x2A, len(inner) + size) + inner
-        # The one copy of the payload.
-        return b"".join((head, payload, tail)) if tail else head + payload
+        return head + _data_header(body, len(payload)), payload, tail
+    if body is not None:
+        head += _control_body(body)
+    return head, b"", tail
+
+
+def _data_header(body: DataBody, size: int) -> bytes:
+    """Field 5 (``data``) up to its payload bytes: tag, length, seq, index, count."""
+    seq, index, count = body.seq, body.segment_index, body.segment_count
+    inner = _uint_field(0x08, seq) if seq else b""
+    if index:
+        inner += _uint_field(0x10, index)
+    if count:
+        inner += _ONE_SEGMENT if count == 1 else _uint_field(0x18, count)
+    if size:
+        inner += _uint_field(0x22, size)
+    return _uint_field(0x2A, len(inner) + size) + inner
+
+
+def _control_body(body: FrameBody) -> bytes:
+    """A body other than ``data``, with its field tag."""
     if isinstance(body, AckBody):
-        head += b"\x32\x00"
-    elif isinstance(body, ResumeBody):
-        head += (
-            _length_delimited(b"\x3a", b"\x08" + _varint(body.next_seq))
-            if body.next_seq
-            else b"\x3a\x00"
-        )
-    elif isinstance(body, ResetBody):
+        return b"\x32\x00"
+    if isinstance(body, HeartbeatBody):
+        return b"\x4a\x00"
+    if isinstance(body, ResumeBody):
+        next_seq = body.next_seq
+        return _length_delimited(b"\x3a", b"\x08" + _varint(next_seq)) if next_seq else b"\x3a\x00"
+    if isinstance(body, ResetBody):
         reason = body.reason.encode()
-        head += (
+        return (
             _length_delimited(b"\x42", _length_delimited(b"\x0a", reason))
             if reason
             else b"\x42\x00"
         )
-    elif isinstance(body, HeartbeatBody):
-        head += b"\x4a\x00"
-    elif isinstance(body, HandshakeBody):
-        payload = body.payload
-        head += (
-            _length_delimited(b"\x52", _length_delimited(b"\x0a", payload))
-            if payload
-            else b"\x52\x00"
-        )
-    return head + tail if tail else head
+    assert isinstance(body, HandshakeBody)
+    payload = body.payload
+    return (
+        _length_delimited(b"\x52", _length_delimited(b"\x0a", payload)) if payload else b"\x52\x00"
+    )
+
+
+def reset_for_peer(stream_id: str, reason: str, *, reliable: bool) -> bytes:
+    """The encoded ``reset{reason}`` to send a peer that did not see the stream's state:
+    the one builder for resets that answer or end a stream from outside it (the
+    multiplexer refusing a stream, the rendezvous giving up on a peer).
+
+    ``reliable`` mirrors the capability flag of the peer's own frames on that stream: our
+    reliable endpoints treat a reset as terminal whatever its flag, and a Codex peer
+    ignores ``ack_bits``, so the flag only keeps the frame in the peer's own dialect.
+    """
+    flag = RELIABLE_CAPABILITY_BIT if reliable else 0
+    return encode_frame(reset_frame(stream_id, reason, ack_bits=flag))
 
 
 # --------------------------------------------------------------------------- decoding
@@ -597,9 +323,6 @@ def _decode_canonical(data: bytes, keep_payload: bool) -> RelayFrame:
     end = len(data)
     pos = version = ack = ack_bits = 0
     stream_id = ""
-    body: FrameBody | None = None
-    traceparent: str | None = None
-    tracestate: str | None = None
     tag = data[0] if end else 0
     if tag == 0x08:  # version
         version, pos = _read_u32(data, 1)
@@ -613,40 +336,53 @@ def _decode_canonical(data: bytes, keep_payload: bool) -> RelayFrame:
     if tag == 0x20:  # ack_bits
         ack_bits, pos = _read_u32(data, pos + 1)
         tag = data[pos] if pos < end else 0
+    body: FrameBody | None = None
     if tag == 0x2A:  # data
-        size, pos = _read_u32(data, pos + 1)
-        stop = pos + size
-        if stop > end:
-            raise _NotCanonical
-        seq = index = count = 0
-        payload = b""
-        tag = data[pos] if pos < stop else 0
-        if tag == 0x08:  # data.seq
-            seq, pos = _read_u32(data, pos + 1)
-            tag = data[pos] if pos < stop else 0
-        if tag == 0x10:  # data.segment_index
-            index, pos = _read_u32(data, pos + 1)
-            tag = data[pos] if pos < stop else 0
-        if tag == 0x18:  # data.segment_count
-            count, pos = _read_u32(data, pos + 1)
-            tag = data[pos] if pos < stop else 0
-        if tag == 0x22:  # data.payload
-            size, pos = _read_u32(data, pos + 1)
-            payload_end = pos + size
-            if payload_end > stop:
-                raise _NotCanonical
-            if keep_payload:
-                payload = data[pos:payload_end]  # the one copy of the payload
-            elif size:
-                payload = _UNREAD_PAYLOAD
-            pos = payload_end
-        if pos != stop:
-            raise _NotCanonical
-        body = DataBody(seq, index, count, payload)
-        tag = data[pos] if pos < end else 0
+        body, pos = _decode_data_body(data, pos, keep_payload)
     elif 0x32 <= tag <= 0x52 and tag & 7 == 2:  # fields 6..10, length-delimited
         body, pos = _decode_control_body(data, pos, tag)
-        tag = data[pos] if pos < end else 0
+    traceparent, tracestate = _decode_trace(data, pos, end)
+    return RelayFrame(version, stream_id, ack, ack_bits, body, traceparent, tracestate)
+
+
+def _decode_data_body(data: bytes, pos: int, keep_payload: bool) -> tuple[DataBody, int]:
+    """The canonical ``data`` member whose tag is at ``pos``, and the position after it."""
+    size, pos = _read_u32(data, pos + 1)
+    stop = pos + size
+    if stop > len(data):
+        raise _NotCanonical
+    seq = index = count = 0
+    payload = b""
+    tag = data[pos] if pos < stop else 0
+    if tag == 0x08:  # data.seq
+        seq, pos = _read_u32(data, pos + 1)
+        tag = data[pos] if pos < stop else 0
+    if tag == 0x10:  # data.segment_index
+        index, pos = _read_u32(data, pos + 1)
+        tag = data[pos] if pos < stop else 0
+    if tag == 0x18:  # data.segment_count
+        count, pos = _read_u32(data, pos + 1)
+        tag = data[pos] if pos < stop else 0
+    if tag == 0x22:  # data.payload
+        size, pos = _read_u32(data, pos + 1)
+        payload_end = pos + size
+        if payload_end > stop:
+            raise _NotCanonical
+        if keep_payload:
+            payload = data[pos:payload_end]  # the one copy of the payload
+        elif size:
+            payload = _UNREAD_PAYLOAD
+        pos = payload_end
+    if pos != stop:
+        raise _NotCanonical
+    return DataBody(seq, index, count, payload), pos
+
+
+def _decode_trace(data: bytes, pos: int, end: int) -> tuple[str | None, str | None]:
+    """Fields 11 and 12 (``traceparent``, ``tracestate``), which must end the frame."""
+    traceparent: str | None = None
+    tracestate: str | None = None
+    tag = data[pos] if pos < end else 0
     if tag == 0x5A:  # traceparent
         traceparent, pos = _read_str(data, pos + 1, end)
         tag = data[pos] if pos < end else 0
@@ -654,7 +390,7 @@ def _decode_canonical(data: bytes, keep_payload: bool) -> RelayFrame:
         tracestate, pos = _read_str(data, pos + 1, end)
     if pos != end:
         raise _NotCanonical
-    return RelayFrame(version, stream_id, ack, ack_bits, body, traceparent, tracestate)
+    return traceparent, tracestate
 
 
 def _decode_control_body(data: bytes, pos: int, tag: int) -> tuple[FrameBody, int]:
@@ -689,9 +425,9 @@ def _decode_control_body(data: bytes, pos: int, tag: int) -> tuple[FrameBody, in
             pos += size
         body = HandshakeBody(payload)
     elif tag == 0x32:
-        body = _ACK_BODY
+        body = ACK_BODY
     else:  # 0x4A
-        body = _HEARTBEAT_BODY
+        body = HEARTBEAT_BODY
     if pos != stop:  # unknown, repeated or reordered fields inside the body
         raise _NotCanonical
     return body, pos
@@ -714,13 +450,13 @@ def _decode_with_protobuf(data: bytes) -> RelayFrame:
             data_body.seq, data_body.segment_index, data_body.segment_count, data_body.payload
         )
     elif kind == "ack_frame":
-        body = _ACK_BODY
+        body = ACK_BODY
     elif kind == "resume":
         body = ResumeBody(message.resume.next_seq)
     elif kind == "reset":
         body = ResetBody(message.reset.reason)
     elif kind == "heartbeat":
-        body = _HEARTBEAT_BODY
+        body = HEARTBEAT_BODY
     elif kind == "handshake":
         body = HandshakeBody(message.handshake.payload)
     else:
@@ -784,46 +520,3 @@ def decode_route(
     body = frame.body
     assert body is not None  # validate_frame rejects a frame without body
     return frame.stream_id, body.kind, bool(frame.ack_bits & RELIABLE_CAPABILITY_BIT)
-
-
-def peek_stream_id(data: bytes) -> str | None:
-    """``stream_id`` (field 2) of an encoded frame, or ``None``, without decoding it.
-
-    Walks the protobuf fields and stops at field 2, which follows ``version``: a
-    handful of bytes per frame and no payload copy. For forwarders that only route;
-    it does not validate the frame (use :func:`decode_frame` for that).
-    """
-    pos, end = 0, len(data)
-    try:
-        while pos < end:
-            tag, pos = _varint_any(data, pos)
-            field_no, wire = tag >> 3, tag & 7
-            if wire == 0:
-                _, pos = _varint_any(data, pos)
-            elif wire == 2:
-                length, pos = _varint_any(data, pos)
-                if field_no == 2:
-                    return data[pos : pos + length].decode()
-                pos += length
-            elif wire == 5:
-                pos += 4
-            elif wire == 1:
-                pos += 8
-            else:
-                return None
-    except (IndexError, UnicodeDecodeError):
-        return None
-    return None
-
-
-def _varint_any(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            raise IndexError("varint too long")

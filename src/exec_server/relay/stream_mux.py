@@ -1,10 +1,12 @@
 """Sans-IO multiplexer: many :class:`ReliableStream` s over one physical relay socket.
 
 The owner (an asyncio adapter, or a test) passes every binary websocket message to
-:meth:`StreamMux.receive_bytes`, writes what :meth:`StreamMux.frames_to_send` returns (each
-item is one binary websocket message), takes events from :meth:`StreamMux.next_event`, and
-calls :meth:`StreamMux.handle_timer` at :meth:`StreamMux.get_timer`. ``now`` is always an
-argument (seconds, any monotonic origin).
+:meth:`StreamMux.receive_bytes`, sends messages with :meth:`StreamMux.send_message`, writes
+what :meth:`StreamMux.data_to_send` returns (each item is one binary websocket message), takes
+events from :meth:`StreamMux.next_event`, and calls :meth:`StreamMux.handle_timer` at
+:meth:`StreamMux.get_timer`. ``now`` is always an argument (seconds, any monotonic origin).
+The streams themselves are only read through :attr:`StreamMux.streams`: every call that
+changes one goes through the mux, which then knows that the stream may have output.
 
 Routing rules (Codex E1 ``run_multiplexed_executor`` plus reliability):
 
@@ -44,15 +46,17 @@ Memory is bounded by ``max_streams`` times the per-stream bounds of
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
+from typing import Protocol
 
-from exec_server.relay.errors import InvalidFrame
-from exec_server.relay.events import MuxEvent, StreamOpened
+from exec_server.relay.errors import InvalidFrame, StreamClosed
+from exec_server.relay.events import MuxEvent, PeerMode, StreamEvent, StreamOpened
 from exec_server.relay.frame_codec import (
     INBOUND_LIMITS,
     MAX_OUTBOUND_STREAM_ID_BYTES,
@@ -63,9 +67,11 @@ from exec_server.relay.frame_codec import (
     ResumeBody,
     decode_frame,
     encode_frame,
+    encode_frame_after,
     reset_for_peer,
 )
-from exec_server.relay.reliable_stream import ReliableStream, ReliableStreamConfig, seq_to_wire
+from exec_server.relay.reliable_stream import ReliableStream, ReliableStreamConfig
+from exec_server.relay.stream_config import StreamStats, seq_to_wire
 
 __all__ = [
     "MAX_PENDING_CONTROL_FRAMES",
@@ -74,8 +80,48 @@ __all__ = [
     "MuxConfig",
     "MuxDropReason",
     "MuxRole",
+    "MuxStream",
     "StreamMux",
 ]
+
+
+class MuxStream(Protocol):
+    """What the multiplexer needs of a stream: the verbs of
+    :class:`~exec_server.relay.reliable_stream.ReliableStream`, which every stream the
+    mux creates is. Other kinds are adopted with :meth:`StreamMux.adopt_stream` (the
+    Noise relay's streams with a Codex peer, :mod:`exec_server.relay.noise.codex_stream`)."""
+
+    @property
+    def stream_id(self) -> str: ...
+    @property
+    def mode(self) -> PeerMode: ...
+    @property
+    def stats(self) -> StreamStats: ...
+    @property
+    def is_closed(self) -> bool: ...
+    @property
+    def close_reason(self) -> str | None: ...
+    @property
+    def is_finished(self) -> bool: ...
+    @property
+    def has_events(self) -> bool: ...
+    def send_message(
+        self,
+        payload: bytes,
+        now: float,
+        *,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
+    ) -> None: ...
+    def reset(self, reason: str) -> None: ...
+    def next_frame(self, now: float) -> RelayFrame | None: ...
+    def next_event(self) -> StreamEvent | None: ...
+    def receive_frame(self, frame: RelayFrame, now: float) -> None: ...
+    def get_timer(self) -> float | None: ...
+    def handle_timer(self, now: float) -> None: ...
+    def connection_lost(self, now: float) -> None: ...
+    def on_reconnect(self, now: float) -> None: ...
+
 
 MAX_STREAMS = 128
 """Live streams per socket (Codex ``MAX_ACTIVE_NOISE_RELAY_STREAMS``)."""
@@ -130,11 +176,37 @@ class MuxConfig:
             raise ValueError("max_pending_control_frames must be >= 0")
 
 
+class _Batch:
+    """Frames collected by one :meth:`StreamMux.data_to_send` call, within its budget."""
+
+    __slots__ = ("budget", "frames", "headroom", "total", "touched")
+
+    def __init__(self, max_bytes: int | None, headroom: int) -> None:
+        self.budget = math.inf if max_bytes is None else max_bytes
+        self.headroom = headroom
+        self.frames: list[bytes | bytearray] = []
+        self.total = 0
+        self.touched: set[MuxStream] = set()
+
+    def encode(self, frame: RelayFrame) -> bytes | bytearray:
+        headroom = self.headroom
+        return encode_frame_after(frame, headroom) if headroom else encode_frame(frame)
+
+    def has_room(self) -> bool:
+        return self.total < self.budget
+
+    def add(self, frame: bytes | bytearray) -> bool:
+        """Collect one frame; whether there is room for more."""
+        self.frames.append(frame)
+        self.total += len(frame)
+        return self.total < self.budget
+
+
 class StreamMux:
     """All relay streams of one physical socket, for one side (see the module docstring).
 
-    Call :meth:`frames_to_send` after every other call (``receive_bytes``, ``handle_timer``,
-    ``next_event``, a stream's ``send_message``...): any of them can create output.
+    Call :meth:`data_to_send` after every other call (``receive_bytes``, ``handle_timer``,
+    ``next_event``, ``send_message``...): any of them can create output.
 
     A stream that ends (reset by either side, protocol error, idle timeout, socket loss
     of a legacy stream) leaves the routing table at once, so its id is free again for a
@@ -148,28 +220,28 @@ class StreamMux:
         self.dropped: Counter[str] = Counter()
         """Inbound frames dropped at mux level, by reason (``InvalidFrameReason`` values and
         ``MuxDropReason`` values). Per-stream drops are in each stream's ``stats``."""
-        self._streams: dict[str, ReliableStream] = {}  # live streams, by id
-        self._closing: dict[ReliableStream, None] = {}  # ended, output or events pending
+        self._streams: dict[str, MuxStream] = {}  # live streams, by id
+        self._closing: dict[MuxStream, None] = {}  # ended, output or events pending
         self._retired: OrderedDict[str, None] = OrderedDict()
         self._control: deque[bytes] = deque()
         self._opened: deque[StreamOpened] = deque()
-        self._ready: deque[ReliableStream] = deque()  # streams with events, in turn
-        self._ready_set: set[ReliableStream] = set()
+        self._ready: deque[MuxStream] = deque()  # streams with events, in turn
+        self._ready_set: set[MuxStream] = set()
         self._rotation = 0
         # Each stream's next deadline, refreshed after every call that can move it, so
         # get_timer() costs O(streams) instead of rescanning every send window.
-        self._timers: dict[ReliableStream, float] = {}
-        # Streams that may have output; frames_to_send skips the others.
-        self._pending_output: set[ReliableStream] = set()
+        self._timers: dict[MuxStream, float] = {}
+        # Streams that may have output; data_to_send skips the others.
+        self._pending_output: set[MuxStream] = set()
         # Streams whose output is held back (pause_output).
-        self._paused: set[ReliableStream] = set()
+        self._paused: set[MuxStream] = set()
         # Streams whose events are held back (hold_events).
-        self._held: set[ReliableStream] = set()
+        self._held: set[MuxStream] = set()
 
     # ------------------------------------------------------------------ streams
 
     @property
-    def streams(self) -> Mapping[str, ReliableStream]:
+    def streams(self) -> Mapping[str, MuxStream]:
         """Live streams by id (read-only view); ended streams are not in it."""
         return MappingProxyType(self._streams)
 
@@ -194,6 +266,29 @@ class StreamMux:
         stream = ReliableStream(stream_id, initiator=True, now=now, config=self.config.stream)
         self._adopt(stream)
         return stream
+
+    def send_message(
+        self,
+        stream_id: str,
+        payload: bytes,
+        now: float,
+        *,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
+    ) -> None:
+        """Queue one whole message on a live stream (see ``ReliableStream.send_message``);
+        its frames come out of :meth:`data_to_send`.
+
+        Raises ``StreamClosed`` for a stream that ended or never existed, and whatever the
+        stream raises: ``SendBlocked`` (backpressure: retry after progress),
+        ``MessageTooLarge``, ``ValueError`` for an empty payload.
+        """
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            ended = next((s for s in self._closing if s.stream_id == stream_id), None)
+            raise StreamClosed(stream_id, None if ended is None else ended.close_reason)
+        stream.send_message(payload, now, traceparent=traceparent, tracestate=tracestate)
+        self._pending_output.add(stream)
 
     def reset_stream(self, stream_id: str, reason: str) -> None:
         """Reset one live stream (no-op for an unknown id)."""
@@ -239,12 +334,25 @@ class StreamMux:
                     self._ready.append(stream)
                 return
 
+    def adopt_stream(self, stream: MuxStream, *, announce: bool = True) -> None:
+        """Take over a stream created elsewhere (the Noise layer creates one once its
+        handshake completes); with ``announce``, a :class:`StreamOpened` event tells the
+        owner. Raises ``ValueError`` for an id in use and ``RuntimeError`` over
+        ``max_streams``."""
+        if stream.stream_id in self._streams:
+            raise ValueError(f"relay stream id {stream.stream_id!r} is in use on this socket")
+        if self._stream_count() >= self.config.max_streams:
+            raise RuntimeError(f"too many relay streams (max {self.config.max_streams})")
+        self._retired.pop(stream.stream_id, None)
+        if announce:
+            self._opened.append(StreamOpened(stream.stream_id))
+        self._adopt(stream)
+
     def _stream_count(self) -> int:
         return len(self._streams) + len(self._closing)
 
-    def _adopt(self, stream: ReliableStream) -> None:
+    def _adopt(self, stream: MuxStream) -> None:
         self._streams[stream.stream_id] = stream
-        stream.on_output_pending = self._pending_output.add
         self._after_input(stream)
 
     # ------------------------------------------------------------------ input
@@ -268,7 +376,7 @@ class StreamMux:
         stream.receive_frame(frame, now)
         self._after_input(stream)
 
-    def _accept(self, frame: RelayFrame, now: float) -> ReliableStream | None:
+    def _accept(self, frame: RelayFrame, now: float) -> MuxStream | None:
         stream_id = frame.stream_id
         body = frame.body
         reliable = (
@@ -311,24 +419,38 @@ class StreamMux:
     # ------------------------------------------------------------------ output
 
     def has_output(self) -> bool:
-        """Whether :meth:`frames_to_send` may have something without a timer firing."""
+        """Whether :meth:`data_to_send` may have something without a timer firing."""
         return bool(self._control or self._pending_output)
 
-    def frames_to_send(self, now: float, max_bytes: int | None = None) -> list[bytes]:
+    def data_to_send(
+        self, now: float, max_bytes: int | None = None, *, headroom: int = 0
+    ) -> list[bytes | bytearray]:
         """Encoded frames to write, one binary websocket message each.
 
         Streams take turns, one frame each per round; with ``max_bytes`` the call stops
-        once that many bytes are collected (the rest comes out next call).
+        once that many bytes are collected (the rest comes out next call). With
+        ``headroom``, each frame is a ``bytearray`` whose first ``headroom`` bytes are
+        free for the websocket writer (``encode_frame_after``); ``max_bytes`` counts them.
         """
-        out: list[bytes] = []
-        total = 0
-        while self._control and (max_bytes is None or total < max_bytes):
-            frame_bytes = self._control.popleft()
-            out.append(frame_bytes)
-            total += len(frame_bytes)
+        batch = _Batch(max_bytes, headroom)
+        control = self._control
+        while control and batch.has_room():
+            batch.add(control.popleft())
+        active = self._active_streams(now)
+        while active and batch.has_room():
+            if len(active) == 1:  # a round of one stream: take its frames in a row
+                self._drain(active[0], now, batch)
+                break
+            active = self._round(active, now, batch)
+        for stream in batch.touched:
+            self._update(stream)
+        return batch.frames
+
+    def _active_streams(self, now: float) -> list[MuxStream]:
+        """Streams that may have output now, starting from a different one each call."""
         streams = [*self._streams.values(), *self._closing]
         if not streams:
-            return out
+            return streams
         start = self._rotation % len(streams)
         self._rotation += 1
         if start:
@@ -338,37 +460,29 @@ class StreamMux:
         if self._paused:
             paused = self._paused
             active = [s for s in active if s not in paused or s.is_closed]
-        touched: set[ReliableStream] = set()
-        while active and (max_bytes is None or total < max_bytes):
-            if len(active) == 1:  # a round of one stream: take its frames in a row
-                stream = active[0]
-                while (frame := stream.next_frame(now)) is not None:
-                    touched.add(stream)
-                    frame_bytes = encode_frame(frame)
-                    out.append(frame_bytes)
-                    total += len(frame_bytes)
-                    if max_bytes is not None and total >= max_bytes:
-                        break
-                else:
-                    pending.discard(stream)
+        return active
+
+    def _drain(self, stream: MuxStream, now: float, batch: _Batch) -> None:
+        """Every frame ``stream`` has, within the batch's budget."""
+        while (frame := stream.next_frame(now)) is not None:
+            batch.touched.add(stream)
+            if not batch.add(batch.encode(frame)):
+                return
+        self._pending_output.discard(stream)
+
+    def _round(self, active: list[MuxStream], now: float, batch: _Batch) -> list[MuxStream]:
+        """One frame of each stream in turn; returns the streams that had one."""
+        still_active = []
+        for stream in active:
+            frame = stream.next_frame(now)
+            if frame is None:
+                self._pending_output.discard(stream)
+                continue
+            batch.touched.add(stream)
+            still_active.append(stream)
+            if not batch.add(batch.encode(frame)):
                 break
-            still_active = []
-            for stream in active:
-                frame = stream.next_frame(now)
-                if frame is None:
-                    pending.discard(stream)
-                    continue
-                touched.add(stream)
-                frame_bytes = encode_frame(frame)
-                out.append(frame_bytes)
-                total += len(frame_bytes)
-                still_active.append(stream)
-                if max_bytes is not None and total >= max_bytes:
-                    break
-            active = still_active
-        for stream in touched:
-            self._update(stream)
-        return out
+        return still_active
 
     # ------------------------------------------------------------------ events
 
@@ -382,6 +496,7 @@ class StreamMux:
                 self._ready_set.discard(stream)
                 continue
             event = stream.next_event()
+            self._pending_output.add(stream)  # taking a message may reopen its window
             if stream.has_events:
                 self._ready.append(stream)
             else:
@@ -398,7 +513,7 @@ class StreamMux:
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def _after_input(self, stream: ReliableStream) -> None:
+    def _after_input(self, stream: MuxStream) -> None:
         """After a call that may have changed anything about ``stream``."""
         self._pending_output.add(stream)
         if stream.has_events and stream not in self._ready_set and stream not in self._held:
@@ -406,7 +521,7 @@ class StreamMux:
             self._ready.append(stream)
         self._update(stream)
 
-    def _update(self, stream: ReliableStream) -> None:
+    def _update(self, stream: MuxStream) -> None:
         """Refresh the cached deadline; move an ended stream out of routing, then forget
         it once it has nothing left to write or report."""
         deadline = stream.get_timer()
@@ -429,7 +544,6 @@ class StreamMux:
             self._pending_output.discard(stream)
             self._paused.discard(stream)
             self._held.discard(stream)
-            stream.on_output_pending = None
 
     # ------------------------------------------------------------------ timers, connection
 

@@ -10,12 +10,9 @@ Layout (each module's docstring states its contract, limits and failure modes):
 * :mod:`~exec_server.rendezvous.url_signing`: HMAC-signed, expiring websocket URLs;
 * :mod:`~exec_server.rendezvous.credentials`: the bearer token and the signing secret;
 * :mod:`~exec_server.rendezvous.registration_store`: registrations (SQLite or memory);
-* :mod:`~exec_server.rendezvous.metrics`: Prometheus exposition;
-* :mod:`~exec_server.rendezvous.codex_auth`: a fake Codex ``auth.json`` so a real Codex
-  executor can register here (tests).
+* :mod:`~exec_server.rendezvous.metrics`: Prometheus exposition.
 """
 
-from .codex_auth import unsigned_jwt, write_codex_auth_json
 from .credentials import TOKEN_ENV, bearer_matches, resolve_token
 from .errors import CredentialError, RendezvousError, UrlRejected, UrlRejectReason
 from .router import DropReason, ResetReason, Router, RouterConfig, RouterStats
@@ -49,8 +46,6 @@ __all__ = [
     "is_valid_environment_id",
     "resolve_token",
     "sign_url",
-    "unsigned_jwt",
     "verify_url",
     "websocket_base_url",
-    "write_codex_auth_json",
 ]

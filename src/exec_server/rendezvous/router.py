@@ -514,11 +514,6 @@ class Router:
         route = self._routes.get(environment_id)
         return len(route.streams) if route else 0
 
-    def stream_owner(self, environment_id: str, stream_id: str) -> SocketPeer | None:
-        route = self._routes.get(environment_id)
-        stream = route.streams.get(stream_id) if route else None
-        return stream.owner if stream else None
-
     def online_environments(self) -> int:
         return sum(1 for route in self._routes.values() if route.socket is not None)
 

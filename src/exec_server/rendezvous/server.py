@@ -74,6 +74,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.tcp_helpers import tcp_nodelay
 from prometheus_client import CollectorRegistry
 
+from ..concurrency import run_until
 from ..relay.control import CONTROL_SUBPROTOCOL
 from ..relay.frame_codec import DEFAULT_MAX_FRAME_BYTES, INBOUND_LIMITS
 from ..transport.listen_url import ListenUrlError, parse_ip_port_url
@@ -465,7 +466,9 @@ class RendezvousServer:
         return websocket_base_url(self.base_url)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.ensure_future(coro)
+        """Run a short background job owned by the server (:meth:`close` cancels and
+        awaits what is still running)."""
+        task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -796,13 +799,11 @@ class RendezvousServer:
             self._spawn(self._seen(environment_id))
         log.info("%s connected", peer.label)
         keepalive = Keepalive(ws, self.config.keepalive())
-        watchdog = asyncio.ensure_future(self._watch(keepalive, peer))
         try:
-            await self._read(ws, peer, keepalive)
+            # The reader, and the keepalive that closes a silent socket: whichever ends
+            # first ends the other.
+            await run_until(None, self._read(ws, peer, keepalive), self._watch(keepalive, peer))
         finally:
-            watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await watchdog
             router.detach(peer)
             self._peers.discard(peer)
             await peer.aclose()

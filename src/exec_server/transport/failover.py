@@ -10,10 +10,20 @@ relay URL handed out by one node is rewritten for another with :func:`rebase_url
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["RELAY_PATH_MARKER", "Failover", "parse_base_urls", "rebase_url"]
+__all__ = [
+    "RELAY_PATH_MARKER",
+    "Failover",
+    "alternate_urls",
+    "dial_first",
+    "parse_base_urls",
+    "rebase_url",
+]
+
+_T = TypeVar("_T")
 
 RELAY_PATH_MARKER = "/relay/"
 """Where a rendezvous websocket URL's own path starts (after any public prefix)."""
@@ -83,3 +93,27 @@ class Failover:
     def others(self) -> list[str]:
         count = len(self.urls)
         return [self.urls[(self._index + step) % count] for step in range(1, count)]
+
+
+def alternate_urls(url: str, bases: Sequence[str]) -> list[str]:
+    """``url`` (a node's relay URL) on each of ``bases`` but its own node."""
+    own = urlsplit(url).netloc
+    return [
+        other
+        for other in (rebase_url(url, base) for base in bases)
+        if urlsplit(other).netloc != own
+    ]
+
+
+async def dial_first(urls: Sequence[str], dial: Callable[[str], Awaitable[_T]]) -> tuple[str, _T]:
+    """Dial ``urls`` in order: the first that answers, with what ``dial`` returned. When
+    none does, the last one's error is raised."""
+    if not urls:
+        raise ValueError("no URL to dial")
+    for index, url in enumerate(urls):
+        try:
+            return url, await dial(url)
+        except Exception:
+            if index == len(urls) - 1:
+                raise
+    raise AssertionError("unreachable")

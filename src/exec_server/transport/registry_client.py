@@ -17,7 +17,22 @@ The API (see :mod:`exec_server.rendezvous.server` for the server side):
 ``GET {base}/cloud/environments``
     :meth:`RegistryClient.list_environments` -> a list of :class:`EnvironmentRecord`.
 
-Requests carry ``Authorization: Bearer <token>`` and never follow redirects (a
+Codex's Noise contract (``security_profile: "noise_hybrid_ik_v1"``, codex-0171.md §3.3),
+spoken by ``exec-server rendezvous`` and by Codex's own registry:
+
+``POST .../register`` with the executor's public key
+    :meth:`RegistryClient.register` with ``noise_key=`` -> a :class:`Registration` with
+    ``executor_registration_id`` (a registry that answers without ``security_profile``
+    does not speak Noise: :class:`RegistryError` code ``noise_unsupported``).
+``POST .../connect`` with the harness's public key
+    :meth:`RegistryClient.connect_noise` -> a :class:`NoiseConnectBundle` (executor key,
+    registration id, single-use ``harness_key_authorization``, websocket URL), or a
+    :class:`HarnessUrl` when the registry ignored the key (a 0.133-era registry).
+``POST .../validate`` (``x-codex-noise-stream-id``)
+    :meth:`RegistryClient.validate` -> whether the registry vouches for a harness key.
+
+Requests carry ``Authorization: Bearer <token>`` (and ``chatgpt-account-id`` when an
+``account_id`` is given, as Codex sends it) and never follow redirects (a
 registry that redirects is refused: the bearer must not travel to another host). The
 response objects are frozen dataclasses; new optional request arguments and response
 fields (e.g. Noise public keys) are added without breaking callers.
@@ -35,6 +50,7 @@ import asyncio
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -45,6 +61,8 @@ from ..errors import ExecServerError
 if TYPE_CHECKING:
     from aiohttp import ClientSession
 
+    from ..relay.noise import NoisePublicKey
+
 #: Seconds one registry request may take, unless the caller says otherwise.
 REGISTRY_TIMEOUT_S = 10.0
 #: Largest response body read from the registry.
@@ -53,6 +71,8 @@ MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 ERROR_BODY_PREVIEW_CHARS = 300
 
 PathFlavor = Literal["environment", "executor"]
+#: The ``security_profile`` of Codex's Noise contract.
+NOISE_SECURITY_PROFILE = "noise_hybrid_ik_v1"
 
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 
@@ -105,10 +125,28 @@ class RegistryError(ExecServerError):
 
 
 class Registration(msgspec.Struct, frozen=True):
-    """An accepted registration: dial ``url`` (signed, ``role=environment``)."""
+    """An accepted registration: dial ``url`` (signed, ``role=environment``).
+
+    ``executor_registration_id`` is set for a Noise registration (``noise_key=``): it
+    goes into every handshake's prologue."""
 
     environment_id: str
     url: str
+    executor_registration_id: str | None = None
+
+
+@dataclass(frozen=True)
+class NoiseConnectBundle:
+    """The registry's answer to a harness key: everything one encrypted connection needs.
+
+    ``harness_key_authorization`` is single use and short-lived: fetch a new bundle for
+    every connection attempt (as Codex's harness does)."""
+
+    environment_id: str
+    url: str
+    executor_registration_id: str
+    executor_public_key: NoisePublicKey
+    harness_key_authorization: str = field(repr=False)
 
 
 class HarnessUrl(msgspec.Struct, frozen=True):
@@ -154,6 +192,7 @@ class RegistryClient:
         flavor: PathFlavor = "environment",
         timeout_s: float = REGISTRY_TIMEOUT_S,
         session: ClientSession | None = None,
+        account_id: str | None = None,
     ) -> None:
         self.base_url = base_url.strip().rstrip("/")
         if not self.base_url.startswith(("http://", "https://")):
@@ -161,6 +200,7 @@ class RegistryClient:
         self.flavor: PathFlavor = flavor
         self.timeout_s = timeout_s
         self._token = token
+        self._account_id = account_id
         self._session = session
         self._owns_session = session is None
 
@@ -195,21 +235,121 @@ class RegistryClient:
         return f"{self.base_url}/cloud/{self.flavor}/{environment_id}/{action}"
 
     async def register(
-        self, environment_id: str, *, name: str | None = None, timeout_s: float | None = None
+        self,
+        environment_id: str,
+        *,
+        name: str | None = None,
+        timeout_s: float | None = None,
+        noise_key: NoisePublicKey | None = None,
     ) -> Registration:
         """Register an environment; returns the websocket URL it must dial.
 
-        Codex sends no body; a display ``name`` goes in the query string.
+        Codex 0.133 sends no body; a display ``name`` goes in the query string. With
+        ``noise_key`` (the process's Noise public key) the body is Codex 0.171's, and the
+        answer must carry ``security_profile`` and ``executor_registration_id``.
         """
         url = self.endpoint(environment_id, "register")
         params = {"name": name} if name else None
-        data = await self._request("POST", url, params=params, timeout_s=timeout_s)
+        body = (
+            None
+            if noise_key is None
+            else {
+                "security_profile": NOISE_SECURITY_PROFILE,
+                "executor_public_key": noise_key.to_json_obj(),
+            }
+        )
+        data = await self._request("POST", url, json_body=body, params=params, timeout_s=timeout_s)
         returned = data.get(f"{self.flavor}_id")
         if returned is not None and returned != environment_id:
             raise RegistryError(
                 200, "invalid_response", f"returned a different {self.flavor} id", url
             )
-        return Registration(environment_id, _required_str(data, "url", url))
+        ws_url = _required_str(data, "url", url)
+        if noise_key is None:
+            return Registration(environment_id, ws_url)
+        if data.get("security_profile") != NOISE_SECURITY_PROFILE:
+            raise RegistryError(
+                200,
+                "noise_unsupported",
+                "answered a Noise registration without security_profile "
+                f"{NOISE_SECURITY_PROFILE!r}: it only speaks the legacy cleartext relay "
+                "(use --remote-transport legacy for it)",
+                url,
+                transient=False,
+            )
+        registration_id = _required_str(data, "executor_registration_id", url)
+        return Registration(environment_id, ws_url, registration_id)
+
+    async def connect_noise(
+        self,
+        environment_id: str,
+        harness_key: NoisePublicKey,
+        *,
+        timeout_s: float | None = None,
+    ) -> NoiseConnectBundle | HarnessUrl:
+        """Ask for an encrypted connection with ``harness_key`` (a fresh key per
+        connection). A registry of Codex's Noise contract answers the bundle; one that
+        ignores the key (0.133-era) answers a plain :class:`HarnessUrl`. Our rendezvous
+        answers 409 ``no_noise_registration`` when the environment registered for the
+        legacy cleartext relay (:class:`RegistryError`; the caller decides)."""
+        from ..relay.noise import NoiseKeyError, NoisePublicKey
+
+        url = self.endpoint(environment_id, "connect")
+        body = {"harness_public_key": harness_key.to_json_obj()}
+        data = await self._request("POST", url, json_body=body, timeout_s=timeout_s)
+        if data.get("security_profile") is None and "executor_public_key" not in data:
+            expires_at, online = data.get("expires_at"), data.get("online")
+            return HarnessUrl(
+                environment_id,
+                _required_str(data, "url", url),
+                expires_at if isinstance(expires_at, str) else None,
+                online if isinstance(online, bool) else None,
+            )
+        if data.get("security_profile") != NOISE_SECURITY_PROFILE:
+            raise RegistryError(
+                200, "invalid_response", "answered an unknown security_profile", url
+            )
+        try:
+            executor_key = NoisePublicKey.from_json_obj(data.get("executor_public_key"))
+        except NoiseKeyError as exc:
+            raise RegistryError(
+                200, "invalid_response", f"answered a bad executor_public_key: {exc}", url
+            ) from None
+        return NoiseConnectBundle(
+            _required_str(data, "environment_id", url),
+            _required_str(data, "url", url),
+            _required_str(data, "executor_registration_id", url),
+            executor_key,
+            _required_str(data, "harness_key_authorization", url),
+        )
+
+    async def validate(
+        self,
+        environment_id: str,
+        *,
+        executor_registration_id: str,
+        harness_key: NoisePublicKey,
+        authorization: str,
+        stream_id: str,
+        timeout_s: float | None = None,
+    ) -> bool:
+        """Whether the registry vouches for ``harness_key`` on this registration and
+        stream (the executor's ``/validate``). Raises :class:`RegistryError` when it
+        cannot say; the caller must then refuse the harness (fail closed)."""
+        url = self.endpoint(environment_id, "validate")
+        body = {
+            "executor_registration_id": executor_registration_id,
+            "harness_public_key": harness_key.to_json_obj(),
+            "harness_key_authorization": authorization,
+        }
+        data = await self._request(
+            "POST",
+            url,
+            json_body=body,
+            timeout_s=timeout_s,
+            headers={"x-codex-noise-stream-id": stream_id},
+        )
+        return data.get("valid") is True
 
     async def connect(
         self,
@@ -252,12 +392,17 @@ class RegistryClient:
         params: Mapping[str, str] | None = None,
         timeout_s: float | None,
         want: type = dict,
+        headers: Mapping[str, str] | None = None,
     ) -> Any:
         import aiohttp
 
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        sent = dict(headers or {})
+        if self._token:
+            sent["Authorization"] = f"Bearer {self._token}"
+        if self._account_id:
+            sent["chatgpt-account-id"] = self._account_id
         limit = self.timeout_s if timeout_s is None else timeout_s
         try:
             async with (
@@ -267,7 +412,7 @@ class RegistryClient:
                     url,
                     json=json_body,
                     params=params,
-                    headers=headers,
+                    headers=sent,
                     allow_redirects=False,
                 ) as resp,
             ):

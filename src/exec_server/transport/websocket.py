@@ -23,6 +23,7 @@ import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import ClientError, ClientSession, ClientWebSocketResponse, WSMsgType, web
 from aiohttp.client_exceptions import ClientConnectionResetError
@@ -59,6 +60,12 @@ class KeepaliveConfig:
             raise ValueError("pong_timeout_s must be positive")
 
 
+class Pingable(Protocol):
+    """A websocket :class:`Keepalive` can ping (aiohttp's, or the picows relay socket)."""
+
+    async def ping(self, message: bytes = b"") -> None: ...
+
+
 class Keepalive:
     """Pings one websocket and notices when its peer went silent.
 
@@ -71,7 +78,7 @@ class Keepalive:
 
     __slots__ = ("_config", "_ws", "heard_count")
 
-    def __init__(self, ws: AnyWebSocket, config: KeepaliveConfig) -> None:
+    def __init__(self, ws: Pingable, config: KeepaliveConfig) -> None:
         self._ws = ws
         self._config = config
         self.heard_count = 0

@@ -184,16 +184,24 @@ class NoiseTransport:
     def received_records(self) -> int:
         return self._recv.n
 
-    def encrypt(self, plaintext: bytes) -> bytes:
-        """One transport record; ``len(plaintext) + 16`` must be at most 65535."""
-        if len(plaintext) + TAG_LEN > MAX_MESSAGE_LEN:
-            raise NoiseTransportError("transport plaintext is too large")
-        return self._send.encrypt_with_ad(b"", plaintext)
+    def encrypt(
+        self, plaintext: bytes, ad: bytes = b"", *, max_len: int = MAX_MESSAGE_LEN
+    ) -> bytes:
+        """One transport record; ``len(plaintext) + 16`` must be at most ``max_len``.
 
-    def decrypt(self, ciphertext: bytes) -> bytes:
+        Codex's records have empty ``ad`` and Noise's 65535-byte limit; between this
+        project's endpoints a record is one relay segment (up to 252 KiB) and ``ad``
+        binds its place in its message (:mod:`~exec_server.relay.noise.noise_mux`)."""
+        if len(plaintext) + TAG_LEN > max_len:
+            raise NoiseTransportError("transport plaintext is too large")
+        return self._send.encrypt_with_ad(ad, plaintext)
+
+    def decrypt(
+        self, ciphertext: bytes, ad: bytes = b"", *, max_len: int = MAX_MESSAGE_LEN
+    ) -> bytes:
         """The plaintext of the next record in order, or :class:`NoiseTransportError`."""
         if len(ciphertext) < TAG_LEN:
             raise NoiseTransportError("transport ciphertext is too short")
-        if len(ciphertext) > MAX_MESSAGE_LEN:
+        if len(ciphertext) > max_len:
             raise NoiseTransportError("transport ciphertext is too large")
-        return self._recv.decrypt_with_ad(b"", ciphertext)
+        return self._recv.decrypt_with_ad(ad, ciphertext)

@@ -345,9 +345,16 @@ class PendingResponderHandshake:
         payload = state.decrypt_and_hash(reader.rest())
         return cls(identity, _ResponderSecrets(state, re, re_kem, rs), initiator, payload, keys)
 
-    def complete(self) -> tuple[NoiseTransport, bytes]:
+    def complete(
+        self, *, unused_kem_public_key: bytes | None = None
+    ) -> tuple[NoiseTransport, bytes]:
         """Write message 2; returns the transport (sending with the
-        responder-to-initiator key) and the message."""
+        responder-to-initiator key) and the message.
+
+        The responder's ephemeral ML-KEM public key is only hashed: no message follows
+        that could encapsulate to it (Clatter 2.2.0 still sends one). Generating it costs
+        about as much as the rest of message 2, so a responder may pass
+        ``unused_kem_public_key`` (any valid key, e.g. one per process) instead."""
         if self._done:
             raise NoiseHandshakeError("the handshake is already finished")
         self._done = True
@@ -366,7 +373,13 @@ class PendingResponderHandshake:
         state.mix_key_and_hash(ss3)
         # e
         e = keys.x25519_private_key()
-        e_kem_pub = keys.mlkem768_private_key().public_key().public_bytes_raw()
+        e_kem_pub = (
+            unused_kem_public_key
+            if unused_kem_public_key is not None
+            else keys.mlkem768_private_key().public_key().public_bytes_raw()
+        )
+        if len(e_kem_pub) != MLKEM768_PUBLIC_KEY_BYTES:
+            raise NoiseHandshakeError("invalid ML-KEM-768 public key")
         e_pub = e.public_key().public_bytes_raw()
         out += e_pub
         state.mix_hash(e_pub)

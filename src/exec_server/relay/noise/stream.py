@@ -18,18 +18,16 @@ One relay stream between a harness (initiator) and an environment (responder):
 ``ack_frame``, ``heartbeat`` and ``resume`` frames are ignored once the stream exists, as
 Codex's executor ignores them; trace fields are ignored.
 
-:class:`NoiseInitiatorStream` is the harness side of one stream.
-:class:`NoiseResponderConnection` is the environment side of one physical rendezvous
-socket carrying many streams, with Codex's bounds: active streams (Codex: 128; ours is
-configurable and defaults higher), pending registry validations (32), and failed
-handshakes per socket (after 8 the socket must be closed: :class:`ConnectionClosed`).
-A duplicate handshake for a live stream, or data for a stream that has not finished its
-handshake, resets that stream. The validation id in :class:`ValidationRequested` guards
-against a stream id being reused while a validation is in flight.
+:class:`EncryptedStream` is both directions of one stream after the handshake (the
+production relay uses it for streams with a Codex peer:
+:mod:`~exec_server.relay.noise.codex_stream`). :class:`NoiseInitiatorStream` is a
+minimal harness side of one stream, exactly as 0.171's harness behaves (it never offers
+our reliable relay): the tests use it to play that harness. The environment side, with
+0.171's admission bounds (pending validations, failed handshakes, active streams), is
+:class:`~exec_server.relay.noise.noise_mux.NoiseStreamMux`.
 
 Calls return lists of events; :class:`SendFrame` events carry the frames to write, in
-order. Time (``now``, seconds on any monotonic clock) is an argument; nothing here reads
-a clock, does I/O or logs secrets.
+order. Nothing here reads a clock, does I/O or logs secrets.
 """
 
 from __future__ import annotations
@@ -51,7 +49,6 @@ from exec_server.relay.noise.errors import NoiseError, NoiseProtocolError
 from exec_server.relay.noise.handshake import (
     MAX_AUTHORIZATION_BYTES,
     InitiatorHandshake,
-    PendingResponderHandshake,
     noise_prologue,
 )
 from exec_server.relay.noise.keys import SYSTEM_KEY_SOURCE, KeySource, NoiseIdentity, NoisePublicKey
@@ -66,19 +63,15 @@ from exec_server.relay.noise.records import (
 
 __all__ = [
     "CODEX_MAX_ACTIVE_STREAMS",
-    "DEFAULT_MAX_ACTIVE_STREAMS",
     "HARNESS_KEY_VALIDATION_TIMEOUT_S",
     "MAX_FAILED_HANDSHAKES",
     "MAX_PENDING_VALIDATIONS",
     "NOISE_RELAY_RESET_REASON",
-    "ConnectionClosed",
     "EncryptedStream",
     "HandshakeCompleted",
     "MessageReceived",
     "NoiseEvent",
     "NoiseInitiatorStream",
-    "NoiseResponderConfig",
-    "NoiseResponderConnection",
     "SendFrame",
     "StreamClosed",
     "ValidationRequested",
@@ -90,12 +83,11 @@ NOISE_RELAY_RESET_REASON = "noise_relay_protocol_error"
 
 CODEX_MAX_ACTIVE_STREAMS = 128
 """Codex 0.171's ``MAX_ACTIVE_NOISE_RELAY_STREAMS`` (per executor socket)."""
-DEFAULT_MAX_ACTIVE_STREAMS = 4096
-"""Our default: as many streams as the rendezvous routes per environment."""
 MAX_PENDING_VALIDATIONS = 32
 """Handshakes waiting for the registry at once (Codex ``MAX_PENDING_HANDSHAKE_VALIDATIONS``)."""
 MAX_FAILED_HANDSHAKES = 8
-"""Failed handshakes after which the physical socket is closed (Codex's budget)."""
+"""Failed handshakes per socket after which 0.171 closes it (our responder pauses
+handshakes instead)."""
 HARNESS_KEY_VALIDATION_TIMEOUT_S = 10.0
 """How long a handshake may wait for the registry (Codex ``HARNESS_KEY_VALIDATION_TIMEOUT``)."""
 
@@ -145,29 +137,18 @@ class StreamClosed:
 class ValidationRequested:
     """Ask the registry ``/validate`` whether ``harness_public_key`` (authenticated by
     message 1) may use this registration on ``stream_id``, then report the answer with
-    :meth:`NoiseResponderConnection.validation_result` and this ``validation_id``."""
+    :meth:`~exec_server.relay.noise.noise_mux.NoiseStreamMux.validation_result` and
+    this ``validation_id``."""
 
     stream_id: str
     validation_id: int
     harness_public_key: NoisePublicKey
     authorization: str = field(repr=False)
+    executor_registration_id: str | None = None
+    """The registration message 1 was read under (the Noise multiplexer sets it)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectionClosed:
-    """Close the physical socket (too many failed handshakes). Streams were closed."""
-
-    reason: str
-
-
-NoiseEvent = (
-    SendFrame
-    | HandshakeCompleted
-    | MessageReceived
-    | StreamClosed
-    | ValidationRequested
-    | ConnectionClosed
-)
+NoiseEvent = SendFrame | HandshakeCompleted | MessageReceived | StreamClosed | ValidationRequested
 
 
 # --------------------------------------------------------------------------- encrypted stream
@@ -368,229 +349,3 @@ class NoiseInitiatorStream:
             return []
         self._closed = True
         return [reset_frame(self.stream_id, NOISE_RELAY_RESET_REASON)]
-
-
-# --------------------------------------------------------------------------- responder
-
-
-@dataclass(frozen=True, slots=True)
-class NoiseResponderConfig:
-    """Bounds of one responder socket (defaults: Codex's, but more active streams)."""
-
-    max_active_streams: int = DEFAULT_MAX_ACTIVE_STREAMS
-    max_pending_validations: int = MAX_PENDING_VALIDATIONS
-    max_failed_handshakes: int = MAX_FAILED_HANDSHAKES
-    validation_timeout_s: float = HARNESS_KEY_VALIDATION_TIMEOUT_S
-    max_message_bytes: int = MAX_MESSAGE_BYTES
-
-
-@dataclass(slots=True)
-class _Pending:
-    validation_id: int
-    handshake: PendingResponderHandshake
-    deadline: float
-
-
-class NoiseResponderConnection:
-    """The environment side of one rendezvous socket: many Noise streams.
-
-    ``identity`` is the process's static key, registered as ``executor_registration_id``
-    of ``environment_id`` (both are in every stream's prologue).
-    """
-
-    def __init__(
-        self,
-        identity: NoiseIdentity,
-        *,
-        environment_id: str,
-        executor_registration_id: str,
-        config: NoiseResponderConfig | None = None,
-        keys: KeySource = SYSTEM_KEY_SOURCE,
-    ) -> None:
-        self._identity = identity
-        self._environment_id = environment_id
-        self._registration_id = executor_registration_id
-        self.config = config or NoiseResponderConfig()
-        self._keys = keys
-        self._streams: dict[str, EncryptedStream] = {}
-        self._pending: dict[str, _Pending] = {}
-        self._next_validation_id = 0
-        self.failed_handshakes = 0
-        self.closed = False
-
-    def __repr__(self) -> str:
-        return (
-            f"NoiseResponderConnection(env={self._environment_id!r}, "
-            f"streams={len(self._streams)}, pending={len(self._pending)}, "
-            f"failed_handshakes={self.failed_handshakes}, closed={self.closed})"
-        )
-
-    @property
-    def active_streams(self) -> int:
-        return len(self._streams)
-
-    @property
-    def pending_validations(self) -> int:
-        return len(self._pending)
-
-    def stream(self, stream_id: str) -> EncryptedStream | None:
-        return self._streams.get(stream_id)
-
-    # --- inbound ---------------------------------------------------------------------
-
-    def receive_frame(self, frame: RelayFrame, now: float) -> list[NoiseEvent]:
-        """Process one frame from the rendezvous socket."""
-        if self.closed:
-            return []
-        body = frame.body
-        kind = None if body is None else body.kind
-        stream_id = frame.stream_id
-        if kind == "handshake":
-            return self._on_handshake(stream_id, frame.handshake.payload, now)
-        if kind == "data":
-            return self._on_data(stream_id, frame.data)
-        if kind == "reset":
-            self._pending.pop(stream_id, None)
-            if self._streams.pop(stream_id, None) is not None:
-                return [StreamClosed(stream_id, frame.reset.reason, remote=True)]
-        return []  # ack_frame, resume, heartbeat: ignored as Codex does
-
-    def _reset(self, stream_id: str) -> SendFrame:
-        return SendFrame(reset_frame(stream_id, NOISE_RELAY_RESET_REASON))
-
-    def _charge_failure(self, events: list[NoiseEvent]) -> list[NoiseEvent]:
-        """Count one failed handshake; at the budget, close everything."""
-        self.failed_handshakes += 1
-        if self.failed_handshakes < self.config.max_failed_handshakes:
-            return events
-        self.closed = True
-        for stream_id in list(self._streams):
-            events.append(StreamClosed(stream_id, "too many failed handshakes", remote=False))
-        self._streams.clear()
-        self._pending.clear()
-        events.append(ConnectionClosed("closing Noise relay after repeated handshake failures"))
-        return events
-
-    def _on_handshake(self, stream_id: str, message1: bytes, now: float) -> list[NoiseEvent]:
-        if stream_id in self._streams:
-            # A duplicate handshake on a live stream: refuse it, keep the stream's state
-            # out of the attacker's reach, and end the stream (Codex resets it too).
-            del self._streams[stream_id]
-            return [
-                self._reset(stream_id),
-                StreamClosed(stream_id, "duplicate Noise handshake", remote=False),
-            ]
-        if self._pending.pop(stream_id, None) is not None:
-            return self._charge_failure([self._reset(stream_id)])
-        config = self.config
-        if len(self._streams) >= config.max_active_streams:
-            return [self._reset(stream_id)]
-        if len(self._pending) >= config.max_pending_validations:
-            return [self._reset(stream_id)]
-        prologue = noise_prologue(self._environment_id, self._registration_id, stream_id)
-        try:
-            pending = PendingResponderHandshake.read_request(
-                self._identity, prologue, message1, keys=self._keys
-            )
-            if len(pending.payload) > MAX_AUTHORIZATION_BYTES:
-                raise NoiseProtocolError("Noise relay handshake authorization is too long")
-            try:
-                authorization = pending.payload.decode()
-            except UnicodeDecodeError:
-                raise NoiseProtocolError(
-                    "Noise relay handshake authorization is not UTF-8"
-                ) from None
-        except NoiseError:
-            return self._charge_failure([self._reset(stream_id)])
-        validation_id = self._next_validation_id
-        self._next_validation_id += 1
-        self._pending[stream_id] = _Pending(
-            validation_id, pending, now + config.validation_timeout_s
-        )
-        return [
-            ValidationRequested(
-                stream_id, validation_id, pending.initiator_public_key, authorization
-            )
-        ]
-
-    def _on_data(self, stream_id: str, data: DataBody) -> list[NoiseEvent]:
-        stream = self._streams.get(stream_id)
-        if stream is None:
-            # Data before the handshake finished, or for a stream we do not know.
-            cancelled = self._pending.pop(stream_id, None) is not None
-            events: list[NoiseEvent] = [self._reset(stream_id)]
-            return self._charge_failure(events) if cancelled else events
-        try:
-            messages = stream.receive_data(data)
-        except NoiseError as exc:
-            del self._streams[stream_id]
-            return [self._reset(stream_id), StreamClosed(stream_id, str(exc), remote=False)]
-        return [MessageReceived(stream_id, message) for message in messages]
-
-    def validation_result(
-        self, stream_id: str, validation_id: int, valid: bool
-    ) -> list[NoiseEvent]:
-        """The registry's answer to :class:`ValidationRequested` (``valid`` false for a
-        refusal, an error or a timeout). A stale answer (the stream was reset, reused or
-        timed out meanwhile) is ignored."""
-        pending = self._pending.get(stream_id)
-        if self.closed or pending is None or pending.validation_id != validation_id:
-            return []
-        del self._pending[stream_id]
-        if not valid:
-            return self._charge_failure([self._reset(stream_id)])
-        if len(self._streams) >= self.config.max_active_streams:
-            return [self._reset(stream_id)]
-        try:
-            transport, message2 = pending.handshake.complete()
-        except NoiseError:
-            return self._charge_failure([self._reset(stream_id)])
-        self._streams[stream_id] = EncryptedStream(
-            stream_id, transport, max_message_bytes=self.config.max_message_bytes
-        )
-        return [SendFrame(handshake_frame(stream_id, message2)), HandshakeCompleted(stream_id)]
-
-    # --- timers ----------------------------------------------------------------------
-
-    def get_timer(self) -> float | None:
-        """When :meth:`handle_timer` should next run (the earliest validation deadline)."""
-        if not self._pending:
-            return None
-        return min(pending.deadline for pending in self._pending.values())
-
-    def handle_timer(self, now: float) -> list[NoiseEvent]:
-        """Fail validations past their deadline (each is a failed handshake)."""
-        events: list[NoiseEvent] = []
-        for stream_id, pending in list(self._pending.items()):
-            if now >= pending.deadline and not self.closed:
-                events += self.validation_result(stream_id, pending.validation_id, False)
-        return events
-
-    # --- outbound --------------------------------------------------------------------
-
-    def send_messages(self, stream_id: str, messages: Sequence[bytes]) -> list[RelayFrame]:
-        """``data`` frames for ``messages`` on an open stream."""
-        stream = self._streams.get(stream_id)
-        if stream is None:
-            raise NoiseProtocolError(f"no open Noise stream {stream_id!r}")
-        return stream.encrypt_messages(messages)
-
-    def close_stream(self, stream_id: str) -> list[NoiseEvent]:
-        """End a stream from this side (its session ended): a reset for the peer."""
-        known = self._streams.pop(stream_id, None) is not None
-        known = self._pending.pop(stream_id, None) is not None or known
-        if not known:
-            return []
-        return [self._reset(stream_id), StreamClosed(stream_id, "closed", remote=False)]
-
-    def close(self) -> list[NoiseEvent]:
-        """The socket is going away: every stream is closed (no frames: there is no
-        socket to write them to)."""
-        events: list[NoiseEvent] = [
-            StreamClosed(stream_id, "connection closed", remote=False)
-            for stream_id in self._streams
-        ]
-        self._streams.clear()
-        self._pending.clear()
-        self.closed = True
-        return events

@@ -35,12 +35,11 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-from aiohttp import ClientSession, ClientWebSocketResponse, WSMsgType
+from aiohttp import ClientSession, ClientWebSocketResponse, WSMsgType, web
 
 from ..relay.control import (
     CONTROL_SUBPROTOCOL,
@@ -60,9 +59,10 @@ from ..relay.events import (
     StreamOpened,
     StreamReset,
 )
-from ..relay.reliable_stream import ReliableStream
-from ..relay.stream_mux import MuxConfig, MuxRole, StreamMux
+from ..relay.stream_mux import MuxConfig, MuxRole, MuxStream, StreamMux
 from .channel import ChannelClosed, MessageTooLargeForTransport
+from .picows_socket import HEADROOM as PICOWS_HEADROOM
+from .picows_socket import PicowsRelaySocket, dial_picows_relay_socket
 from .relay_status import RelayStatus, StatusCallback
 from .websocket import (
     AnyWebSocket,
@@ -72,6 +72,10 @@ from .websocket import (
 )
 
 log = logging.getLogger(__name__)
+
+RelaySocket = AnyWebSocket | PicowsRelaySocket
+"""A socket :meth:`RelayConnection.run_socket` drives: aiohttp's, or picows' (the
+environment's, which carries the output bytes)."""
 
 #: Bytes of outbound frames written per writer pass before yielding to the loop.
 WRITE_BATCH_BYTES = 1024 * 1024
@@ -95,9 +99,11 @@ class RelayStreamChannel:
     transport_name = "relay"
     parse_error_prefix = "failed to parse relay JSON-RPC message from exec-server relay"
 
-    def __init__(self, connection: RelayConnection, stream: ReliableStream) -> None:
+    def __init__(self, connection: RelayConnection, stream: MuxStream) -> None:
         self._connection = connection
         self.stream = stream
+        """The relay stream, for reading its state and counters; only the connection's
+        multiplexer drives it."""
         self.stream_id = stream.stream_id
         self._inbox: deque[bytes] = deque()
         self._inbox_bytes = 0
@@ -133,10 +139,12 @@ class RelayStreamChannel:
             self._connection.mux.hold_events(self.stream_id)
         return True
 
-    def _end(self, reason: str) -> None:
+    def end(self, reason: str) -> None:
+        """End the channel (its stream is not reset: see :meth:`close`)."""
         if self._end_reason is None:
             self._end_reason = reason
         self._readable.set()
+        self._connection.notify_progress()  # a sender waiting for window space must see it
 
     # --- MessageChannel ----------------------------------------------------------
 
@@ -150,7 +158,7 @@ class RelayStreamChannel:
         self._inbox_bytes -= len(payload)
         if self._held and self._inbox_bytes <= self._connection.config.inbox_hold_bytes // 2:
             self._held = False
-            self._connection._release(self.stream_id)
+            self._connection.release_events(self.stream_id)
         return payload
 
     async def send(self, message: bytes) -> None:
@@ -158,25 +166,24 @@ class RelayStreamChannel:
         while True:
             if self._end_reason is not None:
                 raise ChannelClosed(self._end_reason)
-            progress = conn._progress
+            progress = conn.progress
             try:
-                self.stream.send_message(message, conn.now())
+                conn.send_message(self.stream_id, message)
             except SendBlocked:
                 await progress.wait()
                 continue
             except MessageTooLarge as exc:
                 raise MessageTooLargeForTransport(str(exc)) from None
             except StreamClosed as exc:
-                self._end(str(exc))
+                self.end(str(exc))
                 raise ChannelClosed(self._end_reason) from None
-            conn._output_pending()
             return
 
     async def close(self, reason: str | None = None) -> None:
         if self._end_reason is not None:
             return
-        self._end(reason or "closed")
-        self._connection._close_stream(self.stream_id, reason or "closed")
+        self.end(reason or "closed")
+        self._connection.close_stream(self.stream_id, reason or "closed")
 
 
 class RelayConnection:
@@ -189,14 +196,19 @@ class RelayConnection:
         *,
         on_stream: Callable[[RelayStreamChannel], None] | None = None,
         on_status: StatusCallback | None = None,
+        mux: StreamMux | None = None,
+        on_event: Callable[[object], None] | None = None,
     ) -> None:
         self.config = config or RelayConfig()
-        self.mux = StreamMux(role, self.config.mux)
+        self.mux = mux if mux is not None else StreamMux(role, self.config.mux)
+        self._on_event = on_event
         self.channels: dict[str, RelayStreamChannel] = {}
         self._on_stream = on_stream
         self.on_status = on_status
         """Harness side: called with every :class:`RelayStatus` report."""
         self._wake = asyncio.Event()
+        self._flushed = asyncio.Event()  # set while the writer has nothing left to write
+        self._flushed.set()
         self._timer: asyncio.TimerHandle | None = None
         self._progress = asyncio.Event()
         self._sockets = 0
@@ -225,23 +237,52 @@ class RelayConnection:
         self._output_pending()
         return channel
 
-    def _output_pending(self) -> None:
+    def send_message(self, stream_id: str, message: bytes) -> None:
+        """Queue one message on a stream (``StreamMux.send_message``) and wake the writer.
+
+        Raises what the mux raises: ``SendBlocked`` (wait for :attr:`progress`, then
+        retry), ``MessageTooLarge``, ``StreamClosed``."""
+        self.mux.send_message(stream_id, message, self.now())
         self._wake.set()
 
-    def _notify_progress(self) -> None:
+    @property
+    def progress(self) -> asyncio.Event:
+        """Set at the next progress (frames written or received, a socket lost): a sender
+        whose message was refused with ``SendBlocked`` waits for it, then retries. Take it
+        before the attempt, so that progress in between is not missed."""
+        return self._progress
+
+    def notify_progress(self) -> None:
         # Senders blocked on a full window wait on the current event; replace it so
         # the next wait blocks until the next progress.
         self._progress.set()
         self._progress = asyncio.Event()
 
-    def _release(self, stream_id: str) -> None:
+    def _output_pending(self) -> None:
+        self._flushed.clear()
+        self._wake.set()
+
+    async def flushed(self) -> None:
+        """Return once everything queued so far is written, or no socket is up (the
+        rest then waits for the next socket)."""
+        while self._connected and not self._flushed.is_set():
+            await self._flushed.wait()
+
+    def release_events(self, stream_id: str) -> None:
         """A consumer drained its inbox: hand out the stream's held events again (taking
         them may reopen its receive window, which sends ``resume``)."""
         self.mux.release_events(stream_id)
         self._dispatch_events()
         self._output_pending()
 
-    def _close_stream(self, stream_id: str, reason: str) -> None:
+    def poke(self) -> None:
+        """The owner changed the multiplexer directly (a Noise validation answer): hand
+        out its events and wake the writer."""
+        self._dispatch_events()
+        self._output_pending()
+
+    def close_stream(self, stream_id: str, reason: str) -> None:
+        """Reset one stream (its channel is forgotten)."""
         self.channels.pop(stream_id, None)
         self.mux.release_events(stream_id)
         self.mux.reset_stream(stream_id, reason)
@@ -258,8 +299,8 @@ class RelayConnection:
                         event.stream_id,
                         self.config.max_channel_inbox_bytes,
                     )
-                    channel._end("receive_buffer_overflow")
-                    self._close_stream(event.stream_id, "receive_buffer_overflow")
+                    channel.end("receive_buffer_overflow")
+                    self.close_stream(event.stream_id, "receive_buffer_overflow")
             elif isinstance(event, StreamOpened):
                 stream = self.mux.streams.get(event.stream_id)
                 if stream is None:
@@ -271,7 +312,7 @@ class RelayConnection:
             elif isinstance(event, StreamReset):
                 channel = self.channels.pop(event.stream_id, None)
                 if event.remote and event.reason == ENVIRONMENT_OFFLINE:
-                    self._report(
+                    self.report(
                         RelayStatus(
                             "gone",
                             detail="the environment went offline and did not come back "
@@ -279,19 +320,22 @@ class RelayConnection:
                         )
                     )
                 if channel is not None:
-                    channel._end(event.reason)
+                    channel.end(event.reason)
                 log.debug("relay stream %s ended: %s", event.stream_id, event.reason)
             elif isinstance(event, PeerModeResolved | PeerResumed):
                 log.debug("relay stream %s: %s", event.stream_id, event)
+            elif self._on_event is not None:
+                self._on_event(event)  # a multiplexer's own events (the Noise handshake's)
 
-    def _report(self, status: RelayStatus) -> None:
+    def report(self, status: RelayStatus) -> None:
+        """Tell the owner (``on_status``) about the environment behind the relay."""
         if self.on_status is not None:
             try:
                 self.on_status(status)
             except Exception:
                 log.exception("relay status callback failed")
 
-    async def run_socket(self, ws: AnyWebSocket) -> str:
+    async def run_socket(self, ws: RelaySocket) -> str:
         """Drive the mux over ``ws`` until it ends; returns why it ended. ``ws`` must
         have been opened with ``autoping=False`` (the reader answers pings)."""
         now = self.now()
@@ -300,49 +344,48 @@ class RelayConnection:
         self._sockets += 1
         self._connected = True
         self._dispatch_events()
-        protocol = ws.protocol if isinstance(ws, ClientWebSocketResponse) else ws.ws_protocol
+        protocol = ws.ws_protocol if isinstance(ws, web.WebSocketResponse) else ws.protocol
         keepalive = Keepalive(ws, self.config.keepalive)
-        # Long-lived tasks per socket. The reader awaits ws.receive() directly, so a
-        # burst of buffered messages is processed without a task switch per message, and
-        # the writer then answers the whole burst (acks included) in one pass.
-        reader = asyncio.ensure_future(
-            self._read_loop(ws, keepalive, control=protocol == CONTROL_SUBPROTOCOL)
-        )
-        writer = asyncio.ensure_future(self._write_loop(ws))
-        pinger = asyncio.ensure_future(keepalive.run())
-        tasks = (reader, writer, pinger)
+        control = protocol == CONTROL_SUBPROTOCOL
+        reason = "relay socket closed"
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            if reader in done:
-                reason = reader.result()
-            elif pinger in done:
-                reason = f"relay websocket given up: {pinger.result()}"
-            else:
-                exc = writer.exception() if not writer.cancelled() else None
-                reason = f"relay write failed: {exc}" if exc else "relay writer stopped"
+            # The reader, the writer and the keepalive of this socket: the first to end
+            # ends the other two (it raises _SocketEnded; the TaskGroup cancels the rest).
+            # The reader awaits ws.receive() directly, so a burst of buffered messages is
+            # processed without a task switch per message, and the writer then answers
+            # the whole burst (acks included) in one pass.
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(_ends_socket(self._read_loop(ws, keepalive, control=control)))
+                tasks.create_task(_ends_socket(self._write_loop(ws), "relay write failed"))
+                tasks.create_task(_ends_socket(keepalive.run(), "relay websocket given up"))
+        except* _SocketEnded as ended:
+            reason = str(ended.exceptions[0])
         finally:
             self._connected = False
+            self._flushed.set()
             self._disarm_timer()
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
             self.mux.connection_lost(self.now())
             self._dispatch_events()
-            self._notify_progress()
+            self.notify_progress()
         return reason
 
-    async def _read_loop(self, ws: AnyWebSocket, keepalive: Keepalive, *, control: bool) -> str:
-        mux = self.mux
+    def _on_binary(self, data: bytes) -> None:
+        """One binary message from the socket (a relay frame)."""
+        self.mux.receive_bytes(data, self.now())
+        self._dispatch_events()
+        self.notify_progress()
+        self._output_pending()
+
+    async def _read_loop(self, ws: RelaySocket, keepalive: Keepalive, *, control: bool) -> str:
+        if isinstance(ws, PicowsRelaySocket):
+            # picows hands frames over in its own callback: no task switch per message.
+            on_text = self._on_control if control else self._drop_text
+            ws.deliver_to(self._on_binary, on_text, keepalive)
         while True:
             msg = await ws.receive()
             keepalive.heard_count += 1
             if msg.type is WSMsgType.BINARY:
-                mux.receive_bytes(msg.data, self.now())
-                self._dispatch_events()
-                self._notify_progress()
-                self._output_pending()
+                self._on_binary(msg.data)
             elif msg.type is WSMsgType.PING:
                 await ws.pong(msg.data)
             elif msg.type is WSMsgType.PONG:
@@ -351,11 +394,14 @@ class RelayConnection:
                 if control:
                     self._on_control(msg.data)
                 else:
-                    self.text_frames_dropped += 1
+                    self._drop_text(msg.data)
             elif msg.type is WSMsgType.ERROR:
                 return f"relay websocket error: {ws.exception()}"
             else:
                 return _closed_reason(ws, msg.extra if msg.type is WSMsgType.CLOSE else None)
+
+    def _drop_text(self, text: str | bytes) -> None:
+        self.text_frames_dropped += 1
 
     def _on_control(self, text: str | bytes) -> None:
         message = decode_control(text)
@@ -365,14 +411,18 @@ class RelayConnection:
             self.mux.resume_output(message.stream_id)
             self._output_pending()
         elif isinstance(message, PeerOffline):
-            self._report(RelayStatus("offline", grace_s=message.grace_s))
+            self.report(RelayStatus("offline", grace_s=message.grace_s))
         elif isinstance(message, PeerOnline):
-            self._report(RelayStatus("online"))
+            self.report(RelayStatus("online"))
         else:
             self.text_frames_dropped += 1
 
-    async def _write_loop(self, ws: AnyWebSocket) -> None:
+    async def _write_loop(self, ws: RelaySocket) -> None:
         loop = asyncio.get_running_loop()
+        # On picows, frames are encoded behind room for the websocket header, which is
+        # then written and masked in place: one copy of each payload to the socket.
+        picows = isinstance(ws, PicowsRelaySocket)
+        headroom = PICOWS_HEADROOM if picows else 0
         while True:
             self._wake.clear()
             now = loop.time()
@@ -381,13 +431,18 @@ class RelayConnection:
                 self.mux.handle_timer(now)
                 self._dispatch_events()
                 deadline = self.mux.get_timer()
-            frames = self.mux.frames_to_send(now, WRITE_BATCH_BYTES)
+            frames = self.mux.data_to_send(now, WRITE_BATCH_BYTES, headroom=headroom)
             if frames:
                 for frame in frames:
-                    await ws.send_frame(frame, WSMsgType.BINARY)
-                self._notify_progress()
+                    if isinstance(ws, PicowsRelaySocket):
+                        await ws.send_relay_frame(frame)
+                    else:
+                        await ws.send_frame(bytes(frame), WSMsgType.BINARY)
+                self.notify_progress()
                 continue
             self._arm_timer(deadline)
+            if not self.mux.has_output():
+                self._flushed.set()
             await self._wake.wait()
 
     def _arm_timer(self, deadline: float | None) -> None:
@@ -415,12 +470,27 @@ class RelayConnection:
     def close_all(self, reason: str) -> None:
         """End every channel (used when the owner gives up on the relay)."""
         for stream_id, channel in list(self.channels.items()):
-            channel._end(reason)
+            channel.end(reason)
             self.mux.reset_stream(stream_id, reason)
         self.channels.clear()
 
 
-def _closed_reason(ws: AnyWebSocket, message: object) -> str:
+class _SocketEnded(Exception):
+    """One of a socket's loops ended; the message says why."""
+
+
+async def _ends_socket(loop: Coroutine[Any, Any, str | None], prefix: str = "") -> None:
+    """Run one of a socket's loops and end the socket when it returns or fails."""
+    try:
+        result = await loop
+    except Exception as exc:
+        raise _SocketEnded(f"{prefix}: {exc}" if prefix else str(exc)) from exc
+    if result is None:
+        raise _SocketEnded("relay writer stopped")
+    raise _SocketEnded(f"{prefix}: {result}" if prefix else result)
+
+
+def _closed_reason(ws: RelaySocket, message: object) -> str:
     reason = f": {message}" if isinstance(message, str) and message else ""
     return f"relay websocket closed (code {ws.close_code}{reason})"
 
@@ -429,186 +499,24 @@ def _closed_reason(ws: AnyWebSocket, message: object) -> str:
 SOCKET_CLOSE_TIMEOUT_S = 2.0
 
 
-async def close_socket(ws: AnyWebSocket) -> None:
+async def close_socket(ws: RelaySocket) -> None:
     """Close a websocket without ever hanging on an unresponsive peer."""
     with contextlib.suppress(Exception):
         async with asyncio.timeout(SOCKET_CLOSE_TIMEOUT_S):
             await ws.close()
 
 
-#: How long a harness keeps trying to get its relay socket back before giving up.
-HARNESS_RECONNECT_DEADLINE_S = 25.0
-HARNESS_RECONNECT_INITIAL_S = 0.1
-HARNESS_RECONNECT_MAX_S = 2.0
-#: On close, how long to let the writer flush the stream's reset frame.
-CLOSE_FLUSH_S = 0.5
-
-
-def is_rendezvous_harness_url(url: str) -> bool:
-    """True when the URL's query has ``role=harness`` (how Codex picks the relay)."""
-    return "harness" in parse_qs(urlsplit(url).query).get("role", [])
-
-
-class HarnessRelayChannel:
-    """One harness stream over a rendezvous, surviving physical reconnects.
-
-    The channel owns its socket and a supervisor task: when the socket drops, the
-    supervisor dials the same URL again (backoff from 0.1 s to 2 s, for up to
-    ``reconnect_deadline_s``) and the reliable stream resumes on the new socket,
-    so nothing is lost or repeated. ``alternates`` are the same URL on other nodes of
-    a rendezvous cluster: each redial goes through the URL and then every alternate
-    before backing off, and the one that answered is tried first next time. If the
-    peer is a legacy Codex environment the stream cannot resume and the channel ends;
-    the client then falls back to resuming its session.
-    """
-
-    transport_name = "relay"
-    parse_error_prefix = "failed to parse relay JSON-RPC message from exec-server relay"
-
-    def __init__(
-        self,
-        url: str,
-        http: Any,
-        ws: AnyWebSocket,
-        *,
-        headers: dict[str, str] | None,
-        config: RelayConfig | None,
-        reconnect_deadline_s: float,
-        max_message_bytes: int,
-        on_status: StatusCallback | None = None,
-        alternates: Sequence[str] = (),
-    ) -> None:
-        self.url = url
-        self.alternates = list(alternates)
-        self._http = http
-        self._headers = headers
-        self._max_message_bytes = max_message_bytes
-        self.connection = RelayConnection(MuxRole.HARNESS, config, on_status=on_status)
-        self.channel = self.connection.open_channel()
-        self.stream_id = self.channel.stream_id
-        self._reconnect_deadline_s = reconnect_deadline_s
-        self.reconnects = 0
-        self._ws: AnyWebSocket = ws
-        self._supervisor = asyncio.ensure_future(self._supervise(ws))
-
-    async def _dial(self) -> AnyWebSocket:
-        candidates = [self.url, *self.alternates]
-        for index, url in enumerate(candidates):
-            try:
-                ws = await dial_relay_socket(
-                    self._http,
-                    url,
-                    headers=self._headers,
-                    max_message_bytes=self._max_message_bytes,
-                )
-            except Exception:
-                if index == len(candidates) - 1:
-                    raise
-                continue
-            if index:
-                self.alternates = [u for u in candidates if u != url]
-                self.url = url
-            return ws
-        raise AssertionError("unreachable")
-
-    async def _supervise(self, ws: AnyWebSocket) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            self._ws = ws
-            reason = await self.connection.run_socket(ws)
-            await close_socket(ws)
-            if self.channel.ended:
-                return
-            log.info("relay socket lost (%s); reconnecting stream %s", reason, self.stream_id)
-            self.connection._report(
-                RelayStatus("reconnecting", grace_s=self._reconnect_deadline_s, detail=reason)
-            )
-            deadline = loop.time() + self._reconnect_deadline_s
-            delay = HARNESS_RECONNECT_INITIAL_S
-            while True:
-                try:
-                    async with asyncio.timeout(max(0.1, deadline - loop.time())):
-                        ws = await self._dial()
-                    self.reconnects += 1
-                    self.connection._report(RelayStatus("reconnected"))
-                    break
-                except Exception as exc:
-                    if loop.time() + delay >= deadline:
-                        self.channel._end(f"relay reconnect failed: {reason}; last error: {exc}")
-                        return
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, HARNESS_RECONNECT_MAX_S)
-
-    async def receive(self) -> bytes:
-        return await self.channel.receive()
-
-    async def send(self, message: bytes) -> None:
-        await self.channel.send(message)
-
-    async def close(self, reason: str | None = None) -> None:
-        if not self.channel.ended:
-            await self.channel.close(reason or "harness closed")
-            # Let the writer put the reset on the wire before the socket goes.
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + CLOSE_FLUSH_S
-            while self.connection.connected and loop.time() < deadline:
-                if not self.connection.mux.has_output():
-                    break
-                await asyncio.sleep(0.01)
-        self._supervisor.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._supervisor
-        await close_socket(self._ws)
-        await self._http.close()
-
-
-async def connect_harness_relay(
-    url: str,
-    *,
-    headers: dict[str, str] | None = None,
-    timeout_s: float = 10.0,
-    config: RelayConfig | None = None,
-    reconnect_deadline_s: float = HARNESS_RECONNECT_DEADLINE_S,
-    max_message_bytes: int = 64 * 1024 * 1024,
-    on_status: StatusCallback | None = None,
-    alternates: Sequence[str] = (),
-) -> HarnessRelayChannel:
-    """Dial a ``role=harness`` rendezvous URL and open one relay stream on it.
-
-    ``on_status`` hears what the rendezvous reports about the environment
-    (:class:`RelayStatus`): offline and being waited for, back online, or gone.
-    ``alternates``: the same URL on other nodes of a rendezvous cluster, dialed in turn
-    when the first does not answer (and when the socket is lost later).
-    """
-    http = ClientSession()
-    candidates = [url, *alternates]
-    try:
-        for index, candidate in enumerate(candidates):
-            try:
-                ws = await dial_relay_socket(
-                    http,
-                    candidate,
-                    headers=headers,
-                    timeout_s=timeout_s,
-                    max_message_bytes=max_message_bytes,
-                )
-                break
-            except (OSError, TimeoutError):
-                if index == len(candidates) - 1:
-                    raise
-    except BaseException:
-        await http.close()
-        raise
-    return HarnessRelayChannel(
-        candidate,
-        http,
-        ws,
-        headers=headers,
-        config=config,
-        reconnect_deadline_s=reconnect_deadline_s,
+async def dial_environment_socket(
+    url: str, *, timeout_s: float = 10.0, max_message_bytes: int = 64 * 1024 * 1024
+) -> PicowsRelaySocket:
+    """Open the environment's relay websocket as :meth:`RelayConnection.run_socket`
+    wants it (the control subprotocol offered), on picows: every output byte crosses
+    it, and picows frames and masks it in one copy."""
+    return await dial_picows_relay_socket(
+        url,
+        timeout_s=timeout_s,
         max_message_bytes=max_message_bytes,
-        on_status=on_status,
-        alternates=[other for other in candidates if other != candidate],
+        protocols=(CONTROL_SUBPROTOCOL,),
     )
 
 

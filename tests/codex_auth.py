@@ -6,7 +6,7 @@ It does not verify the JWT locally, so an unsigned ``alg: none`` token with the 
 claims is enough. The returned token is what the rendezvous must be configured with
 (``RendezvousConfig(token=...)`` or ``EXEC_SERVER_RENDEZVOUS_TOKEN``).
 
-Test support only: nothing here is a credential for any real service.
+Test support: nothing here is a credential for any real service.
 """
 
 from __future__ import annotations
