@@ -63,6 +63,12 @@ task, so one slow harness never stalls the environment's reader or the other str
 An empty queue accepts any frame, so one frame larger than a bound (legacy peers send up
 to 64 MiB) still passes. Memory per harness socket is bounded by
 ``max_socket_buffer_bytes`` plus one frame.
+
+A node of a rendezvous cluster routes with
+:class:`~exec_server.rendezvous.cluster_router.ClusterRouter`: these same rules, with
+other nodes as peers and the ownership records shared; the hooks it overrides here
+(``_route_created``, ``_adopt_stream``, ``claim``, ``_pause_output``...) do nothing
+on a single node.
 """
 
 from __future__ import annotations
