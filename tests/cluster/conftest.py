@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from cluster_support import MakeNode, node_config
+from cluster_support import Cluster, MakeNode, node_config
 
 from exec_server.rendezvous.cluster.nats_server import EmbeddedNats
 from exec_server.rendezvous.cluster.nats_state import NatsClusterState
@@ -39,3 +39,15 @@ async def make_node(nats_server: EmbeddedNats) -> AsyncIterator[MakeNode]:
     yield make
     for node in nodes:
         await node.close()
+
+
+@pytest.fixture
+async def cluster(nats_server: EmbeddedNats) -> AsyncIterator[Cluster]:
+    """Three rendezvous nodes n1, n2, n3 on one NATS, in this process."""
+    made = Cluster(nats_server)
+    try:
+        for _ in range(3):
+            await made.add_node()
+        yield made
+    finally:
+        await made.close()

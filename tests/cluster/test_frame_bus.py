@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import nats
 import pytest
@@ -34,6 +35,12 @@ class Recorder:
     async def deliver(self, frame: RemoteFrame) -> None:
         await self.gate.wait()
         self.frames.append(frame)
+
+    def try_deliver(self, frame: RemoteFrame) -> bool:
+        if not self.gate.is_set():
+            return False
+        self.frames.append(frame)
+        return True
 
     def channel_lost(self, node_id: str, environment_id: str) -> None:
         self.lost.append((node_id, environment_id))
@@ -77,6 +84,33 @@ async def test_frames_arrive_in_order_untouched_with_their_sender(make_bus: Make
     assert received.lost == []
     with pytest.raises(ValueError):
         a.channel("a", "env-1")
+
+
+async def test_a_publish_that_suspends_keeps_later_frames_behind_it(
+    make_bus: MakeBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frames are published without a task switch; should nats-py suspend in one (its
+    buffer full), the frames sent meanwhile wait for it: order holds."""
+    a, _ = await make_bus("a")
+    _, received = await make_bus("b")
+    real_publish = a._nc.publish
+    calls = 0
+
+    async def publish(*args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            await asyncio.sleep(0.2)  # as when its flush queue is full
+        await real_publish(*args, **kwargs)
+
+    monkeypatch.setattr(a._nc, "publish", publish)
+    channel = a.channel("b", "env")
+    payloads = [f"frame-{i}".encode() for i in range(6)]
+    for payload in payloads:
+        assert channel.try_send(payload, H2E)
+    await eventually(lambda: len(received.frames) == len(payloads), "all frames arrive")
+    assert [f.data for f in received.frames] == payloads
+    assert received.lost == []
 
 
 async def test_a_frame_above_max_payload_is_split_and_joined(make_bus: MakeBus) -> None:

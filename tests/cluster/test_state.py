@@ -4,13 +4,16 @@ plus what only a real cluster has: races between nodes, leases, NATS restarts.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cluster_support import LEASE_S, WAIT_S, MakeNode, eventually, node_config
+from nats.js.kv import KeyValue
 
 from exec_server.rendezvous.cluster.liveness import LeaseAcquired, LeaseLost, NodeDown, NodeUp
 from exec_server.rendezvous.cluster.nats_server import EmbeddedNats
@@ -372,3 +375,30 @@ def _remove_tree(path: Path) -> None:
 
 async def test_lease_constants_leave_room_for_the_test_timeouts() -> None:
     assert LEASE_S < WAIT_S / 4
+
+
+async def test_closing_while_a_watch_is_recreated_does_not_hang(
+    make_node: MakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nats-py's ``watchall()`` can finish despite a cancellation (its ``wait_for`` on
+    Python 3.11 swallows one that races the reply); the task group cancels a child only
+    once, so a watch created after ``close()`` ended the others must end itself."""
+    node = await make_node("a")
+    original = KeyValue.watchall
+    entered = asyncio.Event()
+    reply = asyncio.Event()
+
+    async def watchall_ignoring_cancellation(kv: KeyValue, **kwargs: Any) -> Any:
+        entered.set()
+        while not reply.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await reply.wait()
+        return await original(kv, **kwargs)
+
+    monkeypatch.setattr(KeyValue, "watchall", watchall_ignoring_cancellation)
+    node._resync.set()  # what a NATS reconnect does: the watches are recreated
+    await asyncio.wait_for(entered.wait(), WAIT_S)
+    closing = asyncio.ensure_future(node.close())
+    await asyncio.sleep(0.5)  # close() cancels the watches (re-cancelling every 0.2 s)
+    reply.set()
+    await asyncio.wait_for(closing, WAIT_S)

@@ -261,7 +261,7 @@ async def test_unexpected_failures_keep_the_error_shape(
     async def broken(*args: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(rendezvous._store, "upsert", broken)
+    monkeypatch.setattr(rendezvous.state, "upsert_registration", broken)
     async with http.post(
         f"{rendezvous.base_url}/cloud/environment/env-1/register", headers=auth()
     ) as resp:

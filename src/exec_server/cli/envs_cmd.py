@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import click
 
+from ..transport.failover import parse_base_urls
 from ..transport.registry_client import (
     EnvironmentRecord,
     RegistryClient,
@@ -66,7 +67,13 @@ async def _list(registry: RegistryClient) -> list[EnvironmentRecord]:
 
 
 @click.command("harness-url")
-@click.option("--rendezvous", "base_url", required=True, metavar="BASE_URL", help="Registry URL.")
+@click.option(
+    "--rendezvous",
+    "base_url",
+    required=True,
+    metavar="BASE_URL",
+    help="Registry URL (several nodes of a cluster: comma separated, tried in order).",
+)
 @click.option("--environment-id", required=True, help="Environment to reach.")
 @click.option(
     "--lifetime",
@@ -109,15 +116,27 @@ def harness_url(
 def _registry_call(
     base_url: str, token: str | None, call: Callable[[RegistryClient], Awaitable[T]]
 ) -> T:
-    """Run one registry call; its failures become CLI errors naming the rendezvous."""
+    """Run one registry call; its failures become CLI errors naming the rendezvous.
+
+    ``base_url`` may list several nodes of a rendezvous cluster (comma separated): the
+    call goes to the first, and to the next while a node does not answer (or answers
+    5xx, e.g. 503 from a node cut off from the cluster)."""
     try:
-        registry = RegistryClient(base_url, token)
+        registries = [RegistryClient(base, token) for base in parse_base_urls(base_url)]
     except ValueError as exc:
         raise click.UsageError(f"--rendezvous: {exc}") from None
+    registry = registries[0]
 
     async def go() -> T:
-        async with registry:
-            return await call(registry)
+        nonlocal registry
+        for index, registry in enumerate(registries):
+            async with registry:
+                try:
+                    return await call(registry)
+                except RegistryError as exc:
+                    if not exc.transient or index == len(registries) - 1:
+                        raise
+        raise AssertionError("unreachable")
 
     try:
         return asyncio.run(go())

@@ -105,7 +105,8 @@ def _read_token(token_file: Path | None) -> str | None:
     "--remote",
     "remote_url",
     metavar="BASE_URL",
-    help="Register with this registry and serve harnesses through its rendezvous.",
+    help="Register with this registry and serve harnesses through its rendezvous "
+    "(several nodes of a rendezvous cluster: comma separated, used in turn).",
 )
 @click.option("--environment-id", help="Environment id to register (with --remote).")
 @click.option("--executor-id", help="E1 spelling: register at /cloud/executor/ID/register.")

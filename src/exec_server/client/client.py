@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -114,7 +114,7 @@ class ExecServerClient:
         cls,
         url: str | None = None,
         *,
-        rendezvous: str | None = None,
+        rendezvous: str | Sequence[str] | None = None,
         environment_id: str | None = None,
         token: str | None = None,
         config: ClientConfig | None = None,
@@ -125,6 +125,9 @@ class ExecServerClient:
         Give either ``url`` (``ws://`` of a local server, or a ``role=harness``
         rendezvous URL) or ``rendezvous`` (a registry base URL) plus
         ``environment_id``: a fresh harness URL is then asked for on every dial.
+        ``rendezvous`` may list several nodes of a rendezvous cluster (a list, or comma
+        separated): the client starts with the first and moves to the next when one
+        is unreachable or dies mid-session (reliable streams resume on the new node).
         ``token`` is the bearer for whichever is dialed (the local server's, or the
         registry's). Raises :class:`ConnectError` when connecting fails.
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..transport.channel import MessageChannel
+from ..transport.failover import Failover
 from ..transport.registry_client import RegistryClient, RegistryError
 from ..transport.relay_status import RelayStatus, StatusCallback
 from .config import ClientConfig
@@ -126,7 +127,7 @@ def dial_url(
 
 
 def dial_rendezvous(
-    rendezvous: str,
+    rendezvous: str | Sequence[str],
     environment_id: str,
     token: str | None,
     config: ClientConfig,
@@ -135,38 +136,56 @@ def dial_rendezvous(
     """Reach ``environment_id`` through the registry on every dial: ``/connect`` with a
     fresh Noise key, then the encrypted relay, or the cleartext one for an 0.133-era
     environment (:mod:`~exec_server.transport.noise_channel`); status reports go to
-    ``watch``."""
-    registry = RegistryClient(
-        rendezvous,
-        token,
-        timeout_s=config.timeouts.connect_s,
-        account_id=config.chatgpt_account_id,
-    )
+    ``watch``.
+
+    ``rendezvous`` may list several nodes of a rendezvous cluster (a sequence, or comma
+    separated): a dial asks the first that answers (a node that cannot serve answers
+    503), and the relay socket moves to the others when its node dies (every node
+    verifies every node's signed URLs)."""
+    nodes = Failover(rendezvous)
+    registries = {
+        base: RegistryClient(
+            base,
+            token,
+            timeout_s=config.timeouts.connect_s,
+            account_id=config.chatgpt_account_id,
+        )
+        for base in nodes.urls
+    }
 
     async def dial() -> MessageChannel:
         from ..transport.noise_channel import NoiseConnectFailed, open_rendezvous_channel
 
-        where = f"cannot reach environment {environment_id} through {registry.base_url}"
-        try:
-            return await open_rendezvous_channel(
-                registry,
-                environment_id,
-                encryption=config.encryption,
-                timeout_s=config.timeouts.connect_s,
-                on_status=watch if watch is not None else config.on_relay_status,
-            )
-        except RegistryError as exc:
-            raise ConnectError(
-                f"{where}: {_registry_problem(exc)}",
-                status=exc.status or None,
-                transient=exc.transient,
-            ) from exc
-        except NoiseConnectFailed as exc:
-            raise ConnectError(f"{where}: {exc}", transient=exc.transient) from None
-        except (OSError, TimeoutError) as exc:
-            raise ConnectError(f"{where}: {exc or type(exc).__name__}") from None
-        finally:
-            await registry.close()
+        while True:
+            registry = registries[nodes.current]
+            where = f"cannot reach environment {environment_id} through {registry.base_url}"
+            try:
+                channel = await open_rendezvous_channel(
+                    registry,
+                    environment_id,
+                    encryption=config.encryption,
+                    timeout_s=config.timeouts.connect_s,
+                    on_status=watch if watch is not None else config.on_relay_status,
+                    alternate_bases=nodes.others(),
+                )
+            except RegistryError as exc:
+                if exc.transient and not nodes.failed():
+                    continue  # the next node
+                raise ConnectError(
+                    f"{where}: {_registry_problem(exc)}",
+                    status=exc.status or None,
+                    transient=exc.transient,
+                ) from exc
+            except NoiseConnectFailed as exc:
+                raise ConnectError(f"{where}: {exc}", transient=exc.transient) from None
+            except (OSError, TimeoutError) as exc:
+                if not nodes.failed():
+                    continue
+                raise ConnectError(f"{where}: {exc or type(exc).__name__}") from None
+            finally:
+                await registry.close()
+            nodes.succeeded()
+            return channel
 
     return dial
 

@@ -25,6 +25,11 @@ With Noise, every stream starts with the hybrid IK handshake and each harness ke
 checked with the registry's ``/validate`` before the environment answers; streams
 that did not complete a handshake get nothing but a reset.
 
+``base_url`` may name several nodes of a rendezvous cluster, comma separated
+(``serve --remote URL1,URL2``): the loop uses the first, and when registering or
+dialing fails, or the socket ends, it goes on with the next at once; only once every
+node failed in a row does it back off. Validations go to the node registered with.
+
 The relay connection, and with it every reliable stream, outlives the physical
 socket, so harnesses speaking our reliable relay resume their streams on the next
 socket and lose nothing. Legacy (Codex) streams end with the socket; their sessions
@@ -43,6 +48,7 @@ import aiohttp
 
 from ..relay.noise.noise_mux import NoiseMuxConfig
 from ..relay.stream_mux import MuxConfig, MuxRole
+from ..transport.failover import Failover, parse_base_urls
 from ..transport.reconnect import backoff, is_transient
 from ..transport.registry_client import RegistryClient, RegistryError
 from ..transport.relay_connection import (
@@ -102,6 +108,7 @@ class RemoteEnvironmentConfig:
     noise: NoiseMuxConfig = field(default_factory=NoiseMuxConfig)
 
     def __post_init__(self) -> None:
+        parse_base_urls(self.base_url)  # ValueError when empty
         if not _ID_PATTERN.match(self.environment_id):
             raise ValueError(
                 f"invalid environment id {self.environment_id!r}: "
@@ -174,24 +181,20 @@ class RemoteEnvironment:
     async def run(self) -> None:
         """Register, connect and serve; returns only by raising RegistrationError."""
         fatal: RegistrationError | None = None
-        async with (
-            aiohttp.ClientSession() as http,
-            RegistryClient(
-                self.config.base_url,
-                self.config.token,
-                flavor=self.config.path_flavor,
-                timeout_s=REGISTRY_TIMEOUT_S,
-                session=http,
-            ) as registry,
-            asyncio.TaskGroup() as streams,
-        ):
-            self._streams = streams
-            if self.noise is not None:
-                self.noise.bind(
-                    registry, streams, poke=self.connection.poke, now=self.connection.now
+        async with aiohttp.ClientSession() as http, asyncio.TaskGroup() as streams:
+            registries = [
+                RegistryClient(
+                    base_url,
+                    self.config.token,
+                    flavor=self.config.path_flavor,
+                    timeout_s=REGISTRY_TIMEOUT_S,
+                    session=http,
                 )
+                for base_url in parse_base_urls(self.config.base_url)
+            ]
+            self._streams = streams
             try:
-                await self._loop(http, registry)
+                await self._loop(http, registries)
             except RegistrationError as exc:
                 fatal = exc  # raised below, outside the TaskGroup, unwrapped
             finally:
@@ -199,10 +202,16 @@ class RemoteEnvironment:
         assert fatal is not None
         raise fatal
 
-    async def _loop(self, http: aiohttp.ClientSession, registry: RegistryClient) -> None:
+    async def _loop(self, http: aiohttp.ClientSession, registries: list[RegistryClient]) -> None:
         cfg = self.config
         delays = backoff(cfg.initial_backoff_s, cfg.max_backoff_s, jitter=BACKOFF_JITTER)
+        nodes = Failover([registry.base_url for registry in registries])
         while True:
+            registry = registries[nodes.index]
+            if self.noise is not None and self._streams is not None:
+                self.noise.bind(
+                    registry, self._streams, poke=self.connection.poke, now=self.connection.now
+                )
             try:
                 url = await register(registry, cfg, self.noise)
                 self.registrations += 1
@@ -216,10 +225,14 @@ class RemoteEnvironment:
             except Exception as exc:
                 if not is_transient(exc):
                     raise  # RegistrationError (bad credentials, 4xx), or a bug
+                if not nodes.failed():
+                    log.warning("%s; trying %s", exc, nodes.current)
+                    continue
                 delay = next(delays)
                 log.warning("%s; retrying in %.1fs", exc, delay)
             else:
                 delays = backoff(cfg.initial_backoff_s, cfg.max_backoff_s, jitter=BACKOFF_JITTER)
+                nodes.succeeded()
                 self.connected.set()
                 try:
                     reason = await self.connection.run_socket(ws)

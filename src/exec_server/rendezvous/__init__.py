@@ -10,7 +10,10 @@ Layout (each module's docstring states its contract, limits and failure modes):
 * :mod:`~exec_server.rendezvous.url_signing`: HMAC-signed, expiring websocket URLs;
 * :mod:`~exec_server.rendezvous.credentials`: the bearer token and the signing secret;
 * :mod:`~exec_server.rendezvous.registration_store`: registrations (SQLite or memory);
-* :mod:`~exec_server.rendezvous.metrics`: Prometheus exposition.
+* :mod:`~exec_server.rendezvous.metrics`: Prometheus exposition;
+* :mod:`~exec_server.rendezvous.cluster` and
+  :mod:`~exec_server.rendezvous.cluster_router`: several rendezvous nodes on NATS
+  (shared state, frames forwarded between nodes, the router of one node).
 """
 
 from .credentials import TOKEN_ENV, bearer_matches, resolve_token

@@ -6,7 +6,9 @@ Bearer token (guards every ``/cloud/...`` endpoint), first match wins:
 2. the environment variable ``EXEC_SERVER_RENDEZVOUS_TOKEN``;
 3. ``<data dir>/token``, created on first start (mode 0600) when missing;
 4. with neither a data dir nor the variable: a random token written to
-   ``<fresh temp dir>/token`` (mode 0600, directory 0700), removed again on close.
+   ``<fresh temp dir>/token`` (mode 0600, directory 0700), removed again on close. A
+   cluster node passes the cluster's shared token instead of a random one
+   (``shared``), so every node accepts the same bearer.
 
 The token is compared in constant time and is never logged; only the path of the file
 holding it is. Codex's executor sends its ``auth.json`` access token verbatim as the
@@ -93,6 +95,7 @@ def resolve_token(
     *,
     explicit: str | None = None,
     environ: Mapping[str, str] | None = None,
+    shared: str | None = None,
 ) -> ResolvedToken:
     """Find or create the bearer token (order in the module docstring)."""
     if explicit is not None:
@@ -115,12 +118,12 @@ def resolve_token(
         return ResolvedToken(text, TokenOrigin.DATA_DIR, path)
     temp_dir = Path(tempfile.mkdtemp(prefix="exec-server-rendezvous-"))
     path = temp_dir / TOKEN_FILE_NAME
-    token = secrets.token_urlsafe(TOKEN_BYTES)
+    token = shared or secrets.token_urlsafe(TOKEN_BYTES)
     _write_private(path, token)
     log.warning(
-        "no --data-dir and no %s: generated a rendezvous bearer token, stored in %s "
-        "(removed on exit)",
+        "no --data-dir and no %s: %s a rendezvous bearer token, stored in %s (removed on exit)",
         TOKEN_ENV,
+        "using the cluster's shared" if shared else "generated",
         path,
     )
     return ResolvedToken(token, TokenOrigin.TEMP_FILE, path, temp_dir)

@@ -28,6 +28,24 @@ name                                                type    labels
 ``exec_server_rendezvous_harness_key_validations_total`` counter ``result``: ``valid`` or why not
 =================================================== ======= ==============================
 
+A node of a rendezvous cluster (:class:`~exec_server.rendezvous.cluster_router.
+ClusterRouter`) also exports:
+
+=================================================== ======= ==============================
+name                                                type    labels
+=================================================== ======= ==============================
+``exec_server_rendezvous_cluster_ready``            gauge   1 when this node can serve
+``exec_server_rendezvous_cluster_nodes_live``       gauge   nodes holding a lease
+``exec_server_rendezvous_cluster_frames_refused_total`` counter ``reason``: from other nodes
+``exec_server_rendezvous_cluster_stream_claims_total`` counter ``result``: record writes
+``exec_server_rendezvous_cluster_lookups_total``    counter inbound frames checked against
+                                                            the authoritative records
+``exec_server_rendezvous_cluster_channels_lost_total`` counter frame losses between nodes
+``exec_server_rendezvous_cluster_lease_losses_total`` counter
+``exec_server_rendezvous_cluster_bus_frames_total`` counter ``direction``: sent, received
+``exec_server_rendezvous_cluster_bus_bytes_total``  counter ``direction``: sent, received
+=================================================== ======= ==============================
+
 Every known label value is exported from the start (at 0), so rates work from the
 first scrape.
 """
@@ -43,6 +61,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ..relay.errors import InvalidFrameReason
+from .cluster.routing import ClaimRefused, RefuseReason
+from .cluster_router import ClusterRouter
 from .errors import UrlRejectReason
 from .noise_registry import RefusalReason
 from .router import Direction, DropReason, ProtocolErrorReason, ResetReason, Router
@@ -213,10 +233,72 @@ def _merged(known: Iterable[str], values: Counter[str]) -> Iterator[str]:
     yield from sorted(set(values) - set(seen))
 
 
+class ClusterCollector(Collector):
+    """Reads a cluster node's router, state and frame bus at scrape time."""
+
+    def __init__(self, router: ClusterRouter) -> None:
+        self._router = router
+
+    def collect(self) -> Iterable[Metric]:
+        router = self._router
+        stats = router.cluster_stats
+        state = router.state
+        yield GaugeMetricFamily(
+            METRIC_PREFIX + "cluster_ready",
+            "1 when this node can serve (connected to NATS, holding its lease).",
+            value=1 if state.readiness().ready else 0,
+        )
+        yield GaugeMetricFamily(
+            METRIC_PREFIX + "cluster_nodes_live",
+            "Rendezvous nodes holding a lease, as this node sees them.",
+            value=len(state.live_nodes()),
+        )
+        yield _counter(
+            "cluster_frames_refused",
+            "Frames other nodes forwarded that the shared records do not allow.",
+            "reason",
+            stats.refused,
+            [*(r.value for r in RefuseReason), "invalid_frame"],
+        )
+        yield _counter(
+            "cluster_stream_claims",
+            "Writes of stream owner records, by result.",
+            "result",
+            stats.claims,
+            ["created", "taken_over", "conflict", "failed", *(r.value for r in ClaimRefused)],
+        )
+        for name, documentation, value in (
+            ("cluster_lookups", "Inbound frames checked against fetched records.", stats.lookups),
+            ("cluster_channels_lost", "Losses of frames between nodes.", stats.channels_lost),
+            ("cluster_lease_losses", "Times this node lost its lease.", stats.lease_losses),
+        ):
+            family = CounterMetricFamily(METRIC_PREFIX + name, documentation)
+            family.add_metric([], value)
+            yield family
+        bus_stats = getattr(router.bus, "stats", None)
+        frames = CounterMetricFamily(
+            METRIC_PREFIX + "cluster_bus_frames",
+            "Relay frames forwarded to or from other nodes.",
+            labels=["direction"],
+        )
+        sizes = CounterMetricFamily(
+            METRIC_PREFIX + "cluster_bus_bytes",
+            "Relay frame bytes forwarded to or from other nodes.",
+            labels=["direction"],
+        )
+        for direction in ("sent", "received"):
+            frames.add_metric([direction], getattr(bus_stats, f"frames_{direction}", 0))
+            sizes.add_metric([direction], getattr(bus_stats, f"bytes_{direction}", 0))
+        yield frames
+        yield sizes
+
+
 def make_registry(router: Router, registry_stats: RegistryStats) -> CollectorRegistry:
-    """A private registry holding only this server's collector."""
+    """A private registry holding only this server's collectors."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RendezvousCollector(router, registry_stats))
+    if isinstance(router, ClusterRouter):
+        registry.register(ClusterCollector(router))
     return registry
 
 

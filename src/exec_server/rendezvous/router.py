@@ -63,12 +63,19 @@ task, so one slow harness never stalls the environment's reader or the other str
 An empty queue accepts any frame, so one frame larger than a bound (legacy peers send up
 to 64 MiB) still passes. Memory per harness socket is bounded by
 ``max_socket_buffer_bytes`` plus one frame.
+
+A node of a rendezvous cluster routes with
+:class:`~exec_server.rendezvous.cluster_router.ClusterRouter`: these same rules, with
+other nodes as peers and the ownership records shared; the hooks it overrides here
+(``_route_created``, ``_adopt_stream``, ``claim``, ``_pause_output``...) do nothing
+on a single node.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections import Counter, deque
 from collections.abc import Callable
@@ -185,6 +192,11 @@ class DropReason(StrEnum):
     """A new stream over ``max_streams_per_environment``."""
     REPLACED_SOCKET = "replaced_socket"
     """A frame from an environment socket that a newer one has replaced."""
+    REFUSED_FROM_NODE = "refused_from_node"
+    """Cluster: a frame another node forwarded that the shared records do not allow
+    (forged, or from a node that lost the stream or the environment)."""
+    CLUSTER_UNAVAILABLE = "cluster_unavailable"
+    """Cluster: a new stream could not be recorded in the shared state."""
 
 
 class ResetReason(StrEnum):
@@ -196,6 +208,10 @@ class ResetReason(StrEnum):
     ENVIRONMENT_OFFLINE = "environment_offline"
     TOO_MANY_STREAMS = "too_many_streams"
     HARNESS_TOO_SLOW = "harness_too_slow"
+    RELAY_ROUTE_LOST = "relay_route_lost"
+    """Cluster: frames between two nodes were lost (a legacy stream cannot recover)."""
+    CLUSTER_UNAVAILABLE = "rendezvous_unavailable"
+    """Cluster: the shared state did not answer while the stream was being claimed."""
 
 
 class ProtocolErrorReason(StrEnum):
@@ -270,6 +286,8 @@ class FrameSink(Protocol):
 
 _SentCallback = Callable[["SocketPeer", "_StreamRoute", int], None]
 
+_socket_ids = itertools.count(1)
+
 
 class SocketPeer:
     """One admitted relay websocket: its grant, outbound queue and writer task.
@@ -278,6 +296,9 @@ class SocketPeer:
     counted against (``None`` for the rest); the router hears of every counted frame
     written (``on_sent``), which is how paused streams are resumed.
     """
+
+    remote = False
+    """True for a peer standing for another rendezvous node (cluster)."""
 
     def __init__(
         self,
@@ -302,6 +323,8 @@ class SocketPeer:
         self.max_queue_frames = max_queue_frames
         self.serial = 0
         """Admission order (set by :meth:`Router.attach`): only a newer socket reclaims."""
+        self.socket_id = f"s{next(_socket_ids)}"
+        """Unique in this process; names the socket in the cluster's shared records."""
         self.queued_bytes = 0
         self.closed = False
         self.owned: set[str] = set()
@@ -446,6 +469,13 @@ class _StreamRoute:
     stall_timer: asyncio.TimerHandle | None = None
     """Running while paused: when it fires the stream is reset (``harness_too_slow``)."""
     ended: bool = False
+    remote: bool = False
+    """Cluster: the owner is (or, while orphaned, was) a harness on another node."""
+    remote_paused: bool = False
+    """Cluster: the harness's node asked for this stream's output to be paused."""
+    legacy_seen: bool = False
+    """A frame without the capability flag was routed: frames lost between nodes
+    cannot be repaired, the stream must be reset."""
 
 
 @dataclass(eq=False, slots=True)
@@ -600,6 +630,10 @@ class Router:
                 self._cancel_stream_timers(stream)
         self._routes.clear()
 
+    async def aclose(self) -> None:
+        """:meth:`close`, and wait for the router's own tasks (a cluster router has some)."""
+        self.close()
+
     # --- frames ----------------------------------------------------------------------
 
     def on_environment_message(self, peer: SocketPeer, data: bytes) -> None:
@@ -612,8 +646,23 @@ class Router:
         stream_id, kind, flagged = self._decode(data)
         stream = route.streams.get(stream_id)
         if stream is None:
-            self.stats.dropped[DropReason.UNKNOWN_STREAM] += 1
-            return
+            stream = self._adopt_stream(route, stream_id, flagged)
+            if stream is None:
+                self.stats.dropped[DropReason.UNKNOWN_STREAM] += 1
+                return
+        self._to_harness(route, stream, kind, flagged, data)
+
+    def _adopt_stream(
+        self, route: _EnvironmentRoute, stream_id: str, flagged: bool
+    ) -> _StreamRoute | None:
+        """Hook: an environment frame for a stream this router does not know; a route
+        for it (the cluster router finds its owner on another node), or None to drop it."""
+        return None
+
+    def _to_harness(
+        self, route: _EnvironmentRoute, stream: _StreamRoute, kind: str, flagged: bool, data: bytes
+    ) -> None:
+        """Queue an environment frame to the stream's owner."""
         owner = stream.owner
         if kind == "reset":
             self._end_stream(route, stream)
@@ -624,10 +673,19 @@ class Router:
             if not owner.try_enqueue(data):
                 self._harness_queue_full(owner)
                 return
-        elif not self._enqueue_legacy(route, stream, owner, data):
-            return
+        else:
+            stream.legacy_seen = True
+            if not self._enqueue_legacy(route, stream, owner, data):
+                return
         self.stats.frames_routed[Direction.ENVIRONMENT_TO_HARNESS] += 1
         self.stats.bytes_routed[Direction.ENVIRONMENT_TO_HARNESS] += len(data)
+
+    async def claim(self, peer: SocketPeer) -> int | None:
+        """Before :meth:`attach` of an environment socket: record it as the environment's
+        holder. None when admitted; otherwise the websocket close code to refuse it with
+        (a cluster node whose newer socket elsewhere won, or whose shared state did not
+        answer). Always None on a single node."""
+        return None
 
     async def on_harness_message(self, peer: SocketPeer, data: bytes) -> None:
         """A binary message from a harness socket (waits while the environment's
@@ -700,7 +758,11 @@ class Router:
             remaining = self._startup_grace_until - self._loop.time()
             if remaining > 0:
                 self._start_grace(route, remaining)
+            self._route_created(route)
         return route
+
+    def _route_created(self, route: _EnvironmentRoute) -> None:
+        """Hook: a route was just created (the cluster router looks up its holder)."""
 
     @staticmethod
     def _may_reclaim(stream: _StreamRoute, peer: SocketPeer, kind: str) -> bool:
@@ -767,8 +829,7 @@ class Router:
         stream.paused = True
         owner.paused.add(stream)
         self.stats.pauses += 1
-        if route.socket is not None:
-            route.socket.send_control(PauseOutput(stream.stream_id))
+        self._pause_output(route, stream)
         stream.stall_timer = self._loop.call_later(
             self.config.slow_harness_timeout_s, self._stall_expired, route, stream
         )
@@ -782,7 +843,16 @@ class Router:
         if stream.stall_timer is not None:
             stream.stall_timer.cancel()
             stream.stall_timer = None
-        if route.socket is not None and not stream.ended:
+        if not stream.ended:
+            self._resume_output(route, stream)
+
+    def _pause_output(self, route: _EnvironmentRoute, stream: _StreamRoute) -> None:
+        """Ask the environment to pause one stream's output."""
+        if route.socket is not None:
+            route.socket.send_control(PauseOutput(stream.stream_id))
+
+    def _resume_output(self, route: _EnvironmentRoute, stream: _StreamRoute) -> None:
+        if route.socket is not None:
             route.socket.send_control(ResumeOutput(stream.stream_id))
 
     def _on_sent(self, peer: SocketPeer, stream: _StreamRoute, size: int) -> None:

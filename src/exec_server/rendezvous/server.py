@@ -25,13 +25,24 @@ HTTP API (bearer = ``Authorization: Bearer <token>``, see
     Bearer (the executor's). Codex's Noise executor asks whether a harness key may use its
     registration: ``{"valid": true}`` or ``{"valid": false, "reason": str}``.
 ``GET /cloud/environments``
-    Bearer. A JSON list of ``{"id", "name", "online", "streams", "last_seen"}``.
+    Bearer. A JSON list of ``{"id", "name", "online", "streams", "last_seen"}`` (on a
+    cluster node: every environment of the cluster).
 ``GET /relay/{id}?role=&exp=&nonce=&sig=``
     The relay websocket (:mod:`~exec_server.rendezvous.url_signing`); refused before the
     upgrade with 401 (missing, malformed, expired) or 403 (bad signature). Routing is
     :mod:`~exec_server.rendezvous.router`'s.
 ``GET /readyz``, ``GET /livez``, ``GET /metrics``
-    Unauthenticated; ``/readyz`` is 503 once shutdown begins.
+    Unauthenticated; ``/readyz`` is 503 once shutdown begins, and on a cluster node
+    while it cannot serve (``{"error": {"code": "nats_disconnected" | "lease_lost" |
+    "syncing", ...}}``); new relay sockets and registry calls are then refused with the
+    same 503, so clients move to another node.
+
+Cluster (``RendezvousConfig.cluster``, ``exec-server rendezvous --cluster``): the
+registrations, Noise keys, used authorizations, the URL-signing secret and the bearer
+token (unless one is configured) are shared through NATS
+(:mod:`~exec_server.rendezvous.cluster`), so any node serves any registry call and
+verifies any URL; relay routing is :mod:`~exec_server.rendezvous.cluster_router`'s.
+URLs handed out point at the node that answered.
 
 Websockets: no permessage-deflate, TCP_NODELAY, ``max_message_bytes`` (64 MiB by default,
 what legacy Codex peers accept). Pings from peers are answered (Codex pings every 30 s);
@@ -57,7 +68,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.tcp_helpers import tcp_nodelay
@@ -68,7 +79,8 @@ from ..relay.control import CONTROL_SUBPROTOCOL
 from ..relay.frame_codec import DEFAULT_MAX_FRAME_BYTES, INBOUND_LIMITS
 from ..transport.listen_url import ListenUrlError, parse_ip_port_url
 from ..transport.websocket import DEFAULT_PONG_TIMEOUT_S, Keepalive, KeepaliveConfig
-from .credentials import ResolvedToken, bearer_matches, load_or_create_secret, resolve_token
+from .cluster.state import URL_SIGNING_SECRET, ClusterState, LocalClusterState
+from .credentials import ResolvedToken, bearer_matches, ensure_private_dir, resolve_token
 from .errors import SocketProtocolError, UrlRejected
 from .metrics import RegistryStats, make_registry, render
 from .noise_registry import (
@@ -78,13 +90,10 @@ from .noise_registry import (
     HarnessKeyAuthorizer,
     NoiseRegistration,
     NoiseRegistry,
+    RefusalReason,
     RegistryRefusal,
 )
-from .registration_store import (
-    MemoryRegistrationStore,
-    RegistrationStore,
-    SqliteRegistrationStore,
-)
+from .registration_store import MemoryRegistrationStore, SqliteRegistrationStore
 from .router import (
     DEFAULT_ENVIRONMENT_GRACE_S,
     DEFAULT_HARNESS_GRACE_S,
@@ -103,6 +112,10 @@ from .router import (
     SocketPeer,
 )
 from .url_signing import RELAY_PATH_PREFIX, UrlRole, UrlSigner, websocket_base_url
+
+if TYPE_CHECKING:
+    # nats-py loads only when a node joins a cluster.
+    from .cluster.nats_connection import NatsClusterConfig
 
 __all__ = [
     "DEFAULT_ENVIRONMENT_URL_LIFETIME_S",
@@ -145,6 +158,16 @@ MAX_NAME_CHARS = 256
 
 SHUTDOWN_CLOSE_TIMEOUT_S = 2.0
 """Per-socket close handshake budget during shutdown."""
+
+CLUSTER_TOKEN_SECRET = "registry-token"
+"""Cluster secret used as the bearer token when none is configured."""
+
+AUTHORIZATION_EPOCH_SECRET = "authorization-epoch"
+"""Cluster secret binding harness key authorizations to the cluster (one node's used
+nonces are every node's, so an authorization outlives the node that issued it)."""
+
+NOT_READY_CLOSE_CODE = 1013
+"""Websocket close code ("try again later") for a socket a node cannot route."""
 
 ENVIRONMENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 _FLAVOURS = ("environment", "executor")
@@ -191,6 +214,9 @@ class RendezvousConfig:
     """A socket silent this long (not even a pong) is dropped (``pong_timeout``)."""
     authorization_lifetime_s: float = DEFAULT_AUTHORIZATION_LIFETIME_S
     """Validity of a Noise ``harness_key_authorization`` (``/connect`` to ``/validate``)."""
+    cluster: NatsClusterConfig | None = None
+    """Join a cluster of rendezvous nodes on NATS instead of running alone (then
+    ``data_dir`` is not used: the shared state lives in NATS)."""
 
     def router_config(self) -> RouterConfig:
         return RouterConfig(
@@ -243,7 +269,8 @@ class RendezvousServer:
         self._resolved_token: ResolvedToken | None = None
         self._signer: UrlSigner | None = None
         self._router: Router | None = None
-        self._store: RegistrationStore | None = None
+        self._state: ClusterState | None = None
+        self._bus: Any = None
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
         self._peers: set[SocketPeer] = set()
@@ -258,21 +285,34 @@ class RendezvousServer:
         """Load credentials, open the store and listen; return ``http://HOST:PORT``."""
         if self._runner is not None:
             raise RuntimeError("the rendezvous is already started")
+        if self.config.cluster is not None and self.config.data_dir is not None:
+            raise ValueError("data_dir is not used by a cluster node: its state lives in NATS")
         data_dir = self.config.data_dir
-        self._resolved_token = resolve_token(data_dir, explicit=self.config.token)
         try:
-            secret = load_or_create_secret(data_dir)
+            if self.config.cluster is None:
+                self._resolved_token = resolve_token(data_dir, explicit=self.config.token)
+                if data_dir is not None:
+                    ensure_private_dir(data_dir)
+                epoch = None
+                self._router = Router(self.config.router_config())
+                self._state = LocalClusterState(
+                    await SqliteRegistrationStore.open(data_dir)
+                    if data_dir is not None
+                    else MemoryRegistrationStore(),
+                    data_dir=data_dir,
+                    public_url=self.config.public_url,
+                    started=time.time(),
+                )
+            else:
+                epoch = await self._join_cluster(self.config.cluster)
+            secret = await self.state.secret(URL_SIGNING_SECRET)
             self._signer = UrlSigner(secret)
             self._noise = NoiseRegistry(
-                HarnessKeyAuthorizer(secret, lifetime_s=self.config.authorization_lifetime_s)
+                HarnessKeyAuthorizer(
+                    secret, lifetime_s=self.config.authorization_lifetime_s, epoch=epoch
+                )
             )
-            self._router = Router(self.config.router_config())
-            self._store = (
-                await SqliteRegistrationStore.open(data_dir)
-                if data_dir is not None
-                else MemoryRegistrationStore()
-            )
-            self._metrics = make_registry(self._router, self.registry_stats)
+            self._metrics = make_registry(self.router, self.registry_stats)
             runner = web.AppRunner(
                 self._make_app(), access_log=None, handle_signals=False, shutdown_timeout=1.0
             )
@@ -289,6 +329,29 @@ class RendezvousServer:
         self._ready = True
         log.info("rendezvous listening on %s", self._base_url)
         return self._base_url
+
+    async def _join_cluster(self, cluster: NatsClusterConfig) -> str:
+        """Open the shared state and the frame bus; the authorization epoch."""
+        from .cluster.nats_bus import NatsFrameBus
+        from .cluster.nats_state import NatsClusterState
+        from .cluster_router import ClusterRouter
+
+        state = self._state = await NatsClusterState.open(cluster)
+        shared_token = (await state.secret(CLUSTER_TOKEN_SECRET)).hex()
+        self._resolved_token = resolve_token(None, explicit=self.config.token, shared=shared_token)
+        router = ClusterRouter(self.config.router_config(), state)
+        self._router = router
+        self._bus = await NatsFrameBus.open(cluster, state.node, router)
+        router.attach_bus(self._bus)
+        log.info("rendezvous node %s joined the cluster on %s", state.node, cluster.servers)
+        return (await state.secret(AUTHORIZATION_EPOCH_SECRET, 16)).hex()
+
+    @property
+    def state(self) -> ClusterState:
+        """The shared state (the single-node one unless this node is in a cluster)."""
+        if self._state is None:
+            raise RuntimeError("the rendezvous is not started")
+        return self._state
 
     async def close(self) -> None:
         """Close every relay socket, stop listening, and release the store and temp files."""
@@ -307,10 +370,13 @@ class RendezvousServer:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self._router is not None:
-            self._router.close()
-        if self._store is not None:
-            await self._store.close()
-            self._store = None
+            await self._router.aclose()
+        if self._bus is not None:
+            await self._bus.close()
+            self._bus = None
+        if self._state is not None:
+            await self._state.close()
+            self._state = None
         if self._resolved_token is not None:
             self._resolved_token.cleanup()
 
@@ -457,26 +523,26 @@ class RendezvousServer:
     async def _register(self, request: web.Request) -> web.Response:
         try:
             self._check_bearer(request)
+            self._check_ready()
             flavour, environment_id = self._check_id(request)
             body = await _json_body(request)
             name = _display_name(request.query.get("name", body.get("name")))
-            noise = (
-                self.noise_registry.register(environment_id, body)
-                if "security_profile" in body or "executor_public_key" in body
-                else None
-            )
+            noisy = "security_profile" in body or "executor_public_key" in body
+            if noisy and self._bus is not None:
+                await self._noise_registration(environment_id)  # the cluster's, if any
+            noise = self.noise_registry.register(environment_id, body) if noisy else None
         except (_RegistryError, RegistryRefusal) as exc:
             self.registry_stats.registrations[exc.code] += 1
             raise
-        assert self._store is not None
+        state = self.state
         now = time.time()
-        await self._store.upsert(environment_id, name, now)
+        await state.upsert_registration(environment_id, name, now)
         if noise is not None:
             key_json = noise.executor_key.to_json()
-            await self._store.put_noise(environment_id, noise.registration_id, key_json)
+            await state.put_noise_registration(environment_id, noise.registration_id, key_json)
         else:
             self.noise_registry.forget(environment_id)
-            await self._store.delete_noise(environment_id)
+            await state.delete_noise_registration(environment_id)
         self.router.expect_environment(environment_id)
         url = self.signer.sign(
             self._public_ws_base(request),
@@ -501,6 +567,7 @@ class RendezvousServer:
     async def _connect(self, request: web.Request) -> web.Response:
         try:
             self._check_bearer(request)
+            self._check_ready()
             flavour, environment_id = self._check_id(request)
             body = await _json_body(request)
             if "harness_public_key" in body:
@@ -546,11 +613,16 @@ class RendezvousServer:
         return self._noise
 
     async def _noise_registration(self, environment_id: str) -> NoiseRegistration | None:
-        """The registration in memory, else as persisted by a previous process."""
+        """The registration in memory, else as persisted by a previous process. A cluster
+        node always reads the shared record (another node may have registered a new key)."""
         noise = self.noise_registry
         registration = noise.registration(environment_id)
-        if registration is None and self._store is not None:
-            stored = await self._store.get_noise(environment_id)
+        cluster = self._bus is not None
+        if (registration is None or cluster) and self._state is not None:
+            stored = await self._state.get_noise_registration(environment_id)
+            if cluster:
+                noise.forget(environment_id)
+                registration = None
             if stored is not None:
                 from ..relay.noise import NoisePublicKey  # lazily: see noise_registry
 
@@ -598,9 +670,11 @@ class RendezvousServer:
             self._check_bearer(request)
             _, environment_id = self._check_id(request)
             body = await _json_body(request)
+            self._check_ready()
             await self._noise_registration(environment_id)
             stream_id = request.headers.get("x-codex-noise-stream-id", "")[:256]
             self.noise_registry.validate(environment_id, body, stream_id, time.time())
+            await self._consume_across_cluster(body, stream_id)
         except (_RegistryError, RegistryRefusal) as exc:
             stats[exc.code] += 1
             raise
@@ -611,9 +685,20 @@ class RendezvousServer:
         stats["valid"] += 1
         return web.json_response({"valid": True})
 
+    async def _consume_across_cluster(self, body: dict[str, Any], stream_id: str) -> None:
+        """An authorization this node accepted is used up on every node (the first
+        ``/validate`` anywhere wins); one node alone keeps its own single-use record."""
+        if self._bus is None:
+            return
+        nonce = str(body["harness_key_authorization"]).split(".")[2]
+        if not await self.state.consume_authorization(nonce, stream_id):
+            raise AuthorizationRefused(
+                RefusalReason.REPLAYED, "the authorization was used on another node"
+            )
+
     async def _list_environments(self, request: web.Request) -> web.Response:
         self._check_bearer(request)
-        assert self._store is not None
+        self._check_ready()
         router = self.router
         now = time.time()
         rows = [
@@ -626,13 +711,28 @@ class RendezvousServer:
                     now if router.is_online(row.environment_id) else row.last_seen
                 ),
             }
-            for row in await self._store.list_all()
+            for row in await self.state.list_registrations()
         ]
         return web.json_response(rows)
 
-    async def _readyz(self, request: web.Request) -> web.Response:
+    def _not_ready(self) -> tuple[str, str] | None:
+        """``(code, message)`` when this node must not take new work, else None."""
         if not self._ready:
-            return _error_response(503, "shutting_down", "the rendezvous is shutting down")
+            return "shutting_down", "the rendezvous is shutting down"
+        readiness = self._state.readiness() if self._state is not None else None
+        if readiness is not None and not readiness.ready:
+            return readiness.reason, f"this rendezvous node cannot serve: {readiness.reason}"
+        return None
+
+    def _check_ready(self) -> None:
+        refusal = self._not_ready()
+        if refusal is not None and self._bus is not None:
+            raise _RegistryError(503, *refusal)
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        refusal = self._not_ready()
+        if refusal is not None:
+            return _error_response(503, *refusal)
         return web.json_response({"status": "ready"})
 
     async def _livez(self, request: web.Request) -> web.Response:
@@ -664,8 +764,9 @@ class RendezvousServer:
         )
         if not ws.can_prepare(request).ok:
             return _error_response(400, "websocket_required", "expected a websocket upgrade")
-        if not self._ready:
-            return _error_response(503, "shutting_down", "the rendezvous is shutting down")
+        refusal = self._not_ready()
+        if refusal is not None:
+            return _error_response(503, *refusal)
         await ws.prepare(request)
         if request.transport is not None:
             tcp_nodelay(request.transport, True)
@@ -679,6 +780,13 @@ class RendezvousServer:
             label=_label(grant.role, request),
             control=ws.ws_protocol == CONTROL_SUBPROTOCOL,
         )
+        if grant.role is UrlRole.ENVIRONMENT:
+            refused = await router.claim(peer)
+            if refused is not None:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(SHUTDOWN_CLOSE_TIMEOUT_S):
+                        await ws.close(code=refused, message=b"another rendezvous socket won")
+                return ws
         replaced = router.attach(peer)
         self._peers.add(peer)
         if replaced is not None:
@@ -754,9 +862,9 @@ class RendezvousServer:
             await peer.aclose(code=exc.close_code, message=exc.message.encode()[:120])
 
     async def _seen(self, environment_id: str) -> None:
-        if self._store is not None:
+        if self._state is not None:
             with contextlib.suppress(Exception):
-                await self._store.upsert(environment_id, None, time.time())
+                await self._state.upsert_registration(environment_id, None, time.time())
 
 
 class _RelayWebSocket(web.WebSocketResponse):

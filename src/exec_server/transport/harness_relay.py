@@ -8,8 +8,11 @@ supervisor task drives over one socket after another. When the socket drops, the
 supervisor dials the same URL again (the project's one reconnect policy,
 :mod:`~exec_server.transport.reconnect`: backoff from 0.1 s to 2 s, transient errors
 only, for up to ``reconnect_deadline_s``) and the stream resumes on the new socket, so
-nothing is lost or repeated. A legacy Codex environment cannot resume: the channel then
-ends and the SDK falls back to resuming its session.
+nothing is lost or repeated. ``alternates`` are the same URL on other nodes of a
+rendezvous cluster (:mod:`~exec_server.transport.failover`): each attempt goes through
+the URL and then every alternate, and the node that answered is tried first next time.
+A legacy Codex environment cannot resume: the channel then ends and the SDK falls back
+to resuming its session.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from aiohttp import ClientSession
 
 from ..relay.stream_mux import MuxRole
+from .failover import dial_first
 from .reconnect import backoff, is_transient
 from .relay_connection import (
     RelayConfig,
@@ -77,8 +82,10 @@ class HarnessRelayChannel:
         reconnect_deadline_s: float,
         max_message_bytes: int,
         on_status: StatusCallback | None = None,
+        alternates: Sequence[str] = (),
     ) -> None:
         self.url = url
+        self.alternates = list(alternates)
         self._http = http
         self._headers = headers
         self._max_message_bytes = max_message_bytes
@@ -93,9 +100,16 @@ class HarnessRelayChannel:
         )
 
     async def _dial(self) -> AnyWebSocket:
-        return await dial_relay_socket(
-            self._http, self.url, headers=self._headers, max_message_bytes=self._max_message_bytes
+        candidates = [self.url, *self.alternates]
+        url, ws = await dial_first(
+            candidates,
+            lambda url: dial_relay_socket(
+                self._http, url, headers=self._headers, max_message_bytes=self._max_message_bytes
+            ),
         )
+        if url != self.url:
+            self.url, self.alternates = url, [other for other in candidates if other != url]
+        return ws
 
     async def _supervise(self, ws: AnyWebSocket | None) -> None:
         while ws is not None:
@@ -159,16 +173,27 @@ async def connect_harness_relay(
     reconnect_deadline_s: float = HARNESS_RECONNECT_DEADLINE_S,
     max_message_bytes: int = 64 * 1024 * 1024,
     on_status: StatusCallback | None = None,
+    alternates: Sequence[str] = (),
 ) -> HarnessRelayChannel:
     """Dial a ``role=harness`` rendezvous URL and open one relay stream on it.
 
     ``on_status`` hears what the rendezvous reports about the environment
     (:class:`RelayStatus`): offline and being waited for, back online, or gone.
+    ``alternates``: the same URL on other nodes of a rendezvous cluster, dialed in turn
+    when the first does not answer (and when the socket is lost later).
     """
     http = ClientSession()
+    candidates = [url, *alternates]
     try:
-        ws = await dial_relay_socket(
-            http, url, headers=headers, timeout_s=timeout_s, max_message_bytes=max_message_bytes
+        url, ws = await dial_first(
+            candidates,
+            lambda candidate: dial_relay_socket(
+                http,
+                candidate,
+                headers=headers,
+                timeout_s=timeout_s,
+                max_message_bytes=max_message_bytes,
+            ),
         )
     except BaseException:
         await http.close()
@@ -182,4 +207,5 @@ async def connect_harness_relay(
         reconnect_deadline_s=reconnect_deadline_s,
         max_message_bytes=max_message_bytes,
         on_status=on_status,
+        alternates=[other for other in candidates if other != url],
     )

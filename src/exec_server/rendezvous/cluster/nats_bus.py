@@ -6,7 +6,8 @@ NatsClusterConfig`; ``<to>``/``<from>`` are node ids):
 * ``<prefix>.frames.<to>.<from>``: relay frame bytes as the payload, untouched, with
   one header ``Exs: <environment id> <kind> <incarnation> <generation> <seq>`` (plus
   `` <part>/<parts>`` when a frame above the server's ``max_payload`` is split). Kind
-  ``h`` is harness-to-environment, ``e`` environment-to-harness, ``s`` a sync (empty
+  ``h`` is harness-to-environment, ``e`` environment-to-harness, ``c`` a control
+  message of the router (JSON text, harness-to-environment), ``s`` a sync (empty
   payload; ``seq`` is the last one sent). One connection and one writer task publish
   everything in order, so a channel's frames (and a split frame's parts) stay in order
   and contiguous.
@@ -30,10 +31,12 @@ having lost frames), and nats-py's subscription limits are far above that.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -63,6 +66,7 @@ HEADER = "Exs"
 _KIND_OF = {Direction.HARNESS_TO_ENVIRONMENT: "h", Direction.ENVIRONMENT_TO_HARNESS: "e"}
 _DIRECTION_OF = {kind: direction for direction, kind in _KIND_OF.items()}
 _SYNC = "s"
+_CONTROL = "c"
 _SUBSCRIPTION_MSGS_LIMIT = 1_000_000
 _SUBSCRIPTION_BYTES_LIMIT = 1 << 30
 """Far above what flow control lets senders have in flight: never the binding limit."""
@@ -169,6 +173,12 @@ class NatsRemoteChannel:
         self._bus._send(self, _KIND_OF[direction], data)
         return True
 
+    def send_control(self, data: bytes) -> bool:
+        if self._closed:
+            return False
+        self._bus._send(self, _CONTROL, data)
+        return True
+
     async def wait_for_room(self) -> None:
         while not self.has_room() and not self._closed:
             self._blocked()
@@ -227,6 +237,8 @@ class NatsFrameBus:
         self._assembly: dict[str, _Assembly] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._probe: tuple[str, asyncio.Future[None]] | None = None
+        self._stalled: asyncio.Future[None] | None = None
+        """A publish that suspended, finishing in a task (frames queue behind it)."""
         self._closed = False
 
     @classmethod
@@ -303,7 +315,8 @@ class NatsFrameBus:
         for channel in self._channels.values():
             channel._close()
         self._outbox_ready.set()
-        await cancel_and_wait([*self._tasks, *self._pumps.values()])
+        stalled = [self._stalled] if isinstance(self._stalled, asyncio.Task) else []
+        await cancel_and_wait([*self._tasks, *self._pumps.values(), *stalled])
         self._tasks.clear()
         self._pumps.clear()
         await finish_within(self._nc.close(), CLOSE_TIMEOUT_S, "closing the frame bus connection")
@@ -376,14 +389,55 @@ class NatsFrameBus:
         self._queue(_Outgoing(channel, state.generation, state.last_seq, _SYNC, b""))
 
     def _queue(self, item: _Outgoing) -> None:
+        if not self._outbox and self._stalled is None and len(item.data) <= self._max_chunk:
+            self._publish_now(item)
+            return
         self._outbox.append(item)
         self._outbox_ready.set()
+
+    def _publish_now(self, item: _Outgoing) -> None:
+        """Publish without a task switch. nats-py's ``publish`` only appends to its
+        buffer and kicks its flusher: it does not suspend while the buffer has room,
+        which ``pending_size`` (above the flow control's cap) guarantees. Should it
+        suspend anyway, a task finishes it, and later frames wait for that task."""
+        channel = item.channel
+        if channel.closed or item.generation != channel.state.generation:
+            return
+        subject = f"{self._prefix}.frames.{channel.node_id}.{self._node.node_id}"
+        route = (
+            f"{channel.environment_id} {item.kind} {self._node.incarnation} "
+            f"{item.generation} {item.seq}"
+        )
+        publishing = self._nc.publish(subject, item.data, headers={HEADER: route})
+        try:
+            suspended = publishing.send(None)
+        except StopIteration:
+            pass
+        except NatsError as exc:
+            log.info("could not forward a frame to %s: %r", channel.node_id, exc)
+            # Not from inside the router's call that sent it: report the loss next.
+            asyncio.get_running_loop().call_soon(self._lose_sent_if_current, channel, item)
+            return
+        else:
+            self._stalled = asyncio.ensure_future(_finish(publishing, suspended))
+        if item.kind != _SYNC:
+            self.stats.frames_sent += 1
+            self.stats.bytes_sent += len(item.data)
+
+    def _lose_sent_if_current(self, channel: NatsRemoteChannel, item: _Outgoing) -> None:
+        if not channel.closed and channel.state.generation == item.generation:
+            self._lose_sent(channel)
 
     async def _write_loop(self) -> None:
         outbox = self._outbox
         publish = self._nc.publish
         frames_prefix = f"{self._prefix}.frames."
         while not self._closed:
+            if self._stalled is not None:
+                with contextlib.suppress(Exception):
+                    await self._stalled
+                self._stalled = None
+                continue
             if not outbox:
                 self._outbox_ready.clear()
                 await self._outbox_ready.wait()
@@ -477,28 +531,29 @@ class NatsFrameBus:
             verdict = state.on_sync(generation, seq)
             if verdict is Arrival.ACCEPT and not self._inbound.get(key):
                 await self._grant_if_due(key, incarnation, state)
-        elif kind in _DIRECTION_OF:
+        elif kind in _DIRECTION_OF or kind == _CONTROL:
             verdict = state.on_frame(generation, seq)
             if verdict is Arrival.ACCEPT:
                 state.queued_bytes += len(data)
                 if state.queued_bytes > self._inbound_limit:
                     verdict = Arrival.GAP  # the sender ignores its window
                 else:
-                    self._enqueue_inbound(
-                        key,
-                        _Queued(
-                            RemoteFrame(
-                                NodeRef(sender_id, incarnation),
-                                environment_id,
-                                _DIRECTION_OF[kind],
-                                data,
-                            ),
-                            incarnation,
-                            generation,
-                        ),
-                    )
                     self.stats.frames_received += 1
                     self.stats.bytes_received += len(data)
+                    frame = RemoteFrame(
+                        NodeRef(sender_id, incarnation),
+                        environment_id,
+                        _DIRECTION_OF.get(kind, Direction.HARNESS_TO_ENVIRONMENT),
+                        data,
+                        kind == _CONTROL,
+                    )
+                    if key not in self._pumps and self._try_deliver(frame):
+                        # Nothing of this channel waits: handed on without a task switch.
+                        grant = state.on_consumed(len(data), queue_empty=True)
+                        if grant is not None:
+                            await self._send_grant(key, incarnation, generation, grant)
+                    else:
+                        self._enqueue_inbound(key, _Queued(frame, incarnation, generation))
         else:
             self.stats.dropped["malformed"] += 1
             return
@@ -534,6 +589,13 @@ class NatsFrameBus:
             return None
         del self._assembly[sender_id]
         return b"".join(assembly.chunks)
+
+    def _try_deliver(self, frame: RemoteFrame) -> bool:
+        try:
+            return self._handler.try_deliver(frame)
+        except Exception:
+            log.exception("delivering a frame from %s failed", frame.sender)
+            return True
 
     def _enqueue_inbound(self, key: tuple[str, str], item: _Queued) -> None:
         queue = self._inbound.get(key)
@@ -642,3 +704,26 @@ class NatsFrameBus:
         if self._waiting and self._has_room():
             for waiting in list(self._waiting):
                 waiting._wake()
+
+
+async def _finish(coroutine: Coroutine[Any, Any, None], waiting_on: Any) -> None:
+    """Drive a coroutine that suspended outside any task to its end: wait for what it
+    yielded (an asyncio future, marked as awaited by the coroutine's own ``await``,
+    which a task would have unmarked), then resume it."""
+    while True:
+        try:
+            if waiting_on is None:  # a bare yield (asyncio.sleep(0))
+                await asyncio.sleep(0)
+            else:
+                waiting_on._asyncio_future_blocking = False
+                await waiting_on
+        except BaseException as exc:
+            try:
+                waiting_on = coroutine.throw(exc)
+            except StopIteration:
+                return
+            continue
+        try:
+            waiting_on = coroutine.send(None)
+        except StopIteration:
+            return

@@ -20,15 +20,18 @@ import re
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import nats
-from nats.aio.client import Client as NatsClient
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NatsClient
 
 from .liveness import DEFAULT_HEARTBEAT_INTERVAL_S, DEFAULT_LEASE_S
 from .records import is_valid_node_id
 
 __all__ = [
     "DEFAULT_PREFIX",
+    "NATS_PASSWORD_ENV",
+    "NATS_TOKEN_ENV",
     "NatsClusterConfig",
     "connect_nats",
     "parse_nats_urls",
@@ -37,6 +40,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "exec-server"
+NATS_PASSWORD_ENV = "EXEC_SERVER_NATS_PASSWORD"
+"""Environment variable holding the NATS password of ``--nats-user``."""
+NATS_TOKEN_ENV = "EXEC_SERVER_NATS_TOKEN"
+"""Environment variable holding a NATS authentication token."""
 _PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _URL_PATTERN = re.compile(r"^(nats|tls)://[^\s,/]+$")
 
@@ -105,6 +112,8 @@ async def connect_nats(
     pending_size: int | None = None,
 ) -> NatsClient:
     """A connection that reconnects forever; errors are logged, never printed."""
+    import nats  # here: the CLI reads this module's constants without loading nats-py
+
     label = f"exec-server rendezvous {config.node_id} ({purpose})"
 
     async def on_error(exc: Exception) -> None:

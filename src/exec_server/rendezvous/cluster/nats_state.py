@@ -576,7 +576,8 @@ class NatsClusterState:
                     group.create_task(self._watch("streams", StreamOwner, self._streams))
                     group.create_task(self._wait_for_resync())
             except* _Resync:
-                log.info("resynchronising the cluster state after a NATS reconnect")
+                if not self._closed:
+                    log.info("resynchronising the cluster state after a NATS reconnect")
             except* (NatsError, OSError, TimeoutError) as group_error:
                 log.warning("cluster state watch failed: %r; restarting", group_error.exceptions)
                 await asyncio.sleep(_RESYNC_BACKOFF_S)
@@ -592,6 +593,12 @@ class NatsClusterState:
     async def _watch(self, name: str, kind: type[_T], cache: WatchCache[_T] | None) -> None:
         watcher = await self._kv[name].watchall()
         self._watchers.add(watcher)
+        if self._closed or self._resync.is_set():
+            # Told to stop while the watch was being created: ``watchall()`` may have
+            # swallowed this task's cancellation (nats-py's ``asyncio.wait_for``), and the
+            # task group cancels a child only once, so end the watch here or it would
+            # wait for updates forever (and ``close()`` with it).
+            _end_watch(watcher)
         try:
             snapshot: dict[str, Versioned[_T]] = {}
             initial = True
