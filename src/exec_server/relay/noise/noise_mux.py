@@ -34,16 +34,13 @@ message 1 (pending or answered) and resends message 2 for it. A harness key
 authorization is single use at the registry, so the responder keeps a pending or
 answered handshake across its own socket reconnects rather than validating again.
 
-**Responder admission** follows Codex 0.171's rules; see
-:mod:`~exec_server.relay.noise.admission`.
-
 Events besides the plain multiplexer's: :class:`ValidationRequested` (responder),
 :class:`HandshakeFailed` (either side). A stream whose handshake completes is announced
 with :class:`~exec_server.relay.events.StreamOpened` on both sides; from then on it is an
-ordinary stream of the multiplexer. The responder's side lives in
-:mod:`~exec_server.relay.noise.admission`, the shared vocabulary (configuration,
-outcomes, events) in :mod:`~exec_server.relay.noise.mux_types`. Nothing here reads a
-clock or performs I/O.
+ordinary stream of the multiplexer. The responder's side (Codex 0.171's admission rules,
+validation, message 2) is :mod:`~exec_server.relay.noise.admission`; the shared
+vocabulary, :mod:`~exec_server.relay.noise.mux_types`. Nothing here reads a clock or
+performs I/O.
 """
 
 from __future__ import annotations
@@ -67,6 +64,7 @@ from exec_server.relay.noise.codex_stream import CodexNoiseStream
 from exec_server.relay.noise.errors import NoiseError, NoiseProtocolError
 from exec_server.relay.noise.handshake import (
     MAX_AUTHORIZATION_BYTES,
+    InitiatorEphemeral,
     InitiatorHandshake,
     noise_prologue,
 )
@@ -195,9 +193,8 @@ class NoiseStreamMux(StreamMux):
     def set_registration(self, environment_id: str, executor_registration_id: str) -> None:
         """Responder: the registration new handshakes are bound to (its prologue).
         Handshakes already read keep the registration they were read under."""
-        responder = self._responder_side()
-        responder.environment_id = environment_id
-        responder.registration_id = executor_registration_id
+        side = self._responder_side()
+        side.environment_id, side.registration_id = environment_id, executor_registration_id
 
     def validation_result(
         self, stream_id: str, validation_id: int, valid: bool, now: float
@@ -208,19 +205,15 @@ class NoiseStreamMux(StreamMux):
         self._responder_side().validation_result(stream_id, validation_id, valid, now)
 
     def prepare_answer(self, stream_id: str, validation_id: int) -> None:
-        """Responder: compute message 2 of a handshake whose validation is in flight, to
-        be sent if and when :meth:`validation_result` says yes (the owner calls this once
-        the registry request is on its way: it takes the crypto off the critical path).
-        Stale ids are ignored."""
+        """Responder: compute message 2 while the registry is asked; it is sent only if
+        :meth:`validation_result` says yes. Stale ids are ignored."""
         self._responder_side().prepare_answer(stream_id, validation_id)
 
-    # --- for ResponderHandshakes ------------------------------------------------------
-
     def queue_noise_frame(self, frame: RelayFrame | ClaimAnswer) -> None:
-        self._noise_out.append(frame)
+        self._noise_out.append(frame)  # for ResponderHandshakes
 
     def queue_noise_event(self, event: NoiseMuxEvent) -> None:
-        self._noise_events.append(event)
+        self._noise_events.append(event)  # for ResponderHandshakes
 
     # ------------------------------------------------------------------ streams
 
@@ -228,13 +221,20 @@ class NoiseStreamMux(StreamMux):
         raise TypeError("a Noise multiplexer opens streams with open_noise_stream")
 
     def open_noise_stream(
-        self, stream_id: str, bundle: NoiseBundle, identity: NoiseIdentity, now: float
+        self,
+        stream_id: str,
+        bundle: NoiseBundle,
+        identity: NoiseIdentity,
+        now: float,
+        *,
+        ephemeral: InitiatorEphemeral | None = None,
     ) -> None:
         """Initiator: start the handshake of a new stream; :class:`StreamOpened` follows
         when it completes, :class:`HandshakeFailed` when it does not.
 
-        ``identity`` must be the key the bundle was issued for (sent to ``/connect``).
-        Raises ``ValueError`` for an id in use and ``NoiseError`` for a bad bundle."""
+        ``identity`` must be the key the bundle was issued for (sent to ``/connect``);
+        ``ephemeral``, key pairs generated ahead for this handshake (used once). Raises
+        ``ValueError`` for an id in use and ``NoiseError`` for a bad bundle."""
         if self.role is not MuxRole.HARNESS:
             raise TypeError("only the harness side opens Noise streams")
         if stream_id in self.streams or stream_id in self._initiating:
@@ -244,7 +244,12 @@ class NoiseStreamMux(StreamMux):
             raise NoiseProtocolError("harness key authorization is too long")
         prologue = noise_prologue(bundle.environment_id, bundle.executor_registration_id, stream_id)
         handshake, message1 = InitiatorHandshake.start(
-            identity, bundle.executor_public_key, prologue, authorization, keys=self._keys
+            identity,
+            bundle.executor_public_key,
+            prologue,
+            authorization,
+            keys=self._keys,
+            ephemeral=ephemeral,
         )
         offer = self.offers_reliable
         frame = handshake_frame(stream_id, message1, flagged=offer)
