@@ -87,9 +87,11 @@ Encryption = Literal["auto", "required"]
 """``auto``: encrypted whenever the registry offers it (a bundle), cleartext for
 0.133-era environments; ``required``: encrypted or nothing."""
 
-REQUEST_WRITE_STEPS = 2
+CONNECT_WRITE_STEPS = 8
 """Event-loop steps a ``/connect`` request is given to reach its socket before the
-handshake's ephemeral keys are generated."""
+handshake's ephemeral keys are generated (fewer if it is answered sooner). Measured
+against the project's rendezvous: a kept-alive connection writes at the second step; on
+a new connection the rendezvous's handler started after the sixth to eighth."""
 
 #: Backoff between connection attempts (each with a new key and bundle) of one dial.
 RETRY_INITIAL_S = 0.05
@@ -428,7 +430,7 @@ async def connect_with_ephemeral(
     try:
         # Let the request reach its socket first (aiohttp writes it from a second task
         # step on Python 3.11), so the key generation overlaps the registry's work.
-        for _ in range(REQUEST_WRITE_STEPS):
+        for _ in range(CONNECT_WRITE_STEPS):
             if request.done():
                 break
             await asyncio.sleep(0)
