@@ -23,7 +23,7 @@ Rows:
   the moment it has the bundle and an open websocket (message 1 is computed inside the
   window) until its stream is open (message 2 read): both handshake halves (ML-KEM-768
   encapsulations and decapsulations, X25519, AES-GCM) plus the environment's
-  ``/validate`` round trip to the registry. Goal: <= 5 ms. p50/p90/p99; the whole
+  ``/validate`` round trip to the registry. Goal: <= 5 ms. p10/p50/p90/p99; the whole
   connection (key generation, ``/connect``, websocket dial, handshake) next to the
   cleartext one (``/connect``, dial); CPU milliseconds per Noise connection (connect,
   handshake, close) of the client, the rendezvous and the environment; the 1-minute load
@@ -271,6 +271,7 @@ async def bench_handshake(base_url: str, count: int, procs: dict[str, int | None
         noise_connects.append(whole)
         if not i % 2:
             clear_connects.append(await clear_connect_once(base_url))
+    p10 = rb.percentile(handshakes, 0.1)  # the quieter moments of a shared machine
     p50, p90 = statistics.median(handshakes), rb.percentile(handshakes, 0.9)
     cpu_ms = {name: seconds / count * 1000 for name, seconds in cpu.items()}
     cpu_text = ", ".join(f"{name} {ms:.2f}" for name, ms in cpu_ms.items())
@@ -280,7 +281,7 @@ async def bench_handshake(base_url: str, count: int, procs: dict[str, int | None
         "cleartext connect (/connect, dial)",
         rb.fmt_s(statistics.median(clear_connects)),
         "Noise connect",
-        f"handshake p50 {rb.fmt_s(p50)}, p90 {rb.fmt_s(p90)}, "
+        f"handshake p10 {rb.fmt_s(p10)}, p50 {rb.fmt_s(p50)}, p90 {rb.fmt_s(p90)}, "
         f"p99 {rb.fmt_s(rb.percentile(handshakes, 0.99))}; "
         f"whole connection p50 {rb.fmt_s(statistics.median(noise_connects))}; "
         f"CPU-ms per connection: {cpu_text}",
@@ -288,6 +289,7 @@ async def bench_handshake(base_url: str, count: int, procs: dict[str, int | None
         "<= 5 ms",
         p50 <= 0.005,
         {
+            "handshake_p10_s": p10,
             "handshake_p50_s": p50,
             "handshake_p90_s": p90,
             "handshake_p99_s": rb.percentile(handshakes, 0.99),
