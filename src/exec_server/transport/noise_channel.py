@@ -209,7 +209,9 @@ class NoiseHarnessChannel:
         self._ws = ws
         # The claim and message 1 go out now, not after the supervisor's tasks start, and
         # in one TCP segment: the rendezvous then wakes once and forwards both together.
-        with _corked(ws):
+        # A socket that is already gone is left to the supervisor (it fails the
+        # handshake, and the caller retries with a new bundle).
+        with _corked(ws), contextlib.suppress(ConnectionError):
             for frame in self.mux.data_to_send(now):
                 await ws.send_frame(bytes(frame), WSMsgType.BINARY)
         self._supervisor = asyncio.get_running_loop().create_task(
