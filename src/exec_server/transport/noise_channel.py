@@ -380,14 +380,7 @@ async def open_rendezvous_channel(
             if remaining <= 0:
                 break
         identity = NoiseIdentity.generate()
-        try:
-            answer, ephemeral = await connect_with_ephemeral(
-                registry, environment_id, identity, timeout_s=remaining
-            )
-        except RegistryError as exc:
-            if exc.code != "no_noise_registration":
-                raise
-            answer, ephemeral = None, None
+        answer, ephemeral = await _connect_answer(registry, environment_id, identity, remaining)
         if not isinstance(answer, NoiseConnectBundle):
             return await _cleartext(
                 registry, environment_id, answer, encryption, on_status, deadline, alternate_bases
@@ -402,19 +395,32 @@ async def open_rendezvous_channel(
                 alternate_bases=alternate_bases,
             )
         except (NoiseConnectFailed, NoiseError) as exc:
-            failure = (
-                exc
-                if isinstance(exc, NoiseConnectFailed)
-                else NoiseConnectFailed(
-                    f"bad Noise bundle from the registry: {exc}", transient=False
-                )
-            )
+            failure = _as_connect_failure(exc)
             if not failure.transient:
                 raise failure from None
             log.info("encrypted connection attempt failed (%s); trying a new bundle", exc)
     raise failure or NoiseConnectFailed(
         f"no encrypted connection to {environment_id} within {timeout_s:g}s", transient=True
     )
+
+
+async def _connect_answer(
+    registry: RegistryClient, environment_id: str, identity: NoiseIdentity, timeout_s: float
+) -> tuple[NoiseConnectBundle | HarnessUrl | None, InitiatorEphemeral | None]:
+    """:func:`connect_with_ephemeral`; ``(None, None)`` when our rendezvous says the
+    environment registered for the legacy cleartext relay."""
+    try:
+        return await connect_with_ephemeral(registry, environment_id, identity, timeout_s=timeout_s)
+    except RegistryError as exc:
+        if exc.code != "no_noise_registration":
+            raise
+        return None, None
+
+
+def _as_connect_failure(exc: NoiseConnectFailed | NoiseError) -> NoiseConnectFailed:
+    if isinstance(exc, NoiseConnectFailed):
+        return exc
+    return NoiseConnectFailed(f"bad Noise bundle from the registry: {exc}", transient=False)
 
 
 async def connect_with_ephemeral(
