@@ -57,7 +57,7 @@ def _config_file() -> dict[str, Any]:
         raise CliError(f"cannot read config file {path}: {exc}", exit_code=2) from None
 
 
-def _first(*values: Any) -> Any:
+def _first(*values: str | None) -> str | None:
     """The first value that is set and not empty, else ``None``."""
     return next((value for value in values if value), None)
 
