@@ -258,6 +258,9 @@ class ProcessManager:
     def _forget(self, process_id: str, process: ChildProcess) -> None:
         if self._processes.get(process_id) is process:
             del self._processes[process_id]
+        if process.retention_timer is not None:  # forgotten early: the timer goes too
+            process.retention_timer.cancel()
+            process.retention_timer = None
         if process.retention_timer is not None:
             process.retention_timer.cancel()
             process.retention_timer = None
