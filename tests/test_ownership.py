@@ -13,12 +13,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import psutil
+from memory_channel import memory_channel_pair
 
 from exec_server.client import ExecServerClient
 from exec_server.environment.server import ExecServer, ServerConfig
 from exec_server.environment.session import SessionConfig
 from exec_server.protocol.jsonrpc import encode_request
-from exec_server.transport.memory import memory_channel_pair
 
 #: Generous: the machine is shared and often loaded.
 SETTLE_S = 30.0
