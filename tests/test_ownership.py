@@ -157,3 +157,28 @@ async def test_cancelling_an_sdk_run_mid_process(tmp_path: Path) -> None:
             await server.close()
 
     await _check_clean(scenario)
+
+
+async def test_stopping_a_websocket_server_under_a_live_client(tmp_path: Path) -> None:
+    """The server stops while an SDK client streams a process over a websocket: the
+    server reaps the process, the client's recovery gives up or is cancelled on close,
+    and nothing is left of either."""
+    pid_file = tmp_path / "pid"
+
+    async def scenario() -> None:
+        pid_file.unlink(missing_ok=True)
+        server = ExecServer()
+        url = await server.start_websocket("127.0.0.1", 0)
+        try:
+            async with ExecServerClient.connect(url) as client:
+                script = f"echo $$ > {pid_file}; exec sleep 600"
+                await client.start_process(["/bin/sh", "-c", script], env=ENV, cwd="/")
+                await _eventually(lambda: _pid_in(pid_file) is not None)
+                pid = _pid_in(pid_file)
+                assert pid is not None
+                await server.close()  # mid-stream
+                await _eventually(lambda: _gone(pid))
+        finally:
+            await server.close()
+
+    await _check_clean(scenario)
