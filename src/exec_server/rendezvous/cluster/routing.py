@@ -26,6 +26,13 @@ cache that may lag a fresh write by another node, so a mismatch against the *cac
 answers :class:`Lookup` (fetch the authoritative record, ask again with
 ``authoritative=True``); only a mismatch against an authoritative record refuses.
 
+Most forwarded frames need no records at all (:func:`check_forwarded`): when this
+node's own routing state already routes the stream between the sender and a local
+socket (checked against the records when the stream arrived here, kept up to date by
+state events), the frame is :class:`KnownRoute`; only the others are checked against
+the records. When frames between this node and another are lost, :func:`end_cut_off`
+says which local end of a stream that cannot retransmit must be reset.
+
 Claims (:func:`decide_stream_claim`): the first harness socket to send on a stream owns
 it; a different credential is refused; the same credential takes a stream over only with
 ``resume`` (the ownership rules of the single-node router, applied to records).
@@ -41,11 +48,15 @@ from .records import EnvironmentHolder, NodeRef, StreamOwner, Versioned
 
 __all__ = [
     "Accept",
+    "CheckRecords",
     "ClaimRefused",
     "CreateStream",
     "Direction",
     "IsLive",
     "KeepStream",
+    "KnownRoute",
+    "LocalEnd",
+    "LocalEnds",
     "Lookup",
     "NoRoute",
     "NoRouteReason",
@@ -54,7 +65,9 @@ __all__ = [
     "TakeOverStream",
     "ToLocal",
     "ToNode",
+    "check_forwarded",
     "decide_stream_claim",
+    "end_cut_off",
     "route_to_environment",
     "route_to_harness",
     "verify_inbound",
@@ -186,6 +199,71 @@ def verify_inbound(
             return Lookup()
         return Refuse(RefuseReason.SENDER_NOT_ENVIRONMENT_HOLDER)
     return Accept(owner.socket_id)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalEnds:
+    """The two ends of one stream as this node's routing state has them (no records)."""
+
+    environment_here: bool
+    """The environment's socket is on this node."""
+    environment_node: NodeRef | None
+    """The node this node routes the environment's frames to, when that is another."""
+    owner_here: bool
+    """The stream's owner is a harness socket on this node."""
+    owner_node: NodeRef | None
+    """The node of the stream's owner, when that is another."""
+
+
+@dataclass(frozen=True, slots=True)
+class KnownRoute:
+    """The local routing state already routes this stream between the sender and a
+    local socket: deliver without reading any record."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckRecords:
+    """The local routing state does not name the sender: :func:`verify_inbound`."""
+
+
+def check_forwarded(
+    sender: NodeRef, direction: Direction, ends: LocalEnds
+) -> KnownRoute | CheckRecords | Refuse:
+    """The first check of a frame another node forwarded, against local state only."""
+    if direction is Direction.HARNESS_TO_ENVIRONMENT:
+        if not ends.environment_here:
+            return Refuse(RefuseReason.NOT_ENVIRONMENT_HOLDER)
+        return KnownRoute() if ends.owner_node == sender else CheckRecords()
+    if ends.owner_here and ends.environment_node == sender:
+        return KnownRoute()
+    return CheckRecords()
+
+
+class LocalEnd(StrEnum):
+    ENVIRONMENT = "environment"
+    HARNESS = "harness"
+
+
+def end_cut_off(ends: LocalEnds, *, owner_remote: bool, lost_node_id: str) -> LocalEnd | None:
+    """The local end of a stream whose frames to or from ``lost_node_id`` were lost:
+    the environment socket here when the stream's harness is (or, orphaned, was) on
+    that node; the harness socket here when the environment is on that node; None when
+    the stream does not go through that node. ``owner_remote`` says the stream's owner
+    is (or was) on another node."""
+    if ends.environment_here and owner_remote:
+        owner_node = ends.owner_node
+        orphaned = owner_node is None and not ends.owner_here
+        if orphaned or (owner_node is not None and owner_node.node_id == lost_node_id):
+            return LocalEnd.ENVIRONMENT
+        return None
+    environment_node = ends.environment_node
+    if (
+        ends.owner_here
+        and environment_node is not None
+        and environment_node.node_id == lost_node_id
+    ):
+        return LocalEnd.HARNESS
+    return None
 
 
 class ClaimRefused(StrEnum):
