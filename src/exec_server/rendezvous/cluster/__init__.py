@@ -16,10 +16,14 @@ NATS:
   environment) with a socket peer's queue contract.
   :class:`~exec_server.rendezvous.cluster.nats_bus.NatsFrameBus` forwards over core
   NATS with credit flow control and loss detection
-  (:mod:`~exec_server.rendezvous.cluster.flow`).
+  (:mod:`~exec_server.rendezvous.cluster.flow`): its wire format is
+  :mod:`~exec_server.rendezvous.cluster.bus_wire`, its sending side
+  :mod:`~exec_server.rendezvous.cluster.bus_publisher`, its receiving side
+  :mod:`~exec_server.rendezvous.cluster.bus_receiver`.
 
 Sans-IO parts: :mod:`~exec_server.rendezvous.cluster.routing` (local socket, remote
 node or refuse; inbound verification of the sending node; stream claim rules),
+:mod:`~exec_server.rendezvous.cluster.bus_wire` (subjects, headers, credit messages),
 :mod:`~exec_server.rendezvous.cluster.liveness` (leases on the observer's clock),
 :mod:`~exec_server.rendezvous.cluster.flow` and
 :mod:`~exec_server.rendezvous.cluster.watch_cache`.
