@@ -44,7 +44,7 @@ def ends(
     owner_here: bool = False,
     owner_node: NodeRef | None = None,
 ) -> LocalEnds:
-    return LocalEnds(environment_here, environment_node, owner_here, owner_node)
+    return (environment_here, environment_node, owner_here, owner_node)
 
 
 # --- check_forwarded ------------------------------------------------------------------------

@@ -75,7 +75,7 @@ def sender_of(subject: str) -> str:
 # --- frames ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FrameHeader:
     environment_id: str
     kind: str
@@ -95,21 +95,26 @@ def frame_header(
 def parse_frame_header(sender_id: str, own_id: str, text: str | None) -> FrameHeader | None:
     """The header of a message on ``<prefix>.frames.<own_id>.<sender_id>``; None if it
     is malformed (or claims to come from this node)."""
-    fields = text.split(" ") if text else []
-    if len(fields) not in (5, 6) or not is_valid_node_id(sender_id) or sender_id == own_id:
+    if not text:
         return None
-    environment_id, kind, incarnation = fields[:3]
+    fields = text.split(" ")
+    count = len(fields)
+    if (count != 5 and count != 6) or sender_id == own_id or not is_valid_node_id(sender_id):
+        return None
+    kind = fields[1]
     if kind not in _KINDS:
         return None
     try:
         generation, seq = int(fields[3]), int(fields[4])
-        part = None
-        if len(fields) == 6:
-            index_text, _, count_text = fields[5].partition("/")
-            part = (int(index_text), int(count_text))
+        part = None if count == 5 else _part(fields[5])
     except ValueError:
         return None
-    return FrameHeader(environment_id, kind, incarnation, generation, seq, part)
+    return FrameHeader(fields[0], kind, fields[2], generation, seq, part)
+
+
+def _part(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    return int(index), int(count)
 
 
 def split_frame(data: bytes, header: str, max_chunk: int) -> Iterator[tuple[bytes, str]]:

@@ -47,6 +47,8 @@ from enum import StrEnum
 from .records import EnvironmentHolder, NodeRef, StreamOwner, Versioned
 
 __all__ = [
+    "CHECK_RECORDS",
+    "KNOWN_ROUTE",
     "Accept",
     "CheckRecords",
     "ClaimRefused",
@@ -201,18 +203,12 @@ def verify_inbound(
     return Accept(owner.socket_id)
 
 
-@dataclass(frozen=True, slots=True)
-class LocalEnds:
-    """The two ends of one stream as this node's routing state has them (no records)."""
-
-    environment_here: bool
-    """The environment's socket is on this node."""
-    environment_node: NodeRef | None
-    """The node this node routes the environment's frames to, when that is another."""
-    owner_here: bool
-    """The stream's owner is a harness socket on this node."""
-    owner_node: NodeRef | None
-    """The node of the stream's owner, when that is another."""
+LocalEnds = tuple[bool, NodeRef | None, bool, NodeRef | None]
+"""The two ends of one stream as this node's routing state has them (no records):
+``(environment_here, environment_node, owner_here, owner_node)``: the environment's
+socket is on this node; else the node its frames are routed to (None if none); the
+stream's owner is a harness socket on this node; else the node of the owner (None if
+none). A plain tuple: it is built for every forwarded frame."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,17 +222,22 @@ class CheckRecords:
     """The local routing state does not name the sender: :func:`verify_inbound`."""
 
 
+KNOWN_ROUTE = KnownRoute()
+CHECK_RECORDS = CheckRecords()
+
+
 def check_forwarded(
     sender: NodeRef, direction: Direction, ends: LocalEnds
 ) -> KnownRoute | CheckRecords | Refuse:
     """The first check of a frame another node forwarded, against local state only."""
+    environment_here, environment_node, owner_here, owner_node = ends
     if direction is Direction.HARNESS_TO_ENVIRONMENT:
-        if not ends.environment_here:
+        if not environment_here:
             return Refuse(RefuseReason.NOT_ENVIRONMENT_HOLDER)
-        return KnownRoute() if ends.owner_node == sender else CheckRecords()
-    if ends.owner_here and ends.environment_node == sender:
-        return KnownRoute()
-    return CheckRecords()
+        return KNOWN_ROUTE if owner_node == sender else CHECK_RECORDS
+    if owner_here and environment_node == sender:
+        return KNOWN_ROUTE
+    return CHECK_RECORDS
 
 
 class LocalEnd(StrEnum):
@@ -250,18 +251,13 @@ def end_cut_off(ends: LocalEnds, *, owner_remote: bool, lost_node_id: str) -> Lo
     that node; the harness socket here when the environment is on that node; None when
     the stream does not go through that node. ``owner_remote`` says the stream's owner
     is (or was) on another node."""
-    if ends.environment_here and owner_remote:
-        owner_node = ends.owner_node
-        orphaned = owner_node is None and not ends.owner_here
+    environment_here, environment_node, owner_here, owner_node = ends
+    if environment_here and owner_remote:
+        orphaned = owner_node is None and not owner_here
         if orphaned or (owner_node is not None and owner_node.node_id == lost_node_id):
             return LocalEnd.ENVIRONMENT
         return None
-    environment_node = ends.environment_node
-    if (
-        ends.owner_here
-        and environment_node is not None
-        and environment_node.node_id == lost_node_id
-    ):
+    if owner_here and environment_node is not None and environment_node.node_id == lost_node_id:
         return LocalEnd.HARNESS
     return None
 

@@ -127,11 +127,11 @@ class ClusterRouterBase(Router):
         """The stream's two ends as the routes have them (for the sans-IO checks)."""
         socket = route.socket if route is not None else None
         owner = stream.owner if stream is not None else None
-        return LocalEnds(
-            environment_here=socket is not None and not socket.remote,
-            environment_node=node_of(socket),
-            owner_here=owner is not None and not owner.remote,
-            owner_node=node_of(owner),
+        return (
+            socket is not None and not socket.remote,
+            node_of(socket),
+            owner is not None and not owner.remote,
+            node_of(owner),
         )
 
     def _end_stream(self, route: _EnvironmentRoute, stream: _StreamRoute) -> None:

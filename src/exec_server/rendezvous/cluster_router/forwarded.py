@@ -47,6 +47,7 @@ from ..cluster.routing import (
 from ..cluster.routing import Direction as BusDirection
 from ..router import Direction, DropReason, ResetReason, SocketPeer, _EnvironmentRoute, _StreamRoute
 from ..url_signing import UrlRole
+from .peers import node_of
 from .state_changes import FollowsClusterState
 
 __all__ = ["ReceivesForwardedFrames"]
@@ -276,7 +277,7 @@ class ReceivesForwardedFrames(FollowsClusterState):
         if owner is not None and owner.socket_id != verdict.socket_id:
             self.stats.dropped[DropReason.UNKNOWN_STREAM] += 1
             return None
-        if self._ends(route, stream).environment_node != frame.sender:
+        if node_of(route.socket) != frame.sender:
             holder = self.state.environment_holder(environment_id)
             self._follow_holder(route, holder.value if holder is not None else None)
         return route, stream
