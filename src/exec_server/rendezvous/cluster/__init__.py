@@ -9,7 +9,9 @@ NATS:
   liveness, readiness, change events). :class:`~exec_server.rendezvous.cluster.state.
   LocalClusterState` is the single-node default (dicts, the SQLite registration store,
   the data-dir secrets); :class:`~exec_server.rendezvous.cluster.nats_state.
-  NatsClusterState` keeps the same records in JetStream KV.
+  NatsClusterState` keeps the same records in JetStream KV
+  (:mod:`~exec_server.rendezvous.cluster.kv_buckets`; the cold-path records in
+  :mod:`~exec_server.rendezvous.cluster.nats_registry`).
 * :class:`~exec_server.rendezvous.cluster.frame_bus.FrameBus`: "deliver these frame
   bytes to the node that holds that socket", a
   :class:`~exec_server.rendezvous.cluster.frame_bus.RemoteChannel` per (node,

@@ -75,14 +75,15 @@ class Publisher:
         self,
         nc: NatsClient,
         prefix: str,
-        node_of: Callable[[], NodeRef],
+        node: NodeRef,
         max_chunk: int,
         stats: BusStats,
         on_lost: Callable[[OutboundChannel], None],
     ) -> None:
         self._nc = nc
         self._prefix = prefix
-        self._node_of = node_of
+        self.node = node
+        """This node (the bus sets a new incarnation here)."""
         self._max_chunk = max_chunk
         self._stats = stats
         self._on_lost = on_lost
@@ -106,7 +107,7 @@ class Publisher:
         self._ready.set()
 
     def _route(self, item: Outgoing) -> tuple[str, str]:
-        node = self._node_of()
+        node = self.node
         channel = item.channel
         subject = frames_subject(self._prefix, channel.node_id, node.node_id)
         header = frame_header(
@@ -116,7 +117,8 @@ class Publisher:
 
     def _publish_now(self, item: Outgoing) -> None:
         """Publish without a task switch (module docstring)."""
-        if not item.is_current():
+        channel = item.channel
+        if channel.closed or item.generation != channel.state.generation:
             return
         subject, header = self._route(item)
         publishing = self._nc.publish(subject, item.data, headers={HEADER: header})
@@ -131,7 +133,9 @@ class Publisher:
             return
         else:
             self._stalled = asyncio.ensure_future(_finish(publishing, suspended))
-        self._count(item)
+        if item.kind != SYNC:
+            self._stats.frames_sent += 1
+            self._stats.bytes_sent += len(item.data)
 
     def _lose_if_current(self, item: Outgoing) -> None:
         if item.is_current():

@@ -2,8 +2,8 @@
 
 One :class:`~exec_server.rendezvous.cluster.flow.ReceiveChannel` per (sending node,
 environment id), started over when the sender's incarnation changes. Each message
-(header already parsed, :mod:`~exec_server.rendezvous.cluster.bus_wire`) is checked
-against the channel's sequence:
+(header parsed by :mod:`~exec_server.rendezvous.cluster.bus_wire`; a malformed one is
+dropped and counted) is checked against the channel's sequence:
 
 * in order: handed to the router (:class:`~exec_server.rendezvous.cluster.frame_bus.
   InboundHandler`) at once when nothing of the channel waits and the router can take
@@ -27,8 +27,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from nats.aio.msg import Msg
+
 from ...relay.frame_codec import DEFAULT_MAX_FRAME_BYTES
-from .bus_wire import CONTROL, DIRECTION_OF, SYNC, FrameHeader, PartLost, Reassembler
+from .bus_wire import (
+    CONTROL,
+    DIRECTION_OF,
+    HEADER,
+    SYNC,
+    FrameHeader,
+    PartLost,
+    Reassembler,
+    parse_frame_header,
+    sender_of,
+)
 from .bus_wire import grant_text as _grant_text
 from .bus_wire import reset_text as _reset_text
 from .flow import Arrival, ReceiveChannel
@@ -61,8 +73,14 @@ class FrameReceiver:
     """Inbound channels of one bus (module docstring); the bus owns it."""
 
     def __init__(
-        self, handler: InboundHandler, stats: BusStats, window_bytes: int, credit: SendCredit
+        self,
+        own_id: str,
+        handler: InboundHandler,
+        stats: BusStats,
+        window_bytes: int,
+        credit: SendCredit,
     ) -> None:
+        self._own_id = own_id
         self._handler = handler
         self._stats = stats
         self._window = window_bytes
@@ -92,14 +110,17 @@ class FrameReceiver:
                 pump.cancel()
         self._reassembler.forget(node_id)
 
-    async def on_message(self, sender_id: str, header: FrameHeader, data: bytes) -> None:
-        """One message on ``<prefix>.frames.<us>.<sender_id>``."""
+    async def on_frame(self, msg: Msg) -> None:
+        """A message on ``<prefix>.frames.<us>.<sender>`` (the subscription's callback)."""
+        sender_id = sender_of(msg.subject)
+        header = parse_frame_header(sender_id, self._own_id, (msg.headers or {}).get(HEADER))
+        if header is None:
+            self._stats.dropped["malformed"] += 1
+            return
+        data = msg.data
         if header.part is not None:
-            whole = self._reassembler.add(sender_id, header, data)
+            whole = self._reassemble(sender_id, header, data)
             if whole is None:
-                return
-            if isinstance(whole, PartLost):
-                self._stats.dropped["partial"] += 1
                 return
             data = whole
         key = (sender_id, header.environment_id)
@@ -111,16 +132,18 @@ class FrameReceiver:
         else:
             verdict = state.on_frame(header.generation, header.seq)
             if verdict is Arrival.ACCEPT:
-                verdict = await self._accept(key, header, state, data)
-        if verdict is Arrival.STALE:
-            self._stats.dropped["stale"] += 1
-        elif verdict is Arrival.GAP:
-            self._stats.dropped["gap"] += 1
-            detail = (
-                f"got {header.kind} {header.generation}/{header.seq}, "
-                f"expected {state.generation}/{state.expected_seq}"
-            )
-            await self._broken(key, header.incarnation, state, detail)
+                verdict, grant = self._accept(key, header, state, data)
+                if grant is not None:
+                    await self._send_grant(key, header.incarnation, header.generation, grant)
+        if verdict is not Arrival.ACCEPT:
+            await self._out_of_order(key, header, state, verdict)
+
+    def _reassemble(self, sender_id: str, header: FrameHeader, chunk: bytes) -> bytes | None:
+        whole = self._reassembler.add(sender_id, header, chunk)
+        if isinstance(whole, PartLost):
+            self._stats.dropped["partial"] += 1
+            return None
+        return whole
 
     def _channel(self, key: ChannelKey, incarnation: str) -> ReceiveChannel:
         receiving = self._receiving.get(key)
@@ -128,13 +151,14 @@ class FrameReceiver:
             receiving = self._receiving[key] = (incarnation, ReceiveChannel(window=self._window))
         return receiving[1]
 
-    async def _accept(
+    def _accept(
         self, key: ChannelKey, header: FrameHeader, state: ReceiveChannel, data: bytes
-    ) -> Arrival:
-        """An in-order frame: deliver it now or queue it (GAP: over the window)."""
+    ) -> tuple[Arrival, int | None]:
+        """An in-order frame: hand it on now or queue it. GAP if the sender ignores its
+        window; the grant to send now, if any."""
         state.queued_bytes += len(data)
         if state.queued_bytes > self._inbound_limit:
-            return Arrival.GAP  # the sender ignores its window
+            return Arrival.GAP, None
         self._stats.frames_received += 1
         self._stats.bytes_received += len(data)
         frame = RemoteFrame(
@@ -146,12 +170,22 @@ class FrameReceiver:
         )
         if key not in self._pumps and self._try_deliver(frame):
             # Nothing of this channel waits: handed on without a task switch.
-            grant = state.on_consumed(len(data), queue_empty=True)
-            if grant is not None:
-                await self._send_grant(key, header.incarnation, header.generation, grant)
-        else:
-            self._enqueue(key, _Queued(frame, header.incarnation, header.generation))
-        return Arrival.ACCEPT
+            return Arrival.ACCEPT, state.on_consumed(len(data), queue_empty=True)
+        self._enqueue(key, _Queued(frame, header.incarnation, header.generation))
+        return Arrival.ACCEPT, None
+
+    async def _out_of_order(
+        self, key: ChannelKey, header: FrameHeader, state: ReceiveChannel, verdict: Arrival
+    ) -> None:
+        if verdict is Arrival.STALE:
+            self._stats.dropped["stale"] += 1
+            return
+        self._stats.dropped["gap"] += 1
+        detail = (
+            f"got {header.kind} {header.generation}/{header.seq}, "
+            f"expected {state.generation}/{state.expected_seq}"
+        )
+        await self._broken(key, header.incarnation, state, detail)
 
     def _try_deliver(self, frame: RemoteFrame) -> bool:
         try:

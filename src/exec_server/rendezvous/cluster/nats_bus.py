@@ -40,7 +40,6 @@ from .bus_wire import (
     Grant,
     credit_subject,
     parse_credit,
-    parse_frame_header,
     probe_text,
     sender_of,
 )
@@ -201,12 +200,14 @@ class NatsFrameBus:
         self._publisher = Publisher(
             nc,
             config.prefix,
-            lambda: self._node,
+            node,
             max(1024, nc.max_payload - _HEADER_ALLOWANCE),
             self.stats,
             self._lose_sent,
         )
-        self._receiver = FrameReceiver(handler, self.stats, bus_config.window_bytes, self._credit)
+        self._receiver = FrameReceiver(
+            node.node_id, handler, self.stats, bus_config.window_bytes, self._credit
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._probe: tuple[str, asyncio.Future[None]] | None = None
         self._closed = False
@@ -244,7 +245,7 @@ class NatsFrameBus:
 
     async def _start(self) -> None:
         me = self._node.node_id
-        for kind, callback in (("frames", self._on_frame), ("credit", self._on_credit)):
+        for kind, callback in (("frames", self._receiver.on_frame), ("credit", self._on_credit)):
             await self._nc.subscribe(
                 f"{self._prefix}.{kind}.{me}.*",
                 cb=callback,
@@ -320,7 +321,7 @@ class NatsFrameBus:
             raise ValueError("a node keeps its node id; only the incarnation changes")
         if node == self._node:
             return
-        self._node = node
+        self._node = self._publisher.node = node
         for channel in list(self._channels.values()):
             self._drop_channel(channel)
         self._channels.clear()
@@ -378,14 +379,6 @@ class NatsFrameBus:
                 waiting._wake()
 
     # --- receiving ------------------------------------------------------------------------
-
-    async def _on_frame(self, msg: Msg) -> None:
-        sender_id = sender_of(msg.subject)
-        header = parse_frame_header(sender_id, self._node.node_id, (msg.headers or {}).get(HEADER))
-        if header is None:
-            self.stats.dropped["malformed"] += 1
-            return
-        await self._receiver.on_message(sender_id, header, msg.data)
 
     async def _credit(self, node_id: str, text: str) -> None:
         subject = credit_subject(self._prefix, node_id, self._node.node_id)
