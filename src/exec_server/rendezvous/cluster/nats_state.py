@@ -427,6 +427,12 @@ class NatsClusterState:
         first = not self._synced.is_set()
         self._synced.set()
         if not first:
+            # Finished re-assertions leave the list (it would grow with every resync);
+            # one that failed is logged, the next resync tries again.
+            for task in [t for t in self._tasks if t.done()]:
+                self._tasks.remove(task)
+                if not task.cancelled() and task.exception() is not None:
+                    log.warning("re-asserting our records failed: %r", task.exception())
             self._tasks.append(asyncio.ensure_future(self._reassert()))
 
     async def _reassert(self) -> None:

@@ -108,6 +108,8 @@ class ClusterRouterBase(Router):
         self._refusals_logged: set[tuple[str, str]] = set()
         self._closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._linger_timers: set[asyncio.TimerHandle] = set()
+        """Timers of :meth:`_later` (cancelled on close)."""
         self._loops = [
             asyncio.ensure_future(self._writer.run()),
             asyncio.ensure_future(self._sweep_loop()),
@@ -204,8 +206,21 @@ class ClusterRouterBase(Router):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _later(self, delay: float, callback: Callable[[], None]) -> None:
+        """Run *callback* after *delay* seconds unless the router closes first."""
+
+        def fire() -> None:
+            self._linger_timers.discard(handle)
+            callback()
+
+        handle = self._loop.call_later(delay, fire)
+        self._linger_timers.add(handle)
+
     def close(self) -> None:
         self._closed = True
+        for handle in self._linger_timers:
+            handle.cancel()
+        self._linger_timers.clear()
         self._writer.close()
         self._remote.drop_all()
         super().close()

@@ -151,7 +151,7 @@ class FollowsClusterState(ClusterRouterBase):
         new = event.new
         if new is None:
             if stream.remote:
-                self._loop.call_later(RECORD_LINGER_S, self._record_gone, route, stream)
+                self._later(RECORD_LINGER_S, lambda: self._record_gone(route, stream))
             return
         if new.node == self.node:
             return
