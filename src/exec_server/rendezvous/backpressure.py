@@ -1,5 +1,7 @@
-"""Back-pressure and loss on the router's sockets: every socket has an outbound queue drained by its own writer
-task, so one slow harness never stalls the environment's reader or the other streams.
+"""Back-pressure and loss on the router's sockets.
+
+Every socket has an outbound queue drained by its own writer task, so one slow harness
+never stalls the environment's reader or the other streams.
 
 * A frame from a *reliable* sender (capability flag set: it retransmits) that does not
   fit the harness socket's queue (``max_queue_bytes`` / ``max_queue_frames``) is dropped

@@ -16,7 +16,7 @@ from ..relay.control import ControlMessage, encode_control
 from .router_config import DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_FRAMES
 from .url_signing import UrlRole
 
-__all__ = ["SOCKET_CLOSE_TIMEOUT_S", "FrameSink", "SocketPeer"]
+__all__ = ["SOCKET_CLOSE_TIMEOUT_S", "FrameSink", "ImmediateSink", "SocketPeer"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,15 @@ class FrameSink(Protocol):
     async def send_str(self, data: str) -> None: ...
 
     async def close(self, *, code: int = ..., message: bytes = ...) -> bool: ...
+
+
+class ImmediateSink(FrameSink, Protocol):
+    """A sink that can also write a frame synchronously (the relay's picows socket):
+    a peer whose queue is empty writes through it without waking its writer task."""
+
+    def write_now(self, data: bytes | str) -> bool:
+        """Write ``data`` now; False (nothing written) when it must wait or is closed."""
+        ...
 
 
 _SentCallback = Callable[["SocketPeer", "_StreamRoute", int], None]
@@ -63,6 +72,9 @@ class SocketPeer:
         control: bool = False,
     ) -> None:
         self.sink = sink
+        self._write_now: Callable[[bytes | str], bool] | None = getattr(sink, "write_now", None)
+        self._idle = False
+        """The writer waits for frames (none is being written)."""
         self.role = role
         self.environment_id = environment_id
         self.nonce = nonce
@@ -133,6 +145,10 @@ class SocketPeer:
             self.force_enqueue(encode_control(message))
 
     def _push(self, data: bytes | str, stream: _StreamRoute | None) -> None:
+        if self._idle and not self._queue and self._write_now is not None and self._write_now(data):
+            if stream is not None and self.on_sent is not None:
+                self.on_sent(self, stream, len(data))
+            return
         self._queue.append((data, stream))
         size = len(data)
         self.queued_bytes += size
@@ -155,7 +171,11 @@ class SocketPeer:
             while True:
                 if not queue:
                     self._wake.clear()
-                    await self._wake.wait()
+                    self._idle = True
+                    try:
+                        await self._wake.wait()
+                    finally:
+                        self._idle = False
                     continue
                 data, stream = queue.popleft()
                 size = len(data)
