@@ -91,6 +91,7 @@ __all__ = [  # the frame model is re-exported from frames
     "encode_frame",
     "encode_frame_after",
     "heartbeat_frame",
+    "peek_route",
     "reset_for_peer",
     "reset_frame",
     "resume_frame",
@@ -520,3 +521,58 @@ def decode_route(
     body = frame.body
     assert body is not None  # validate_frame rejects a frame without body
     return frame.stream_id, body.kind, bool(frame.ack_bits & RELIABLE_CAPABILITY_BIT)
+
+
+def peek_route(data: bytes, limits: FrameLimits = INBOUND_LIMITS) -> tuple[str, BodyKind, bool]:
+    """:func:`decode_route`'s answer (the same tuple, the same :class:`InvalidFrame`),
+    read straight off the bytes for the frame a forwarder sees most: a canonical
+    ``data`` frame without trace fields (no frame or body objects are built). Anything
+    else, and any doubt, goes to :func:`decode_route`.
+    """
+    end = len(data)
+    try:
+        if end > limits.max_frame_bytes or data[0] != 0x08 or data[1] != 0x01 or data[2] != 0x12:
+            return decode_route(data, limits)
+        size = data[3]
+        pos = 4 + size
+        if size >= 0x80 or size > limits.max_stream_id_bytes:
+            return decode_route(data, limits)
+        stream_id = data[4:pos].decode()
+        tag = data[pos]
+        if tag == 0x18:  # ack
+            _, pos = _read_u32(data, pos + 1)
+            tag = data[pos]
+        ack_bits = 0
+        if tag == 0x20:
+            ack_bits, pos = _read_u32(data, pos + 1)
+            tag = data[pos]
+        if tag != 0x2A:  # not a data frame
+            return decode_route(data, limits)
+        size, pos = _read_u32(data, pos + 1)
+        if pos + size != end:  # trace fields, or not canonical
+            return decode_route(data, limits)
+        index = count = 0
+        tag = data[pos]
+        if tag == 0x08:  # data.seq
+            _, pos = _read_u32(data, pos + 1)
+            tag = data[pos]
+        if tag == 0x10:
+            index, pos = _read_u32(data, pos + 1)
+            tag = data[pos]
+        if tag == 0x18:
+            count, pos = _read_u32(data, pos + 1)
+            tag = data[pos]
+        if tag != 0x22:
+            return decode_route(data, limits)
+        size, pos = _read_u32(data, pos + 1)
+        if (
+            not size
+            or pos + size != end
+            or not index < count <= limits.max_segment_count
+            or not stream_id
+            or stream_id.strip() != stream_id
+        ):
+            return decode_route(data, limits)
+    except (_NotCanonical, IndexError, UnicodeDecodeError):
+        return decode_route(data, limits)
+    return stream_id, "data", bool(ack_bits & RELIABLE_CAPABILITY_BIT)

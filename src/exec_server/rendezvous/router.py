@@ -57,7 +57,7 @@ import logging
 
 from ..relay.control import PauseOutput, PeerOffline, PeerOnline
 from ..relay.errors import InvalidFrame, InvalidFrameReason
-from ..relay.frame_codec import decode_route
+from ..relay.frame_codec import peek_route
 from .backpressure import Backpressure
 from .errors import SocketProtocolError
 from .router_config import (
@@ -332,7 +332,7 @@ class Router(Backpressure):
     def _decode(self, data: bytes) -> tuple[str, str, bool]:
         """``(stream_id, body kind, capability flag)`` of a valid frame."""
         try:
-            return decode_route(data, self.config.frame_limits)
+            return peek_route(data, self.config.frame_limits)
         except InvalidFrame as exc:
             oversize = exc.reason is InvalidFrameReason.OVERSIZE
             raise SocketProtocolError(
