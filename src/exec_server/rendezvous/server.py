@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Coroutine
@@ -177,6 +178,8 @@ class RendezvousServer:
         bound_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
         self._base_url = f"http://{bound_host}:{bound[1]}"
         self._ready = True
+        if self.config.freeze_gc:
+            _freeze_gc_once()
         log.info("rendezvous listening on %s", self._base_url)
         return self._base_url
 
@@ -370,3 +373,15 @@ class RendezvousServer:
         if self._state is not None:
             with contextlib.suppress(Exception):
                 await self._state.upsert_registration(environment_id, None, time.time())
+
+
+_gc_frozen = False
+
+
+def _freeze_gc_once() -> None:
+    """``gc.freeze()`` what is alive now, the first time a server starts in a process."""
+    global _gc_frozen
+    if not _gc_frozen:
+        _gc_frozen = True
+        gc.collect()
+        gc.freeze()
