@@ -546,33 +546,37 @@ def peek_route(data: bytes, limits: FrameLimits = INBOUND_LIMITS) -> tuple[str, 
         if tag == 0x20:
             ack_bits, pos = _read_u32(data, pos + 1)
             tag = data[pos]
-        if tag != 0x2A:  # not a data frame
-            return decode_route(data, limits)
-        size, pos = _read_u32(data, pos + 1)
-        if pos + size != end:  # trace fields, or not canonical
-            return decode_route(data, limits)
-        index = count = 0
-        tag = data[pos]
-        if tag == 0x08:  # data.seq
-            _, pos = _read_u32(data, pos + 1)
-            tag = data[pos]
-        if tag == 0x10:
-            index, pos = _read_u32(data, pos + 1)
-            tag = data[pos]
-        if tag == 0x18:
-            count, pos = _read_u32(data, pos + 1)
-            tag = data[pos]
-        if tag != 0x22:
-            return decode_route(data, limits)
-        size, pos = _read_u32(data, pos + 1)
         if (
-            not size
-            or pos + size != end
-            or not index < count <= limits.max_segment_count
+            tag != 0x2A  # not a data frame
             or not stream_id
             or stream_id.strip() != stream_id
+            or not _plain_data_body(data, pos, limits.max_segment_count)
         ):
             return decode_route(data, limits)
     except (_NotCanonical, IndexError, UnicodeDecodeError):
         return decode_route(data, limits)
     return stream_id, "data", bool(ack_bits & RELIABLE_CAPABILITY_BIT)
+
+
+def _plain_data_body(data: bytes, pos: int, max_segment_count: int) -> bool:
+    """Is the ``data`` member whose tag is at ``pos`` canonical, valid (a payload,
+    ``index < count <= max_segment_count``) and the end of the frame?"""
+    size, pos = _read_u32(data, pos + 1)
+    end = len(data)
+    if pos + size != end:  # trace fields follow, or not canonical
+        return False
+    index = count = 0
+    tag = data[pos]
+    if tag == 0x08:  # data.seq
+        _, pos = _read_u32(data, pos + 1)
+        tag = data[pos]
+    if tag == 0x10:
+        index, pos = _read_u32(data, pos + 1)
+        tag = data[pos]
+    if tag == 0x18:
+        count, pos = _read_u32(data, pos + 1)
+        tag = data[pos]
+    if tag != 0x22:
+        return False
+    size, pos = _read_u32(data, pos + 1)
+    return bool(size) and pos + size == end and index < count <= max_segment_count

@@ -278,6 +278,7 @@ class RelaySocket(picows.WSListener):
         self._on_environment = on_environment
         ka = self.keepalive = Keepalive(self, keepalive)
         watch = asyncio.ensure_future(ka.run())
+        watch.add_done_callback(lambda _: self._wake.set())
         try:
             while True:
                 await self._drain_inbox(peer, on_environment, on_harness)
@@ -285,16 +286,13 @@ class RelaySocket(picows.WSListener):
                     return self._error
                 if self._disconnected.is_set():
                     return None
-                if peer.role is UrlRole.ENVIRONMENT and not self._direct:
-                    self._direct = True
                 if watch.done():
                     return watch.result()
+                if peer.role is UrlRole.ENVIRONMENT:
+                    self._direct = True  # the inbox is empty: frames may go straight in
                 self._wake.clear()
-                waiter = asyncio.ensure_future(self._wake.wait())
-                try:
-                    await asyncio.wait((waiter, watch), return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiter.cancel()
+                if not self._inbox:
+                    await self._wake.wait()
         finally:
             self._direct = False
             watch.cancel()
