@@ -19,6 +19,7 @@ from rendezvous_support import (
     register,
     resume,
     scrape,
+    wait_for,
 )
 
 from exec_server.rendezvous.port import is_relay_upgrade
@@ -106,14 +107,9 @@ async def test_a_message_far_over_the_limit_is_refused_from_its_header(
     assert kind is picows.WSMsgType.CLOSE
     assert int.from_bytes(payload[:2], "big") == 1009
     transport.disconnect()
-
-    async def counted() -> float:
-        samples = await scrape(http, server.base_url)
-        return samples.get('exec_server_rendezvous_protocol_errors_total{reason="oversize"}', 0)
-
-    async with asyncio.timeout(WAIT_S):
-        while await counted() != 1:
-            await asyncio.sleep(0.02)
+    await wait_for(lambda: server.router.stats.protocol_errors["oversize"] == 1)
+    samples = await scrape(http, server.base_url)
+    assert samples['exec_server_rendezvous_protocol_errors_total{reason="oversize"}'] == 1
 
 
 async def test_an_unknown_relay_path_is_404_and_the_port_keeps_serving(

@@ -273,7 +273,7 @@ class _NotCanonical(Exception):
     """Internal: the fast decoder hands the bytes to the protobuf parser."""
 
 
-def _read_u32(data: bytes, pos: int) -> tuple[int, int]:
+def _read_u32(data: bytes | bytearray | memoryview, pos: int) -> tuple[int, int]:
     """The varint at ``pos`` and the position after it, for a varint of at most 5 bytes
     holding a ``uint32``; anything else is not canonical here (protobuf truncates longer
     varints to 32 bits; let it)."""
@@ -523,11 +523,14 @@ def decode_route(
     return frame.stream_id, body.kind, bool(frame.ack_bits & RELIABLE_CAPABILITY_BIT)
 
 
-def peek_route(data: bytes, limits: FrameLimits = INBOUND_LIMITS) -> tuple[str, BodyKind, bool]:
+def peek_route(
+    data: bytes | bytearray | memoryview, limits: FrameLimits = INBOUND_LIMITS
+) -> tuple[str, BodyKind, bool]:
     """:func:`decode_route`'s answer (the same tuple, the same :class:`InvalidFrame`),
     read straight off the bytes for the frame a forwarder sees most: a canonical
     ``data`` frame without trace fields (no frame or body objects are built). Anything
-    else, and any doubt, goes to :func:`decode_route`.
+    else, and any doubt, goes to :func:`decode_route`. ``data`` is only read during
+    the call (a view of a socket's read buffer will do).
     """
     end = len(data)
     try:
@@ -537,7 +540,7 @@ def peek_route(data: bytes, limits: FrameLimits = INBOUND_LIMITS) -> tuple[str, 
         pos = 4 + size
         if size >= 0x80 or size > limits.max_stream_id_bytes:
             return decode_route(data, limits)
-        stream_id = data[4:pos].decode()
+        stream_id = str(data[4:pos], "utf-8")
         tag = data[pos]
         if tag == 0x18:  # ack
             _, pos = _read_u32(data, pos + 1)
@@ -558,7 +561,9 @@ def peek_route(data: bytes, limits: FrameLimits = INBOUND_LIMITS) -> tuple[str, 
     return stream_id, "data", bool(ack_bits & RELIABLE_CAPABILITY_BIT)
 
 
-def _plain_data_body(data: bytes, pos: int, max_segment_count: int) -> bool:
+def _plain_data_body(
+    data: bytes | bytearray | memoryview, pos: int, max_segment_count: int
+) -> bool:
     """Is the ``data`` member whose tag is at ``pos`` canonical, valid (a payload,
     ``index < count <= max_segment_count``) and the end of the frame?"""
     size, pos = _read_u32(data, pos + 1)

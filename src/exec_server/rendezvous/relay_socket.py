@@ -133,7 +133,7 @@ class RelaySocket(picows.WSListener):
         self._peer: SocketPeer | None = None
         self._direct = False
         """Environment frames go straight to the router (once admitted)."""
-        self._on_environment: Callable[[SocketPeer, bytes], None] | None = None
+        self._on_environment: Callable[[SocketPeer, bytes | memoryview], None] | None = None
         self._inbox: deque[bytes] = deque()
         self._inbox_bytes = 0
         self._reading_paused = False
@@ -169,7 +169,10 @@ class RelaySocket(picows.WSListener):
                 transport.disconnect()
             return
         if kind is _BINARY and frame.fin and self._fragments is None:
-            self._deliver(frame.get_payload_as_bytes())
+            if self._direct and frame.payload_size <= self.max_message_bytes:
+                self._route_view(frame.get_payload_as_memoryview())
+            else:
+                self._deliver(frame.get_payload_as_bytes())
         elif kind is _CLOSE:
             self.close_code = int(frame.get_close_code().value)
             self._peer_closed.set()
@@ -202,6 +205,15 @@ class RelaySocket(picows.WSListener):
             data = bytes(self._fragments)
             self._fragments = None
             self._deliver(data)
+
+    def _route_view(self, view: memoryview) -> None:
+        """An admitted environment's frame, routed from picows' read buffer: written to
+        its harness at once, or copied by the peer that queues it."""
+        assert self._peer is not None and self._on_environment is not None
+        try:
+            self._on_environment(self._peer, view)
+        except SocketProtocolError as exc:
+            self._fail(exc)
 
     def _deliver(self, data: bytes) -> None:
         if len(data) > self.max_message_bytes:
@@ -268,7 +280,7 @@ class RelaySocket(picows.WSListener):
     async def serve(
         self,
         peer: SocketPeer,
-        on_environment: Callable[[SocketPeer, bytes], None],
+        on_environment: Callable[[SocketPeer, bytes | memoryview], None],
         on_harness: Callable[[SocketPeer, bytes], Any],
         keepalive: KeepaliveConfig,
     ) -> SocketProtocolError | str | None:
@@ -302,7 +314,7 @@ class RelaySocket(picows.WSListener):
     async def _drain_inbox(
         self,
         peer: SocketPeer,
-        on_environment: Callable[[SocketPeer, bytes], None],
+        on_environment: Callable[[SocketPeer, bytes | memoryview], None],
         on_harness: Callable[[SocketPeer, bytes], Any],
     ) -> None:
         inbox = self._inbox
@@ -322,7 +334,7 @@ class RelaySocket(picows.WSListener):
 
     # --- the router's frame sink ----------------------------------------------------------
 
-    def write_now(self, data: bytes | str) -> bool:
+    def write_now(self, data: bytes | memoryview | str) -> bool:
         """Write a frame unless the kernel's send buffer is full (or the socket closed)."""
         transport = self._transport
         if (
@@ -332,16 +344,16 @@ class RelaySocket(picows.WSListener):
             or transport.is_disconnected
         ):
             return False
-        if type(data) is str:
+        if isinstance(data, str):
             transport.send(_TEXT, data.encode())
         else:
-            assert isinstance(data, bytes)
             self._write_binary(transport, data)
         return True
 
-    def _write_binary(self, transport: picows.WSTransport, data: bytes) -> None:
+    def _write_binary(self, transport: picows.WSTransport, data: bytes | memoryview) -> None:
         """A binary frame; a large one goes out with ``writev`` (header and payload from
-        where they are: no copy joins them) when nothing is waiting in the transport."""
+        where they are: no copy joins them) when nothing is waiting in the transport.
+        What the kernel did not take is copied into the transport's buffer."""
         size = len(data)
         underlying = transport.underlying_transport
         if size < WRITEV_MIN_BYTES or self._fd < 0 or underlying.get_write_buffer_size():
@@ -358,9 +370,10 @@ class RelaySocket(picows.WSListener):
         head = len(header)
         if sent < head:
             underlying.write(header[sent:])
-            underlying.write(data)
+            underlying.write(data if type(data) is bytes else bytes(data))
         elif sent < head + size:
-            underlying.write(memoryview(data)[sent - head :])
+            rest = memoryview(data)[sent - head :]
+            underlying.write(rest if type(data) is bytes else bytes(rest))
 
     async def send_bytes(self, data: bytes) -> None:
         if not self._writable.is_set():

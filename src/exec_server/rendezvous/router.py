@@ -226,9 +226,11 @@ class Router(Backpressure):
 
     # --- frames ----------------------------------------------------------------------
 
-    def on_environment_message(self, peer: SocketPeer, data: bytes) -> None:
+    def on_environment_message(self, peer: SocketPeer, data: bytes | memoryview) -> None:
         """A binary message from an environment socket; raises
-        :class:`~exec_server.rendezvous.errors.SocketProtocolError` for an invalid frame."""
+        :class:`~exec_server.rendezvous.errors.SocketProtocolError` for an invalid frame.
+        ``data`` may be a view of the socket's read buffer, valid during the call only:
+        it is written at once or copied (:meth:`SocketPeer.try_enqueue`)."""
         route = self._routes.get(peer.environment_id)
         if route is None or route.socket is not peer:
             self.stats.dropped[DropReason.REPLACED_SOCKET] += 1
@@ -250,7 +252,12 @@ class Router(Backpressure):
         return None
 
     def _to_harness(
-        self, route: _EnvironmentRoute, stream: _StreamRoute, kind: str, flagged: bool, data: bytes
+        self,
+        route: _EnvironmentRoute,
+        stream: _StreamRoute,
+        kind: str,
+        flagged: bool,
+        data: bytes | memoryview,
     ) -> None:
         """Queue an environment frame to the stream's owner."""
         owner = stream.owner
@@ -259,6 +266,13 @@ class Router(Backpressure):
         if owner is None:
             self.stats.dropped[DropReason.HARNESS_OFFLINE] += 1
             return
+        if type(data) is not bytes:  # a view of a socket's read buffer
+            if owner.write_at_once(data, None if flagged else stream):
+                stream.legacy_seen = stream.legacy_seen or not flagged
+                self.stats.frames_routed[Direction.ENVIRONMENT_TO_HARNESS] += 1
+                self.stats.bytes_routed[Direction.ENVIRONMENT_TO_HARNESS] += len(data)
+                return
+            data = bytes(data)
         if flagged:
             if not owner.try_enqueue(data):
                 self._harness_queue_full(owner)
@@ -329,7 +343,7 @@ class Router(Backpressure):
 
     # --- internals -------------------------------------------------------------------
 
-    def _decode(self, data: bytes) -> tuple[str, str, bool]:
+    def _decode(self, data: bytes | memoryview) -> tuple[str, str, bool]:
         """``(stream_id, body kind, capability flag)`` of a valid frame."""
         try:
             return peek_route(data, self.config.frame_limits)

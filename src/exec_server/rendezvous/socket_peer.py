@@ -38,7 +38,7 @@ class ImmediateSink(FrameSink, Protocol):
     """A sink that can also write a frame synchronously (the relay's picows socket):
     a peer whose queue is empty writes through it without waking its writer task."""
 
-    def write_now(self, data: bytes | str) -> bool:
+    def write_now(self, data: bytes | memoryview | str) -> bool:
         """Write ``data`` now; False (nothing written) when it must wait or is closed."""
         ...
 
@@ -72,7 +72,9 @@ class SocketPeer:
         control: bool = False,
     ) -> None:
         self.sink = sink
-        self._write_now: Callable[[bytes | str], bool] | None = getattr(sink, "write_now", None)
+        self._write_now: Callable[[bytes | memoryview | str], bool] | None = getattr(
+            sink, "write_now", None
+        )
         self._idle = False
         """The writer waits for frames (none is being written)."""
         self.role = role
@@ -143,6 +145,18 @@ class SocketPeer:
         """Queue a control message, if this socket negotiated them."""
         if self.control:
             self.force_enqueue(encode_control(message))
+
+    def write_at_once(self, data: bytes | memoryview, stream: _StreamRoute | None) -> bool:
+        """Write ``data`` now if nothing is queued before it and the sink can take it
+        without waiting (as if queued and written at once, counted against ``stream``);
+        False, with nothing written, otherwise. ``data`` is not kept."""
+        if self.closed or not self._idle or self._queue or self._write_now is None:
+            return False
+        if not self._write_now(data):
+            return False
+        if stream is not None and self.on_sent is not None:
+            self.on_sent(self, stream, len(data))
+        return True
 
     def _push(self, data: bytes | str, stream: _StreamRoute | None) -> None:
         if self._idle and not self._queue and self._write_now is not None and self._write_now(data):
