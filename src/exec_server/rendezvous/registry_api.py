@@ -2,7 +2,9 @@
 
 HTTP API (bearer = ``Authorization: Bearer <token>``, see
 :mod:`~exec_server.rendezvous.credentials`; errors are always
-``{"error": {"code": str, "message": str}}``, the shape Codex's executor prints):
+``{"error": {"code": str, "message": str}}``, the shape Codex's executor prints; every
+answer closes its connection, ``Connection: close``, since the relay websockets share
+the port: :mod:`~exec_server.rendezvous.port`):
 
 ``POST /cloud/{environment|executor}/{id}/register``
     Bearer. Codex 0.133 sends no body; ours may add ``?name=`` or ``{"name": str}``. 200
