@@ -7,7 +7,8 @@ per message), a harness's through a small inbox read by the socket's own task
 (:meth:`Router.on_harness_message` may wait for room at the environment; the inbox stops
 the socket reading while it is full). Outbound, :class:`RelaySocket` is the router's
 :class:`~exec_server.rendezvous.socket_peer.FrameSink`: a frame is written to the
-transport at once unless the kernel's send buffer is full.
+transport at once (:mod:`~exec_server.rendezvous.frame_writer`: no copy of a large
+payload, small frames gathered into one system call) unless the transport is paused.
 
 Behaviour on the wire (as the aiohttp socket this replaces had it): the upgrade is
 refused before the 101 with a JSON error (401/403 for the URL, 503 while the node
@@ -29,8 +30,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import struct
 from collections import deque
 from collections.abc import Callable
 from http import HTTPStatus
@@ -41,6 +40,7 @@ from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
 from ..transport.websocket import Keepalive, KeepaliveConfig
 from .errors import SocketProtocolError
+from .frame_writer import BINARY_OPCODE, TEXT_OPCODE, FrameWriter
 from .router_config import TOO_BIG_CLOSE_CODE, UNSUPPORTED_DATA_CLOSE_CODE, ProtocolErrorReason
 from .socket_peer import SOCKET_CLOSE_TIMEOUT_S, SocketPeer
 from .url_signing import UrlRole
@@ -53,10 +53,6 @@ MAX_INBOX_BYTES = 1024 * 1024
 """Harness messages read but not yet routed before the socket stops reading."""
 
 HANDSHAKE_TIMEOUT_S = 10.0
-
-WRITEV_MIN_BYTES = 8192
-"""Frames from this size go out with ``writev``; smaller ones are copied behind their
-header by picows (one system call either way)."""
 
 OVERSIZE_REASON = "relay message over the size limit"
 
@@ -146,7 +142,7 @@ class RelaySocket(picows.WSListener):
         self._disconnected = asyncio.Event()
         self._peer_closed = asyncio.Event()
         self.keepalive: Keepalive | None = None
-        self._fd = -1
+        self._frames: FrameWriter | None = None
 
     # --- picows callbacks ---------------------------------------------------------------
 
@@ -155,7 +151,7 @@ class RelaySocket(picows.WSListener):
         underlying = transport.underlying_transport
         self.peername = underlying.get_extra_info("peername")
         sock = underlying.get_extra_info("socket")
-        self._fd = sock.fileno() if sock is not None else -1
+        self._frames = FrameWriter(underlying, sock.fileno() if sock is not None else -1)
         self._on_connected(self)
 
     def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
@@ -241,6 +237,8 @@ class RelaySocket(picows.WSListener):
             self.close_code = int(
                 sent.code.value if sent is not None else picows.WSCloseCode.ABNORMAL_CLOSURE.value
             )
+        if self._frames is not None:
+            self._frames.discard()
         self._disconnected.set()
         self._peer_closed.set()
         self._writable.set()
@@ -344,36 +342,12 @@ class RelaySocket(picows.WSListener):
             or transport.is_disconnected
         ):
             return False
+        assert self._frames is not None
         if isinstance(data, str):
-            transport.send(_TEXT, data.encode())
+            self._frames.write(TEXT_OPCODE, data.encode())
         else:
-            self._write_binary(transport, data)
+            self._frames.write(BINARY_OPCODE, data)
         return True
-
-    def _write_binary(self, transport: picows.WSTransport, data: bytes | memoryview) -> None:
-        """A binary frame; a large one goes out with ``writev`` (header and payload from
-        where they are: no copy joins them) when nothing is waiting in the transport.
-        What the kernel did not take is copied into the transport's buffer."""
-        size = len(data)
-        underlying = transport.underlying_transport
-        if size < WRITEV_MIN_BYTES or self._fd < 0 or underlying.get_write_buffer_size():
-            transport.send(_BINARY, data)
-            return
-        header = _binary_header(size)
-        try:
-            sent = os.writev(self._fd, (header, data))
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            transport.send(_BINARY, data)  # the transport reports the broken socket
-            return
-        head = len(header)
-        if sent < head:
-            underlying.write(header[sent:])
-            underlying.write(data if type(data) is bytes else bytes(data))
-        elif sent < head + size:
-            rest = memoryview(data)[sent - head :]
-            underlying.write(rest if type(data) is bytes else bytes(rest))
 
     async def send_bytes(self, data: bytes) -> None:
         if not self._writable.is_set():
@@ -391,6 +365,8 @@ class RelaySocket(picows.WSListener):
         transport = self._transport
         if transport is None or self._close_sent or transport.is_disconnected:
             raise ConnectionResetError("the relay socket is closed")
+        if self._frames is not None:
+            self._frames.flush()
         transport.send_ping(message)
 
     def _send_close(self, code: int, message: bytes) -> None:
@@ -400,6 +376,8 @@ class RelaySocket(picows.WSListener):
         self._close_sent = True
         if self.close_code is None:
             self.close_code = code
+        if self._frames is not None:
+            self._frames.flush()
         transport.send_close(picows.WSCloseCode(code), message)
 
     async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
@@ -419,15 +397,6 @@ class RelaySocket(picows.WSListener):
         transport = self._transport
         if transport is not None and not transport.is_disconnected and not self._close_sent:
             transport.disconnect(graceful=False)
-
-
-def _binary_header(size: int) -> bytes:
-    """The header of an unmasked, final binary frame of ``size`` bytes (RFC 6455 5.2)."""
-    if size < 126:
-        return bytes((0x82, size))
-    if size < 0x10000:
-        return struct.pack("!BBH", 0x82, 126, size)
-    return struct.pack("!BBQ", 0x82, 127, size)
 
 
 def _oversize() -> SocketProtocolError:
