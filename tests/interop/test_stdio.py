@@ -75,10 +75,14 @@ async def run_stdio(argv: list[str], *, stdout_file: bool) -> list[Any]:
                 await asyncio.sleep(0.05)
         else:
             assert proc.stdout is not None
+            # One generous deadline for the whole session, not per line: a server that
+            # starts slowly under load (imports) must not read as a silent one.
+            deadline = asyncio.get_running_loop().time() + 30.0
             with contextlib.suppress(TimeoutError):
                 # 0.133 may write the echo's notifications before the start response.
                 while not _session_done(lines):
-                    raw = await asyncio.wait_for(proc.stdout.readline(), 3.0)
+                    remaining = deadline - asyncio.get_running_loop().time()
+                    raw = await asyncio.wait_for(proc.stdout.readline(), max(remaining, 0.0))
                     if not raw:
                         break
                     lines.append(raw.decode())

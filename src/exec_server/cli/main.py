@@ -37,6 +37,7 @@ from ..environment.ws_auth import (
 )
 from ..transport.stdio import open_process_stdio
 from ..transport.websocket import DEFAULT_MAX_MESSAGE_BYTES
+from . import event_loop
 from .tokens import read_token
 
 TOKEN_ENV = "CODEX_EXEC_SERVER_CONNECTION_TOKEN"
@@ -178,7 +179,7 @@ def serve(
             max_message_bytes,
             remote_transport,
         )
-        asyncio.run(_serve_remote(config, remote))
+        event_loop.run(_serve_remote(config, remote))
         return
     if environment_id or executor_id or remote_transport:
         raise click.UsageError("--environment-id/--executor-id/--remote-transport require --remote")
@@ -190,7 +191,7 @@ def serve(
     if not address.stdio and not has_auth and not is_loopback_host(address.host):
         # Anyone who can reach the port could run commands: fail closed.
         raise click.UsageError(non_loopback_refusal(address.host, address.port))
-    asyncio.run(_serve(address.stdio, address.host, address.port, config))
+    event_loop.run(_serve(address.stdio, address.host, address.port, config))
 
 
 def _remote_config(

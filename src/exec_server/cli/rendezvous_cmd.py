@@ -40,6 +40,7 @@ from ..rendezvous.server import (
     RendezvousServer,
     parse_listen_url,
 )
+from . import event_loop
 
 if TYPE_CHECKING:
     from ..rendezvous.cluster.nats_connection import NatsClusterConfig
@@ -199,7 +200,7 @@ def rendezvous(
         slow_harness_timeout_s=slow_harness_timeout,
     )
     try:
-        asyncio.run(_run(config, host, port))
+        event_loop.run(_run(config, host, port))
     except CredentialError as exc:
         raise click.ClickException(str(exc)) from None
     except ClusterJoinError as exc:

@@ -34,6 +34,7 @@ from ..environment.remote import (
 from ..environment.server import ExecServer
 from ..rendezvous.credentials import TOKEN_ENV, TOKEN_FILE_NAME
 from ..transport.registry_client import RegistryClient, RegistryError
+from . import event_loop
 
 NODE_START_TIMEOUT_S = 60.0
 """Longest wait for a node process to print its URL (it connects to NATS first)."""
@@ -51,7 +52,7 @@ def up_cluster(
     transport: RemoteTransport = "noise",
 ) -> None:
     try:
-        asyncio.run(_up_cluster(host, port, count, environment_id, name, transport))
+        event_loop.run(_up_cluster(host, port, count, environment_id, name, transport))
     except RegistrationError as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -38,6 +38,7 @@ from ..environment.remote import (
 from ..environment.server import ExecServer
 from ..rendezvous.server import RendezvousConfig, RendezvousServer, parse_listen_url
 from ..transport.listen_url import ListenUrlError
+from . import event_loop
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def up(
         up_cluster(host, port, cluster_nodes, environment_id, name, remote_transport)
         return
     try:
-        asyncio.run(_up(host, port, environment_id, name, data_dir, remote_transport))
+        event_loop.run(_up(host, port, environment_id, name, data_dir, remote_transport))
     except RegistrationError as exc:
         raise click.ClickException(str(exc)) from None
 
