@@ -9,6 +9,7 @@ import aiohttp
 import picows
 import pytest
 from rendezvous_support import (
+    TOKEN,
     WAIT_S,
     MakeRendezvous,
     auth,
@@ -22,6 +23,7 @@ from rendezvous_support import (
     wait_for,
 )
 
+from exec_server.rendezvous import RendezvousConfig, RendezvousServer
 from exec_server.rendezvous.port import is_relay_upgrade
 
 ENV = "env-port"
@@ -121,3 +123,32 @@ async def test_an_unknown_relay_path_is_404_and_the_port_keeps_serving(
     assert refused.value.status == 404
     async with http.get(f"{server.base_url}/cloud/environments", headers=auth()) as resp:
         assert resp.status == 200
+
+
+def test_the_shared_port_works_on_uvloop() -> None:
+    """``exec-server rendezvous`` runs on uvloop, whose transports hand a connection
+    from the splitter to picows (a buffered protocol) and write with writev as well."""
+    uvloop = pytest.importorskip("uvloop", reason="uvloop has no wheel for this platform")
+
+    async def scenario() -> None:
+        assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+        server = RendezvousServer(RendezvousConfig(token=TOKEN, ping_interval_s=None))
+        await server.start("127.0.0.1", 0)
+        try:
+            async with aiohttp.ClientSession() as http:
+                env = await dial(http, await register(http, server.base_url, ENV))
+                harness = await dial(http, await harness_url(http, server.base_url, ENV))
+                await harness.send_bytes(resume("s-uv"))
+                await recv_bytes(env)
+                frames = [
+                    data("s-uv", seq, b"u" * size) for seq, size in enumerate((9, 9000, 3 << 20))
+                ]
+                for frame in frames:
+                    await env.send_bytes(frame)
+                for frame in frames:
+                    assert await recv_bytes(harness) == frame
+        finally:
+            await server.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())

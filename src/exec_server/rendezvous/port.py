@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import cast
 
 from aiohttp import web
 
@@ -80,9 +81,9 @@ class PortSplitter(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        self._timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT_S, transport.abort)
+        # uvloop's transports are not asyncio.Transport subclasses; both have its API.
+        self._transport = stream = cast(asyncio.Transport, transport)
+        self._timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT_S, stream.abort)
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
