@@ -96,6 +96,20 @@ async def test_a_fragmented_message_is_reassembled_before_routing(
         transport.disconnect()
 
 
+async def test_a_continuation_without_a_message_closes_with_1002(
+    make_rendezvous: MakeRendezvous, http: aiohttp.ClientSession
+) -> None:
+    server = await make_rendezvous()
+    await register(http, server.base_url, ENV)
+    transport, client = await _picows_dial(await harness_url(http, server.base_url, ENV))
+    transport.send(picows.WSMsgType.CONTINUATION, b"orphan", fin=True)
+    kind, payload = await asyncio.wait_for(client.messages.get(), WAIT_S)
+    assert kind is picows.WSMsgType.CLOSE
+    assert int.from_bytes(payload[:2], "big") == 1002
+    transport.disconnect()
+    await wait_for(lambda: server.router.stats.protocol_errors["undecodable"] == 1)
+
+
 async def test_a_message_far_over_the_limit_is_refused_from_its_header(
     make_rendezvous: MakeRendezvous, http: aiohttp.ClientSession
 ) -> None:

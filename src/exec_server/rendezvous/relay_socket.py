@@ -38,10 +38,16 @@ from typing import Any
 import picows
 from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
+from ..relay.errors import InvalidFrameReason
 from ..transport.websocket import Keepalive, KeepaliveConfig
 from .errors import SocketProtocolError
 from .frame_writer import BINARY_OPCODE, TEXT_OPCODE, FrameWriter
-from .router_config import TOO_BIG_CLOSE_CODE, UNSUPPORTED_DATA_CLOSE_CODE, ProtocolErrorReason
+from .router_config import (
+    PROTOCOL_ERROR_CLOSE_CODE,
+    TOO_BIG_CLOSE_CODE,
+    UNSUPPORTED_DATA_CLOSE_CODE,
+    ProtocolErrorReason,
+)
 from .socket_peer import SOCKET_CLOSE_TIMEOUT_S, SocketPeer
 from .url_signing import UrlRole
 
@@ -192,7 +198,13 @@ class RelaySocket(picows.WSListener):
         if frame.msg_type is _BINARY:
             self._fragments = bytearray()
         elif self._fragments is None:
-            self._fail(SocketProtocolError(1002, "undecodable", "continuation without a start"))
+            self._fail(
+                SocketProtocolError(
+                    PROTOCOL_ERROR_CLOSE_CODE,
+                    InvalidFrameReason.UNDECODABLE.value,
+                    "continuation frame without a message to continue",
+                )
+            )
             return
         self._fragments += frame.get_payload_as_memoryview()
         if len(self._fragments) > self.max_message_bytes:
