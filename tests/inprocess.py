@@ -13,10 +13,10 @@ from collections import deque
 from typing import Any
 
 import msgspec
+from memory_channel import MemoryChannel, memory_channel_pair
 
 from exec_server.environment.server import ExecServer
 from exec_server.transport.channel import ChannelClosed, MalformedFrame
-from exec_server.transport.memory import MemoryChannel, memory_channel_pair
 
 RECV_TIMEOUT_S = 5.0
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+from memory_channel import MemoryChannel, memory_channel_pair
 
 from exec_server.transport.channel import ChannelClosed
-from exec_server.transport.memory import MemoryChannel, memory_channel_pair
 
 #: Sentinel answer: never reply.
 SILENT = object()

@@ -387,7 +387,7 @@ async def _receive_chunks(
             if len(data) < CP_CHUNK_BYTES and received >= total:
                 return received
     finally:
+        # Every read still in the window is cancelled and awaited, whatever each ends with.
         for pending in window:
             pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ServerError):
-                await pending
+        await asyncio.gather(*window, return_exceptions=True)

@@ -84,6 +84,7 @@ async def interactive_shell(target: Target, cwd: str | None) -> int:
             termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
             for task in resizes:
                 task.cancel()
+            await asyncio.gather(*resizes, return_exceptions=True)
         if exit_code is None or exit_code < 0:
             return EXIT_SIGNALED
         return exit_code

@@ -28,7 +28,7 @@ import click
 import msgspec
 
 from ..client import ClientConfig, Connecting, ExecServerClient, RelayStatus
-from ..client.connect import codex_noise_environment
+from ..client.connect import CodexNoiseEnvironment, codex_noise_environment
 from .errors import CliError
 from .tokens import read_token_file
 
@@ -57,6 +57,41 @@ def _config_file() -> dict[str, Any]:
         raise CliError(f"cannot read config file {path}: {exc}", exit_code=2) from None
 
 
+def _first(*values: str | None) -> str | None:
+    """The first value that is set and not empty, else ``None``."""
+    return next((value for value in values if value), None)
+
+
+def _rendezvous_token(
+    token_file: Path | None, config: dict[str, Any], codex: CodexNoiseEnvironment | None
+) -> str | None:
+    """A token file (the option, else the config file's ``token_file``) wins; then
+    our variable, the Codex harness's, the config file's ``token``."""
+    configured_file = config.get("token_file")
+    token_path = token_file or (Path(configured_file).expanduser() if configured_file else None)
+    if token_path is not None:
+        return read_token_file(token_path, "--token-file")
+    return _first(
+        os.environ.get(RENDEZVOUS_TOKEN_ENV),
+        codex.auth_token if codex else None,
+        config.get("token"),
+    )
+
+
+def _default_endpoint(
+    config: dict[str, Any], codex: CodexNoiseEnvironment | None
+) -> tuple[str | None, str | None]:
+    """``(url, rendezvous)`` when no option named either: the environment, then the
+    config file."""
+    url = _first(os.environ.get(URL_ENV), os.environ.get(CODEX_URL_ENV), config.get("url"))
+    rendezvous = _first(
+        os.environ.get(RENDEZVOUS_ENV),
+        codex.registry_url if codex else None,
+        config.get("rendezvous"),
+    )
+    return url, rendezvous
+
+
 class Target(msgspec.Struct, frozen=True):
     """One place to connect to, resolved from options, environment and config file."""
 
@@ -75,36 +110,29 @@ class Target(msgspec.Struct, frozen=True):
         environment_id: str | None,
         token_file: Path | None,
     ) -> Target:
+        """The target from the options given, else the environment, else the config file.
+
+        ``--url`` and ``--rendezvous`` together are a usage error. With neither, a
+        rendezvous from the environment or the config file wins over a URL from them.
+        Each setting is taken from the first of: option, our variable, the Codex
+        harness's variable, the config file.
+        """
         if url and rendezvous:
             raise CliError("give --url or --rendezvous, not both", exit_code=2)
         config = _config_file()
         codex = codex_noise_environment()
-        token_path = token_file or (
-            Path(config["token_file"]).expanduser() if config.get("token_file") else None
-        )
-        if token_path is not None:
-            rendezvous_token: str | None = read_token_file(token_path, "--token-file")
-        else:
-            rendezvous_token = (
-                os.environ.get(RENDEZVOUS_TOKEN_ENV)
-                or (codex.auth_token if codex else None)
-                or config.get("token")
-            )
+        rendezvous_token = _rendezvous_token(token_file, config, codex)
         if not url and not rendezvous:
-            # Neither given: the environment, then the config file (a rendezvous wins).
-            url = os.environ.get(URL_ENV) or os.environ.get(CODEX_URL_ENV) or config.get("url")
-            rendezvous = (
-                os.environ.get(RENDEZVOUS_ENV)
-                or (codex.registry_url if codex else None)
-                or config.get("rendezvous")
-            )
+            url, rendezvous = _default_endpoint(config, codex)
         target = cls(
             url=None if rendezvous else url,
             rendezvous=rendezvous,
-            environment_id=environment_id
-            or os.environ.get(ENVIRONMENT_ENV)
-            or (codex.environment_id if codex else None)
-            or config.get("environment_id"),
+            environment_id=_first(
+                environment_id,
+                os.environ.get(ENVIRONMENT_ENV),
+                codex.environment_id if codex else None,
+                config.get("environment_id"),
+            ),
             rendezvous_token=rendezvous_token,
             connection_token=os.environ.get(CONNECTION_TOKEN_ENV),
             account_id=codex.account_id if codex else None,

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import click
 
+from ..concurrency import run_until
 from ..environment.remote import (
     RegistrationError,
     RemoteEnvironment,
@@ -169,24 +170,14 @@ async def _serve(
     token_file: Path,
     environment_id: str,
 ) -> None:
-    runner = asyncio.ensure_future(environment.run())
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        ready = asyncio.ensure_future(environment.connected.wait())
-        done, _ = await asyncio.wait(
-            {ready, runner, stopper},
-            timeout=UP_READY_TIMEOUT_S,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        ready.cancel()
-        if runner in done:
-            runner.result()  # raises the registration error
-        if stopper in done:
-            return
-        if not done:
+    async def announce_when_online() -> None:
+        try:
+            async with asyncio.timeout(UP_READY_TIMEOUT_S):
+                await environment.connected.wait()
+        except TimeoutError:
             raise click.ClickException(
                 f"the environment did not come online within {UP_READY_TIMEOUT_S:.0f}s"
-            )
+            ) from None
         harness_url = None
         if environment.noise is None:
             async with RegistryClient(nodes.bases[0], token) as registry:
@@ -198,15 +189,11 @@ async def _serve(
                     raise click.ClickException(f"cannot get a harness URL: {exc}") from None
             harness_url = harness.url
         _print_banner(nats_url, nodes, token_file, environment_id, harness_url)
-        await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if runner.done():
-            runner.result()
-    finally:
-        for task in (runner, stopper):
-            task.cancel()
-        for task in (runner, stopper):
-            with contextlib.suppress(asyncio.CancelledError, RegistrationError):
-                await task
+        await asyncio.Event().wait()  # the banner is out; run until stopped
+
+    # The environment and the announcement run until a signal or until one of them
+    # ends (a registration error is raised as itself); both are awaited before return.
+    await run_until(stop, environment.run(), announce_when_online())
 
 
 def _url_host(host: str) -> str:

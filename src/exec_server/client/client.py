@@ -27,12 +27,11 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 import msgspec
-import pybase64
 
 from ..protocol import messages as m
 from ..protocol.errors import METHOD_NOT_FOUND
@@ -49,17 +48,15 @@ from .connect import (
 )
 from .errors import (
     ExecServerError,
-    ProcessFailed,
-    ProcessTimeout,
     RequestTimeout,
     ServerError,
     TransportClosed,
     resume_error,
 )
-from .events import ClosedEvent, ExitedEvent, OutputEvent, output_params_decoder
 from .fs import FileSystem
+from .handles import ProcessHandles
 from .info import EnvironmentInfo, InitializeWire, parse_environment_info, path_uri, uses_uris
-from .process import OutputCollector, ProcessHandle, ProcessResult
+from .process import ProcessHandle, ProcessResult, run_to_completion
 from .recovery import again, recover, splice
 from .rpc import RpcClient
 
@@ -67,8 +64,6 @@ T = TypeVar("T")
 
 #: Output kept per stream by :meth:`ExecServerClient.run` unless told otherwise.
 DEFAULT_RUN_OUTPUT_BYTES = 64 * 1024 * 1024
-#: Seconds :meth:`ExecServerClient.run` waits for a terminate after its timeout.
-TERMINATE_TIMEOUT_S = 5.0
 
 EnvPolicyArg = m.EnvPolicy | None | _Default
 
@@ -95,7 +90,7 @@ class ExecServerClient:
         self.fs = FileSystem(self)
         #: How many times a lost connection was recovered.
         self.recoveries = 0
-        self._handles: dict[str, ProcessHandle] = {}
+        self._handles = ProcessHandles()
         self._rpc = self._new_rpc(channel)
         self._reconnect = reconnect
         self._ready = asyncio.Event()
@@ -235,7 +230,7 @@ class ExecServerClient:
         return client
 
     def _new_rpc(self, channel: MessageChannel) -> RpcClient:
-        return RpcClient(channel, self._route_notification, self._on_disconnect, self._on_output)
+        return RpcClient(channel, self._handles.route, self._on_disconnect, self._handles.on_output)
 
     async def _initialize(self, rpc: RpcClient, resume_session_id: str | None) -> None:
         params = m.InitializeParams(
@@ -381,7 +376,7 @@ class ExecServerClient:
         )
         # Register before starting: output notifications can precede the response.
         if events:
-            self._handles[process_id] = handle
+            self._handles.add(handle)
         params = m.ProcessStartParams(
             process_id=process_id,
             argv=list(argv),
@@ -425,46 +420,27 @@ class ExecServerClient:
         says so. A non-zero exit code is not an error: check ``result.exit_code``.
         Other arguments as :meth:`start_process`.
         """
-        process_id = uuid.uuid4().hex
-        collector = OutputCollector(max_output_bytes)
-        try:
-            async with asyncio.timeout(timeout) as deadline:
-                proc = await self.start_process(
-                    argv,
-                    cwd=cwd,
-                    env=env,
-                    env_policy=env_policy,
-                    tty=tty,
-                    pipe_stdin=stdin is not None and not tty,
-                    process_id=process_id,
-                )
-                if stdin is not None:
-                    await proc.write(stdin)
-                    if not tty:
-                        await proc.close_stdin()
-                async for event in proc:
-                    if not isinstance(event, OutputEvent | ExitedEvent | ClosedEvent):
-                        raise ProcessFailed(event.message, process_id=process_id)
-                    collector.add(event)
-        except TimeoutError:
-            if not deadline.expired():
-                raise
-            await self._terminate_quietly(process_id)
-            assert timeout is not None
-            raise ProcessTimeout(
-                f"`{argv[0]}` did not finish within {timeout:g}s; it was terminated",
-                timeout=timeout,
-                result=collector.result(),
-            ) from None
-        except asyncio.CancelledError:
-            await self._terminate_quietly(process_id)
-            raise
-        return collector.result()
 
-    async def _terminate_quietly(self, process_id: str) -> None:
-        self._handles.pop(process_id, None)
-        with contextlib.suppress(ExecServerError):
-            await self.process(process_id).terminate(timeout=TERMINATE_TIMEOUT_S)
+        async def start(process_id: str) -> ProcessHandle:
+            return await self.start_process(
+                argv,
+                cwd=cwd,
+                env=env,
+                env_policy=env_policy,
+                tty=tty,
+                pipe_stdin=stdin is not None and not tty,
+                process_id=process_id,
+            )
+
+        return await run_to_completion(
+            self,
+            start,
+            argv[0] if argv else "",
+            stdin=stdin,
+            tty=tty,
+            timeout=timeout,
+            max_output_bytes=max_output_bytes,
+        )
 
     def process(self, process_id: str) -> ProcessHandle:
         """A handle on a process by id (started elsewhere, e.g. before a resume, or with
@@ -511,47 +487,13 @@ class ExecServerClient:
         self._rpc = rpc
         self._ready.set()
         self.recoveries += 1
-        for handle in list(self._handles.values()):
+        for handle in self._handles.snapshot():
             await splice(self, handle)
 
     def _give_up(self, error: ExecServerError) -> None:
         self._failure = error
         self._ready.set()
-        for handle in list(self._handles.values()):
-            handle._fail(str(error))
-        self._handles.clear()
-
-    # --- notifications --------------------------------------------------------------
-
-    def _on_output(
-        self, process_id: str, seq: int, stream: m.OutputStream, data: bytes
-    ) -> Awaitable[None] | None:
-        handle = self._handles.get(process_id)
-        if handle is None:
-            return None
-        handle._accept(seq, OutputEvent(seq, stream, data))
-        if not handle._space.is_set():
-            return handle._wait_for_space()
-        return None
-
-    def _route_notification(self, method: str, params: msgspec.Raw) -> Awaitable[None] | None:
-        if method == m.PROCESS_OUTPUT:
-            out = output_params_decoder.decode(params)
-            # pybase64 decodes about twice as fast as msgspec's ``bytes`` field.
-            data = pybase64.b64decode(out.chunk, validate=True)
-            return self._on_output(out.process_id, out.seq, out.stream, data)
-        if method == m.PROCESS_EXITED:
-            ex = msgspec.json.decode(params, type=m.ProcessExitedNotification)
-            handle = self._handles.get(ex.process_id)
-            if handle is not None:
-                handle._accept(ex.seq, ExitedEvent(ex.seq, ex.exit_code))
-        elif method == m.PROCESS_CLOSED:
-            cl = msgspec.json.decode(params, type=m.ProcessClosedNotification)
-            handle = self._handles.get(cl.process_id)
-            if handle is not None:
-                handle._accept(cl.seq, ClosedEvent(cl.seq))
-        return None
+        self._handles.fail_all(str(error))
 
     def _forget(self, handle: ProcessHandle) -> None:
-        if self._handles.get(handle.process_id) is handle:
-            del self._handles[handle.process_id]
+        self._handles.forget(handle)

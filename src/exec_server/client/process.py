@@ -11,20 +11,24 @@ child process instead of growing memory without bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import msgspec
 
 from ..protocol import messages as m
 from .config import DEFAULT, Timeout
-from .errors import ProcessFailed
+from .errors import ExecServerError, ProcessFailed, ProcessTimeout
 from .events import ClosedEvent, ExitedEvent, FailedEvent, OutputEvent, ProcessEvent
 
 if TYPE_CHECKING:
     from .client import ExecServerClient
+
+#: Seconds :meth:`ExecServerClient.run` waits for a terminate after its timeout.
+TERMINATE_TIMEOUT_S = 5.0
 
 
 class ProcessResult(msgspec.Struct):
@@ -260,3 +264,52 @@ class OutputCollector:
             pty=b"".join(self._parts["pty"]),
             truncated=self.truncated,
         )
+
+
+async def run_to_completion(
+    client: ExecServerClient,
+    start: Callable[[str], Awaitable[ProcessHandle]],
+    name: str,
+    *,
+    stdin: bytes | None,
+    tty: bool,
+    timeout: float | None,
+    max_output_bytes: int | None,
+) -> ProcessResult:
+    """The body of :meth:`ExecServerClient.run`: ``start(process_id)`` starts the
+    process named ``name``; its stdin gets ``stdin`` then EOF (unless ``tty``), and its
+    output is collected until ``closed`` within ``timeout``. On timeout or cancellation
+    the process is terminated before the error propagates."""
+    process_id = uuid.uuid4().hex
+    collector = OutputCollector(max_output_bytes)
+    try:
+        async with asyncio.timeout(timeout) as deadline:
+            proc = await start(process_id)
+            if stdin is not None:
+                await proc.write(stdin)
+                if not tty:
+                    await proc.close_stdin()
+            async for event in proc:
+                if isinstance(event, FailedEvent):
+                    raise ProcessFailed(event.message, process_id=process_id)
+                collector.add(event)
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        await _terminate_quietly(client, process_id)
+        assert timeout is not None
+        raise ProcessTimeout(
+            f"`{name}` did not finish within {timeout:g}s; it was terminated",
+            timeout=timeout,
+            result=collector.result(),
+        ) from None
+    except asyncio.CancelledError:
+        await _terminate_quietly(client, process_id)
+        raise
+    return collector.result()
+
+
+async def _terminate_quietly(client: ExecServerClient, process_id: str) -> None:
+    client._handles.discard(process_id)
+    with contextlib.suppress(ExecServerError):
+        await client.process(process_id).terminate(timeout=TERMINATE_TIMEOUT_S)

@@ -75,10 +75,6 @@ class RpcClient:
     def closed(self) -> bool:
         return self._closed_reason is not None
 
-    @property
-    def closed_reason(self) -> str | None:
-        return self._closed_reason
-
     async def call(self, method: str, params: Any, result_type: type[T]) -> T:
         """Send a request and decode its result; raises ServerError/TransportClosed."""
         if self._closed_reason is not None:

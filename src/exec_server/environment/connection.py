@@ -29,7 +29,6 @@ handler may therefore start outside any task: it must not need
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import types
@@ -38,6 +37,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
+from ..concurrency import Stopped, unless_set
 from ..protocol import messages as m
 from ..protocol.errors import InternalError, InvalidRequest, MethodNotFound, RpcError
 from ..protocol.jsonrpc import (
@@ -361,23 +361,13 @@ class ConnectionProcessor:
     async def _long_poll(
         self, request_id: RequestId, lease: Lease, params: m.ProcessReadParams
     ) -> None:
-        read = asyncio.ensure_future(lease.session.processes.read(params))
-        revoked = asyncio.ensure_future(lease.revoked.wait())
-        try:
-            await asyncio.wait({read, revoked}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            revoked.cancel()
         outcome: m.Message | RpcError
-        if not read.done():
-            read.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await read
+        try:
+            outcome = await unless_set(lease.revoked, lease.session.processes.read(params))
+        except Stopped:
             outcome = InvalidRequest(TAKEN_OVER_MESSAGE)
-        else:
-            try:
-                outcome = read.result()
-            except RpcError as err:
-                outcome = err
+        except RpcError as err:
+            outcome = err
         await self._reply(request_id, outcome)
 
     # -- what handlers reach (routes.RequestContext) ------------------------------------

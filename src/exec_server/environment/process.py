@@ -15,8 +15,9 @@ The data path avoids a task per read: output fds are watched with
 ``loop.add_reader`` and read in large non-blocking reads, split into chunks of at
 most the chunk size, sequenced and retained at once (so ``process/read`` sees them
 even while notifications are stalled), and queued to one sender task that awaits
-the sink. When that queue grows past a high-water mark the readers are paused, so
-a slow sink stalls that child alone. Runs on the event loop thread only.
+the sink (:class:`~.notification_outbox.NotificationOutbox`). When that queue grows
+past a high-water mark the readers are paused, so a slow sink stalls that child alone.
+Runs on the event loop thread only.
 """
 
 from __future__ import annotations
@@ -28,8 +29,7 @@ import logging
 import os
 import signal as signal_module
 import threading
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..protocol.errors import InvalidRequest
@@ -37,7 +37,6 @@ from ..protocol.messages import (
     PROCESS_CLOSED,
     PROCESS_EXITED,
     PROCESS_OUTPUT,
-    Message,
     OutputStream,
     ProcessClosedNotification,
     ProcessExitedNotification,
@@ -46,17 +45,13 @@ from ..protocol.messages import (
     ProcessReadResult,
     WriteStatus,
 )
+from .notification_outbox import NotificationOutbox, NotificationSink
 from .output_log import OutputLog
 from .sandbox.denial import looks_like_sandbox_denial
 from .spawn import PIPE_CAPACITY_BYTES, Spawned, close_fds, set_winsize
 from .stdin_writer import StdinWriter
 
 log = logging.getLogger(__name__)
-
-NotificationSink = Callable[[str, Message], Awaitable[None]]
-"""``(method, notification)``; awaiting it applies the connection's backpressure.
-
-The session's sink returns at once (dropping the notification) while detached."""
 
 #: Largest output chunk; Codex 0.133 never sends more than 8 KiB raw per chunk.
 OUTPUT_CHUNK_BYTES = 8192
@@ -74,12 +69,6 @@ MAX_PENDING_STDIN_BYTES = 8 * 1024 * 1024
 READ_BYTES = 256 * 1024
 #: Output chunks at least this big are read one chunk per ``os.read`` (no slicing copy).
 CHUNKED_READ_MIN_BYTES = 64 * 1024
-#: Queued-but-unsent notification payload at which a process's readers pause ...
-NOTIFY_HIGH_WATER_BYTES = 512 * 1024
-#: ... or this many queued notifications (tiny chunks cost more than their bytes) ...
-NOTIFY_HIGH_WATER_COUNT = 1024
-#: ... and the payload below which they resume.
-NOTIFY_LOW_WATER_BYTES = 128 * 1024
 #: On exit, read at most this much per stream before recording the exit, so output
 #: the child wrote before dying gets a lower seq than ``exited``, while a grandchild
 #: that keeps writing cannot delay the exit event forever.
@@ -144,7 +133,6 @@ class ChildProcess:
         self.pid = spawned.popen.pid
         self.tty = tty
         self.pipe_stdin = pipe_stdin
-        self._notify = notify
         self._limits = limits
         self._chunk_bytes = output_chunk_bytes or limits.output_chunk_bytes
         self._read_size = (
@@ -173,19 +161,22 @@ class ChildProcess:
         self._wait_thread: threading.Thread | None = None
         self._waiters: list[asyncio.Future[None]] = []
 
-        self._outbox: deque[tuple[str, Message, int]] = deque()
-        self._outbox_bytes = 0
-        self._paused = False
-        self._sender_wakeup: asyncio.Future[None] | None = None
-        self.sender: asyncio.Task[None] | None = None
+        self.notifications = NotificationOutbox(
+            self._loop, notify, process_id, self._resume_reading
+        )
         self.retention_timer: asyncio.TimerHandle | None = None
         self._disposed = False
+
+    @property
+    def sender(self) -> asyncio.Task[None] | None:
+        """The task that sends this process's notifications (see :attr:`notifications`)."""
+        return self.notifications.task
 
     # -- lifecycle ----------------------------------------------------------------
 
     def begin(self) -> None:
         """Start watching output and exit, and start the notification sender."""
-        self.sender = self._loop.create_task(self._send_loop(), name=f"process {self.id} notify")
+        self.notifications.start()
         for stream in self._streams:
             assert stream.fd is not None
             self._loop.add_reader(stream.fd, self._on_readable, stream)
@@ -245,8 +236,7 @@ class ChildProcess:
         self.stdin.close()
         if self.retention_timer is not None:
             self.retention_timer.cancel()
-        if self.sender is not None:
-            self.sender.cancel()
+        self.notifications.cancel()
         if not self.exit_observed.done():
             self.exit_observed.set_result(None)
         self._wake_readers()
@@ -285,11 +275,8 @@ class ChildProcess:
         if not recorded:
             return
         self._wake_readers()
-        self._wake_sender()
-        if not self._paused and (
-            self._outbox_bytes >= NOTIFY_HIGH_WATER_BYTES
-            or len(self._outbox) >= NOTIFY_HIGH_WATER_COUNT
-        ):
+        self.notifications.wake()
+        if self.notifications.should_pause():
             self._pause_reading()
 
     def _record_output(self, name: OutputStream, data: bytes) -> None:
@@ -298,21 +285,18 @@ class ChildProcess:
             [data] if len(data) <= size else [data[i : i + size] for i in range(0, len(data), size)]
         )
         output = self.output
-        outbox = self._outbox
+        add_notification = self.notifications.add_output
         pid = self.id
         seq = self.next_seq
         for piece in pieces:
             output.append(ProcessOutputChunk(seq=seq, stream=name, chunk=piece))
-            outbox.append(
-                (
-                    PROCESS_OUTPUT,
-                    ProcessOutputNotification(process_id=pid, seq=seq, stream=name, chunk=piece),
-                    len(piece),
-                )
+            add_notification(
+                PROCESS_OUTPUT,
+                ProcessOutputNotification(process_id=pid, seq=seq, stream=name, chunk=piece),
+                len(piece),
             )
             seq += 1
         self.next_seq = seq
-        self._outbox_bytes += len(data)
 
     def _stream_eof(self, stream: _OutputStream) -> None:
         self._close_stream(stream)
@@ -330,13 +314,11 @@ class ChildProcess:
         close_fds([fd])
 
     def _pause_reading(self) -> None:
-        self._paused = True
         for stream in self._streams:
             if stream.fd is not None:
                 self._loop.remove_reader(stream.fd)
 
     def _resume_reading(self) -> None:
-        self._paused = False
         for stream in self._streams:
             if stream.fd is not None:
                 self._loop.add_reader(stream.fd, self._on_readable, stream)
@@ -377,7 +359,7 @@ class ChildProcess:
             self.sandbox_denied = looks_like_sandbox_denial(shell_code, self.output.payloads())
         if self.codex_0171:
             exited.sandbox_denied = self.sandbox_denied
-        self._enqueue(PROCESS_EXITED, exited)
+        self.notifications.add(PROCESS_EXITED, exited)
         if not self.exit_observed.done():
             self.exit_observed.set_result(None)
         self._maybe_close()
@@ -406,44 +388,14 @@ class ChildProcess:
         self.closed = True
         seq = self.next_seq
         self.next_seq = seq + 1
-        self._enqueue(PROCESS_CLOSED, ProcessClosedNotification(process_id=self.id, seq=seq))
+        self.notifications.add(
+            PROCESS_CLOSED, ProcessClosedNotification(process_id=self.id, seq=seq)
+        )
         self.stdin.close()
         self._wake_readers()
         if self._lease is not None:
             self._lease.release()
         self._on_closed(self)
-
-    # -- notifications ------------------------------------------------------------
-
-    def _enqueue(self, method: str, message: Message) -> None:
-        self._outbox.append((method, message, 0))
-        self._wake_sender()
-
-    def _wake_sender(self) -> None:
-        wakeup = self._sender_wakeup
-        if wakeup is not None and not wakeup.done():
-            wakeup.set_result(None)
-
-    async def _send_loop(self) -> None:
-        outbox = self._outbox
-        notify = self._notify
-        while True:
-            while outbox:
-                method, message, size = outbox.popleft()
-                self._outbox_bytes -= size
-                if self._paused and self._outbox_bytes <= NOTIFY_LOW_WATER_BYTES:
-                    self._resume_reading()
-                try:
-                    await notify(method, message)
-                except Exception:
-                    # A failing sink must not stall the process: the event stays
-                    # retained for process/read.
-                    log.exception("process %s: %s notification failed", self.id, method)
-                if method == PROCESS_CLOSED:
-                    return
-            self._sender_wakeup = self._loop.create_future()
-            await self._sender_wakeup
-            self._sender_wakeup = None
 
     # -- reads ----------------------------------------------------------------------
 

@@ -41,7 +41,8 @@ from ..protocol.path_uri import speaks_uri
 from ..protocol.rust_uuid import uuid_error
 from .child_env import build_child_env, resolve_cwd
 from .child_signals import prepare_child_signals
-from .process import DEFAULT_PROCESS_LIMITS, ChildProcess, NotificationSink, ProcessLimits
+from .notification_outbox import NotificationSink
+from .process import DEFAULT_PROCESS_LIMITS, ChildProcess, ProcessLimits
 from .sandbox import SandboxSpec, UnsupportedPolicy
 from .sandbox.confinement import DEFAULT_ENFORCER, SandboxEnforcer
 from .sandbox.placeholders import PLACEHOLDERS
@@ -257,6 +258,9 @@ class ProcessManager:
     def _forget(self, process_id: str, process: ChildProcess) -> None:
         if self._processes.get(process_id) is process:
             del self._processes[process_id]
+        if process.retention_timer is not None:  # forgotten early: the timer goes too
+            process.retention_timer.cancel()
+            process.retention_timer = None
         if process.retention_timer is not None:
             process.retention_timer.cancel()
             process.retention_timer = None

@@ -39,6 +39,10 @@ Routing rules (Codex E1 ``run_multiplexed_executor`` plus reliability):
   it while a legacy harness cannot keep up); the stream's send buffer then fills and its
   sender waits, while every other stream keeps flowing. A reset still goes out.
 
+Who may open a stream is decided in :mod:`~exec_server.relay.mux_admission`; the
+limits, roles and drop reasons are in :mod:`~exec_server.relay.mux_config` (and
+importable from here).
+
 Memory is bounded by ``max_streams`` times the per-stream bounds of
 :class:`ReliableStreamConfig`, plus ``max_retired_stream_ids`` ids and
 ``max_pending_control_frames`` queued replies.
@@ -50,28 +54,29 @@ import math
 import uuid
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
 from types import MappingProxyType
-from typing import Protocol
 
 from exec_server.relay.errors import InvalidFrame, StreamClosed
-from exec_server.relay.events import MuxEvent, PeerMode, StreamEvent, StreamOpened
+from exec_server.relay.events import MuxEvent, StreamOpened
 from exec_server.relay.frame_codec import (
-    INBOUND_LIMITS,
     MAX_OUTBOUND_STREAM_ID_BYTES,
-    RELIABLE_CAPABILITY_BIT,
-    DataBody,
-    FrameLimits,
     RelayFrame,
-    ResumeBody,
     decode_frame,
     encode_frame,
     encode_frame_after,
     reset_for_peer,
 )
-from exec_server.relay.reliable_stream import ReliableStream, ReliableStreamConfig
-from exec_server.relay.stream_config import StreamStats, seq_to_wire
+from exec_server.relay.mux_admission import admit
+from exec_server.relay.mux_config import (
+    MAX_PENDING_CONTROL_FRAMES,
+    MAX_RETIRED_STREAM_IDS,
+    MAX_STREAMS,
+    MuxConfig,
+    MuxDropReason,
+    MuxRole,
+    MuxStream,
+)
+from exec_server.relay.reliable_stream import ReliableStream
 
 __all__ = [
     "MAX_PENDING_CONTROL_FRAMES",
@@ -83,97 +88,6 @@ __all__ = [
     "MuxStream",
     "StreamMux",
 ]
-
-
-class MuxStream(Protocol):
-    """What the multiplexer needs of a stream: the verbs of
-    :class:`~exec_server.relay.reliable_stream.ReliableStream`, which every stream the
-    mux creates is. Other kinds are adopted with :meth:`StreamMux.adopt_stream` (the
-    Noise relay's streams with a Codex peer, :mod:`exec_server.relay.noise.codex_stream`)."""
-
-    @property
-    def stream_id(self) -> str: ...
-    @property
-    def mode(self) -> PeerMode: ...
-    @property
-    def stats(self) -> StreamStats: ...
-    @property
-    def is_closed(self) -> bool: ...
-    @property
-    def close_reason(self) -> str | None: ...
-    @property
-    def is_finished(self) -> bool: ...
-    @property
-    def has_events(self) -> bool: ...
-    def send_message(
-        self,
-        payload: bytes,
-        now: float,
-        *,
-        traceparent: str | None = None,
-        tracestate: str | None = None,
-    ) -> None: ...
-    def reset(self, reason: str) -> None: ...
-    def next_frame(self, now: float) -> RelayFrame | None: ...
-    def next_event(self) -> StreamEvent | None: ...
-    def receive_frame(self, frame: RelayFrame, now: float) -> None: ...
-    def get_timer(self) -> float | None: ...
-    def handle_timer(self, now: float) -> None: ...
-    def connection_lost(self, now: float) -> None: ...
-    def on_reconnect(self, now: float) -> None: ...
-
-
-MAX_STREAMS = 128
-"""Live streams per socket (Codex ``MAX_ACTIVE_NOISE_RELAY_STREAMS``)."""
-
-MAX_RETIRED_STREAM_IDS = 1024
-"""Ended stream ids remembered to reject stale reliable frames."""
-
-MAX_PENDING_CONTROL_FRAMES = 64
-"""Queued mux-level replies (resets to rejected streams); more are dropped and counted."""
-
-
-class MuxRole(StrEnum):
-    """Which end of the relay this socket is."""
-
-    HARNESS = "harness"
-    """Opens streams; never creates one for an inbound frame."""
-    ENVIRONMENT = "environment"
-    """Accepts streams lazily on their first data frame."""
-
-
-class MuxDropReason(StrEnum):
-    """Mux-level reasons in :attr:`StreamMux.dropped` (besides ``InvalidFrameReason``)."""
-
-    UNKNOWN_STREAM = "unknown_stream"
-    """Harness side: data for a stream it never opened."""
-    UNKNOWN_STREAM_CONTROL = "unknown_stream_control"
-    """A non-data frame for a stream that does not exist: ignored, as in Codex."""
-    TOO_MANY_STREAMS = "too_many_streams"
-    """A new stream over ``max_streams``."""
-    RETIRED_STREAM = "retired_stream"
-    """A reliable data or resume frame for a stream id that already ended."""
-    LOST_STREAM = "lost_stream"
-    """A reliable frame acknowledging data on a stream this side does not have."""
-    CONTROL_QUEUE_FULL = "control_queue_full"
-    """A reply reset that did not fit ``max_pending_control_frames``."""
-
-
-@dataclass(frozen=True, slots=True)
-class MuxConfig:
-    """Limits of one multiplexed socket."""
-
-    max_streams: int = MAX_STREAMS
-    max_retired_stream_ids: int = MAX_RETIRED_STREAM_IDS
-    max_pending_control_frames: int = MAX_PENDING_CONTROL_FRAMES
-    frame_limits: FrameLimits = INBOUND_LIMITS
-    stream: ReliableStreamConfig = field(default_factory=ReliableStreamConfig)
-
-    def __post_init__(self) -> None:
-        if self.max_streams <= 0 or self.max_retired_stream_ids < 0:
-            raise ValueError("max_streams must be positive and max_retired_stream_ids >= 0")
-        if self.max_pending_control_frames < 0:
-            raise ValueError("max_pending_control_frames must be >= 0")
 
 
 class _Batch:
@@ -378,31 +292,11 @@ class StreamMux:
 
     def _accept(self, frame: RelayFrame, now: float) -> MuxStream | None:
         stream_id = frame.stream_id
-        body = frame.body
-        reliable = (
-            bool(frame.ack_bits & RELIABLE_CAPABILITY_BIT) and self.config.stream.allow_reliable
-        )
-        if not isinstance(body, DataBody) and not (isinstance(body, ResumeBody) and reliable):
-            self.dropped[MuxDropReason.UNKNOWN_STREAM_CONTROL] += 1
-            return None
-        if reliable and stream_id in self._retired:
-            self.dropped[MuxDropReason.RETIRED_STREAM] += 1
-            self._reply_reset(stream_id, "stream_closed", reliable)
-            return None
-        if (
-            reliable
-            and self.role is MuxRole.ENVIRONMENT
-            and frame.ack != seq_to_wire(self.config.stream.initial_seq - 1)  # 0 in production
-        ):
-            self.dropped[MuxDropReason.LOST_STREAM] += 1
-            self._reply_reset(stream_id, "unknown_stream", reliable)
-            return None
-        if self.role is MuxRole.HARNESS:
-            self.dropped[MuxDropReason.UNKNOWN_STREAM] += 1
-            return None
-        if self._stream_count() >= self.config.max_streams:
-            self.dropped[MuxDropReason.TOO_MANY_STREAMS] += 1
-            self._reply_reset(stream_id, "too_many_streams", reliable)
+        refusal = admit(frame, self.role, self.config, self._retired, self._stream_count())
+        if refusal is not None:
+            self.dropped[refusal.drop] += 1
+            if refusal.reset is not None:
+                self._reply_reset(stream_id, refusal.reset, refusal.reliable)
             return None
         self._retired.pop(stream_id, None)
         stream = ReliableStream(stream_id, initiator=False, now=now, config=self.config.stream)

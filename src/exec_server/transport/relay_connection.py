@@ -4,7 +4,7 @@
 a succession of physical websockets (:meth:`RelayConnection.run_socket` once per
 socket), so reliable streams survive a physical reconnect: on each new socket the
 mux sends ``resume`` and retransmits what the peer lacks. Each relay stream is
-exposed as a :class:`RelayStreamChannel`, a
+exposed as a :class:`~exec_server.transport.relay_channel.RelayStreamChannel`, a
 :class:`~exec_server.transport.channel.MessageChannel`, so the connection
 processor (environment side) and the RPC client (harness side) never know they run
 over the relay.
@@ -32,14 +32,12 @@ undelivered messages exceed ``max_channel_inbox_bytes`` it is reset with
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import ClientSession, ClientWebSocketResponse, WSMsgType, web
+from aiohttp import WSMsgType, web
 
 from ..relay.control import (
     CONTROL_SUBPROTOCOL,
@@ -50,32 +48,46 @@ from ..relay.control import (
     ResumeOutput,
     decode_control,
 )
-from ..relay.errors import MessageTooLarge, SendBlocked, StreamClosed
 from ..relay.events import (
     MessageReceived,
-    PeerMode,
     PeerModeResolved,
     PeerResumed,
     StreamOpened,
     StreamReset,
 )
-from ..relay.stream_mux import MuxConfig, MuxRole, MuxStream, StreamMux
-from .channel import ChannelClosed, MessageTooLargeForTransport
+from ..relay.stream_mux import MuxConfig, MuxRole, StreamMux
 from .picows_socket import HEADROOM as PICOWS_HEADROOM
-from .picows_socket import PicowsRelaySocket, dial_picows_relay_socket
+from .picows_socket import PicowsRelaySocket
+from .relay_channel import RelayStreamChannel
+from .relay_sockets import (
+    SOCKET_CLOSE_TIMEOUT_S,
+    RelaySocket,
+    close_socket,
+    dial_environment_socket,
+    dial_relay_socket,
+)
 from .relay_status import RelayStatus, StatusCallback
 from .websocket import (
-    AnyWebSocket,
     Keepalive,
     KeepaliveConfig,
-    dial_websocket,
 )
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "INBOX_HOLD_BYTES",
+    "MAX_CHANNEL_INBOX_BYTES",
+    "SOCKET_CLOSE_TIMEOUT_S",
+    "WRITE_BATCH_BYTES",
+    "RelayConfig",
+    "RelayConnection",
+    "RelaySocket",
+    "RelayStatus",
+    "RelayStreamChannel",
+    "close_socket",
+    "dial_environment_socket",
+    "dial_relay_socket",
+]
 
-RelaySocket = AnyWebSocket | PicowsRelaySocket
-"""A socket :meth:`RelayConnection.run_socket` drives: aiohttp's, or picows' (the
-environment's, which carries the output bytes)."""
+log = logging.getLogger(__name__)
 
 #: Bytes of outbound frames written per writer pass before yielding to the loop.
 WRITE_BATCH_BYTES = 1024 * 1024
@@ -91,99 +103,6 @@ class RelayConfig:
     max_channel_inbox_bytes: int = MAX_CHANNEL_INBOX_BYTES
     inbox_hold_bytes: int = INBOX_HOLD_BYTES
     keepalive: KeepaliveConfig = field(default_factory=KeepaliveConfig)
-
-
-class RelayStreamChannel:
-    """One relay stream as a message channel."""
-
-    transport_name = "relay"
-    parse_error_prefix = "failed to parse relay JSON-RPC message from exec-server relay"
-
-    def __init__(self, connection: RelayConnection, stream: MuxStream) -> None:
-        self._connection = connection
-        self.stream = stream
-        """The relay stream, for reading its state and counters; only the connection's
-        multiplexer drives it."""
-        self.stream_id = stream.stream_id
-        self._inbox: deque[bytes] = deque()
-        self._inbox_bytes = 0
-        self._readable = asyncio.Event()
-        self._end_reason: str | None = None
-        self._held = False
-
-    @property
-    def ended(self) -> bool:
-        return self._end_reason is not None
-
-    @property
-    def end_reason(self) -> str | None:
-        return self._end_reason
-
-    # --- fed by the connection ---------------------------------------------------
-
-    def _deliver(self, payload: bytes) -> bool:
-        if self._end_reason is not None:
-            return True
-        config = self._connection.config
-        if self._inbox_bytes + len(payload) > config.max_channel_inbox_bytes:
-            return False
-        self._inbox.append(payload)
-        self._inbox_bytes += len(payload)
-        self._readable.set()
-        if (
-            not self._held
-            and self._inbox_bytes >= config.inbox_hold_bytes
-            and self.stream.mode is PeerMode.RELIABLE
-        ):
-            self._held = True
-            self._connection.mux.hold_events(self.stream_id)
-        return True
-
-    def end(self, reason: str) -> None:
-        """End the channel (its stream is not reset: see :meth:`close`)."""
-        if self._end_reason is None:
-            self._end_reason = reason
-        self._readable.set()
-        self._connection.notify_progress()  # a sender waiting for window space must see it
-
-    # --- MessageChannel ----------------------------------------------------------
-
-    async def receive(self) -> bytes:
-        while not self._inbox:
-            if self._end_reason is not None:
-                raise ChannelClosed(self._end_reason)
-            self._readable.clear()
-            await self._readable.wait()
-        payload = self._inbox.popleft()
-        self._inbox_bytes -= len(payload)
-        if self._held and self._inbox_bytes <= self._connection.config.inbox_hold_bytes // 2:
-            self._held = False
-            self._connection.release_events(self.stream_id)
-        return payload
-
-    async def send(self, message: bytes) -> None:
-        conn = self._connection
-        while True:
-            if self._end_reason is not None:
-                raise ChannelClosed(self._end_reason)
-            progress = conn.progress
-            try:
-                conn.send_message(self.stream_id, message)
-            except SendBlocked:
-                await progress.wait()
-                continue
-            except MessageTooLarge as exc:
-                raise MessageTooLargeForTransport(str(exc)) from None
-            except StreamClosed as exc:
-                self.end(str(exc))
-                raise ChannelClosed(self._end_reason) from None
-            return
-
-    async def close(self, reason: str | None = None) -> None:
-        if self._end_reason is not None:
-            return
-        self.end(reason or "closed")
-        self._connection.close_stream(self.stream_id, reason or "closed")
 
 
 class RelayConnection:
@@ -493,49 +412,3 @@ async def _ends_socket(loop: Coroutine[Any, Any, str | None], prefix: str = "") 
 def _closed_reason(ws: RelaySocket, message: object) -> str:
     reason = f": {message}" if isinstance(message, str) and message else ""
     return f"relay websocket closed (code {ws.close_code}{reason})"
-
-
-#: How long closing a relay socket may wait for the peer's close frame.
-SOCKET_CLOSE_TIMEOUT_S = 2.0
-
-
-async def close_socket(ws: RelaySocket) -> None:
-    """Close a websocket without ever hanging on an unresponsive peer."""
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(SOCKET_CLOSE_TIMEOUT_S):
-            await ws.close()
-
-
-async def dial_environment_socket(
-    url: str, *, timeout_s: float = 10.0, max_message_bytes: int = 64 * 1024 * 1024
-) -> PicowsRelaySocket:
-    """Open the environment's relay websocket as :meth:`RelayConnection.run_socket`
-    wants it (the control subprotocol offered), on picows: every output byte crosses
-    it, and picows frames and masks it in one copy."""
-    return await dial_picows_relay_socket(
-        url,
-        timeout_s=timeout_s,
-        max_message_bytes=max_message_bytes,
-        protocols=(CONTROL_SUBPROTOCOL,),
-    )
-
-
-async def dial_relay_socket(
-    http: ClientSession,
-    url: str,
-    *,
-    headers: dict[str, str] | None = None,
-    timeout_s: float = 10.0,
-    max_message_bytes: int = 64 * 1024 * 1024,
-) -> ClientWebSocketResponse:
-    """Open a relay websocket as :meth:`RelayConnection.run_socket` wants it: no
-    compression, pings answered by its reader, the control subprotocol offered."""
-    return await dial_websocket(
-        http,
-        url,
-        headers=headers,
-        timeout_s=timeout_s,
-        max_message_bytes=max_message_bytes,
-        autoping=False,
-        protocols=(CONTROL_SUBPROTOCOL,),
-    )

@@ -84,9 +84,6 @@ class Keepalive:
         self.heard_count = 0
         """Messages received; the reader bumps it (cheaper than reading a clock)."""
 
-    def heard(self) -> None:
-        self.heard_count += 1
-
     async def run(self) -> str:
         """Ping until the peer is silent for ``pong_timeout_s``; return why it stopped.
         Never returns while pings are disabled (cancel it with the socket)."""

@@ -9,17 +9,23 @@ NATS:
   liveness, readiness, change events). :class:`~exec_server.rendezvous.cluster.state.
   LocalClusterState` is the single-node default (dicts, the SQLite registration store,
   the data-dir secrets); :class:`~exec_server.rendezvous.cluster.nats_state.
-  NatsClusterState` keeps the same records in JetStream KV.
+  NatsClusterState` keeps the same records in JetStream KV
+  (:mod:`~exec_server.rendezvous.cluster.kv_buckets`; the cold-path records in
+  :mod:`~exec_server.rendezvous.cluster.nats_registry`).
 * :class:`~exec_server.rendezvous.cluster.frame_bus.FrameBus`: "deliver these frame
   bytes to the node that holds that socket", a
   :class:`~exec_server.rendezvous.cluster.frame_bus.RemoteChannel` per (node,
   environment) with a socket peer's queue contract.
   :class:`~exec_server.rendezvous.cluster.nats_bus.NatsFrameBus` forwards over core
   NATS with credit flow control and loss detection
-  (:mod:`~exec_server.rendezvous.cluster.flow`).
+  (:mod:`~exec_server.rendezvous.cluster.flow`): its wire format is
+  :mod:`~exec_server.rendezvous.cluster.bus_wire`, its sending side
+  :mod:`~exec_server.rendezvous.cluster.bus_publisher`, its receiving side
+  :mod:`~exec_server.rendezvous.cluster.bus_receiver`.
 
 Sans-IO parts: :mod:`~exec_server.rendezvous.cluster.routing` (local socket, remote
 node or refuse; inbound verification of the sending node; stream claim rules),
+:mod:`~exec_server.rendezvous.cluster.bus_wire` (subjects, headers, credit messages),
 :mod:`~exec_server.rendezvous.cluster.liveness` (leases on the observer's clock),
 :mod:`~exec_server.rendezvous.cluster.flow` and
 :mod:`~exec_server.rendezvous.cluster.watch_cache`.

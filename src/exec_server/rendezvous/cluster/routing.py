@@ -26,6 +26,13 @@ cache that may lag a fresh write by another node, so a mismatch against the *cac
 answers :class:`Lookup` (fetch the authoritative record, ask again with
 ``authoritative=True``); only a mismatch against an authoritative record refuses.
 
+Most forwarded frames need no records at all (:func:`check_forwarded`): when this
+node's own routing state already routes the stream between the sender and a local
+socket (checked against the records when the stream arrived here, kept up to date by
+state events), the frame is :class:`KnownRoute`; only the others are checked against
+the records. When frames between this node and another are lost, :func:`end_cut_off`
+says which local end of a stream that cannot retransmit must be reset.
+
 Claims (:func:`decide_stream_claim`): the first harness socket to send on a stream owns
 it; a different credential is refused; the same credential takes a stream over only with
 ``resume`` (the ownership rules of the single-node router, applied to records).
@@ -40,12 +47,18 @@ from enum import StrEnum
 from .records import EnvironmentHolder, NodeRef, StreamOwner, Versioned
 
 __all__ = [
+    "CHECK_RECORDS",
+    "KNOWN_ROUTE",
     "Accept",
+    "CheckRecords",
     "ClaimRefused",
     "CreateStream",
     "Direction",
     "IsLive",
     "KeepStream",
+    "KnownRoute",
+    "LocalEnd",
+    "LocalEnds",
     "Lookup",
     "NoRoute",
     "NoRouteReason",
@@ -54,7 +67,9 @@ __all__ = [
     "TakeOverStream",
     "ToLocal",
     "ToNode",
+    "check_forwarded",
     "decide_stream_claim",
+    "end_cut_off",
     "route_to_environment",
     "route_to_harness",
     "verify_inbound",
@@ -186,6 +201,65 @@ def verify_inbound(
             return Lookup()
         return Refuse(RefuseReason.SENDER_NOT_ENVIRONMENT_HOLDER)
     return Accept(owner.socket_id)
+
+
+LocalEnds = tuple[bool, NodeRef | None, bool, NodeRef | None]
+"""The two ends of one stream as this node's routing state has them (no records):
+``(environment_here, environment_node, owner_here, owner_node)``: the environment's
+socket is on this node; else the node its frames are routed to (None if none); the
+stream's owner is a harness socket on this node; else the node of the owner (None if
+none). A plain tuple: it is built for every forwarded frame."""
+
+
+@dataclass(frozen=True, slots=True)
+class KnownRoute:
+    """The local routing state already routes this stream between the sender and a
+    local socket: deliver without reading any record."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckRecords:
+    """The local routing state does not name the sender: :func:`verify_inbound`."""
+
+
+KNOWN_ROUTE = KnownRoute()
+CHECK_RECORDS = CheckRecords()
+
+
+def check_forwarded(
+    sender: NodeRef, direction: Direction, ends: LocalEnds
+) -> KnownRoute | CheckRecords | Refuse:
+    """The first check of a frame another node forwarded, against local state only."""
+    environment_here, environment_node, owner_here, owner_node = ends
+    if direction is Direction.HARNESS_TO_ENVIRONMENT:
+        if not environment_here:
+            return Refuse(RefuseReason.NOT_ENVIRONMENT_HOLDER)
+        return KNOWN_ROUTE if owner_node == sender else CHECK_RECORDS
+    if owner_here and environment_node == sender:
+        return KNOWN_ROUTE
+    return CHECK_RECORDS
+
+
+class LocalEnd(StrEnum):
+    ENVIRONMENT = "environment"
+    HARNESS = "harness"
+
+
+def end_cut_off(ends: LocalEnds, *, owner_remote: bool, lost_node_id: str) -> LocalEnd | None:
+    """The local end of a stream whose frames to or from ``lost_node_id`` were lost:
+    the environment socket here when the stream's harness is (or, orphaned, was) on
+    that node; the harness socket here when the environment is on that node; None when
+    the stream does not go through that node. ``owner_remote`` says the stream's owner
+    is (or was) on another node."""
+    environment_here, environment_node, owner_here, owner_node = ends
+    if environment_here and owner_remote:
+        orphaned = owner_node is None and not owner_here
+        if orphaned or (owner_node is not None and owner_node.node_id == lost_node_id):
+            return LocalEnd.ENVIRONMENT
+        return None
+    if owner_here and environment_node is not None and environment_node.node_id == lost_node_id:
+        return LocalEnd.HARNESS
+    return None
 
 
 class ClaimRefused(StrEnum):

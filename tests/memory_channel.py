@@ -1,7 +1,7 @@
-"""An in-process channel pair: a server and a client in one event loop.
+"""Test support: an in-process channel pair, a server and a client in one event loop.
 
-Useful for embedding an exec-server in a harness process and for tests that
-exercise the connection processor without sockets. Each direction is a bounded
+Tests exercise the connection processor and the SDK without sockets through it
+(``send_raw`` and ``shutdown_send`` are the test hooks). Each direction is a bounded
 queue, so a consumer that stops reading pushes back on the producer as a socket
 would.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from .channel import ChannelClosed, MalformedFrame
+from exec_server.transport.channel import ChannelClosed, MalformedFrame
 
 #: Messages buffered per direction before ``send`` waits.
 DEFAULT_QUEUE_MESSAGES = 256
