@@ -260,7 +260,17 @@ def exec_server_argv(*args: str) -> list[str]:
 def remote_environment(name: str, base_url: str, cpu: int | None) -> Child:
     return Child(
         name,
-        exec_server_argv("serve", "--remote", base_url, "--environment-id", ENVIRONMENT_ID),
+        # The cleartext relay (this benchmark's subject; noise_relay_bench.py measures
+        # the encrypted one, the default since Codex 0.171).
+        exec_server_argv(
+            "serve",
+            "--remote",
+            base_url,
+            "--environment-id",
+            ENVIRONMENT_ID,
+            "--remote-transport",
+            "legacy",
+        ),
         cpu,
         env={REGISTRATION_TOKEN_ENV: REGISTRATION_TOKEN},
         wait_line=False,

@@ -41,6 +41,7 @@ from exec_server.relay.frame_codec import (
     decode_frame,
     decode_route,
     encode_frame,
+    peek_route,
     resume_frame,
     validate_frame,
 )
@@ -161,6 +162,16 @@ def assert_same_as_protobuf(data: bytes, limits: FrameLimits) -> Outcome:
         assert route == (expected.stream_id, expected.kind, bool(expected.ack_bits & 1))
     else:
         assert route == expected
+    try:
+        peeked: tuple[str, str, bool] | InvalidFrameReason = peek_route(data, limits)
+    except InvalidFrame as invalid:
+        peeked = invalid.reason
+    assert peeked == route, data.hex()
+    try:  # a view of a read buffer, as the rendezvous passes it
+        peeked = peek_route(memoryview(bytearray(data)), limits)
+    except InvalidFrame as invalid:
+        peeked = invalid.reason
+    assert peeked == route, data.hex()
     return expected
 
 
@@ -282,6 +293,18 @@ def test_our_encodings_take_the_fast_path(frame: RelayFrame) -> None:
             assert not valid(frame)
             return
     assert decoded == frame
+
+
+@pytest.mark.parametrize("ack_bits", [0, 1, 0x8000_0001])
+def test_peek_route_reads_canonical_data_frames_itself(ack_bits: int) -> None:
+    """The frames a forwarder sees most never reach the full decoder."""
+    frame = data_frame("3f1c2a9e", 7, b"x" * 300, ack=12, ack_bits=ack_bits)
+    data = encode_frame(frame)
+    with mock.patch.object(frame_codec, "decode_route", side_effect=AssertionError("slow")):
+        assert peek_route(data) == ("3f1c2a9e", "data", bool(ack_bits & 1))
+    segmented = data_frame("s", 0, b"y", segment_index=1, segment_count=2)
+    with mock.patch.object(frame_codec, "decode_route", side_effect=AssertionError("slow")):
+        assert peek_route(encode_frame(segmented)) == ("s", "data", False)
 
 
 def test_selected_empty_members_and_empty_trace_fields_are_emitted() -> None:

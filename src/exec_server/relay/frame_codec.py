@@ -93,6 +93,7 @@ __all__ = [  # the frame model is re-exported from frames, the encoder from fram
     "encode_frame",
     "encode_frame_after",
     "heartbeat_frame",
+    "peek_route",
     "reset_for_peer",
     "reset_frame",
     "resume_frame",
@@ -108,7 +109,7 @@ class _NotCanonical(Exception):
     """Internal: the fast decoder hands the bytes to the protobuf parser."""
 
 
-def _read_u32(data: bytes, pos: int) -> tuple[int, int]:
+def _read_u32(data: bytes | bytearray | memoryview, pos: int) -> tuple[int, int]:
     """The varint at ``pos`` and the position after it, for a varint of at most 5 bytes
     holding a ``uint32``; anything else is not canonical here (protobuf truncates longer
     varints to 32 bits; let it)."""
@@ -356,3 +357,67 @@ def decode_route(
     body = frame.body
     assert body is not None  # validate_frame rejects a frame without body
     return frame.stream_id, body.kind, bool(frame.ack_bits & RELIABLE_CAPABILITY_BIT)
+
+
+def peek_route(
+    data: bytes | bytearray | memoryview, limits: FrameLimits = INBOUND_LIMITS
+) -> tuple[str, BodyKind, bool]:
+    """:func:`decode_route`'s answer (the same tuple, the same :class:`InvalidFrame`),
+    read straight off the bytes for the frame a forwarder sees most: a canonical
+    ``data`` frame without trace fields (no frame or body objects are built). Anything
+    else, and any doubt, goes to :func:`decode_route`. ``data`` is only read during
+    the call (a view of a socket's read buffer will do).
+    """
+    end = len(data)
+    try:
+        if end > limits.max_frame_bytes or data[0] != 0x08 or data[1] != 0x01 or data[2] != 0x12:
+            return decode_route(data, limits)
+        size = data[3]
+        pos = 4 + size
+        if size >= 0x80 or size > limits.max_stream_id_bytes:
+            return decode_route(data, limits)
+        stream_id = str(data[4:pos], "utf-8")
+        tag = data[pos]
+        if tag == 0x18:  # ack
+            _, pos = _read_u32(data, pos + 1)
+            tag = data[pos]
+        ack_bits = 0
+        if tag == 0x20:
+            ack_bits, pos = _read_u32(data, pos + 1)
+            tag = data[pos]
+        if (
+            tag != 0x2A  # not a data frame
+            or not stream_id
+            or stream_id.strip() != stream_id
+            or not _plain_data_body(data, pos, limits.max_segment_count)
+        ):
+            return decode_route(data, limits)
+    except (_NotCanonical, IndexError, UnicodeDecodeError):
+        return decode_route(data, limits)
+    return stream_id, "data", bool(ack_bits & RELIABLE_CAPABILITY_BIT)
+
+
+def _plain_data_body(
+    data: bytes | bytearray | memoryview, pos: int, max_segment_count: int
+) -> bool:
+    """Is the ``data`` member whose tag is at ``pos`` canonical, valid (a payload,
+    ``index < count <= max_segment_count``) and the end of the frame?"""
+    size, pos = _read_u32(data, pos + 1)
+    end = len(data)
+    if pos + size != end:  # trace fields follow, or not canonical
+        return False
+    index = count = 0
+    tag = data[pos]
+    if tag == 0x08:  # data.seq
+        _, pos = _read_u32(data, pos + 1)
+        tag = data[pos]
+    if tag == 0x10:
+        index, pos = _read_u32(data, pos + 1)
+        tag = data[pos]
+    if tag == 0x18:
+        count, pos = _read_u32(data, pos + 1)
+        tag = data[pos]
+    if tag != 0x22:
+        return False
+    size, pos = _read_u32(data, pos + 1)
+    return bool(size) and pos + size == end and index < count <= max_segment_count

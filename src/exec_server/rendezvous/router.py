@@ -42,27 +42,7 @@ Rules (stream ids are scoped to one environment id):
   the stream (:func:`~exec_server.relay.frame_codec.reset_for_peer`).
 * **Environment frames** go to the owning harness socket; unknown streams are dropped.
 
-Back-pressure and loss: every socket has an outbound queue drained by its own writer
-task, so one slow harness never stalls the environment's reader or the other streams.
-
-* A frame from a *reliable* sender (capability flag set: it retransmits) that does not
-  fit the harness socket's queue (``max_queue_bytes`` / ``max_queue_frames``) is dropped
-  (``harness_queue_full``); the sender repairs the loss.
-* A frame from a *legacy* sender (no flag: a Codex environment, or ours answering a Codex
-  harness) is never dropped. It is queued, counted against its stream; once the stream
-  holds ``stream_pause_bytes`` (or the socket ``max_queue_bytes``), an environment that
-  negotiated the control subprotocol is told to pause that stream's output (per stream:
-  its other streams keep flowing) and to resume it once the harness drained half of it.
-  A stream whose harness stays too slow (queued bytes over ``max_stream_buffer_bytes``,
-  the socket over ``max_socket_buffer_bytes``, or paused for ``slow_harness_timeout_s``)
-  is ended explicitly: the harness gets every frame queued before the cut, then
-  ``reset{harness_too_slow}``, and the environment gets the same reset. Never a gap.
-* A full *environment* queue makes the harness readers wait (TCP back-pressure to the
-  harnesses), since nothing else depends on that reader.
-
-An empty queue accepts any frame, so one frame larger than a bound (legacy peers send up
-to 64 MiB) still passes. Memory per harness socket is bounded by
-``max_socket_buffer_bytes`` plus one frame.
+Back-pressure and loss: :mod:`~exec_server.rendezvous.backpressure`.
 
 A node of a rendezvous cluster routes with
 :class:`~exec_server.rendezvous.cluster_router.ClusterRouter`: these same rules, with
@@ -73,27 +53,37 @@ on a single node.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import itertools
 import logging
-from collections import Counter, deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Protocol
 
-from ..relay.control import (
-    ControlMessage,
-    PauseOutput,
-    PeerOffline,
-    PeerOnline,
-    ResumeOutput,
-    encode_control,
-)
+from ..relay.control import PauseOutput, PeerOffline, PeerOnline
 from ..relay.errors import InvalidFrame, InvalidFrameReason
-from ..relay.frame_codec import INBOUND_LIMITS, FrameLimits, decode_route, reset_for_peer
+from ..relay.frame_codec import peek_route
+from .backpressure import Backpressure
 from .errors import SocketProtocolError
+from .router_config import (
+    DEFAULT_ENVIRONMENT_GRACE_S,
+    DEFAULT_HARNESS_GRACE_S,
+    DEFAULT_MAX_QUEUE_BYTES,
+    DEFAULT_MAX_QUEUE_FRAMES,
+    DEFAULT_MAX_SOCKET_BUFFER_BYTES,
+    DEFAULT_MAX_STREAM_BUFFER_BYTES,
+    DEFAULT_MAX_STREAMS_PER_ENVIRONMENT,
+    DEFAULT_SLOW_HARNESS_TIMEOUT_S,
+    DEFAULT_STREAM_PAUSE_BYTES,
+    PROTOCOL_ERROR_CLOSE_CODE,
+    REPLACED_CLOSE_CODE,
+    TOO_BIG_CLOSE_CODE,
+    UNSUPPORTED_DATA_CLOSE_CODE,
+    Direction,
+    DropReason,
+    ProtocolErrorReason,
+    ResetReason,
+    RouterConfig,
+    RouterStats,
+)
+from .socket_peer import FrameSink, SocketPeer
+from .socket_peer import _EnvironmentRoute as _EnvironmentRoute
+from .socket_peer import _StreamRoute as _StreamRoute
 from .url_signing import UrlRole
 
 __all__ = [
@@ -123,409 +113,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ENVIRONMENT_GRACE_S = 30.0
-"""Seconds an environment's streams wait for it to reconnect."""
 
-DEFAULT_HARNESS_GRACE_S = 30.0
-"""Seconds a harness's streams wait for a socket with the same URL nonce."""
-
-DEFAULT_MAX_QUEUE_BYTES = 16 * 1024 * 1024
-"""Outbound bytes queued per socket before a reliable sender's frames are dropped
-(harness), the harness readers wait (environment), or legacy streams are paused."""
-
-DEFAULT_MAX_QUEUE_FRAMES = 8192
-"""Outbound frames queued per socket, same policy as the byte bound (reliable frames)."""
-
-DEFAULT_STREAM_PAUSE_BYTES = 2 * 1024 * 1024
-"""Queued bytes of one legacy stream at which its environment is asked to pause it."""
-
-DEFAULT_MAX_STREAM_BUFFER_BYTES = 32 * 1024 * 1024
-"""Queued bytes of one legacy stream beyond which it is reset (``harness_too_slow``)."""
-
-DEFAULT_MAX_SOCKET_BUFFER_BYTES = 64 * 1024 * 1024
-"""Queued bytes of one harness socket beyond which the legacy stream adding to them is
-reset (``harness_too_slow``)."""
-
-DEFAULT_SLOW_HARNESS_TIMEOUT_S = 60.0
-"""Longest a legacy stream stays paused for its harness before it is reset."""
-
-DEFAULT_MAX_STREAMS_PER_ENVIRONMENT = 4096
-"""Routed streams per environment id (matches the environment's own stream limit)."""
-
-SOCKET_CLOSE_TIMEOUT_S = 2.0
-"""Longest wait for a websocket close handshake before the transport is cut."""
-
-REPLACED_CLOSE_CODE = 4000
-"""Websocket close code sent to an environment socket replaced by a newer one."""
-
-PROTOCOL_ERROR_CLOSE_CODE = 1002
-"""Websocket close code for an invalid relay frame (RFC 6455 protocol error)."""
-
-UNSUPPORTED_DATA_CLOSE_CODE = 1003
-"""Websocket close code for a text message: the relay is binary only."""
-
-TOO_BIG_CLOSE_CODE = 1009
-"""Websocket close code for a message over the size limit."""
-
-
-class Direction(StrEnum):
-    HARNESS_TO_ENVIRONMENT = "harness_to_environment"
-    ENVIRONMENT_TO_HARNESS = "environment_to_harness"
-
-
-class DropReason(StrEnum):
-    """Reasons a well-formed frame was not forwarded."""
-
-    UNKNOWN_STREAM = "unknown_stream"
-    """An environment frame for a stream no harness owns."""
-    STREAM_OWNED_BY_ANOTHER_HARNESS = "stream_owned_by_another_harness"
-    """A harness frame for a stream another harness socket owns."""
-    ENVIRONMENT_OFFLINE = "environment_offline"
-    """A harness frame while its environment has no socket."""
-    HARNESS_OFFLINE = "harness_offline"
-    """An environment frame for a stream whose owner socket is gone (within grace)."""
-    HARNESS_QUEUE_FULL = "harness_queue_full"
-    """A reliable sender's frame that did not fit the owning harness socket's queue."""
-    HARNESS_TOO_SLOW = "harness_too_slow"
-    """A legacy frame past the bounds of a slow harness: the stream was reset instead."""
-    TOO_MANY_STREAMS = "too_many_streams"
-    """A new stream over ``max_streams_per_environment``."""
-    REPLACED_SOCKET = "replaced_socket"
-    """A frame from an environment socket that a newer one has replaced."""
-    REFUSED_FROM_NODE = "refused_from_node"
-    """Cluster: a frame another node forwarded that the shared records do not allow
-    (forged, or from a node that lost the stream or the environment)."""
-    CLUSTER_UNAVAILABLE = "cluster_unavailable"
-    """Cluster: a new stream could not be recorded in the shared state."""
-
-
-class ResetReason(StrEnum):
-    """Reasons of the resets the router itself sends (part of the wire contract)."""
-
-    STREAM_OWNED_BY_ANOTHER_HARNESS = "stream_owned_by_another_harness"
-    STREAM_RECLAIMED = "stream_reclaimed"
-    HARNESS_OFFLINE = "harness_offline"
-    ENVIRONMENT_OFFLINE = "environment_offline"
-    TOO_MANY_STREAMS = "too_many_streams"
-    HARNESS_TOO_SLOW = "harness_too_slow"
-    RELAY_ROUTE_LOST = "relay_route_lost"
-    """Cluster: frames between two nodes were lost (a legacy stream cannot recover)."""
-    CLUSTER_UNAVAILABLE = "rendezvous_unavailable"
-    """Cluster: the shared state did not answer while the stream was being claimed."""
-
-
-class ProtocolErrorReason(StrEnum):
-    """Why a socket was closed for a protocol error, besides ``InvalidFrameReason``."""
-
-    TEXT_FRAME = "text_frame"
-    """A websocket text message; the relay is binary only."""
-    OVERSIZE = "oversize"
-    """A message over the size limit (``InvalidFrameReason.OVERSIZE`` has the same value)."""
-
-
-@dataclass(frozen=True, slots=True)
-class RouterConfig:
-    environment_grace_s: float = DEFAULT_ENVIRONMENT_GRACE_S
-    harness_grace_s: float = DEFAULT_HARNESS_GRACE_S
-    max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES
-    max_queue_frames: int = DEFAULT_MAX_QUEUE_FRAMES
-    stream_pause_bytes: int = DEFAULT_STREAM_PAUSE_BYTES
-    max_stream_buffer_bytes: int = DEFAULT_MAX_STREAM_BUFFER_BYTES
-    max_socket_buffer_bytes: int = DEFAULT_MAX_SOCKET_BUFFER_BYTES
-    slow_harness_timeout_s: float = DEFAULT_SLOW_HARNESS_TIMEOUT_S
-    max_streams_per_environment: int = DEFAULT_MAX_STREAMS_PER_ENVIRONMENT
-    frame_limits: FrameLimits = INBOUND_LIMITS
-
-    def __post_init__(self) -> None:
-        if self.environment_grace_s < 0 or self.harness_grace_s < 0:
-            raise ValueError("grace periods must not be negative")
-        if self.max_queue_bytes <= 0 or self.max_queue_frames <= 0:
-            raise ValueError("queue bounds must be positive")
-        if not 0 < self.stream_pause_bytes <= self.max_stream_buffer_bytes:
-            raise ValueError("need 0 < stream_pause_bytes <= max_stream_buffer_bytes")
-        if self.max_socket_buffer_bytes < self.max_queue_bytes:
-            raise ValueError("max_socket_buffer_bytes must be at least max_queue_bytes")
-        if self.slow_harness_timeout_s <= 0:
-            raise ValueError("slow_harness_timeout_s must be positive")
-        if self.max_streams_per_environment <= 0:
-            raise ValueError("max_streams_per_environment must be positive")
-
-
-@dataclass
-class RouterStats:
-    """Monotonic counters; :mod:`~exec_server.rendezvous.metrics` exports them."""
-
-    frames_routed: Counter[str] = field(default_factory=Counter)
-    """By :class:`Direction`."""
-    bytes_routed: Counter[str] = field(default_factory=Counter)
-    """By :class:`Direction`; websocket message bytes."""
-    dropped: Counter[str] = field(default_factory=Counter)
-    """By :class:`DropReason`."""
-    resets_sent: Counter[str] = field(default_factory=Counter)
-    """By :class:`ResetReason`."""
-    protocol_errors: Counter[str] = field(default_factory=Counter)
-    """Sockets closed for a protocol error, by :class:`ProtocolErrorReason` or
-    ``InvalidFrameReason`` value."""
-    sockets_accepted: Counter[str] = field(default_factory=Counter)
-    """By role."""
-    reclaims: int = 0
-    """Streams taken over by a newer socket with the owner's nonce."""
-    pauses: int = 0
-    """Legacy streams an environment was asked to pause for a slow harness."""
-
-
-class FrameSink(Protocol):
-    """The part of a websocket the router writes to (aiohttp's ``WebSocketResponse``)."""
-
-    async def send_bytes(self, data: bytes) -> None: ...
-
-    async def send_str(self, data: str) -> None: ...
-
-    async def close(self, *, code: int = ..., message: bytes = ...) -> bool: ...
-
-
-_SentCallback = Callable[["SocketPeer", "_StreamRoute", int], None]
-
-_socket_ids = itertools.count(1)
-
-
-class SocketPeer:
-    """One admitted relay websocket: its grant, outbound queue and writer task.
-
-    Queue entries are binary frames or control texts, each with the legacy stream it is
-    counted against (``None`` for the rest); the router hears of every counted frame
-    written (``on_sent``), which is how paused streams are resumed.
-    """
-
-    remote = False
-    """True for a peer standing for another rendezvous node (cluster)."""
-
-    def __init__(
-        self,
-        sink: FrameSink,
-        role: UrlRole,
-        environment_id: str,
-        nonce: str,
-        *,
-        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
-        max_queue_frames: int = DEFAULT_MAX_QUEUE_FRAMES,
-        label: str = "",
-        control: bool = False,
-    ) -> None:
-        self.sink = sink
-        self.role = role
-        self.environment_id = environment_id
-        self.nonce = nonce
-        self.label = label or f"{role.value} socket for {environment_id}"
-        self.control = control
-        """The socket negotiated :data:`~exec_server.relay.control.CONTROL_SUBPROTOCOL`."""
-        self.max_queue_bytes = max_queue_bytes
-        self.max_queue_frames = max_queue_frames
-        self.serial = 0
-        """Admission order (set by :meth:`Router.attach`): only a newer socket reclaims."""
-        self.socket_id = f"s{next(_socket_ids)}"
-        """Unique in this process; names the socket in the cluster's shared records."""
-        self.queued_bytes = 0
-        self.closed = False
-        self.owned: set[str] = set()
-        """Harness sockets: ids of the streams this socket owns."""
-        self.paused: set[_StreamRoute] = set()
-        """Harness sockets: legacy streams paused because this socket is slow."""
-        self.overflow_logged = False
-        self.on_sent: _SentCallback | None = None
-        self._queue: deque[tuple[bytes | str, _StreamRoute | None]] = deque()
-        self._wake = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
-        self._writer: asyncio.Task[None] | None = None
-
-    def __repr__(self) -> str:
-        return f"<SocketPeer {self.label}>"
-
-    @property
-    def queued_frames(self) -> int:
-        return len(self._queue)
-
-    def start(self) -> None:
-        """Start the writer task (call once, from the event loop)."""
-        if self._writer is None:
-            self._writer = asyncio.ensure_future(self._write_loop())
-
-    def has_room(self) -> bool:
-        return len(self._queue) < self.max_queue_frames and self.queued_bytes < self.max_queue_bytes
-
-    def try_enqueue(self, data: bytes) -> bool:
-        """Queue ``data`` unless that would exceed a bound (an empty queue takes any
-        frame); False when refused or closed."""
-        if self.closed:
-            return False
-        queue = self._queue
-        if queue and (
-            len(queue) >= self.max_queue_frames
-            or self.queued_bytes + len(data) > self.max_queue_bytes
-        ):
-            return False
-        self._push(data, None)
-        return True
-
-    def force_enqueue(self, data: bytes | str, stream: _StreamRoute | None = None) -> bool:
-        """Queue ``data`` regardless of the bounds (control frames, frames whose sender
-        already waited for room, legacy frames the router bounds itself), counted against
-        ``stream`` when given; False only when closed."""
-        if self.closed:
-            return False
-        self._push(data, stream)
-        return True
-
-    def send_control(self, message: ControlMessage) -> None:
-        """Queue a control message, if this socket negotiated them."""
-        if self.control:
-            self.force_enqueue(encode_control(message))
-
-    def _push(self, data: bytes | str, stream: _StreamRoute | None) -> None:
-        self._queue.append((data, stream))
-        size = len(data)
-        self.queued_bytes += size
-        if stream is not None:
-            stream.queued_bytes += size
-        if not self.has_room():
-            self._room.clear()
-        self._wake.set()
-
-    async def wait_for_room(self) -> None:
-        """Return once the queue is below its bounds or the socket is closed."""
-        while not self.closed and not self.has_room():
-            self._room.clear()
-            await self._room.wait()
-
-    async def _write_loop(self) -> None:
-        queue = self._queue
-        sink = self.sink
-        try:
-            while True:
-                if not queue:
-                    self._wake.clear()
-                    await self._wake.wait()
-                    continue
-                data, stream = queue.popleft()
-                size = len(data)
-                self.queued_bytes -= size
-                if stream is not None:
-                    stream.queued_bytes -= size
-                if not self._room.is_set() and self.has_room():
-                    self._room.set()
-                if type(data) is bytes:
-                    await sink.send_bytes(data)
-                else:
-                    assert isinstance(data, str)
-                    await sink.send_str(data)
-                if stream is not None and self.on_sent is not None:
-                    self.on_sent(self, stream, size)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the socket is gone; its reader sees the close next
-            log.debug("%s: write failed: %s", self.label, exc)
-            self._mark_closed()
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(SOCKET_CLOSE_TIMEOUT_S):
-                    await self.sink.close()
-
-    def _mark_closed(self) -> None:
-        self.closed = True
-        for data, stream in self._queue:
-            if stream is not None:
-                stream.queued_bytes -= len(data)
-        self._queue.clear()
-        self.queued_bytes = 0
-        self._room.set()
-        self._wake.set()
-
-    async def aclose(self, *, code: int = 1000, message: bytes = b"") -> None:
-        """Drop queued frames, stop the writer and close the websocket."""
-        self._mark_closed()
-        writer = self._writer
-        if writer is not None and writer is not asyncio.current_task():
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(SOCKET_CLOSE_TIMEOUT_S):
-                await self.sink.close(code=code, message=message)
-
-
-@dataclass(eq=False, slots=True)
-class _StreamRoute:
-    stream_id: str
-    nonce: str
-    """Nonce of the URL that claimed the stream; only it may re-claim."""
-    owner: SocketPeer | None
-    reliable: bool
-    """The harness's frames carry the capability flag (mirrored in our resets)."""
-    orphan_timer: asyncio.TimerHandle | None = None
-    queued_bytes: int = 0
-    """Legacy frames of this stream queued on a harness socket."""
-    paused: bool = False
-    """The environment was asked to pause this stream's output."""
-    stall_timer: asyncio.TimerHandle | None = None
-    """Running while paused: when it fires the stream is reset (``harness_too_slow``)."""
-    ended: bool = False
-    remote: bool = False
-    """Cluster: the owner is (or, while orphaned, was) a harness on another node."""
-    remote_paused: bool = False
-    """Cluster: the harness's node asked for this stream's output to be paused."""
-    legacy_seen: bool = False
-    """A frame without the capability flag was routed: frames lost between nodes
-    cannot be repaired, the stream must be reset."""
-
-
-@dataclass(eq=False, slots=True)
-class _EnvironmentRoute:
-    environment_id: str
-    socket: SocketPeer | None = None
-    streams: dict[str, _StreamRoute] = field(default_factory=dict)
-    harnesses: set[SocketPeer] = field(default_factory=set)
-    grace_timer: asyncio.TimerHandle | None = None
-    """Running while the environment is offline but expected back."""
-    grace_deadline: float = 0.0
-    """Loop time at which ``grace_timer`` fires."""
-    offline_told: bool = False
-    """Harness sockets were told the environment is offline (so tell them it is back)."""
-
-
-class Router:
-    """Routing state for every environment id (see the module docstring)."""
-
-    def __init__(self, config: RouterConfig | None = None) -> None:
-        self.config = config or RouterConfig()
-        self.stats = RouterStats()
-        self._routes: dict[str, _EnvironmentRoute] = {}
-        self._peers: set[SocketPeer] = set()
-        self._serial = 0
-        self._loop = asyncio.get_running_loop()
-        self._startup_grace_until = self._loop.time() + self.config.environment_grace_s
-
-    # --- queries ---------------------------------------------------------------------
-
-    @property
-    def peers(self) -> frozenset[SocketPeer]:
-        return frozenset(self._peers)
-
-    def is_online(self, environment_id: str) -> bool:
-        route = self._routes.get(environment_id)
-        return route is not None and route.socket is not None
-
-    def stream_count(self, environment_id: str | None = None) -> int:
-        if environment_id is None:
-            return sum(len(route.streams) for route in self._routes.values())
-        route = self._routes.get(environment_id)
-        return len(route.streams) if route else 0
-
-    def online_environments(self) -> int:
-        return sum(1 for route in self._routes.values() if route.socket is not None)
-
-    def route_count(self) -> int:
-        """Environment ids with any routing state (sockets, streams or a grace timer)."""
-        return len(self._routes)
+class Router(Backpressure):
+    """Routing for every environment id (see the module docstring)."""
 
     # --- sockets ---------------------------------------------------------------------
 
@@ -636,9 +226,11 @@ class Router:
 
     # --- frames ----------------------------------------------------------------------
 
-    def on_environment_message(self, peer: SocketPeer, data: bytes) -> None:
+    def on_environment_message(self, peer: SocketPeer, data: bytes | memoryview) -> None:
         """A binary message from an environment socket; raises
-        :class:`~exec_server.rendezvous.errors.SocketProtocolError` for an invalid frame."""
+        :class:`~exec_server.rendezvous.errors.SocketProtocolError` for an invalid frame.
+        ``data`` may be a view of the socket's read buffer, valid during the call only:
+        it is written at once or copied (:meth:`SocketPeer.try_enqueue`)."""
         route = self._routes.get(peer.environment_id)
         if route is None or route.socket is not peer:
             self.stats.dropped[DropReason.REPLACED_SOCKET] += 1
@@ -660,7 +252,12 @@ class Router:
         return None
 
     def _to_harness(
-        self, route: _EnvironmentRoute, stream: _StreamRoute, kind: str, flagged: bool, data: bytes
+        self,
+        route: _EnvironmentRoute,
+        stream: _StreamRoute,
+        kind: str,
+        flagged: bool,
+        data: bytes | memoryview,
     ) -> None:
         """Queue an environment frame to the stream's owner."""
         owner = stream.owner
@@ -669,6 +266,13 @@ class Router:
         if owner is None:
             self.stats.dropped[DropReason.HARNESS_OFFLINE] += 1
             return
+        if type(data) is not bytes:  # a view of a socket's read buffer
+            if owner.write_at_once(data, None if flagged else stream):
+                stream.legacy_seen = stream.legacy_seen or not flagged
+                self.stats.frames_routed[Direction.ENVIRONMENT_TO_HARNESS] += 1
+                self.stats.bytes_routed[Direction.ENVIRONMENT_TO_HARNESS] += len(data)
+                return
+            data = bytes(data)
         if flagged:
             if not owner.try_enqueue(data):
                 self._harness_queue_full(owner)
@@ -739,10 +343,10 @@ class Router:
 
     # --- internals -------------------------------------------------------------------
 
-    def _decode(self, data: bytes) -> tuple[str, str, bool]:
+    def _decode(self, data: bytes | memoryview) -> tuple[str, str, bool]:
         """``(stream_id, body kind, capability flag)`` of a valid frame."""
         try:
-            return decode_route(data, self.config.frame_limits)
+            return peek_route(data, self.config.frame_limits)
         except InvalidFrame as exc:
             oversize = exc.reason is InvalidFrameReason.OVERSIZE
             raise SocketProtocolError(
@@ -750,19 +354,6 @@ class Router:
                 exc.reason.value,
                 f"invalid relay frame: {exc.reason.value}",
             ) from None
-
-    def _route(self, environment_id: str) -> _EnvironmentRoute:
-        route = self._routes.get(environment_id)
-        if route is None:
-            route = self._routes[environment_id] = _EnvironmentRoute(environment_id)
-            remaining = self._startup_grace_until - self._loop.time()
-            if remaining > 0:
-                self._start_grace(route, remaining)
-            self._route_created(route)
-        return route
-
-    def _route_created(self, route: _EnvironmentRoute) -> None:
-        """Hook: a route was just created (the cluster router looks up its holder)."""
 
     @staticmethod
     def _may_reclaim(stream: _StreamRoute, peer: SocketPeer, kind: str) -> bool:
@@ -785,209 +376,3 @@ class Router:
         stream.owner = peer
         peer.owned.add(stream.stream_id)
         self.stats.reclaims += 1
-
-    def _harness_queue_full(self, owner: SocketPeer) -> None:
-        self.stats.dropped[DropReason.HARNESS_QUEUE_FULL] += 1
-        if not owner.overflow_logged:
-            owner.overflow_logged = True
-            log.warning(
-                "%s is not reading fast enough: its outbound queue is full "
-                "(%d frames, %d bytes); dropping reliable frames for it (they are resent)",
-                owner.label,
-                owner.queued_frames,
-                owner.queued_bytes,
-            )
-
-    def _enqueue_legacy(
-        self, route: _EnvironmentRoute, stream: _StreamRoute, owner: SocketPeer, data: bytes
-    ) -> bool:
-        """Queue a frame that cannot be resent: never dropped, bounded per stream and per
-        socket; False when the stream was cut instead (the frame goes nowhere, and both
-        ends get ``reset{harness_too_slow}``)."""
-        cfg = self.config
-        size = len(data)
-        if (stream.queued_bytes and stream.queued_bytes + size > cfg.max_stream_buffer_bytes) or (
-            owner.queued_bytes and owner.queued_bytes + size > cfg.max_socket_buffer_bytes
-        ):
-            self.stats.dropped[DropReason.HARNESS_TOO_SLOW] += 1
-            self._cut_slow_stream(
-                route,
-                stream,
-                f"{stream.queued_bytes} bytes queued for the stream, "
-                f"{owner.queued_bytes} for the socket",
-            )
-            return False
-        owner.force_enqueue(data, stream)
-        if not stream.paused and (
-            stream.queued_bytes >= cfg.stream_pause_bytes
-            or owner.queued_bytes >= cfg.max_queue_bytes
-        ):
-            self._pause(route, stream, owner)
-        return True
-
-    def _pause(self, route: _EnvironmentRoute, stream: _StreamRoute, owner: SocketPeer) -> None:
-        stream.paused = True
-        owner.paused.add(stream)
-        self.stats.pauses += 1
-        self._pause_output(route, stream)
-        stream.stall_timer = self._loop.call_later(
-            self.config.slow_harness_timeout_s, self._stall_expired, route, stream
-        )
-
-    def _unpause(self, route: _EnvironmentRoute, stream: _StreamRoute) -> None:
-        if not stream.paused:
-            return
-        stream.paused = False
-        if stream.owner is not None:
-            stream.owner.paused.discard(stream)
-        if stream.stall_timer is not None:
-            stream.stall_timer.cancel()
-            stream.stall_timer = None
-        if not stream.ended:
-            self._resume_output(route, stream)
-
-    def _pause_output(self, route: _EnvironmentRoute, stream: _StreamRoute) -> None:
-        """Ask the environment to pause one stream's output."""
-        if route.socket is not None:
-            route.socket.send_control(PauseOutput(stream.stream_id))
-
-    def _resume_output(self, route: _EnvironmentRoute, stream: _StreamRoute) -> None:
-        if route.socket is not None:
-            route.socket.send_control(ResumeOutput(stream.stream_id))
-
-    def _on_sent(self, peer: SocketPeer, stream: _StreamRoute, size: int) -> None:
-        """A legacy frame of ``stream`` (``size`` bytes, no longer counted in its queued
-        bytes) was written to ``peer``: resume paused streams
-        once both the stream and the socket drained to half their pause thresholds."""
-        paused = peer.paused
-        if not paused:
-            return
-        cfg = self.config
-        if peer.queued_bytes > cfg.max_queue_bytes // 2:
-            return
-        route = self._routes.get(peer.environment_id)
-        if route is None:
-            return
-        if peer.queued_bytes + size > cfg.max_queue_bytes // 2:  # the socket just got there
-            candidates = list(paused)
-        elif stream in paused:
-            candidates = [stream]
-        else:
-            return
-        for candidate in candidates:
-            if candidate.queued_bytes <= cfg.stream_pause_bytes // 2:
-                self._unpause(route, candidate)
-
-    def _stall_expired(self, route: _EnvironmentRoute, stream: _StreamRoute) -> None:
-        stream.stall_timer = None
-        if stream.paused and route.streams.get(stream.stream_id) is stream:
-            self._cut_slow_stream(
-                route,
-                stream,
-                f"paused for {self.config.slow_harness_timeout_s:g}s without catching up",
-            )
-
-    def _cut_slow_stream(self, route: _EnvironmentRoute, stream: _StreamRoute, why: str) -> None:
-        owner = stream.owner
-        log.warning(
-            "%s is too slow for stream %s (%s); resetting the stream (harness_too_slow)",
-            owner.label if owner is not None else "a harness",
-            stream.stream_id,
-            why,
-        )
-        self._end_stream(route, stream)
-        if route.socket is not None:
-            self._send_reset(route.socket, stream, ResetReason.HARNESS_TOO_SLOW)
-        if owner is not None:
-            # After every frame already queued for it: the harness sees all it was sent,
-            # then the reset, never a gap.
-            self._send_reset(owner, stream, ResetReason.HARNESS_TOO_SLOW)
-        self._maybe_forget(route)
-
-    @staticmethod
-    def _cancel_stream_timers(stream: _StreamRoute) -> None:
-        for timer in (stream.orphan_timer, stream.stall_timer):
-            if timer is not None:
-                timer.cancel()
-        stream.orphan_timer = stream.stall_timer = None
-
-    def _end_stream(self, route: _EnvironmentRoute, stream: _StreamRoute) -> None:
-        stream.ended = True
-        if route.streams.get(stream.stream_id) is stream:
-            del route.streams[stream.stream_id]
-        if stream.owner is not None:
-            stream.owner.owned.discard(stream.stream_id)
-            stream.owner.paused.discard(stream)
-        stream.paused = False
-        self._cancel_stream_timers(stream)
-
-    def _orphan_expired(self, route: _EnvironmentRoute, stream: _StreamRoute) -> None:
-        stream.orphan_timer = None
-        if stream.owner is not None or route.streams.get(stream.stream_id) is not stream:
-            return
-        self._end_stream(route, stream)
-        if route.socket is not None:
-            self._send_reset(route.socket, stream, ResetReason.HARNESS_OFFLINE)
-        self._maybe_forget(route)
-
-    def _start_grace(self, route: _EnvironmentRoute, grace_s: float) -> None:
-        deadline = self._loop.time() + grace_s
-        if route.grace_timer is not None:
-            if route.grace_deadline >= deadline:
-                return
-            route.grace_timer.cancel()
-        route.grace_deadline = deadline
-        route.grace_timer = self._loop.call_at(deadline, self._grace_expired, route)
-
-    def _cancel_grace(self, route: _EnvironmentRoute) -> None:
-        if route.grace_timer is not None:
-            route.grace_timer.cancel()
-            route.grace_timer = None
-
-    def _tell_offline(self, route: _EnvironmentRoute) -> None:
-        """Tell the harness sockets that negotiated control messages that the
-        environment is offline and how long it is waited for."""
-        remaining = max(0.0, route.grace_deadline - self._loop.time())
-        for harness in route.harnesses:
-            if harness.control:
-                route.offline_told = True
-                harness.send_control(PeerOffline("environment", remaining))
-
-    def _grace_expired(self, route: _EnvironmentRoute) -> None:
-        route.grace_timer = None
-        if route.socket is not None:
-            return
-        streams = list(route.streams.values())
-        if streams:
-            log.info(
-                "environment %s did not come back; resetting its %d streams",
-                route.environment_id,
-                len(streams),
-            )
-        for stream in streams:
-            self._end_stream(route, stream)
-            if stream.owner is not None:
-                self._send_reset(stream.owner, stream, ResetReason.ENVIRONMENT_OFFLINE)
-        self._maybe_forget(route)
-
-    def _send_reset(self, peer: SocketPeer, stream: _StreamRoute, reason: ResetReason) -> None:
-        frame = reset_for_peer(stream.stream_id, reason.value, reliable=stream.reliable)
-        if peer.force_enqueue(frame):
-            self.stats.resets_sent[reason.value] += 1
-
-    def _reply_reset(
-        self, peer: SocketPeer, stream_id: str, reason: ResetReason, reliable: bool
-    ) -> None:
-        """A reset answering a refused frame: bounded by the offender's own queue."""
-        if peer.try_enqueue(reset_for_peer(stream_id, reason.value, reliable=reliable)):
-            self.stats.resets_sent[reason.value] += 1
-
-    def _maybe_forget(self, route: _EnvironmentRoute) -> None:
-        if (
-            route.socket is None
-            and not route.streams
-            and not route.harnesses
-            and route.grace_timer is None
-            and self._routes.get(route.environment_id) is route
-        ):
-            del self._routes[route.environment_id]

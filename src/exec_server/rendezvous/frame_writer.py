@@ -1,0 +1,126 @@
+"""Writing the rendezvous' outbound websocket frames straight to the TCP transport.
+
+Server frames are not masked (RFC 6455), so a frame is its header followed by the
+payload as it is. A :class:`FrameWriter` writes them without picows' copy of the payload
+into its own buffer:
+
+* a large frame (``WRITEV_MIN_BYTES`` and up) goes out at once with ``writev`` of the
+  header and the payload where they are (a view of the socket's read buffer will do);
+* smaller frames are gathered and written together, with one ``writev``, once the
+  current event-loop callbacks are done (a burst of frames read from one socket leaves
+  in one system call), or as soon as ``FLUSH_BYTES`` are gathered.
+
+Whatever the kernel does not take goes to the transport's buffer (copied), as
+``transport.write`` would have it, and the transport's flow control then pauses the
+writer (the socket's ``pause_writing``). The owner calls :meth:`FrameWriter.flush` before
+writing anything else to the transport (a ping, a close), so frames keep their order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+
+__all__ = ["BINARY_OPCODE", "FLUSH_BYTES", "TEXT_OPCODE", "WRITEV_MIN_BYTES", "FrameWriter"]
+
+WRITEV_MIN_BYTES = 8192
+"""Frames from this size are written at once, header and payload in one ``writev``."""
+
+FLUSH_BYTES = 256 * 1024
+"""Gathered small frames are written once they reach this many bytes."""
+
+MAX_PIECES = 512
+"""Gathered pieces (two per frame) written at most per ``writev`` (``IOV_MAX`` is 1024)."""
+
+BINARY_OPCODE = 0x82
+"""First header byte of a final binary frame."""
+TEXT_OPCODE = 0x81
+"""First header byte of a final text frame."""
+
+Piece = bytes | memoryview
+
+
+def frame_header(first: int, size: int) -> bytes:
+    """The header of an unmasked frame of ``size`` bytes (RFC 6455 5.2)."""
+    if size < 126:
+        return bytes((first, size))
+    if size < 0x10000:
+        return struct.pack("!BBH", first, 126, size)
+    return struct.pack("!BBQ", first, 127, size)
+
+
+class FrameWriter:
+    """Frames to one TCP transport (see the module docstring)."""
+
+    def __init__(self, transport: asyncio.WriteTransport, fd: int) -> None:
+        self._transport = transport
+        self._fd = fd
+        """The socket's descriptor, or -1 to always go through the transport."""
+        self._loop = asyncio.get_running_loop()
+        self._pieces: list[bytes] = []
+        self._bytes = 0
+        self._scheduled = False
+
+    @property
+    def gathered_bytes(self) -> int:
+        """Bytes of small frames waiting to be written."""
+        return self._bytes
+
+    def write(self, first: int, payload: bytes | memoryview) -> None:
+        """Write one frame (``first``: :data:`BINARY_OPCODE` or :data:`TEXT_OPCODE`);
+        ``payload`` is not used after the call."""
+        size = len(payload)
+        header = frame_header(first, size)
+        if size >= WRITEV_MIN_BYTES:
+            if self._pieces:
+                self.flush()
+            self._write((header, payload))
+            return
+        self._pieces.append(header)
+        self._pieces.append(payload if type(payload) is bytes else bytes(payload))
+        self._bytes += len(header) + size
+        if self._bytes >= FLUSH_BYTES or len(self._pieces) >= MAX_PIECES:
+            self.flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush_soon)
+
+    def flush(self) -> None:
+        """Write the gathered frames now."""
+        pieces = self._pieces
+        if pieces:
+            self._pieces = []
+            self._bytes = 0
+            self._write(pieces)
+
+    def discard(self) -> None:
+        """The connection is gone: forget what was gathered."""
+        self._pieces = []
+        self._bytes = 0
+
+    def _flush_soon(self) -> None:
+        self._scheduled = False
+        self.flush()
+
+    def _write(self, pieces: tuple[bytes, Piece] | list[bytes]) -> None:
+        transport = self._transport
+        if transport.is_closing():
+            return
+        sent = 0
+        if self._fd >= 0 and not transport.get_write_buffer_size():
+            try:
+                sent = os.writev(self._fd, pieces)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = 0  # the transport's own write meets the error and reports it
+        for piece in pieces:
+            size = len(piece)
+            if sent >= size:
+                sent -= size
+                continue
+            rest = memoryview(piece)[sent:] if sent else piece
+            sent = 0
+            # A view of a read buffer is copied; bytes stay valid while referenced.
+            transport.write(rest if type(piece) is bytes else bytes(rest))

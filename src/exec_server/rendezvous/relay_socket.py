@@ -1,0 +1,415 @@
+"""The rendezvous end of one relay websocket, on picows.
+
+Every routed byte crosses two of these sockets, so the path is short: picows parses and
+unmasks each inbound frame in C, in its read callback; an environment's frames go
+straight from that callback to :meth:`Router.on_environment_message` (no task switch
+per message), a harness's through a small inbox read by the socket's own task
+(:meth:`Router.on_harness_message` may wait for room at the environment; the inbox stops
+the socket reading while it is full). Outbound, :class:`RelaySocket` is the router's
+:class:`~exec_server.rendezvous.socket_peer.FrameSink`: a frame is written to the
+transport at once (:mod:`~exec_server.rendezvous.frame_writer`: no copy of a large
+payload, small frames gathered into one system call) unless the transport is paused.
+
+Behaviour on the wire (as the aiohttp socket this replaces had it): the upgrade is
+refused before the 101 with a JSON error (401/403 for the URL, 503 while the node
+cannot serve); the :data:`~exec_server.relay.control.CONTROL_SUBPROTOCOL` is agreed when
+offered; peers' pings are answered (by picows) and ours come from a
+:class:`~exec_server.transport.websocket.Keepalive`; a protocol error closes with 1002
+(invalid frame), 1003 (text message) or 1009 (over the size limit, reason "relay message
+over the size limit"), counted by reason. A close handshake waits up to
+:data:`~exec_server.rendezvous.socket_peer.SOCKET_CLOSE_TIMEOUT_S` for the peer's reply.
+
+Size limit: picows refuses a frame longer than twice ``max_message_bytes`` from its
+header (with its own close reason; still 1009 and counted); a longer message than the
+limit, but within twice it, is read and then refused with ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+
+import picows
+from picows.picows import WSProtocol  # type: ignore[attr-defined]
+
+from ..relay.errors import InvalidFrameReason
+from ..transport.websocket import Keepalive, KeepaliveConfig
+from .errors import SocketProtocolError
+from .frame_writer import BINARY_OPCODE, TEXT_OPCODE, FrameWriter
+from .router_config import (
+    PROTOCOL_ERROR_CLOSE_CODE,
+    TOO_BIG_CLOSE_CODE,
+    UNSUPPORTED_DATA_CLOSE_CODE,
+    ProtocolErrorReason,
+)
+from .socket_peer import SOCKET_CLOSE_TIMEOUT_S, SocketPeer
+from .url_signing import UrlRole
+
+__all__ = ["MAX_INBOX_BYTES", "RelaySocket", "error_upgrade", "relay_protocol"]
+
+log = logging.getLogger(__name__)
+
+MAX_INBOX_BYTES = 1024 * 1024
+"""Harness messages read but not yet routed before the socket stops reading."""
+
+HANDSHAKE_TIMEOUT_S = 10.0
+
+OVERSIZE_REASON = "relay message over the size limit"
+
+_BINARY = picows.WSMsgType.BINARY
+_TEXT = picows.WSMsgType.TEXT
+_CONTINUATION = picows.WSMsgType.CONTINUATION
+_CLOSE = picows.WSMsgType.CLOSE
+_PING = picows.WSMsgType.PING
+_TOO_BIG = picows.WSCloseCode.MESSAGE_TOO_BIG
+
+_picows_log = logging.getLogger("exec_server.rendezvous.picows")
+
+
+def relay_protocol(
+    factory: Callable[[picows.WSUpgradeRequest], Any], max_message_bytes: int
+) -> asyncio.BaseProtocol:
+    """A server-side picows protocol for one connection (what ``picows.ws_create_server``
+    builds for each of its connections, here for a connection :class:`PortSplitter`
+    hands over)."""
+    protocol: asyncio.BaseProtocol = WSProtocol(
+        None,  # host and port: client side only
+        None,  # path: client side only
+        False,  # server side
+        factory,
+        _picows_log,
+        True,  # disconnect when a callback raises
+        HANDSHAKE_TIMEOUT_S,
+        False,  # picows' own pings: the Keepalive sends ours
+        20.0,
+        20.0,
+        picows.WSAutoPingStrategy.PING_WHEN_IDLE,
+        True,  # answer pings
+        2 * max_message_bytes,
+        None,  # extra headers
+        64 * 1024,  # initial read buffer; grows with the frames
+    )
+    return protocol
+
+
+def error_upgrade(status: int, code: str, message: str) -> picows.WSUpgradeResponseWithListener:
+    """A refused upgrade, with the registry's JSON error body."""
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    headers = {"Content-Type": "application/json; charset=utf-8"}
+    if status == HTTPStatus.UNAUTHORIZED:
+        headers["WWW-Authenticate"] = "Bearer"
+    response = picows.WSUpgradeResponse.create_error_response(status, body, headers)
+    return picows.WSUpgradeResponseWithListener(response, None)
+
+
+class RelaySocket(picows.WSListener):
+    """One accepted relay websocket: picows listener and the router's frame sink.
+
+    ``on_connected`` runs when the 101 is out; the owner then calls :meth:`serve` (in
+    the task that owns the socket) with the admitted peer.
+    """
+
+    def __init__(
+        self,
+        role: UrlRole,
+        environment_id: str,
+        control: bool,
+        max_message_bytes: int,
+        on_connected: Callable[[RelaySocket], None],
+    ) -> None:
+        super().__init__()
+        self.role = role
+        self.environment_id = environment_id
+        self.control = control
+        self.max_message_bytes = max_message_bytes
+        self.close_code: int | None = None
+        self.peername: object = None
+        self._on_connected = on_connected
+        self._transport: picows.WSTransport | None = None
+        self._peer: SocketPeer | None = None
+        self._direct = False
+        """Environment frames go straight to the router (once admitted)."""
+        self._on_environment: Callable[[SocketPeer, bytes | memoryview], None] | None = None
+        self._inbox: deque[bytes] = deque()
+        self._inbox_bytes = 0
+        self._reading_paused = False
+        self._wake: asyncio.Event = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._fragments: bytearray | None = None
+        self._error: SocketProtocolError | None = None
+        self._close_sent = False
+        self._disconnected = asyncio.Event()
+        self._peer_closed = asyncio.Event()
+        self.keepalive: Keepalive | None = None
+        self._frames: FrameWriter | None = None
+
+    # --- picows callbacks ---------------------------------------------------------------
+
+    def on_ws_connected(self, transport: picows.WSTransport) -> None:
+        self._transport = transport
+        underlying = transport.underlying_transport
+        self.peername = underlying.get_extra_info("peername")
+        sock = underlying.get_extra_info("socket")
+        self._frames = FrameWriter(underlying, sock.fileno() if sock is not None else -1)
+        self._on_connected(self)
+
+    def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
+        keepalive = self.keepalive
+        if keepalive is not None:
+            keepalive.heard_count += 1
+        kind = frame.msg_type
+        if self._close_sent or self._error is not None:
+            if kind is _CLOSE:
+                self._peer_closed.set()
+                transport.disconnect()
+            return
+        if kind is _BINARY and frame.fin and self._fragments is None:
+            if self._direct and frame.payload_size <= self.max_message_bytes:
+                self._route_view(frame.get_payload_as_memoryview())
+            else:
+                self._deliver(frame.get_payload_as_bytes())
+        elif kind is _CLOSE:
+            self.close_code = int(frame.get_close_code().value)
+            self._peer_closed.set()
+            self._close_sent = True
+            transport.send_close(frame.get_close_code(), frame.get_close_message())
+            transport.disconnect()
+        elif kind is _TEXT and self._fragments is None:
+            self._fail(
+                SocketProtocolError(
+                    UNSUPPORTED_DATA_CLOSE_CODE,
+                    ProtocolErrorReason.TEXT_FRAME,
+                    "text message on a binary relay socket",
+                )
+            )
+        elif kind in (_BINARY, _CONTINUATION):
+            self._append(frame)
+        # PING is answered by picows; PONG only counts as heard
+
+    def _append(self, frame: picows.WSFrame) -> None:
+        """A fragment of a binary message (our peers do not fragment; others may)."""
+        if frame.msg_type is _BINARY:
+            self._fragments = bytearray()
+        elif self._fragments is None:
+            self._fail(
+                SocketProtocolError(
+                    PROTOCOL_ERROR_CLOSE_CODE,
+                    InvalidFrameReason.UNDECODABLE.value,
+                    "continuation frame without a message to continue",
+                )
+            )
+            return
+        self._fragments += frame.get_payload_as_memoryview()
+        if len(self._fragments) > self.max_message_bytes:
+            self._fail(_oversize())
+        elif frame.fin:
+            data = bytes(self._fragments)
+            self._fragments = None
+            self._deliver(data)
+
+    def _route_view(self, view: memoryview) -> None:
+        """An admitted environment's frame, routed from picows' read buffer: written to
+        its harness at once, or copied by the peer that queues it."""
+        assert self._peer is not None and self._on_environment is not None
+        try:
+            self._on_environment(self._peer, view)
+        except SocketProtocolError as exc:
+            self._fail(exc)
+
+    def _deliver(self, data: bytes) -> None:
+        if len(data) > self.max_message_bytes:
+            self._fail(_oversize())
+            return
+        if self._direct:
+            assert self._peer is not None and self._on_environment is not None
+            try:
+                self._on_environment(self._peer, data)
+            except SocketProtocolError as exc:
+                self._fail(exc)
+            return
+        self._inbox.append(data)
+        self._inbox_bytes += len(data)
+        self._wake.set()
+        if self._inbox_bytes > MAX_INBOX_BYTES and not self._reading_paused:
+            self._pause_reading(True)
+
+    def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
+        if self.close_code is None:
+            handshake = transport.close_handshake
+            sent = handshake.sent if handshake is not None else None
+            if sent is not None and sent.code is _TOO_BIG and self._error is None:
+                self._error = _oversize()  # refused by picows from the header
+            self.close_code = int(
+                sent.code.value if sent is not None else picows.WSCloseCode.ABNORMAL_CLOSURE.value
+            )
+        if self._frames is not None:
+            self._frames.discard()
+        self._disconnected.set()
+        self._peer_closed.set()
+        self._writable.set()
+        self._wake.set()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # --- reading ------------------------------------------------------------------------
+
+    def _fail(self, error: SocketProtocolError) -> None:
+        """A protocol error: stop taking frames and send the close now (the owner's
+        :meth:`serve` counts it and finishes the handshake)."""
+        if self._error is not None:
+            return
+        self._error = error
+        self._direct = False
+        self._inbox.clear()
+        self._send_close(error.close_code, error.message.encode()[:120])
+        self._wake.set()
+
+    def _pause_reading(self, pause: bool) -> None:
+        transport = self._transport
+        if transport is None or transport.is_disconnected:
+            return
+        self._reading_paused = pause
+        underlying = transport.underlying_transport
+        with contextlib.suppress(RuntimeError, AttributeError):
+            if pause:
+                underlying.pause_reading()
+            else:
+                underlying.resume_reading()
+
+    async def serve(
+        self,
+        peer: SocketPeer,
+        on_environment: Callable[[SocketPeer, bytes | memoryview], None],
+        on_harness: Callable[[SocketPeer, bytes], Any],
+        keepalive: KeepaliveConfig,
+    ) -> SocketProtocolError | str | None:
+        """Feed the socket's messages to the router until it closes, breaks the protocol
+        (returned) or its keepalive gives up (the reason, returned)."""
+        self._peer = peer
+        self._on_environment = on_environment
+        ka = self.keepalive = Keepalive(self, keepalive)
+        watch = asyncio.ensure_future(ka.run())
+        watch.add_done_callback(lambda _: self._wake.set())
+        try:
+            while True:
+                await self._drain_inbox(peer, on_environment, on_harness)
+                if self._error is not None:
+                    return self._error
+                if self._disconnected.is_set():
+                    return None
+                if watch.done():
+                    return watch.result()
+                if peer.role is UrlRole.ENVIRONMENT:
+                    self._direct = True  # the inbox is empty: frames may go straight in
+                self._wake.clear()
+                if not self._inbox:
+                    await self._wake.wait()
+        finally:
+            self._direct = False
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+
+    async def _drain_inbox(
+        self,
+        peer: SocketPeer,
+        on_environment: Callable[[SocketPeer, bytes | memoryview], None],
+        on_harness: Callable[[SocketPeer, bytes], Any],
+    ) -> None:
+        inbox = self._inbox
+        environment = peer.role is UrlRole.ENVIRONMENT
+        while inbox and self._error is None:
+            data = inbox.popleft()
+            self._inbox_bytes -= len(data)
+            try:
+                if environment:
+                    on_environment(peer, data)
+                else:
+                    await on_harness(peer, data)
+            except SocketProtocolError as exc:
+                self._fail(exc)
+            if self._reading_paused and self._inbox_bytes <= MAX_INBOX_BYTES // 2:
+                self._pause_reading(False)
+
+    # --- the router's frame sink ----------------------------------------------------------
+
+    def write_now(self, data: bytes | memoryview | str) -> bool:
+        """Write a frame unless the kernel's send buffer is full (or the socket closed)."""
+        transport = self._transport
+        if (
+            transport is None
+            or self._close_sent
+            or not self._writable.is_set()
+            or transport.is_disconnected
+        ):
+            return False
+        assert self._frames is not None
+        if isinstance(data, str):
+            self._frames.write(TEXT_OPCODE, data.encode())
+        else:
+            self._frames.write(BINARY_OPCODE, data)
+        return True
+
+    async def send_bytes(self, data: bytes) -> None:
+        if not self._writable.is_set():
+            await self._writable.wait()
+        if not self.write_now(data):
+            raise ConnectionResetError("the relay socket is closed")
+
+    async def send_str(self, data: str) -> None:
+        if not self._writable.is_set():
+            await self._writable.wait()
+        if not self.write_now(data):
+            raise ConnectionResetError("the relay socket is closed")
+
+    async def ping(self, message: bytes = b"") -> None:
+        transport = self._transport
+        if transport is None or self._close_sent or transport.is_disconnected:
+            raise ConnectionResetError("the relay socket is closed")
+        if self._frames is not None:
+            self._frames.flush()
+        transport.send_ping(message)
+
+    def _send_close(self, code: int, message: bytes) -> None:
+        transport = self._transport
+        if transport is None or self._close_sent or transport.is_disconnected:
+            return
+        self._close_sent = True
+        if self.close_code is None:
+            self.close_code = code
+        if self._frames is not None:
+            self._frames.flush()
+        transport.send_close(picows.WSCloseCode(code), message)
+
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
+        """Send a close (once), wait for the peer's (bounded), drop the connection."""
+        transport = self._transport
+        if transport is None or transport.is_disconnected:
+            return False
+        self._send_close(code, message)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SOCKET_CLOSE_TIMEOUT_S):
+                await self._peer_closed.wait()
+        transport.disconnect()
+        return True
+
+    def abort(self) -> None:
+        """Drop the connection unless a close is under way."""
+        transport = self._transport
+        if transport is not None and not transport.is_disconnected and not self._close_sent:
+            transport.disconnect(graceful=False)
+
+
+def _oversize() -> SocketProtocolError:
+    return SocketProtocolError(TOO_BIG_CLOSE_CODE, ProtocolErrorReason.OVERSIZE, OVERSIZE_REASON)

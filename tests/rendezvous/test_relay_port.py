@@ -1,0 +1,168 @@
+"""One port, two servers: the registry's HTTP routes (aiohttp) and the relay websockets
+(picows), as :mod:`exec_server.rendezvous.port` splits them."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import picows
+import pytest
+from rendezvous_support import (
+    TOKEN,
+    WAIT_S,
+    MakeRendezvous,
+    auth,
+    data,
+    dial,
+    harness_url,
+    recv_bytes,
+    register,
+    resume,
+    scrape,
+    wait_for,
+)
+
+from exec_server.rendezvous import RendezvousConfig, RendezvousServer
+from exec_server.rendezvous.port import is_relay_upgrade
+
+ENV = "env-port"
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (b"GET /relay/e?x=1 HTTP/1.1\r\nHost: h\r\nUpgrade: websocket", True),
+        (b"GET /relay/e HTTP/1.1\r\nupgrade:  WebSocket \r\nConnection: Upgrade", True),
+        (b"GET /relay/e HTTP/1.1\r\nHost: h", False),  # a plain GET: aiohttp answers it
+        (b"GET /relay/e HTTP/1.1\r\nUpgrade: h2c", False),
+        (b"POST /relay/e HTTP/1.1\r\nUpgrade: websocket", False),
+        (b"GET /metrics HTTP/1.1\r\nUpgrade: websocket", False),
+        (b"GET /relayx/e HTTP/1.1\r\nUpgrade: websocket", False),
+    ],
+)
+def test_only_relay_upgrades_go_to_the_websocket_server(head: bytes, expected: bool) -> None:
+    assert is_relay_upgrade(head) is expected
+
+
+async def test_one_client_session_registers_and_dials_on_the_same_port(
+    make_rendezvous: MakeRendezvous,
+) -> None:
+    """A client that pools connections (aiohttp's) never sends an upgrade on a
+    connection the registry has served: every registry answer closes its connection."""
+    server = await make_rendezvous()
+    async with aiohttp.ClientSession() as http:
+        for _ in range(2):
+            async with http.get(f"{server.base_url}/readyz") as resp:
+                assert resp.status == 200
+                assert resp.headers["Connection"] == "close"
+            env_url = await register(http, server.base_url, ENV)
+            env = await dial(http, env_url)
+            harness = await dial(http, await harness_url(http, server.base_url, ENV))
+            await harness.send_bytes(resume("s-1"))
+            await recv_bytes(env)
+            await harness.close()
+            await env.close()
+
+
+class _Client(picows.WSListener):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: asyncio.Queue[tuple[picows.WSMsgType, bytes]] = asyncio.Queue()
+
+    def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
+        self.messages.put_nowait((frame.msg_type, frame.get_payload_as_bytes()))
+
+
+async def _picows_dial(url: str) -> tuple[picows.WSTransport, _Client]:
+    transport, client = await asyncio.wait_for(picows.ws_connect(_Client, url), WAIT_S)
+    assert isinstance(client, _Client)
+    return transport, client
+
+
+async def test_a_fragmented_message_is_reassembled_before_routing(
+    make_rendezvous: MakeRendezvous, http: aiohttp.ClientSession
+) -> None:
+    server = await make_rendezvous()
+    env = await dial(http, await register(http, server.base_url, ENV))
+    transport, _ = await _picows_dial(await harness_url(http, server.base_url, ENV))
+    try:
+        frame = data("s-frag", 1, b"z" * 50_000)
+        transport.send(picows.WSMsgType.BINARY, frame[:7], fin=False)
+        transport.send(picows.WSMsgType.CONTINUATION, frame[7:30_000], fin=False)
+        transport.send(picows.WSMsgType.CONTINUATION, frame[30_000:], fin=True)
+        assert await recv_bytes(env) == frame
+    finally:
+        transport.disconnect()
+
+
+async def test_a_continuation_without_a_message_closes_with_1002(
+    make_rendezvous: MakeRendezvous, http: aiohttp.ClientSession
+) -> None:
+    server = await make_rendezvous()
+    await register(http, server.base_url, ENV)
+    transport, client = await _picows_dial(await harness_url(http, server.base_url, ENV))
+    transport.send(picows.WSMsgType.CONTINUATION, b"orphan", fin=True)
+    kind, payload = await asyncio.wait_for(client.messages.get(), WAIT_S)
+    assert kind is picows.WSMsgType.CLOSE
+    assert int.from_bytes(payload[:2], "big") == 1002
+    transport.disconnect()
+    await wait_for(lambda: server.router.stats.protocol_errors["undecodable"] == 1)
+
+
+async def test_a_message_far_over_the_limit_is_refused_from_its_header(
+    make_rendezvous: MakeRendezvous, http: aiohttp.ClientSession
+) -> None:
+    """Beyond twice ``max_message_bytes`` picows refuses the frame before reading its
+    payload; it is still a 1009 close, counted as oversize."""
+    server = await make_rendezvous(max_message_bytes=16 * 1024)
+    await register(http, server.base_url, ENV)
+    transport, client = await _picows_dial(await harness_url(http, server.base_url, ENV))
+    transport.send(picows.WSMsgType.BINARY, data("s-big", 1, b"x" * (40 * 1024)))
+    kind, payload = await asyncio.wait_for(client.messages.get(), WAIT_S)
+    assert kind is picows.WSMsgType.CLOSE
+    assert int.from_bytes(payload[:2], "big") == 1009
+    transport.disconnect()
+    await wait_for(lambda: server.router.stats.protocol_errors["oversize"] == 1)
+    samples = await scrape(http, server.base_url)
+    assert samples['exec_server_rendezvous_protocol_errors_total{reason="oversize"}'] == 1
+
+
+async def test_an_unknown_relay_path_is_404_and_the_port_keeps_serving(
+    make_rendezvous: MakeRendezvous, http: aiohttp.ClientSession
+) -> None:
+    server = await make_rendezvous()
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await dial(http, f"{server.base_url}/relay/a/b?role=harness")
+    assert refused.value.status == 404
+    async with http.get(f"{server.base_url}/cloud/environments", headers=auth()) as resp:
+        assert resp.status == 200
+
+
+def test_the_shared_port_works_on_uvloop() -> None:
+    """``exec-server rendezvous`` runs on uvloop, whose transports hand a connection
+    from the splitter to picows (a buffered protocol) and write with writev as well."""
+    uvloop = pytest.importorskip("uvloop", reason="uvloop has no wheel for this platform")
+
+    async def scenario() -> None:
+        assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+        server = RendezvousServer(RendezvousConfig(token=TOKEN, ping_interval_s=None))
+        await server.start("127.0.0.1", 0)
+        try:
+            async with aiohttp.ClientSession() as http:
+                env = await dial(http, await register(http, server.base_url, ENV))
+                harness = await dial(http, await harness_url(http, server.base_url, ENV))
+                await harness.send_bytes(resume("s-uv"))
+                await recv_bytes(env)
+                frames = [
+                    data("s-uv", seq, b"u" * size) for seq, size in enumerate((9, 9000, 3 << 20))
+                ]
+                for frame in frames:
+                    await env.send_bytes(frame)
+                for frame in frames:
+                    assert await recv_bytes(harness) == frame
+        finally:
+            await server.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())
