@@ -429,9 +429,16 @@ async def test_process_shapes(differ0171: Differ) -> None:
         await c.call("process/terminate", {"processId": "s"})
         await c.wait_closed("s")
         ctx.note("terminated", summarize_events(c.events("s")))
-        await c.call("process/start", start_params(ctx, "g", "echo x; sleep 1 & exit 0"))
+        # The output comes 0.2 s before the exit: Codex numbers output and exit in the
+        # order it sees them, and an echo racing the exit made that order (and the seqs)
+        # vary from run to run.
+        await c.call("process/start", start_params(ctx, "g", "echo x; sleep 0.2; sleep 1 & exit 0"))
         await c.wait_output("g", b"x")
-        await asyncio.sleep(0.3)
+        deadline = asyncio.get_running_loop().time() + 10.0
+        while not any(e["method"] == "process/exited" for e in c.events("g")):
+            assert asyncio.get_running_loop().time() < deadline, "no process/exited"
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
         await c.call("process/read", {"processId": "g"}, view=read_view_exact)
         await c.wait_closed("g")
         await c.call("process/read", {"processId": "g"}, view=read_view_exact)
