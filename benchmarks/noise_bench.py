@@ -2,7 +2,9 @@
 
 * handshake latency: both sides of one hybrid IK handshake (ML-KEM-768 keygen, three
   encapsulations and decapsulations, four X25519 exchanges, HKDFs, AES-GCM), p50/p90,
-  plus the initiator's and the responder's share;
+  plus the initiator's and the responder's share and each step: the harness identity and
+  ephemeral keys (made before or while ``/connect`` is in flight), message 1, reading
+  it, message 2 (made while ``/validate`` is in flight), reading message 2;
 * the stream layer for a bulk message: encrypt + reorder + decrypt + reassemble versus
   the same framing and record cutting without encryption (ratio);
 * the per-message cost a small request (~150 bytes, a ``fs/getMetadata``) pays for
@@ -22,6 +24,7 @@ from collections.abc import Callable
 
 from exec_server.relay.frame_codec import data_frame
 from exec_server.relay.noise import (
+    InitiatorEphemeral,
     InitiatorHandshake,
     NoiseIdentity,
     PendingResponderHandshake,
@@ -36,24 +39,48 @@ AUTHORIZATION = b"v1.1790000000.AAAAAAAAAAAAAAAAAAAAAA." + b"A" * 43
 def handshake_times(count: int) -> dict[str, list[float]]:
     responder = NoiseIdentity.generate()
     prologue = noise_prologue("env-1", "reg_0123456789abcdefghijkl", "8cc87847-2872-43b4")
-    out: dict[str, list[float]] = {"total": [], "initiator": [], "responder": [], "identity": []}
+    out: dict[str, list[float]] = {
+        key: []
+        for key in (
+            "total",
+            "initiator",
+            "responder",
+            "identity",
+            "ephemeral",
+            "message1",
+            "read1",
+            "message2",
+            "finish",
+        )
+    }
     for _ in range(count):
         t0 = time.perf_counter()
         initiator = NoiseIdentity.generate()  # the harness makes one per connection
         t1 = time.perf_counter()
-        handshake, message1 = InitiatorHandshake.start(
-            initiator, responder.public_key, prologue, AUTHORIZATION
-        )
+        ephemeral = InitiatorEphemeral.generate()  # while /connect is in flight
         t2 = time.perf_counter()
-        pending = PendingResponderHandshake.read_request(responder, prologue, message1)
-        _, message2 = pending.complete()
+        handshake, message1 = InitiatorHandshake.start(
+            initiator, responder.public_key, prologue, AUTHORIZATION, ephemeral=ephemeral
+        )
         t3 = time.perf_counter()
-        handshake.finish(message2)
+        pending = PendingResponderHandshake.read_request(responder, prologue, message1)
         t4 = time.perf_counter()
-        out["identity"].append(t1 - t0)
-        out["initiator"].append((t2 - t1) + (t4 - t3))
-        out["responder"].append(t3 - t2)
-        out["total"].append(t4 - t0)
+        _, message2 = pending.complete()  # while /validate is in flight
+        t5 = time.perf_counter()
+        handshake.finish(message2)
+        t6 = time.perf_counter()
+        for key, value in (
+            ("identity", t1 - t0),
+            ("ephemeral", t2 - t1),
+            ("message1", t3 - t2),
+            ("read1", t4 - t3),
+            ("message2", t5 - t4),
+            ("finish", t6 - t5),
+            ("initiator", (t3 - t1) + (t6 - t5)),
+            ("responder", t5 - t3),
+            ("total", t6 - t0),
+        ):
+            out[key].append(value)
     return out
 
 
@@ -108,7 +135,7 @@ def main() -> None:
     times = handshake_times(args.handshakes)
     cpu = (time.process_time() - c0) / args.handshakes
     print(f"handshake ({args.handshakes} runs, both sides in one process)")
-    for key in ("total", "initiator", "responder", "identity"):
+    for key in times:
         values = sorted(times[key])
         p50 = statistics.median(values) * 1e3
         p90 = values[int(len(values) * 0.9)] * 1e3

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from exec_server.relay.noise import (
+    InitiatorEphemeral,
     InitiatorHandshake,
     NoiseHandshakeError,
     NoiseIdentity,
@@ -238,6 +239,40 @@ def test_fixed_transcript_matches_the_spec_walk_byte_for_byte() -> None:
         "handshake_hash": initiator.handshake_hash.hex(),
     }
     assert frozen == FIXTURE["expected"]
+
+
+def test_ephemeral_keys_generated_ahead_give_the_same_transcript_once() -> None:
+    """Key pairs generated before the bundle arrives (while ``/connect`` is in flight)
+    yield byte for byte the message 1 of generating them inside ``start``; a second
+    handshake with the same pairs is refused, and they cannot be copied out."""
+    walk = spec_walk()
+    keys = initiator_keys()
+    ephemeral = InitiatorEphemeral.generate(keys)
+    handshake, message1 = InitiatorHandshake.start(
+        initiator_identity(),
+        responder_identity().public_key,
+        prologue(),
+        FIXTURE["authorization"].encode(),
+        keys=keys,
+        ephemeral=ephemeral,
+    )
+    assert message1 == walk["m1"]
+    pending = PendingResponderHandshake.read_request(
+        responder_identity(), prologue(), message1, keys=responder_keys()
+    )
+    _, message2 = pending.complete()
+    assert handshake.finish(message2).handshake_hash == walk["h"]
+    with pytest.raises(NoiseHandshakeError, match="one handshake only"):
+        InitiatorHandshake.start(
+            initiator_identity(),
+            responder_identity().public_key,
+            prologue(),
+            b"",
+            ephemeral=ephemeral,
+        )
+    with pytest.raises(TypeError):
+        pickle.dumps(ephemeral)
+    assert "spent=True" in repr(ephemeral)
 
 
 def test_prologue_is_four_big_endian_u64_length_prefixed_parts() -> None:

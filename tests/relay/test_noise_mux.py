@@ -201,6 +201,44 @@ def test_a_codex_executor_never_sees_message_1_twice() -> None:
     assert [f.data.seq for f in pair.sent("up", "data")] == [0]
 
 
+def test_a_probe_is_not_answered_when_its_message_1_came_with_it() -> None:
+    """The claim and message 1 arrive together: the responder holds message 1, so it
+    does not answer the claim (the initiator would wake up for nothing); message 2 is the
+    only frame down."""
+    pair = Pair()
+    pair.open()
+    pair.pump()
+    assert [f.kind for d, f in pair.wire if d == "down"] == ["handshake"]
+    assert opened(pair, "harness") == ["s-1"]
+
+
+def test_message_2_is_prepared_while_validating_and_sent_only_on_a_yes() -> None:
+    held: list[ValidationRequested] = []
+    pair = Pair(registry=lambda request: held.append(request) or None)  # type: ignore[func-returns-value]
+    pair.open("yes")
+    pair.open("no")
+    pair.pump()
+    yes, no = held
+    for request in (yes, no):
+        pair.env.prepare_answer(request.stream_id, request.validation_id)
+        pair.env.prepare_answer(request.stream_id, request.validation_id)  # no-op
+    pair.env.prepare_answer("yes", yes.validation_id + 100)  # stale: ignored
+    pair.advance(3.0)  # probes come and go: still nothing but "no message 2 yet"
+    assert pair.sent("down", "handshake") == [] and pair.env.streams == {}
+    assert {f.stream_id for f in pair.sent("down", "ack_frame")} == {"yes", "no"}
+
+    pair.env.validation_result("no", no.validation_id, False, pair.now)
+    pair.env.validation_result("yes", yes.validation_id, True, pair.now)
+    pair.pump()
+    assert [f.stream_id for f in pair.sent("down", "handshake")] == ["yes"]
+    assert [f.stream_id for f in pair.sent("down", "reset")] == ["no"]
+    assert opened(pair, "harness") == opened(pair, "env") == ["yes"]
+    assert pair.env.handshakes[HandshakeOutcome.REFUSED] == 1
+    pair.harness.send_message("yes", b'{"id":1}', pair.now)
+    pair.pump()
+    assert pair.received("env") == [b'{"id":1}']
+
+
 # --------------------------------------------------------------------------- lost handshake frames
 
 

@@ -166,3 +166,58 @@ def test_the_shared_port_works_on_uvloop() -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(scenario())
+
+
+async def _http_exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> tuple[bytes, bytes]:
+    """Send one request on a raw connection; return (head, body) of its answer."""
+    writer.write(request)
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT_S)
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    body = await asyncio.wait_for(reader.readexactly(length), WAIT_S)
+    return head, body
+
+
+async def test_validate_keeps_its_connection_and_a_late_upgrade_is_refused_clearly(
+    make_rendezvous: MakeRendezvous,
+) -> None:
+    """/validate is on every Noise handshake's critical path: its connection stays open
+    (no TCP handshake per validation). A relay upgrade sent after it on the same
+    connection cannot reach the websocket server and gets a clear 400."""
+    server = await make_rendezvous()
+    async with aiohttp.ClientSession() as http:
+        await register(http, server.base_url, ENV)
+        relay_url = await harness_url(http, server.base_url, ENV)
+    host_port = server.base_url.split("://", 1)[1]
+    host, _, port = host_port.partition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        body = b'{"executor_registration_id":"x","harness_public_key":"y"}'
+        validate = (
+            f"POST /cloud/environment/{ENV}/validate HTTP/1.1\r\nHost: {host_port}\r\n"
+            f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n"
+            f"x-codex-noise-stream-id: s-1\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        for _ in range(2):  # the second one proves the connection was kept
+            head, _answer = await _http_exchange(reader, writer, validate)
+            assert head.startswith(b"HTTP/1.1 "), head
+            assert b"connection: close" not in head.lower()
+        path = "/" + relay_url.split("://", 1)[1].split("/", 1)[1]
+        upgrade = (
+            f"GET {path} HTTP/1.1\r\nHost: {host_port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+        head, answer = await _http_exchange(reader, writer, upgrade)
+        assert head.startswith(b"HTTP/1.1 400 "), head
+        assert b"upgrade_not_first" in answer
+        assert b"must be the first request of its connection" in answer
+    finally:
+        writer.close()
+        await writer.wait_closed()

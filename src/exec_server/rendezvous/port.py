@@ -9,6 +9,13 @@ until the head of its first request is in: a websocket upgrade of a relay URL
 else to aiohttp's request handler, each fed the bytes read so far. The registry answers
 with ``Connection: close`` (see :func:`close_after_response`), so every request that
 could be an upgrade is the first request of its connection, and reaches the splitter.
+
+One exception: ``POST .../validate`` keeps its connection. It is on the critical path
+of every Noise handshake (the environment asks it before answering message 1), a new
+TCP connection per handshake cost about 2 ms there, and its caller is an executor,
+which dials its relay websocket on a connection of its own (ours and Codex's). A relay
+upgrade that does arrive on a kept connection reaches aiohttp and is refused with a
+clear reason (``upgrade_not_first``), never served half-way.
 """
 
 from __future__ import annotations
@@ -22,7 +29,13 @@ from aiohttp import web
 
 from .url_signing import RELAY_PATH_PREFIX
 
-__all__ = ["HEAD_LIMIT_BYTES", "PortSplitter", "close_after_response", "is_relay_upgrade"]
+__all__ = [
+    "HEAD_LIMIT_BYTES",
+    "PortSplitter",
+    "close_after_response",
+    "is_relay_upgrade",
+    "keeps_connection",
+]
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +61,17 @@ def is_relay_upgrade(head: bytes) -> bool:
     return False
 
 
+def keeps_connection(method: str, path: str) -> bool:
+    """Is this a registry request whose connection stays open (module docstring)?"""
+    return method == "POST" and path.endswith("/validate")
+
+
 async def close_after_response(request: web.Request, response: web.StreamResponse) -> None:
     """aiohttp ``on_response_prepare`` hook: one request per registry connection (the
-    header too: aiohttp closes a forced connection without saying so)."""
+    header too: aiohttp closes a forced connection without saying so), except
+    ``/validate``'s."""
+    if keeps_connection(request.method, request.path):
+        return
     response.force_close()
     response.headers["Connection"] = "close"
 

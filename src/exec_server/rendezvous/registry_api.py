@@ -360,6 +360,13 @@ class RegistryApi:
             self._server.registry_stats.upgrades[exc.reason.value] += 1
             log.info("refused relay websocket for %r: %s", environment_id[:64], exc)
             return _error_response(exc.reason.http_status, exc.reason.value, exc.detail)
+        if request.headers.get("Upgrade", "").strip().lower() == "websocket":
+            # Only after a kept-alive /validate on this connection (port.py).
+            return _error_response(
+                400,
+                "upgrade_not_first",
+                "a relay websocket upgrade must be the first request of its connection",
+            )
         return _error_response(400, "websocket_required", "expected a websocket upgrade")
 
 

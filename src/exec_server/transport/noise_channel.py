@@ -7,9 +7,10 @@ against ``exec-server rendezvous`` or any registry of Codex's Noise contract:
 
 1. a fresh :class:`~exec_server.relay.noise.NoiseIdentity` per connection attempt (as
    Codex's harness: the key lives in this process's memory only, for one connection);
-2. ``POST .../connect`` with its public key. **What the registry answers picks the
-   relay:** a Noise bundle (executor key, registration id, single-use
-   ``harness_key_authorization``, websocket URL) means the encrypted relay; a plain
+2. ``POST .../connect`` with its public key (the handshake's ephemeral key pairs are
+   generated while the registry answers: :func:`connect_with_ephemeral`). **What the
+   registry answers picks the relay:** a Noise bundle (executor key, registration id,
+   single-use ``harness_key_authorization``, websocket URL) means the encrypted relay; a plain
    ``{"url"}`` (a 0.133-era registry that ignored the key), or our rendezvous's 409
    ``no_noise_registration`` (the environment registered for the legacy cleartext
    relay: an 0.133-era executor, or ``serve --remote-transport legacy``), means the
@@ -38,15 +39,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
-from aiohttp import ClientSession
+from aiohttp import ClientSession, WSMsgType
 
 from ..errors import ExecServerError
 from ..relay.events import PeerMode
-from ..relay.noise import NoiseError, NoiseIdentity
+from ..relay.noise import InitiatorEphemeral, NoiseError, NoiseIdentity
 from ..relay.noise.noise_mux import HandshakeFailed, NoiseBundle, NoiseStreamMux
 from ..relay.stream_mux import MuxRole
 from .channel import MessageChannel
@@ -75,6 +77,7 @@ __all__ = [
     "NoiseConnectFailed",
     "NoiseHarnessChannel",
     "connect_noise_relay",
+    "connect_with_ephemeral",
     "open_rendezvous_channel",
 ]
 
@@ -83,6 +86,12 @@ log = logging.getLogger(__name__)
 Encryption = Literal["auto", "required"]
 """``auto``: encrypted whenever the registry offers it (a bundle), cleartext for
 0.133-era environments; ``required``: encrypted or nothing."""
+
+CONNECT_WRITE_STEPS = 8
+"""Event-loop steps a ``/connect`` request is given to reach its socket before the
+handshake's ephemeral keys are generated (fewer if it is answered sooner). Measured
+against the project's rendezvous: a kept-alive connection writes at the second step; on
+a new connection the rendezvous's handler started after the sixth to eighth."""
 
 #: Backoff between connection attempts (each with a new key and bundle) of one dial.
 RETRY_INITIAL_S = 0.05
@@ -179,23 +188,37 @@ class NoiseHarnessChannel:
             )
 
     async def handshake(
-        self, ws: AnyWebSocket, bundle: NoiseConnectBundle, identity: NoiseIdentity
+        self,
+        ws: AnyWebSocket,
+        bundle: NoiseConnectBundle,
+        identity: NoiseIdentity,
+        *,
+        ephemeral: InitiatorEphemeral | None = None,
     ) -> None:
         """Start the stream's handshake on ``ws`` and wait for it (the caller bounds
-        the wait); the supervisor drives ``ws`` and every later socket."""
+        the wait); the supervisor drives ``ws`` and every later socket. ``ephemeral``:
+        the handshake's key pairs, if generated ahead (:func:`open_rendezvous_channel`)."""
         noise_bundle = NoiseBundle(
             bundle.environment_id,
             bundle.executor_registration_id,
             bundle.executor_public_key,
             bundle.harness_key_authorization,
         )
-        self.mux.open_noise_stream(self.stream_id, noise_bundle, identity, self.connection.now())
+        now = self.connection.now()
+        self.mux.open_noise_stream(self.stream_id, noise_bundle, identity, now, ephemeral=ephemeral)
         self._ws = ws
+        # The claim and message 1 go out now, not after the supervisor's tasks start, and
+        # in one TCP segment: the rendezvous then wakes once and forwards both together.
+        # A socket that is already gone is left to the supervisor (it fails the
+        # handshake, and the caller retries with a new bundle).
+        with _corked(ws), contextlib.suppress(ConnectionError):
+            for frame in self.mux.data_to_send(now):
+                await ws.send_frame(bytes(frame), WSMsgType.BINARY)
         self._supervisor = asyncio.get_running_loop().create_task(
             self._supervise(ws), name=f"noise relay supervisor {self.stream_id}"
         )
-        self.connection.poke()
-        await asyncio.shield(self._opened)
+        # Awaited directly: a cancelled wait cancels the future, which close() expects.
+        await self._opened
 
     async def _supervise(self, ws: AnyWebSocket | None) -> None:
         while ws is not None:
@@ -269,10 +292,32 @@ class NoiseHarnessChannel:
         await self._http.close()
 
 
+@contextlib.contextmanager
+def _corked(ws: AnyWebSocket) -> Iterator[None]:
+    """Hold back partial TCP segments while the block writes (Linux ``TCP_CORK``; a no-op
+    where the option or the socket is not available)."""
+    sock = ws.get_extra_info("socket")
+    cork = getattr(socket, "TCP_CORK", None)
+    if sock is None or cork is None:
+        yield
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, cork, 1)
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, cork, 0)
+
+
 async def connect_noise_relay(
     bundle: NoiseConnectBundle,
     identity: NoiseIdentity,
     *,
+    ephemeral: InitiatorEphemeral | None = None,
     timeout_s: float = 10.0,
     config: RelayConfig | None = None,
     reconnect_deadline_s: float = HARNESS_RECONNECT_DEADLINE_S,
@@ -298,7 +343,7 @@ async def connect_noise_relay(
             ws = await dial_relay_socket(
                 http, bundle.url, timeout_s=timeout_s, max_message_bytes=max_message_bytes
             )
-            await channel.handshake(ws, bundle, identity)
+            await channel.handshake(ws, bundle, identity, ephemeral=ephemeral)
     except TimeoutError:
         await channel.close()
         raise NoiseConnectFailed(
@@ -335,14 +380,7 @@ async def open_rendezvous_channel(
             if remaining <= 0:
                 break
         identity = NoiseIdentity.generate()
-        try:
-            answer = await registry.connect_noise(
-                environment_id, identity.public_key, timeout_s=remaining
-            )
-        except RegistryError as exc:
-            if exc.code != "no_noise_registration":
-                raise
-            answer = None
+        answer, ephemeral = await _connect_answer(registry, environment_id, identity, remaining)
         if not isinstance(answer, NoiseConnectBundle):
             return await _cleartext(
                 registry, environment_id, answer, encryption, on_status, deadline, alternate_bases
@@ -351,24 +389,66 @@ async def open_rendezvous_channel(
             return await connect_noise_relay(
                 answer,
                 identity,
+                ephemeral=ephemeral,
                 timeout_s=max(0.1, deadline - loop.time()),
                 on_status=on_status,
                 alternate_bases=alternate_bases,
             )
         except (NoiseConnectFailed, NoiseError) as exc:
-            failure = (
-                exc
-                if isinstance(exc, NoiseConnectFailed)
-                else NoiseConnectFailed(
-                    f"bad Noise bundle from the registry: {exc}", transient=False
-                )
-            )
+            failure = _as_connect_failure(exc)
             if not failure.transient:
                 raise failure from None
             log.info("encrypted connection attempt failed (%s); trying a new bundle", exc)
     raise failure or NoiseConnectFailed(
         f"no encrypted connection to {environment_id} within {timeout_s:g}s", transient=True
     )
+
+
+async def _connect_answer(
+    registry: RegistryClient, environment_id: str, identity: NoiseIdentity, timeout_s: float
+) -> tuple[NoiseConnectBundle | HarnessUrl | None, InitiatorEphemeral | None]:
+    """:func:`connect_with_ephemeral`; ``(None, None)`` when our rendezvous says the
+    environment registered for the legacy cleartext relay."""
+    try:
+        return await connect_with_ephemeral(registry, environment_id, identity, timeout_s=timeout_s)
+    except RegistryError as exc:
+        if exc.code != "no_noise_registration":
+            raise
+        return None, None
+
+
+def _as_connect_failure(exc: NoiseConnectFailed | NoiseError) -> NoiseConnectFailed:
+    if isinstance(exc, NoiseConnectFailed):
+        return exc
+    return NoiseConnectFailed(f"bad Noise bundle from the registry: {exc}", transient=False)
+
+
+async def connect_with_ephemeral(
+    registry: RegistryClient,
+    environment_id: str,
+    identity: NoiseIdentity,
+    *,
+    timeout_s: float | None = None,
+) -> tuple[NoiseConnectBundle | HarnessUrl, InitiatorEphemeral]:
+    """``/connect`` with ``identity``'s public key, and the handshake's ephemeral key
+    pairs generated while the registry answers (raises what ``connect_noise`` raises)."""
+    request = asyncio.ensure_future(
+        registry.connect_noise(environment_id, identity.public_key, timeout_s=timeout_s)
+    )
+    try:
+        # Let the request reach its socket first (aiohttp writes it from a second task
+        # step on Python 3.11), so the key generation overlaps the registry's work.
+        for _ in range(CONNECT_WRITE_STEPS):
+            if request.done():
+                break
+            await asyncio.sleep(0)
+        ephemeral = InitiatorEphemeral.generate()
+        return await request, ephemeral
+    finally:
+        if not request.done():
+            request.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await request
 
 
 async def _cleartext(

@@ -23,6 +23,7 @@ from exec_server.relay.noise.errors import (
 from exec_server.relay.noise.handshake import (
     MAX_AUTHORIZATION_BYTES,
     PROTOCOL_NAME,
+    InitiatorEphemeral,
     InitiatorHandshake,
     PendingResponderHandshake,
     noise_prologue,
@@ -41,6 +42,7 @@ __all__ = [
     "NOISE_CHANNEL_SUITE",
     "PROTOCOL_NAME",
     "SYSTEM_KEY_SOURCE",
+    "InitiatorEphemeral",
     "InitiatorHandshake",
     "KeySource",
     "NoiseError",
