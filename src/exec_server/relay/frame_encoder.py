@@ -36,8 +36,8 @@ __all__ = [
 ]
 
 #: Free bytes in front of a message built by :func:`message_with_headroom`: room for
-#: the largest head a data frame can have (version, a 128-byte ``stream_id``, ``ack``,
-#: ``ack_bits`` and the data header take at most 170).
+#: the largest head of a data frame carrying one whole message (version, a 128-byte
+#: ``stream_id``, ``ack``, ``ack_bits`` and the data header take at most 164 bytes).
 FRAME_HEADROOM = 192
 
 OutboundPayload = bytes | memoryview
