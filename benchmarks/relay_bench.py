@@ -44,6 +44,11 @@ Measured (samples alternate between the columns, the order flipping every round)
     python benchmarks/relay_bench.py --quick    # smoke run
     python benchmarks/relay_bench.py --json
 
+Every server process runs the way the real commands do: the direct server and the relay
+environments are ``exec-server serve`` (uvloop, ``cli/event_loop.py``), and the forwarder
+and the rendezvous run on the same loop (``EXEC_SERVER_EVENT_LOOP=asyncio`` selects the
+stdlib loop for all of them). The client stays on the stdlib loop, as ``exec-server run``.
+
 With two or more CPUs the client is pinned to the first and the servers (and the
 processes they spawn) to the second, as in ``run.py``; the forwarder and the rendezvous
 are left to the scheduler. ``--no-pin`` turns pinning off. Nothing passes or fails on
@@ -78,6 +83,7 @@ sys.path.insert(0, str(REPO_ROOT / "src"))
 
 from bench_support import START_TIMEOUT_S, Child, Ids, ProcState, RpcState, run_bounded  # noqa: E402
 
+from exec_server.cli import event_loop  # noqa: E402
 from exec_server.client import DEFAULT_OUTPUT_CHUNK_BYTES  # noqa: E402
 from exec_server.malloc_tuning import tune_malloc  # noqa: E402
 from exec_server.transport.channel import ChannelClosed, MessageChannel  # noqa: E402
@@ -966,11 +972,14 @@ def main(argv: list[str] | None = None) -> int:
     # As the exec-server CLI does for every command; the client process here serves
     # both columns, so each side gets the same allocator.
     tune_malloc()
+    # The helper servers run on the loop the real long-running commands use
+    # (``exec-server serve``/``rendezvous``: uvloop unless EXEC_SERVER_EVENT_LOOP says
+    # otherwise); the environments and the direct server are ``exec-server serve`` itself.
     if args.serve_forwarder:
-        asyncio.run(serve_forwarder(args.seed))
+        event_loop.run(serve_forwarder(args.seed))
         return 0
     if args.serve_rendezvous:
-        asyncio.run(serve_rendezvous())
+        event_loop.run(serve_rendezvous())
         return 0
     return run_bounded(lambda: main_async(args), args.timeout)
 

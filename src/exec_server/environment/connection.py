@@ -53,15 +53,18 @@ from ..protocol.jsonrpc import (
     encode_error,
     encode_notification,
     encode_response,
+    output_notification_parts,
     parse_message,
 )
 from ..protocol.path_uri import speaks_uri
+from ..relay.frame_encoder import message_with_headroom
 from ..transport.channel import (
     ChannelClosed,
     MalformedFrame,
     MessageChannel,
     MessageTooLargeForTransport,
 )
+from ..transport.relay_channel import RelayStreamChannel
 from .environment_info import environment_info
 from .file_handles import FileHandleTable
 from .fs_handler import FileSystemHandler
@@ -302,6 +305,16 @@ class ConnectionProcessor:
             log.debug("dropped a message for a closed connection: %s", exc.reason)
 
     async def _send_notification(self, method: str, params: m.Message) -> None:
+        channel = self._channel
+        if type(params) is m.ProcessOutputNotification and type(channel) is RelayStreamChannel:
+            # Most of the bytes sent: built once behind room for the relay frame's head,
+            # which the relay writer fills in, instead of joined and then copied again.
+            message = message_with_headroom(*output_notification_parts(method, params))
+            try:
+                await channel.send(message)
+            except ChannelClosed as exc:
+                log.debug("dropped a message for a closed connection: %s", exc.reason)
+            return
         await self._send(encode_notification(method, params))
 
     def _handle_notification(self, note: Notification) -> None:

@@ -24,7 +24,44 @@ from exec_server.relay.frames import (
     reset_frame,
 )
 
-__all__ = ["encode_frame", "encode_frame_after", "reset_for_peer"]
+__all__ = [
+    "FRAME_HEADROOM",
+    "HeadroomBuffer",
+    "OutboundPayload",
+    "encode_frame",
+    "encode_frame_after",
+    "encode_frame_for_socket",
+    "message_with_headroom",
+    "reset_for_peer",
+]
+
+#: Free bytes in front of a message built by :func:`message_with_headroom`: room for
+#: the largest head of a data frame carrying one whole message (version, a 128-byte
+#: ``stream_id``, ``ack``, ``ack_bits`` and the data header take at most 164 bytes).
+FRAME_HEADROOM = 192
+
+OutboundPayload = bytes | memoryview
+"""An outbound message: ``bytes``, or the view :func:`message_with_headroom` returns."""
+
+
+class HeadroomBuffer(bytearray):
+    """An outbound message behind :data:`FRAME_HEADROOM` free bytes. Only
+    :func:`message_with_headroom` makes one, and it hands out nothing but the view of
+    the message; the relay writer puts each frame's head into the free bytes."""
+
+    __slots__ = ()
+
+
+def message_with_headroom(*parts: bytes) -> memoryview:
+    """The message ``b"".join(parts)``, built once behind :data:`FRAME_HEADROOM` free
+    bytes: a data frame carrying it whole is then its head written into those bytes, so
+    the payload is not copied again before the socket (whose writer copies and masks
+    it in one pass). The view stays valid and unchanged while a stream retains it for
+    retransmission; only the free bytes in front of it are rewritten."""
+    buffer = HeadroomBuffer(FRAME_HEADROOM)
+    for part in parts:
+        buffer += part
+    return memoryview(buffer)[FRAME_HEADROOM:]
 
 
 _ONE_BYTE = tuple(bytes((value,)) for value in range(0x80))
@@ -113,6 +150,37 @@ def encode_frame_after(frame: RelayFrame, headroom: int) -> bytearray:
     out += payload  # the one copy of the payload
     out += tail
     return out
+
+
+def encode_frame_for_socket(
+    frame: RelayFrame, headroom: int, framed: set[int]
+) -> bytearray | memoryview:
+    """:func:`encode_frame_after`, except for a data frame whose payload is a whole
+    message from :func:`message_with_headroom` and that has no trace context: its head
+    is written into the message's free bytes and the frame is returned as a view of
+    them and the message, without copying the payload. The view is valid until the
+    next frame of that message is encoded, so ``framed`` collects the ids of the
+    messages framed in place by one batch of frames; a message met again in the same
+    batch is copied instead."""
+    body = frame.body
+    if type(body) is DataBody and frame.traceparent is None and frame.tracestate is None:
+        # A stream's outbound frames may carry the view (see ReliableStream._data).
+        payload: object = body.payload
+        if type(payload) is memoryview:
+            buffer = payload.obj
+            if (
+                type(buffer) is HeadroomBuffer
+                and len(buffer) - FRAME_HEADROOM == len(payload)
+                and payload.contiguous
+                and id(buffer) not in framed
+            ):
+                head, _, _ = _encode_parts(frame)
+                start = FRAME_HEADROOM - len(head)
+                if start >= 0:
+                    framed.add(id(buffer))
+                    buffer[start:FRAME_HEADROOM] = head
+                    return memoryview(buffer)[start:]
+    return encode_frame_after(frame, headroom)
 
 
 def _encode_parts(frame: RelayFrame) -> tuple[bytes, bytes, bytes]:

@@ -23,6 +23,7 @@ retransmission, flow control, resume, and the memory bound of each buffer.
 from __future__ import annotations
 
 from collections import deque
+from typing import cast
 
 from exec_server.relay.errors import MessageTooLarge, SendBlocked, StreamClosed
 from exec_server.relay.events import (
@@ -47,6 +48,7 @@ from exec_server.relay.frame_codec import (
     resume_frame,
     truncate_reason,
 )
+from exec_server.relay.frame_encoder import OutboundPayload
 from exec_server.relay.peer_rules import RULES
 from exec_server.relay.receive_window import Delivered, ReceiveWindow
 from exec_server.relay.send_window import PayloadTransform, Segment, SendWindow
@@ -184,7 +186,7 @@ class ReliableStream:
 
     def send_message(
         self,
-        payload: bytes,
+        payload: OutboundPayload,
         now: float,
         *,
         traceparent: str | None = None,
@@ -236,7 +238,9 @@ class ReliableStream:
             self.stream_id,
             ack,
             ack_bits,
-            DataBody(segment.wire_seq, segment.index, segment.count, segment.payload),
+            # The payload may be the view of a message_with_headroom message: the same
+            # bytes, which only the frame encoder reads (encode_frame_for_socket).
+            DataBody(segment.wire_seq, segment.index, segment.count, cast(bytes, segment.payload)),
             segment.traceparent,
             segment.tracestate,
         )

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from exec_server.relay.frame_codec import RELIABLE_CAPABILITY_BIT, U32_MAX
+from exec_server.relay.frame_encoder import OutboundPayload
 from exec_server.relay.stream_config import (
     CLOCK_GRANULARITY_S,
     FAST_RETRANSMIT_SACKS,
@@ -61,7 +62,7 @@ class Segment:
 
     seq: int
     wire_seq: int
-    payload: bytes
+    payload: OutboundPayload
     index: int
     count: int
     traceparent: str | None
@@ -198,20 +199,27 @@ class SendWindow:
     # ------------------------------------------------------------------ queueing
 
     def queue(
-        self, payload: bytes, traceparent: str | None = None, tracestate: str | None = None
+        self,
+        payload: OutboundPayload,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> None:
-        """Segment one message with window seqs; the trace context rides on segment 0."""
+        """Segment one message with window seqs; the trace context rides on segment 0.
+        A message from ``message_with_headroom`` that fits one segment is kept as it is
+        (its writer then copies it once); anything else is copied into ``bytes``."""
         step = self.config.max_segment_payload_bytes
         size = len(payload)
         count = max(1, -(-size // step))
         seal = self._seal
         added = 0
         for index in range(count):
-            chunk = (
-                bytes(payload) if count == 1 else bytes(payload[index * step : (index + 1) * step])
-            )
+            chunk: OutboundPayload
+            if count == 1:
+                chunk = payload if seal is None and type(payload) is memoryview else bytes(payload)
+            else:
+                chunk = bytes(payload[index * step : (index + 1) * step])
             if seal is not None:
-                chunk = seal(chunk, index, count)
+                chunk = seal(bytes(chunk), index, count)
             added += len(chunk)
             first = index == 0
             seq = self._next_assign
@@ -230,7 +238,10 @@ class SendWindow:
         self.buffered_bytes += added
 
     def queue_unsegmented(
-        self, payload: bytes, traceparent: str | None = None, tracestate: str | None = None
+        self,
+        payload: OutboundPayload,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> None:
         """Queue one message as a single ``0/1`` segment with the next legacy seq."""
         seq = self.legacy_seq

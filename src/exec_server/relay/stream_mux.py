@@ -55,6 +55,7 @@ import uuid
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
+from typing import cast
 
 from exec_server.relay.errors import InvalidFrame, StreamClosed
 from exec_server.relay.events import MuxEvent, StreamOpened
@@ -66,6 +67,7 @@ from exec_server.relay.frame_codec import (
     encode_frame_after,
     reset_for_peer,
 )
+from exec_server.relay.frame_encoder import OutboundPayload, encode_frame_for_socket
 from exec_server.relay.mux_admission import admit
 from exec_server.relay.mux_config import (
     MAX_PENDING_CONTROL_FRAMES,
@@ -93,23 +95,27 @@ __all__ = [
 class _Batch:
     """Frames collected by one :meth:`StreamMux.data_to_send` call, within its budget."""
 
-    __slots__ = ("budget", "frames", "headroom", "total", "touched")
+    __slots__ = ("budget", "framed", "frames", "headroom", "in_place", "total", "touched")
 
-    def __init__(self, max_bytes: int | None, headroom: int) -> None:
+    def __init__(self, max_bytes: int | None, headroom: int, in_place: bool) -> None:
         self.budget = math.inf if max_bytes is None else max_bytes
         self.headroom = headroom
-        self.frames: list[bytes | bytearray] = []
+        self.in_place = in_place
+        self.frames: list[bytes | bytearray | memoryview] = []
         self.total = 0
         self.touched: set[MuxStream] = set()
+        self.framed: set[int] = set()  # messages framed in place (encode_frame_for_socket)
 
-    def encode(self, frame: RelayFrame) -> bytes | bytearray:
+    def encode(self, frame: RelayFrame) -> bytes | bytearray | memoryview:
         headroom = self.headroom
+        if self.in_place:
+            return encode_frame_for_socket(frame, headroom, self.framed)
         return encode_frame_after(frame, headroom) if headroom else encode_frame(frame)
 
     def has_room(self) -> bool:
         return self.total < self.budget
 
-    def add(self, frame: bytes | bytearray) -> bool:
+    def add(self, frame: bytes | bytearray | memoryview) -> bool:
         """Collect one frame; whether there is room for more."""
         self.frames.append(frame)
         self.total += len(frame)
@@ -184,7 +190,7 @@ class StreamMux:
     def send_message(
         self,
         stream_id: str,
-        payload: bytes,
+        payload: OutboundPayload,
         now: float,
         *,
         traceparent: str | None = None,
@@ -201,7 +207,10 @@ class StreamMux:
         if stream is None:
             ended = next((s for s in self._closing if s.stream_id == stream_id), None)
             raise StreamClosed(stream_id, None if ended is None else ended.close_reason)
-        stream.send_message(payload, now, traceparent=traceparent, tracestate=tracestate)
+        if type(stream) is ReliableStream:
+            stream.send_message(payload, now, traceparent=traceparent, tracestate=tracestate)
+        else:  # other kinds of stream take bytes
+            stream.send_message(bytes(payload), now, traceparent=traceparent, tracestate=tracestate)
         self._pending_output.add(stream)
 
     def reset_stream(self, stream_id: str, reason: str) -> None:
@@ -326,7 +335,25 @@ class StreamMux:
         ``headroom``, each frame is a ``bytearray`` whose first ``headroom`` bytes are
         free for the websocket writer (``encode_frame_after``); ``max_bytes`` counts them.
         """
-        batch = _Batch(max_bytes, headroom)
+        # Without framing in place the batch holds no view.
+        return cast(list[bytes | bytearray], self._collect(now, max_bytes, headroom, False))
+
+    def data_to_write(
+        self, now: float, max_bytes: int | None = None, *, headroom: int = 0
+    ) -> list[bytes | bytearray | memoryview]:
+        """:meth:`data_to_send` for a writer that also takes a ``memoryview`` to copy: a
+        data frame carrying a whole ``message_with_headroom`` message comes as a view of
+        the frame, framed in place (``encode_frame_for_socket``; valid until that
+        message's next frame is encoded, so write it before calling again). A subclass
+        that adds frames of its own in ``data_to_send`` gets its ``data_to_send``."""
+        if type(self).data_to_send is not StreamMux.data_to_send:
+            return list(self.data_to_send(now, max_bytes, headroom=headroom))
+        return self._collect(now, max_bytes, headroom, bool(headroom))
+
+    def _collect(
+        self, now: float, max_bytes: int | None, headroom: int, in_place: bool
+    ) -> list[bytes | bytearray | memoryview]:
+        batch = _Batch(max_bytes, headroom, in_place)
         control = self._control
         while control and batch.has_room():
             batch.add(control.popleft())

@@ -165,10 +165,11 @@ class PicowsRelaySocket(picows.WSListener):
             if self._closed:
                 raise ConnectionResetError("relay websocket is closed")
 
-    async def send_relay_frame(self, frame: bytes | bytearray) -> None:
+    async def send_relay_frame(self, frame: bytes | bytearray | memoryview) -> None:
         """Send one binary message: a ``bytearray`` must start with :data:`HEADROOM`
         free bytes, where picows writes the websocket header, and is masked in place
-        (no copy; the bytearray is spent); ``bytes`` are copied once."""
+        (no copy; the bytearray is spent); ``bytes`` and a ``memoryview`` are copied
+        and masked in one pass (picows' client-side ``send``)."""
         transport = self._transport
         if transport is None or self._closed:
             raise ConnectionResetError("relay websocket is closed")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from ..relay.errors import MessageTooLarge, SendBlocked, StreamClosed
 from ..relay.events import PeerMode
+from ..relay.frame_encoder import OutboundPayload
 from ..relay.stream_mux import MuxStream
 from .channel import ChannelClosed, MessageTooLargeForTransport
 
@@ -98,7 +99,9 @@ class RelayStreamChannel:
             self._connection.release_events(self.stream_id)
         return payload
 
-    async def send(self, message: bytes) -> None:
+    async def send(self, message: OutboundPayload) -> None:
+        """Send one message: ``bytes``, or a ``message_with_headroom`` view, which the
+        relay writer frames in place (one copy fewer on the way to the socket)."""
         conn = self._connection
         while True:
             if self._end_reason is not None:

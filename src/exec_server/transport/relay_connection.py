@@ -55,6 +55,7 @@ from ..relay.events import (
     StreamOpened,
     StreamReset,
 )
+from ..relay.frame_encoder import OutboundPayload
 from ..relay.stream_mux import MuxConfig, MuxRole, StreamMux
 from .picows_socket import HEADROOM as PICOWS_HEADROOM
 from .picows_socket import PicowsRelaySocket
@@ -156,7 +157,7 @@ class RelayConnection:
         self._output_pending()
         return channel
 
-    def send_message(self, stream_id: str, message: bytes) -> None:
+    def send_message(self, stream_id: str, message: OutboundPayload) -> None:
         """Queue one message on a stream (``StreamMux.send_message``) and wake the writer.
 
         Raises what the mux raises: ``SendBlocked`` (wait for :attr:`progress`, then
@@ -339,7 +340,9 @@ class RelayConnection:
     async def _write_loop(self, ws: RelaySocket) -> None:
         loop = asyncio.get_running_loop()
         # On picows, frames are encoded behind room for the websocket header, which is
-        # then written and masked in place: one copy of each payload to the socket.
+        # then written and masked in place: one copy of each payload to the socket. A
+        # message built with message_with_headroom (process output) is framed in place
+        # instead and picows copies and masks it in one pass.
         picows = isinstance(ws, PicowsRelaySocket)
         headroom = PICOWS_HEADROOM if picows else 0
         while True:
@@ -350,7 +353,7 @@ class RelayConnection:
                 self.mux.handle_timer(now)
                 self._dispatch_events()
                 deadline = self.mux.get_timer()
-            frames = self.mux.data_to_send(now, WRITE_BATCH_BYTES, headroom=headroom)
+            frames = self.mux.data_to_write(now, WRITE_BATCH_BYTES, headroom=headroom)
             if frames:
                 for frame in frames:
                     if isinstance(ws, PicowsRelaySocket):
