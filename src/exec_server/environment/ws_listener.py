@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 
 #: Received bytes buffered for the connection before the socket stops reading.
 MAX_INBOX_BYTES = 16 * 1024 * 1024
+#: What each waiting message counts against :data:`MAX_INBOX_BYTES` besides its
+#: payload (empty or tiny frames cost memory too).
+MESSAGE_OVERHEAD_BYTES = 64
 #: How long a new connection may take to send its HTTP request.
 HANDSHAKE_TIMEOUT_S = 10.0
 
@@ -93,6 +96,7 @@ class WebSocketServerChannel(picows.WSListener):
         self._parts: list[bytes] = []
         self._parts_bytes = 0
         self._parts_text = False
+        self._parts_started = False
         #: Why the channel ended (``None`` while it is open).
         self.end_reason: str | None = None
         #: Called on the event loop after each message or the end arrives.
@@ -109,7 +113,23 @@ class WebSocketServerChannel(picows.WSListener):
         self._on_connected(self)
 
     def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
+        if self.end_reason is not None:
+            return  # frames already read behind a failure are not delivered
         kind = frame.msg_type
+        if (frame.rsv1 or frame.rsv2 or frame.rsv3) and kind != _CLOSE:
+            # permessage-deflate is never negotiated here (RFC 6455 5.2).
+            self._fail(transport, picows.WSCloseCode.PROTOCOL_ERROR, "reserved bits set")
+            return
+        if kind in (_TEXT, _BINARY) and self._parts_started:
+            self._fail(
+                transport, picows.WSCloseCode.PROTOCOL_ERROR, "new message inside a fragmented one"
+            )
+            return
+        if kind == _CONTINUATION and not self._parts_started:
+            self._fail(
+                transport, picows.WSCloseCode.PROTOCOL_ERROR, "continuation without a message"
+            )
+            return
         if kind in (_TEXT, _BINARY):
             if frame.payload_size > self._max_message_bytes:
                 self._fail(transport, picows.WSCloseCode.MESSAGE_TOO_BIG, "message too big")
@@ -123,6 +143,7 @@ class WebSocketServerChannel(picows.WSListener):
                 self._parts = []
                 self._parts_bytes = 0
                 self._parts_text = kind == _TEXT
+                self._parts_started = True
                 self._append(transport, frame)
         elif kind == _CONTINUATION:
             self._append(transport, frame)
@@ -143,6 +164,7 @@ class WebSocketServerChannel(picows.WSListener):
             message = b"".join(self._parts)
             self._parts = []
             self._parts_bytes = 0
+            self._parts_started = False
             if self._parts_text and not _is_utf8(message):
                 self._fail(transport, picows.WSCloseCode.INVALID_TEXT, "invalid utf-8 text")
             else:
@@ -157,7 +179,7 @@ class WebSocketServerChannel(picows.WSListener):
 
     def _deliver(self, message: Message) -> None:
         self._inbox.append(message)
-        self._inbox_bytes += len(message) if isinstance(message, bytes) else 0
+        self._inbox_bytes += _counted(message)
         if self._inbox_bytes > MAX_INBOX_BYTES and not self._reading_paused:
             self._pause_reading(True)
         self._wake()
@@ -204,10 +226,9 @@ class WebSocketServerChannel(picows.WSListener):
         if not self._inbox:
             return None
         message = self._inbox.popleft()
-        if isinstance(message, bytes):
-            self._inbox_bytes -= len(message)
-            if self._reading_paused and self._inbox_bytes <= MAX_INBOX_BYTES // 2:
-                self._pause_reading(False)
+        self._inbox_bytes -= _counted(message)
+        if self._reading_paused and self._inbox_bytes <= MAX_INBOX_BYTES // 2:
+            self._pause_reading(False)
         return message
 
     # --- MessageChannel ---------------------------------------------------------------
@@ -338,3 +359,9 @@ async def start_listener(
         logger_name=log,
         reuse_address=True,
     )
+
+
+def _counted(message: Message) -> int:
+    """What a waiting message counts against :data:`MAX_INBOX_BYTES`."""
+    size = len(message) if isinstance(message, bytes) else 0
+    return size + MESSAGE_OVERHEAD_BYTES

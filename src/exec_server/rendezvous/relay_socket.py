@@ -58,6 +58,10 @@ log = logging.getLogger(__name__)
 MAX_INBOX_BYTES = 1024 * 1024
 """Harness messages read but not yet routed before the socket stops reading."""
 
+MESSAGE_OVERHEAD_BYTES = 64
+"""What each waiting message counts against :data:`MAX_INBOX_BYTES` besides its
+payload: empty or tiny frames cost memory too, and must not be read without bound."""
+
 HANDSHAKE_TIMEOUT_S = 10.0
 
 OVERSIZE_REASON = "relay message over the size limit"
@@ -170,6 +174,14 @@ class RelaySocket(picows.WSListener):
                 self._peer_closed.set()
                 transport.disconnect()
             return
+        if (frame.rsv1 or frame.rsv2 or frame.rsv3) and kind is not _CLOSE:
+            # No extension is ever negotiated on a relay socket (RFC 6455 5.2).
+            self._fail(_protocol_error("reserved bits set without a negotiated extension"))
+            return
+        if kind in (_BINARY, _TEXT) and self._fragments is not None:
+            # A new message before the fragmented one ended (RFC 6455 5.4).
+            self._fail(_protocol_error("a new message inside a fragmented one"))
+            return
         if kind is _BINARY and frame.fin and self._fragments is None:
             if self._direct and frame.payload_size <= self.max_message_bytes:
                 self._route_view(frame.get_payload_as_memoryview())
@@ -235,7 +247,7 @@ class RelaySocket(picows.WSListener):
                 self._fail(exc)
             return
         self._inbox.append(data)
-        self._inbox_bytes += len(data)
+        self._inbox_bytes += len(data) + MESSAGE_OVERHEAD_BYTES
         self._wake.set()
         if self._inbox_bytes > MAX_INBOX_BYTES and not self._reading_paused:
             self._pause_reading(True)
@@ -331,7 +343,7 @@ class RelaySocket(picows.WSListener):
         environment = peer.role is UrlRole.ENVIRONMENT
         while inbox and self._error is None:
             data = inbox.popleft()
-            self._inbox_bytes -= len(data)
+            self._inbox_bytes -= len(data) + MESSAGE_OVERHEAD_BYTES
             try:
                 if environment:
                     on_environment(peer, data)
@@ -409,6 +421,13 @@ class RelaySocket(picows.WSListener):
         transport = self._transport
         if transport is not None and not transport.is_disconnected and not self._close_sent:
             transport.disconnect(graceful=False)
+
+
+def _protocol_error(detail: str) -> SocketProtocolError:
+    """A frame that breaks the websocket framing rules: close with 1002."""
+    return SocketProtocolError(
+        PROTOCOL_ERROR_CLOSE_CODE, InvalidFrameReason.UNDECODABLE.value, detail
+    )
 
 
 def _oversize() -> SocketProtocolError:
