@@ -128,6 +128,23 @@ async def test_a_message_far_over_the_limit_is_refused_from_its_header(
     assert samples['exec_server_rendezvous_protocol_errors_total{reason="oversize"}'] == 1
 
 
+async def test_a_frame_the_websocket_parser_refuses_is_a_counted_1002(
+    make_rendezvous: MakeRendezvous, http: aiohttp.ClientSession
+) -> None:
+    """A frame picows refuses itself (here a reserved opcode) closes with 1002 and is
+    counted as undecodable, as the frames our own checks refuse are."""
+    server = await make_rendezvous()
+    await register(http, server.base_url, ENV)
+    transport, client = await _picows_dial(await harness_url(http, server.base_url, ENV))
+    # FIN + opcode 0x3 (reserved), masked, empty payload: written raw, past picows' API.
+    transport.underlying_transport.write(bytes([0x83, 0x80, 1, 2, 3, 4]))
+    kind, payload = await asyncio.wait_for(client.messages.get(), WAIT_S)
+    assert kind is picows.WSMsgType.CLOSE
+    assert int.from_bytes(payload[:2], "big") == 1002
+    transport.disconnect()
+    await wait_for(lambda: server.router.stats.protocol_errors["undecodable"] == 1)
+
+
 async def test_an_unknown_relay_path_is_404_and_the_port_keeps_serving(
     make_rendezvous: MakeRendezvous, http: aiohttp.ClientSession
 ) -> None:

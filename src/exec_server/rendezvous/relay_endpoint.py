@@ -89,6 +89,9 @@ class RelayEndpoint:
         task = asyncio.get_running_loop().create_task(self._session(socket, nonce))
         self._sessions.add(task)
         task.add_done_callback(self._sessions.discard)
+        # The session's ``finally`` drops the socket; a task cancelled before its first
+        # step (a close racing a fresh socket) never gets there.
+        task.add_done_callback(lambda _task: socket.abort())
 
     # --- one socket's life ------------------------------------------------------------
 

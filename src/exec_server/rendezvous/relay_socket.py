@@ -72,6 +72,7 @@ _CONTINUATION = picows.WSMsgType.CONTINUATION
 _CLOSE = picows.WSMsgType.CLOSE
 _PING = picows.WSMsgType.PING
 _TOO_BIG = picows.WSCloseCode.MESSAGE_TOO_BIG
+_PROTOCOL_ERROR = picows.WSCloseCode.PROTOCOL_ERROR
 
 _picows_log = logging.getLogger("exec_server.rendezvous.picows")
 
@@ -258,6 +259,9 @@ class RelaySocket(picows.WSListener):
             sent = handshake.sent if handshake is not None else None
             if sent is not None and sent.code is _TOO_BIG and self._error is None:
                 self._error = _oversize()  # refused by picows from the header
+            elif sent is not None and sent.code is _PROTOCOL_ERROR and self._error is None:
+                # refused by picows' frame parser (bad opcode, unmasked, bad length...)
+                self._error = _protocol_error("frame refused by the websocket parser")
             self.close_code = int(
                 sent.code.value if sent is not None else picows.WSCloseCode.ABNORMAL_CLOSURE.value
             )
