@@ -13,6 +13,7 @@ from exec_server.environment.ws_listener import WebSocketServerChannel
 from exec_server.rendezvous import relay_socket
 from exec_server.rendezvous.relay_socket import RelaySocket
 from exec_server.rendezvous.url_signing import UrlRole
+from exec_server.transport.read_inbox import MESSAGE_OVERHEAD_BYTES
 
 B = picows.WSMsgType.BINARY
 T = picows.WSMsgType.TEXT
@@ -63,7 +64,7 @@ def _relay_socket() -> tuple[RelaySocket, list[bool], list[int]]:
 
 async def test_relay_socket_stops_reading_on_many_empty_messages() -> None:
     sock, paused, _ = _relay_socket()
-    limit = relay_socket.MAX_INBOX_BYTES // relay_socket.MESSAGE_OVERHEAD_BYTES
+    limit = relay_socket.MAX_INBOX_BYTES // MESSAGE_OVERHEAD_BYTES
     for _ in range(limit + 1):
         sock.on_ws_frame(None, Frame(B))  # type: ignore[arg-type]
     assert paused == [True], "empty frames must count against the inbox bound"
@@ -96,13 +97,13 @@ def _channel() -> tuple[WebSocketServerChannel, list[bool]]:
 
 async def test_local_listener_stops_reading_on_many_empty_messages() -> None:
     channel, paused = _channel()
-    limit = ws_listener.MAX_INBOX_BYTES // ws_listener.MESSAGE_OVERHEAD_BYTES
+    limit = ws_listener.MAX_INBOX_BYTES // MESSAGE_OVERHEAD_BYTES
     for _ in range(limit + 1):
         channel.on_ws_frame(Transport(), Frame(B))  # type: ignore[arg-type]
     assert paused == [True]
     while channel.take() is not None:
         pass
-    assert channel._inbox_bytes == 0
+    assert channel._inbox.counted == 0
 
 
 @pytest.mark.parametrize(

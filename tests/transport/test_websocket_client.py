@@ -152,10 +152,10 @@ async def test_a_slow_reader_pauses_the_socket(
     url = await ws_server(flood)
     channel = await connect_websocket_client(url)
     await asyncio.sleep(0.3)
-    assert channel._reading_paused  # the inbox passed its limit, reading stopped
-    assert channel._inbox_bytes < 64 * 16500
+    assert channel._inbox.paused  # the inbox passed its limit, reading stopped
+    assert channel._inbox.counted < 64 * 16500
     received = [await asyncio.wait_for(channel.receive(), 5) for _ in range(64)]
     assert [int(m.split(b",")[0][5:]) for m in received] == list(range(64))
-    assert not channel._reading_paused
+    assert not channel._inbox.paused
     await asyncio.wait_for(sent.wait(), 5)
     await channel.close()

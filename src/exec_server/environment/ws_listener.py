@@ -32,9 +32,7 @@ connection catches up.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections import deque
 from collections.abc import Callable
 from http import HTTPStatus
 
@@ -42,15 +40,13 @@ import picows
 
 from ..transport.bearer import bearer_matches
 from ..transport.channel import ChannelClosed, MalformedFrame
+from ..transport.read_inbox import ReadInbox, set_socket_reading
 from .ws_auth import WsAuth
 
 log = logging.getLogger(__name__)
 
 #: Received bytes buffered for the connection before the socket stops reading.
 MAX_INBOX_BYTES = 16 * 1024 * 1024
-#: What each waiting message counts against :data:`MAX_INBOX_BYTES` besides its
-#: payload (empty or tiny frames cost memory too).
-MESSAGE_OVERHEAD_BYTES = 64
 #: How long a new connection may take to send its HTTP request.
 HANDSHAKE_TIMEOUT_S = 10.0
 
@@ -87,9 +83,9 @@ class WebSocketServerChannel(picows.WSListener):
             "failed to parse websocket JSON-RPC message from exec-server websocket"
         )
         self._transport: picows.WSTransport | None = None
-        self._inbox: deque[Message] = deque()
-        self._inbox_bytes = 0
-        self._reading_paused = False
+        self._inbox: ReadInbox[Message] = ReadInbox(
+            MAX_INBOX_BYTES, _payload_size, lambda pause: self._pause_reading(pause)
+        )
         self._waiter: asyncio.Future[None] | None = None
         self._writable = asyncio.Event()
         self._writable.set()
@@ -178,10 +174,7 @@ class WebSocketServerChannel(picows.WSListener):
         transport.disconnect()
 
     def _deliver(self, message: Message) -> None:
-        self._inbox.append(message)
-        self._inbox_bytes += _counted(message)
-        if self._inbox_bytes > MAX_INBOX_BYTES and not self._reading_paused:
-            self._pause_reading(True)
+        self._inbox.put(message)
         self._wake()
 
     def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
@@ -208,28 +201,13 @@ class WebSocketServerChannel(picows.WSListener):
             on_input()
 
     def _pause_reading(self, pause: bool) -> None:
-        transport = self._transport
-        if transport is None:
-            return
-        self._reading_paused = pause
-        with contextlib.suppress(RuntimeError, AttributeError):
-            underlying = transport.underlying_transport
-            if pause:
-                underlying.pause_reading()
-            else:
-                underlying.resume_reading()
+        set_socket_reading(self._transport, pause)
 
     # --- eager input ------------------------------------------------------------------
 
     def take(self) -> Message | None:
         """The next received message, or ``None`` when none is waiting."""
-        if not self._inbox:
-            return None
-        message = self._inbox.popleft()
-        self._inbox_bytes -= _counted(message)
-        if self._reading_paused and self._inbox_bytes <= MAX_INBOX_BYTES // 2:
-            self._pause_reading(False)
-        return message
+        return self._inbox.take()
 
     # --- MessageChannel ---------------------------------------------------------------
 
@@ -361,7 +339,5 @@ async def start_listener(
     )
 
 
-def _counted(message: Message) -> int:
-    """What a waiting message counts against :data:`MAX_INBOX_BYTES`."""
-    size = len(message) if isinstance(message, bytes) else 0
-    return size + MESSAGE_OVERHEAD_BYTES
+def _payload_size(message: Message) -> int:
+    return len(message) if isinstance(message, bytes) else 0

@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections import deque
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
@@ -39,6 +38,7 @@ import picows
 from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
 from ..relay.errors import InvalidFrameReason
+from ..transport.read_inbox import ReadInbox, set_socket_reading
 from ..transport.websocket import Keepalive, KeepaliveConfig
 from .errors import SocketProtocolError
 from .frame_writer import BINARY_OPCODE, TEXT_OPCODE, FrameWriter
@@ -57,10 +57,6 @@ log = logging.getLogger(__name__)
 
 MAX_INBOX_BYTES = 1024 * 1024
 """Harness messages read but not yet routed before the socket stops reading."""
-
-MESSAGE_OVERHEAD_BYTES = 64
-"""What each waiting message counts against :data:`MAX_INBOX_BYTES` besides its
-payload: empty or tiny frames cost memory too, and must not be read without bound."""
 
 HANDSHAKE_TIMEOUT_S = 10.0
 
@@ -141,9 +137,9 @@ class RelaySocket(picows.WSListener):
         self._direct = False
         """Environment frames go straight to the router (once admitted)."""
         self._on_environment: Callable[[SocketPeer, bytes | memoryview], None] | None = None
-        self._inbox: deque[bytes] = deque()
-        self._inbox_bytes = 0
-        self._reading_paused = False
+        self._inbox: ReadInbox[bytes] = ReadInbox(
+            MAX_INBOX_BYTES, len, lambda pause: self._pause_reading(pause)
+        )
         self._wake: asyncio.Event = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
@@ -247,11 +243,8 @@ class RelaySocket(picows.WSListener):
             except SocketProtocolError as exc:
                 self._fail(exc)
             return
-        self._inbox.append(data)
-        self._inbox_bytes += len(data) + MESSAGE_OVERHEAD_BYTES
+        self._inbox.put(data)
         self._wake.set()
-        if self._inbox_bytes > MAX_INBOX_BYTES and not self._reading_paused:
-            self._pause_reading(True)
 
     def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
         if self.close_code is None:
@@ -292,16 +285,7 @@ class RelaySocket(picows.WSListener):
         self._wake.set()
 
     def _pause_reading(self, pause: bool) -> None:
-        transport = self._transport
-        if transport is None or transport.is_disconnected:
-            return
-        self._reading_paused = pause
-        underlying = transport.underlying_transport
-        with contextlib.suppress(RuntimeError, AttributeError):
-            if pause:
-                underlying.pause_reading()
-            else:
-                underlying.resume_reading()
+        set_socket_reading(self._transport, pause)
 
     async def serve(
         self,
@@ -345,9 +329,7 @@ class RelaySocket(picows.WSListener):
     ) -> None:
         inbox = self._inbox
         environment = peer.role is UrlRole.ENVIRONMENT
-        while inbox and self._error is None:
-            data = inbox.popleft()
-            self._inbox_bytes -= len(data) + MESSAGE_OVERHEAD_BYTES
+        while self._error is None and (data := inbox.take()) is not None:
             try:
                 if environment:
                     on_environment(peer, data)
@@ -355,8 +337,6 @@ class RelaySocket(picows.WSListener):
                     await on_harness(peer, data)
             except SocketProtocolError as exc:
                 self._fail(exc)
-            if self._reading_paused and self._inbox_bytes <= MAX_INBOX_BYTES // 2:
-                self._pause_reading(False)
 
     # --- the router's frame sink ----------------------------------------------------------
 

@@ -24,13 +24,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from collections.abc import Mapping
 from http import HTTPStatus
 
 import picows
 
 from .channel import DEFAULT_MAX_MESSAGE_BYTES, ChannelClosed
+from .read_inbox import ReadInbox, set_socket_reading
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,7 @@ class WebSocketClientChannel:
     def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self._max_message_bytes = max_message_bytes
         self._transport: picows.WSTransport | None = None
-        self._inbox: deque[bytes] = deque()
-        self._inbox_bytes = 0
-        self._reading_paused = False
+        self._inbox: ReadInbox[bytes] = ReadInbox(MAX_INBOX_BYTES, len, self._pause_reading)
         self._waiter: asyncio.Future[None] | None = None
         self._writable = asyncio.Event()
         self._writable.set()
@@ -122,10 +120,7 @@ class WebSocketClientChannel:
         transport.disconnect()
 
     def _deliver(self, message: bytes) -> None:
-        self._inbox.append(message)
-        self._inbox_bytes += len(message)
-        if self._inbox_bytes > MAX_INBOX_BYTES and not self._reading_paused:
-            self._pause_reading(True)
+        self._inbox.put(message)
         self._wake()
 
     def _disconnected(self) -> None:
@@ -143,16 +138,7 @@ class WebSocketClientChannel:
             waiter.set_result(None)
 
     def _pause_reading(self, pause: bool) -> None:
-        transport = self._transport
-        if transport is None:
-            return
-        self._reading_paused = pause
-        with contextlib.suppress(RuntimeError, AttributeError):
-            underlying = transport.underlying_transport
-            if pause:
-                underlying.pause_reading()
-            else:
-                underlying.resume_reading()
+        set_socket_reading(self._transport, pause)
 
     # --- MessageChannel -------------------------------------------------------------
 
@@ -165,10 +151,8 @@ class WebSocketClientChannel:
                 await self._waiter
             finally:
                 self._waiter = None
-        message = self._inbox.popleft()
-        self._inbox_bytes -= len(message)
-        if self._reading_paused and self._inbox_bytes <= MAX_INBOX_BYTES // 2:
-            self._pause_reading(False)
+        message = self._inbox.take()
+        assert message is not None
         return message
 
     async def send(self, message: bytes) -> None:
