@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import statistics
@@ -448,35 +447,9 @@ async def main_async(args: argparse.Namespace) -> int:
             await child.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "quick": quick,
-                    "pinned": {"client_cpu": client_cpu, "server_cpu": server_cpu},
-                    "results": [
-                        {
-                            "key": r.key,
-                            "title": r.title,
-                            r.left_label: r.left,
-                            r.right_label: r.right,
-                            "comparison": r.comparison,
-                            "goal": r.goal,
-                            "met": r.met,
-                            "numbers": r.numbers,
-                        }
-                        for r in rows
-                    ],
-                    "errors": errors,
-                },
-                indent=2,
-            )
-        )
-    else:
-        print(rb.render_table(rows))
-        for error in errors:
-            print(f"  ! {error}")
-    return 1 if errors else 0
+    return rb.report(
+        rows, errors, [], as_json=args.json, quick=quick, pinned=(client_cpu, server_cpu)
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -885,12 +885,27 @@ async def main_async(args: argparse.Namespace) -> int:
             await child.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    if args.json:
+    return report(
+        rows, errors, notes, as_json=args.json, quick=quick, pinned=(client_cpu, server_cpu)
+    )
+
+
+def report(
+    rows: list[Row],
+    errors: list[str],
+    notes: list[str],
+    *,
+    as_json: bool,
+    quick: bool,
+    pinned: tuple[int | None, int | None],
+) -> int:
+    """Print the rows as JSON or as a table (with notes and errors); the exit status."""
+    if as_json:
         print(
             json.dumps(
                 {
                     "quick": quick,
-                    "pinned": {"client_cpu": client_cpu, "server_cpu": server_cpu},
+                    "pinned": {"client_cpu": pinned[0], "server_cpu": pinned[1]},
                     "results": [
                         {
                             "key": r.key,
