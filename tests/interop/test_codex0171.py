@@ -510,7 +510,10 @@ async def test_write_ids_and_signals(differ0171: Differ) -> None:
 async def test_tty_process_and_write(differ0171: Differ) -> None:
     async def script(ctx: ScriptContext) -> None:
         c = await ctx.connect_ready()
-        params = start_params(ctx, "t", "read line; echo got:$line", tty=True)
+        # The trailing sleep keeps 0.171's own race out of the comparison: on a loaded
+        # machine its PTY reader can miss what the child wrote just before it exited
+        # (CI once saw codex report only the echoed "abc"); ours drains the PTY first.
+        params = start_params(ctx, "t", "read line; echo got:$line; sleep 0.5", tty=True)
         await c.call("process/start", params)
         await asyncio.sleep(0.3)
         await c.call("process/write", {"processId": "t", "chunk": b64("abc\n"), "writeId": "1"})
