@@ -44,14 +44,14 @@ def make() -> tuple[FrameReceiver, Router, BusStats, list[tuple[str, str]]]:
     stats = BusStats()
     credit: list[tuple[str, str]] = []
 
-    async def send_credit(node_id: str, text: str) -> None:
+    def send_credit(node_id: str, text: str) -> None:
         credit.append((node_id, text))
 
     return FrameReceiver("b", router, stats, WINDOW, send_credit), router, stats, credit
 
 
 class Msg:
-    """What nats-py hands the subscription callback."""
+    """What the connection hands the subscription callback (the fields of nats_wire.Msg)."""
 
     def __init__(self, sender: str, header: str, data: bytes) -> None:
         self.subject = f"exec-server.frames.b.{sender}"
@@ -66,7 +66,7 @@ def frame(seq: int, data: bytes, *, kind: str = "h", generation: int = 1, sender
 async def test_frames_in_order_are_handed_on_with_their_sender_and_granted() -> None:
     receiver, router, stats, credit = make()
     for seq in range(1, 5):
-        await receiver.on_frame(frame(seq, b"x" * 512, kind="e" if seq % 2 else "h"))
+        receiver.on_frame(frame(seq, b"x" * 512, kind="e" if seq % 2 else "h"))
     assert [f.sender for f in router.frames] == [NodeRef("a", "a-1")] * 4
     assert [f.direction for f in router.frames][:2] == [
         Direction.ENVIRONMENT_TO_HARNESS,
@@ -82,23 +82,23 @@ async def test_frames_in_order_are_handed_on_with_their_sender_and_granted() -> 
 
 async def test_malformed_messages_and_frames_from_itself_are_dropped() -> None:
     receiver, router, stats, _ = make()
-    await receiver.on_frame(Msg("a", "env h a-1 1", b"short header"))
-    await receiver.on_frame(Msg("a", "env q a-1 1 1", b"unknown kind"))
-    await receiver.on_frame(frame(1, b"from myself", sender="b"))
+    receiver.on_frame(Msg("a", "env h a-1 1", b"short header"))
+    receiver.on_frame(Msg("a", "env q a-1 1 1", b"unknown kind"))
+    receiver.on_frame(frame(1, b"from myself", sender="b"))
     assert stats.dropped["malformed"] == 3 and router.frames == [] and not router.lost
-    await receiver.on_frame(frame(1, b"fine"))  # the channel was not disturbed
+    receiver.on_frame(frame(1, b"fine"))  # the channel was not disturbed
     assert [f.data for f in router.frames] == [b"fine"]
 
 
 async def test_a_gap_breaks_the_channel_and_late_frames_are_stale() -> None:
     receiver, router, stats, credit = make()
-    await receiver.on_frame(frame(1, b"one"))
-    await receiver.on_frame(frame(3, b"three"))
+    receiver.on_frame(frame(1, b"one"))
+    receiver.on_frame(frame(3, b"three"))
     assert router.lost == [("a", "env")] and stats.dropped["gap"] == 1
     assert credit == [("a", reset_text("env", "a-1", 1))]
-    await receiver.on_frame(frame(4, b"late"))
+    receiver.on_frame(frame(4, b"late"))
     assert stats.dropped["stale"] == 1
-    await receiver.on_frame(frame(1, b"fresh", generation=2))
+    receiver.on_frame(frame(1, b"fresh", generation=2))
     assert [f.data for f in router.frames] == [b"one", b"fresh"]
 
 
@@ -110,7 +110,7 @@ async def test_a_sender_ignoring_its_window_is_cut_off() -> None:
     seq = 0
     while not router.lost:  # beyond a window and the largest relay frame (64 MiB)
         seq += 1
-        await receiver.on_frame(frame(seq, big))
+        receiver.on_frame(frame(seq, big))
         assert seq < 200
     assert stats.dropped["gap"] == 1
     router.gate.set()  # what arrived in order before the loss is still delivered
@@ -122,9 +122,9 @@ async def test_waiting_frames_keep_their_order_and_a_closed_receiver_starts_noth
     receiver, router, _, _ = make()
     router.take_now = False
     router.gate.clear()
-    await receiver.on_frame(frame(1, b"1"))
+    receiver.on_frame(frame(1, b"1"))
     router.take_now = True  # the channel has a frame waiting: later frames queue behind it
-    await receiver.on_frame(frame(2, b"2"))
+    receiver.on_frame(frame(2, b"2"))
     assert router.frames == []
     router.gate.set()
     await eventually(lambda: len(router.frames) == 2, "queued frames delivered")
@@ -132,11 +132,11 @@ async def test_waiting_frames_keep_their_order_and_a_closed_receiver_starts_noth
 
     router.take_now = False
     router.gate.clear()
-    await receiver.on_frame(frame(1, b"waits", sender="c"))
+    receiver.on_frame(frame(1, b"waits", sender="c"))
     pumps = receiver.close()
     assert len(pumps) == 1
     for pump in pumps:
         pump.cancel()
     await asyncio.gather(*pumps, return_exceptions=True)
-    await receiver.on_frame(frame(2, b"after close", sender="c"))
+    receiver.on_frame(frame(2, b"after close", sender="c"))
     assert receiver.close() == []

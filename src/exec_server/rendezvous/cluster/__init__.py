@@ -21,11 +21,14 @@ NATS:
   (:mod:`~exec_server.rendezvous.cluster.flow`): its wire format is
   :mod:`~exec_server.rendezvous.cluster.bus_wire`, its sending side
   :mod:`~exec_server.rendezvous.cluster.bus_publisher`, its receiving side
-  :mod:`~exec_server.rendezvous.cluster.bus_receiver`.
+  :mod:`~exec_server.rendezvous.cluster.bus_receiver`, its NATS connection
+  :mod:`~exec_server.rendezvous.cluster.nats_client` (core NATS written to the socket
+  and read into the router without a task switch; the shared state uses nats-py).
 
 Sans-IO parts: :mod:`~exec_server.rendezvous.cluster.routing` (local socket, remote
 node or refuse; inbound verification of the sending node; stream claim rules),
 :mod:`~exec_server.rendezvous.cluster.bus_wire` (subjects, headers, credit messages),
+:mod:`~exec_server.rendezvous.cluster.nats_wire` (the core NATS protocol),
 :mod:`~exec_server.rendezvous.cluster.liveness` (leases on the observer's clock),
 :mod:`~exec_server.rendezvous.cluster.flow` and
 :mod:`~exec_server.rendezvous.cluster.watch_cache`.

@@ -1,41 +1,34 @@
 """The sending side of the frame bus on the wire: :class:`Publisher`.
 
-One connection and one writer publish everything in order, so a channel's frames (and
-a split frame's parts) stay in order and contiguous. A frame that fits in one message
-and finds nothing queued before it is published at once, without a task switch:
-nats-py's ``publish`` only appends to its buffer and kicks its flusher, and does not
-suspend while the buffer has room, which the connection's ``pending_size`` (set above
-the flow control's cap) guarantees. Should it suspend anyway, a task finishes it and
-later frames queue behind that task. Frames above ``max_payload`` are split
-(:func:`~exec_server.rendezvous.cluster.bus_wire.split_frame`) by the writer task.
+Every frame is written to the bus's connection the moment the router sends it, on the
+router's call, in order: :meth:`~exec_server.rendezvous.cluster.nats_client.
+CoreNatsClient.publish` writes to the socket (or, between connections, to its bounded
+reconnect buffer) and never suspends, so there is no queue or writer task here and a
+channel's frames, and a split frame's parts, stay in order and contiguous. Frames
+above ``max_payload`` are split (:func:`~exec_server.rendezvous.cluster.bus_wire.
+split_frame`).
 
-A frame NATS refuses (not connected and nats-py's reconnect buffer full, or closed) is
-a loss the channel must not hide: the ``on_lost`` callback starts the channel's next
-generation. Items of a channel that was reset or closed since are skipped (their
-accounting went with the old generation).
+A frame the connection refuses (closed, or its buffer full) is a loss the channel must
+not hide: the ``on_lost`` callback starts the channel's next generation, called soon
+after rather than from inside the router's call that sent the frame.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections import deque
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
-
-from nats.aio.client import Client as NatsClient
-from nats.errors import Error as NatsError
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 from .bus_wire import HEADER, SYNC, frame_header, frames_subject, split_frame
 from .flow import SendChannel
+from .nats_client import CoreNatsClient, NatsClientError
 from .records import NodeRef
 
 if TYPE_CHECKING:
     from .nats_bus import BusStats
 
-__all__ = ["OutboundChannel", "Outgoing", "Publisher"]
+__all__ = ["OutboundChannel", "Publisher"]
 
 log = logging.getLogger(__name__)
 
@@ -54,26 +47,12 @@ class OutboundChannel(Protocol):
     def state(self) -> SendChannel: ...
 
 
-@dataclass(slots=True)
-class Outgoing:
-    channel: OutboundChannel
-    generation: int
-    seq: int
-    kind: str
-    data: bytes
-
-    def is_current(self) -> bool:
-        """The channel is open and still in the generation this item belongs to."""
-        return not self.channel.closed and self.generation == self.channel.state.generation
-
-
 class Publisher:
-    """Publishes :class:`Outgoing` items in order (module docstring); :meth:`run` is the
-    owner's writer task."""
+    """Publishes frames of channels in order (module docstring)."""
 
     def __init__(
         self,
-        nc: NatsClient,
+        nc: CoreNatsClient,
         prefix: str,
         node: NodeRef,
         max_chunk: int,
@@ -84,113 +63,31 @@ class Publisher:
         self._prefix = prefix
         self.node = node
         """This node (the bus sets a new incarnation here)."""
-        self._max_chunk = max_chunk
+        self.max_chunk = max_chunk
         self._stats = stats
         self._on_lost = on_lost
-        self._outbox: deque[Outgoing] = deque()
-        self._ready = asyncio.Event()
-        self._stalled: asyncio.Future[None] | None = None
-        """A publish that suspended, finishing in a task (frames queue behind it)."""
-        self._closed = False
 
-    def close(self) -> list[asyncio.Task[None]]:
-        """Stop; what is still running, for the owner to cancel and await."""
-        self._closed = True
-        self._ready.set()
-        return [self._stalled] if isinstance(self._stalled, asyncio.Task) else []
-
-    def queue(self, item: Outgoing) -> None:
-        if not self._outbox and self._stalled is None and len(item.data) <= self._max_chunk:
-            self._publish_now(item)
-            return
-        self._outbox.append(item)
-        self._ready.set()
-
-    def _route(self, item: Outgoing) -> tuple[str, str]:
+    def send(
+        self, channel: OutboundChannel, generation: int, seq: int, kind: str, data: bytes
+    ) -> None:
+        """Publish one frame (or sync) of ``channel`` now."""
         node = self.node
-        channel = item.channel
         subject = frames_subject(self._prefix, channel.node_id, node.node_id)
-        header = frame_header(
-            channel.environment_id, item.kind, node.incarnation, item.generation, item.seq
-        )
-        return subject, header
-
-    def _publish_now(self, item: Outgoing) -> None:
-        """Publish without a task switch (module docstring)."""
-        channel = item.channel
-        if channel.closed or item.generation != channel.state.generation:
-            return
-        subject, header = self._route(item)
-        publishing = self._nc.publish(subject, item.data, headers={HEADER: header})
+        header = frame_header(channel.environment_id, kind, node.incarnation, generation, seq)
         try:
-            suspended = publishing.send(None)
-        except StopIteration:
-            pass
-        except NatsError as exc:
-            log.info("could not forward a frame to %s: %r", item.channel.node_id, exc)
-            # Not from inside the router's call that sent it: report the loss next.
-            asyncio.get_running_loop().call_soon(self._lose_if_current, item)
-            return
-        else:
-            self._stalled = asyncio.ensure_future(_finish(publishing, suspended))
-        if item.kind != SYNC:
-            self._stats.frames_sent += 1
-            self._stats.bytes_sent += len(item.data)
-
-    def _lose_if_current(self, item: Outgoing) -> None:
-        if item.is_current():
-            self._on_lost(item.channel)
-
-    def _count(self, item: Outgoing) -> None:
-        if item.kind != SYNC:
-            self._stats.frames_sent += 1
-            self._stats.bytes_sent += len(item.data)
-
-    async def run(self) -> None:
-        outbox = self._outbox
-        publish = self._nc.publish
-        while not self._closed:
-            if self._stalled is not None:
-                with contextlib.suppress(Exception):
-                    await self._stalled
-                self._stalled = None
-                continue
-            if not outbox:
-                self._ready.clear()
-                await self._ready.wait()
-                continue
-            item = outbox.popleft()
-            if not item.is_current():
-                continue  # the channel was reset or closed: its accounting went with it
-            subject, header = self._route(item)
-            try:
-                for payload, part_header in split_frame(item.data, header, self._max_chunk):
-                    await publish(subject, payload, headers={HEADER: part_header})
-            except NatsError as exc:
-                log.info("could not forward a frame to %s: %r", item.channel.node_id, exc)
-                self._on_lost(item.channel)
-                continue
-            self._count(item)
-
-
-async def _finish(coroutine: Coroutine[Any, Any, None], waiting_on: Any) -> None:
-    """Drive a coroutine that suspended outside any task to its end: wait for what it
-    yielded (an asyncio future, marked as awaited by the coroutine's own ``await``,
-    which a task would have unmarked), then resume it."""
-    while True:
-        try:
-            if waiting_on is None:  # a bare yield (asyncio.sleep(0))
-                await asyncio.sleep(0)
+            if len(data) <= self.max_chunk:
+                self._nc.publish(subject, data, {HEADER: header})
             else:
-                waiting_on._asyncio_future_blocking = False
-                await waiting_on
-        except BaseException as exc:
-            try:
-                waiting_on = coroutine.throw(exc)
-            except StopIteration:
-                return
-            continue
-        try:
-            waiting_on = coroutine.send(None)
-        except StopIteration:
+                for payload, part_header in split_frame(data, header, self.max_chunk):
+                    self._nc.publish(subject, payload, {HEADER: part_header})
+        except NatsClientError as exc:
+            log.info("could not forward a frame to %s: %r", channel.node_id, exc)
+            asyncio.get_running_loop().call_soon(self._lose_if_current, channel, generation)
             return
+        if kind != SYNC:
+            self._stats.frames_sent += 1
+            self._stats.bytes_sent += len(data)
+
+    def _lose_if_current(self, channel: OutboundChannel, generation: int) -> None:
+        if not channel.closed and generation == channel.state.generation:
+            self._on_lost(channel)

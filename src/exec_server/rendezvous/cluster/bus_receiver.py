@@ -23,11 +23,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-
-from nats.aio.msg import Msg
 
 from ...relay.frame_codec import DEFAULT_MAX_FRAME_BYTES
 from .bus_wire import (
@@ -45,6 +43,7 @@ from .bus_wire import grant_text as _grant_text
 from .bus_wire import reset_text as _reset_text
 from .flow import Arrival, ReceiveChannel
 from .frame_bus import InboundHandler, RemoteFrame
+from .nats_wire import Msg
 from .records import NodeRef
 from .routing import Direction
 
@@ -58,8 +57,8 @@ log = logging.getLogger(__name__)
 ChannelKey = tuple[str, str]
 """(sending node id, environment id)."""
 
-SendCredit = Callable[[str, str], Awaitable[None]]
-"""Publish a credit text to a node: ``(node id, text)``."""
+SendCredit = Callable[[str, str], None]
+"""Publish a credit text to a node: ``(node id, text)`` (never blocks)."""
 
 
 @dataclass(slots=True)
@@ -110,8 +109,9 @@ class FrameReceiver:
                 pump.cancel()
         self._reassembler.forget(node_id)
 
-    async def on_frame(self, msg: Msg) -> None:
-        """A message on ``<prefix>.frames.<us>.<sender>`` (the subscription's callback)."""
+    def on_frame(self, msg: Msg) -> None:
+        """A message on ``<prefix>.frames.<us>.<sender>`` (the subscription's callback,
+        called from the connection's read: it never waits)."""
         sender_id = sender_of(msg.subject)
         header = parse_frame_header(sender_id, self._own_id, (msg.headers or {}).get(HEADER))
         if header is None:
@@ -128,15 +128,15 @@ class FrameReceiver:
         if header.kind == SYNC:
             verdict = state.on_sync(header.generation, header.seq)
             if verdict is Arrival.ACCEPT and not self._inbound.get(key):
-                await self._grant_if_due(key, header.incarnation, state)
+                self._grant_if_due(key, header.incarnation, state)
         else:
             verdict = state.on_frame(header.generation, header.seq)
             if verdict is Arrival.ACCEPT:
                 verdict, grant = self._accept(key, header, state, data)
                 if grant is not None:
-                    await self._send_grant(key, header.incarnation, header.generation, grant)
+                    self._send_grant(key, header.incarnation, header.generation, grant)
         if verdict is not Arrival.ACCEPT:
-            await self._out_of_order(key, header, state, verdict)
+            self._out_of_order(key, header, state, verdict)
 
     def _reassemble(self, sender_id: str, header: FrameHeader, chunk: bytes) -> bytes | None:
         whole = self._reassembler.add(sender_id, header, chunk)
@@ -174,7 +174,7 @@ class FrameReceiver:
         self._enqueue(key, _Queued(frame, header.incarnation, header.generation))
         return Arrival.ACCEPT, None
 
-    async def _out_of_order(
+    def _out_of_order(
         self, key: ChannelKey, header: FrameHeader, state: ReceiveChannel, verdict: Arrival
     ) -> None:
         if verdict is Arrival.STALE:
@@ -185,7 +185,7 @@ class FrameReceiver:
             f"got {header.kind} {header.generation}/{header.seq}, "
             f"expected {state.generation}/{state.expected_seq}"
         )
-        await self._broken(key, header.incarnation, state, detail)
+        self._broken(key, header.incarnation, state, detail)
 
     def _try_deliver(self, frame: RemoteFrame) -> bool:
         try:
@@ -220,28 +220,26 @@ class FrameReceiver:
                     continue
                 grant = state.on_consumed(len(item.frame.data), queue_empty=not queue)
                 if grant is not None:
-                    await self._send_grant(key, item.incarnation, state.generation, grant)
+                    self._send_grant(key, item.incarnation, state.generation, grant)
         finally:
             if self._pumps.get(key) is asyncio.current_task():
                 del self._pumps[key]
             if self._inbound.get(key) is queue and not queue:
                 del self._inbound[key]
 
-    async def _grant_if_due(self, key: ChannelKey, incarnation: str, state: ReceiveChannel) -> None:
+    def _grant_if_due(self, key: ChannelKey, incarnation: str, state: ReceiveChannel) -> None:
         grant = state.grant_due(queue_empty=True)
         if grant is not None:
-            await self._send_grant(key, incarnation, state.generation, grant)
+            self._send_grant(key, incarnation, state.generation, grant)
 
-    async def _send_grant(
+    def _send_grant(
         self, key: ChannelKey, incarnation: str, generation: int, consumed: int
     ) -> None:
         sender_id, environment_id = key
         self._stats.grants_sent += 1
-        await self._credit(
-            sender_id, _grant_text(environment_id, incarnation, generation, consumed)
-        )
+        self._credit(sender_id, _grant_text(environment_id, incarnation, generation, consumed))
 
-    async def _broken(
+    def _broken(
         self, key: ChannelKey, incarnation: str, state: ReceiveChannel, detail: str
     ) -> None:
         sender_id, environment_id = key
@@ -253,5 +251,5 @@ class FrameReceiver:
             environment_id,
             detail,
         )
-        await self._credit(sender_id, _reset_text(environment_id, incarnation, generation))
+        self._credit(sender_id, _reset_text(environment_id, incarnation, generation))
         self._handler.channel_lost(sender_id, environment_id)

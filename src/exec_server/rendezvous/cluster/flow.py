@@ -1,13 +1,11 @@
 """Sans-IO credit flow control and loss detection for frames forwarded between two nodes.
 
 Core NATS delivers at most once: a subscriber that falls behind has messages dropped
-(nats-py drops them past its per-subscription pending limits and reports a
-``SlowConsumerError``; the server cuts a connection whose outbound buffer overflows),
-and messages in flight during a reconnect are gone. Nothing pushes back on a publisher
-either: nats-py buffers publishes (``pending_size``, 2 MiB by default) and then blocks
-the publishing coroutine in a flush that swallows cancellation. So the frame bus brings
-its own end-to-end flow control, per *channel* (one sending node, one receiving node,
-one environment id):
+(the server cuts a connection whose outbound buffer overflows), and messages in flight
+during a reconnect are gone. Nothing pushes back on a publisher either: a publish is
+written to the socket (or a reconnect buffer) whatever the receiver does. So the frame
+bus brings its own end-to-end flow control, per *channel* (one sending node, one
+receiving node, one environment id):
 
 * **Credit.** The sender may have at most ``window`` bytes unacknowledged (a frame
   larger than the window passes when nothing is in flight). The receiver counts bytes

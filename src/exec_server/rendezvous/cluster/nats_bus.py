@@ -10,26 +10,28 @@ order and :mod:`~exec_server.rendezvous.cluster.bus_receiver` takes them off, ch
 their order and hands them to the router. Flow control and loss detection are
 :mod:`~exec_server.rendezvous.cluster.flow`'s.
 
+The bus has its own NATS connection, a :class:`~exec_server.rendezvous.cluster.
+nats_client.CoreNatsClient` (not nats-py, which the shared state uses): a frame is
+written to the socket on the router's call and a received one reaches the router from
+the socket's read, with no task switch on either side unless the router must wait.
+
 Memory stays bounded whatever NATS or a peer does: a channel has at most ``window_bytes``
 unacknowledged, the bus at most ``max_unacked_bytes``, and the connection's
-``pending_size`` is set above that cap so nats-py never reaches the blocking (and
-uncancellable) flush it does when its buffer is full. Received frames wait in their
-channel's queue, bounded by the sender's window (a sender exceeding it is treated as
-having lost frames), and nats-py's subscription limits are far above that.
+``pending_size`` (its reconnect buffer, and the most its socket buffer may hold) is set
+above that cap, so flow control, not the connection, is what holds senders back.
+Received frames wait in their channel's queue, bounded by the sender's window (a sender
+exceeding it is treated as having lost frames).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
-from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
-from nats.errors import Error as NatsError
-
-from .bus_publisher import OutboundChannel, Outgoing, Publisher
+from .bus_publisher import OutboundChannel, Publisher
 from .bus_receiver import FrameReceiver
 from .bus_wire import (
     CONTROL,
@@ -45,7 +47,9 @@ from .bus_wire import (
 )
 from .flow import DEFAULT_WINDOW_BYTES, SendChannel
 from .frame_bus import InboundHandler
-from .nats_connection import NatsClusterConfig, connect_nats
+from .nats_client import CoreNatsClient, NatsClientError, connect_core
+from .nats_connection import NatsClusterConfig
+from .nats_wire import Msg
 from .records import NodeRef, new_incarnation
 from .routing import Direction
 from .tasks import CLOSE_TIMEOUT_S, cancel_and_wait, finish_within
@@ -64,9 +68,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_UNACKED_BYTES = 32 * 1024 * 1024
 """Unacknowledged bytes per bus (all channels): the most a stalled NATS can pin."""
 
-_SUBSCRIPTION_MSGS_LIMIT = 1_000_000
-_SUBSCRIPTION_BYTES_LIMIT = 1 << 30
-"""Far above what flow control lets senders have in flight: never the binding limit."""
 _HEADER_ALLOWANCE = 1024
 """Bytes of ``max_payload`` left for the NATS header of each part."""
 _PROBE_RETRY_S = 0.2
@@ -185,7 +186,7 @@ class NatsFrameBus:
         bus_config: BusConfig,
         node: NodeRef,
         handler: InboundHandler,
-        nc: NatsClient,
+        nc: CoreNatsClient,
     ) -> None:
         self.cluster_config = config
         self.config = bus_config
@@ -223,15 +224,15 @@ class NatsFrameBus:
         bus_config = bus_config or BusConfig()
         holder: list[NatsFrameBus] = []
 
-        async def reconnected() -> None:
+        def reconnected() -> None:
             if holder:
                 holder[0]._on_reconnected()
 
-        nc = await connect_nats(
+        nc = await connect_core(
             config,
             "frames",
             reconnected=reconnected,
-            # Above everything flow control lets through, so a publish never blocks.
+            # Above everything flow control lets through: never the binding limit.
             pending_size=2 * bus_config.max_unacked_bytes + 4 * 1024 * 1024,
         )
         bus = cls(config, bus_config, node, handler, nc)
@@ -246,32 +247,22 @@ class NatsFrameBus:
     async def _start(self) -> None:
         me = self._node.node_id
         for kind, callback in (("frames", self._receiver.on_frame), ("credit", self._on_credit)):
-            await self._nc.subscribe(
-                f"{self._prefix}.{kind}.{me}.*",
-                cb=callback,
-                pending_msgs_limit=_SUBSCRIPTION_MSGS_LIMIT,
-                pending_bytes_limit=_SUBSCRIPTION_BYTES_LIMIT,
-            )
+            self._nc.subscribe(f"{self._prefix}.{kind}.{me}.*", callback)
         await self._wait_for_subscriptions()
-        self._tasks.append(asyncio.ensure_future(self._publisher.run()))
         self._tasks.append(asyncio.ensure_future(self._probe_loop()))
 
     async def _wait_for_subscriptions(self) -> None:
-        """Return once the server routes our subjects to us.
-
-        ``flush()`` cannot tell: nats-py writes its PING straight to the socket, ahead of
-        SUB commands still in its pending buffer, so the PONG can come back before the
-        server has the subscriptions, and frames published to us meanwhile are dropped
-        for want of interest (seen here). A message we publish goes through that buffer
-        after the SUBs, so once it comes back to us, both subscriptions are live.
-        """
+        """Return once the server routes our subjects to us: a message we publish
+        after the SUBs comes back to us through them (end to end, whatever the server
+        or a route in a NATS cluster does with interest)."""
         me = self._node.node_id
         token = new_incarnation()
         self._probe = (token, asyncio.get_running_loop().create_future())
         subject = credit_subject(self._prefix, me, me)
         async with asyncio.timeout(self.cluster_config.connect_timeout_s * 2):
             while True:
-                await self._nc.publish(subject, probe_text(token))
+                with contextlib.suppress(NatsClientError):  # between connections
+                    self._nc.publish(subject, probe_text(token))
                 try:
                     async with asyncio.timeout(_PROBE_RETRY_S):
                         await asyncio.shield(self._probe[1])
@@ -285,10 +276,11 @@ class NatsFrameBus:
         self._closed = True
         for channel in self._channels.values():
             channel._close()
-        running = [*self._publisher.close(), *self._receiver.close()]
-        await cancel_and_wait([*self._tasks, *running])
+        await cancel_and_wait([*self._tasks, *self._receiver.close()])
         self._tasks.clear()
-        await finish_within(self._nc.close(), CLOSE_TIMEOUT_S, "closing the frame bus connection")
+        await finish_within(
+            self._nc.close(), 2 * CLOSE_TIMEOUT_S, "closing the frame bus connection"
+        )
 
     # --- FrameBus -----------------------------------------------------------------------
 
@@ -344,12 +336,12 @@ class NatsFrameBus:
         size = len(data)
         seq = state.take(size)
         self._unacked += size
-        self._publisher.queue(Outgoing(channel, state.generation, seq, kind, data))
+        self._publisher.send(channel, state.generation, seq, kind, data)
 
     def _sync(self, channel: NatsRemoteChannel) -> None:
         state = channel.state
         self.stats.syncs_sent += 1
-        self._publisher.queue(Outgoing(channel, state.generation, state.last_seq, SYNC, b""))
+        self._publisher.send(channel, state.generation, state.last_seq, SYNC, b"")
 
     def _lose_sent(self, channel: OutboundChannel, at_least: int = 0) -> None:
         """Frames of the channel's current generation may be lost: start a new one."""
@@ -380,14 +372,14 @@ class NatsFrameBus:
 
     # --- receiving ------------------------------------------------------------------------
 
-    async def _credit(self, node_id: str, text: str) -> None:
+    def _credit(self, node_id: str, text: str) -> None:
         subject = credit_subject(self._prefix, node_id, self._node.node_id)
         try:
-            await self._nc.publish(subject, text.encode())
-        except NatsError as exc:  # repaired by the sender's next sync
+            self._nc.publish(subject, text.encode())
+        except NatsClientError as exc:  # repaired by the sender's next sync
             log.debug("could not send credit to %s: %r", node_id, exc)
 
-    async def _on_credit(self, msg: Msg) -> None:
+    def _on_credit(self, msg: Msg) -> None:
         receiver_id = sender_of(msg.subject)
         if receiver_id == self._node.node_id:
             self._on_probe(msg.data)

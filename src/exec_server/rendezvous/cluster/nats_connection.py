@@ -1,10 +1,12 @@
 """Connecting a rendezvous node to NATS: :class:`NatsClusterConfig` and :func:`connect_nats`.
 
 A node opens two connections to the same NATS: one for shared state (KV reads, writes,
-watches, heartbeats) and one for forwarded frames, so a heartbeat never waits behind
-megabytes of frames in the client's outbound buffer. Both reconnect forever
-(``reconnect_wait_s`` apart); what a disconnection means is decided by their owners
-(readiness, frame-channel resync).
+watches, heartbeats; nats-py, :func:`connect_nats`) and one for forwarded frames, so a
+heartbeat never waits behind megabytes of frames in the client's outbound buffer (the
+frame bus's own core NATS client, :func:`~exec_server.rendezvous.cluster.nats_client.
+connect_core`, configured from the same :class:`NatsClusterConfig`). Both reconnect
+forever (``reconnect_wait_s`` apart); what a disconnection means is decided by their
+owners (readiness, frame-channel resync).
 
 Names derived from ``prefix`` (a ``[A-Za-z0-9_-]`` token, ``exec-server`` by default, so
 several clusters can share one NATS account): KV buckets ``<prefix>-nodes``,

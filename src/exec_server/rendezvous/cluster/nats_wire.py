@@ -1,0 +1,500 @@
+"""The core NATS client protocol, sans-IO: what the frame bus's connection writes and reads.
+
+The frame bus forwards every cross-node frame over one NATS connection; nats-py spends
+about 15 us of pure Python per message on each side (a buffer and a flusher task per
+publish, a queue and a task step per delivery). This module is the protocol alone, as
+bytes in and events out, for a connection that writes a publish to its socket at once
+and hands a received message to its subscriber synchronously
+(:mod:`~exec_server.rendezvous.cluster.nats_client`). Only what the bus uses is here:
+``INFO`` / ``CONNECT`` (user and password, token, or a signed nonce; ``verbose`` and
+``pedantic`` off, headers on), ``PING`` / ``PONG``, ``SUB`` / ``UNSUB``, ``PUB`` /
+``HPUB``, ``MSG`` / ``HMSG``, ``+OK`` and ``-ERR``. JetStream and request/reply stay on
+nats-py (the shared state's connection).
+
+:class:`Parser` turns whatever the socket delivers, split anywhere, into :class:`Msg`,
+:class:`ServerInfo`, :data:`PING`, :data:`PONG`, :data:`OK` and :class:`ServerError`
+events. Its memory is bounded: a control line longer than :data:`MAX_CONTROL_LINE` or a
+message above the server's ``max_payload`` (plus headers) is a :class:`ProtocolError`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+__all__ = [
+    "CRLF",
+    "MAX_CONTROL_LINE",
+    "OK",
+    "PING",
+    "PONG",
+    "ConnectOptions",
+    "Event",
+    "Msg",
+    "Parser",
+    "ProtocolError",
+    "ServerError",
+    "ServerInfo",
+    "connect_command",
+    "encode_headers",
+    "encode_seed",
+    "load_credentials",
+    "nkey_public_key",
+    "publish_parts",
+    "sign_nonce",
+    "sub_command",
+    "unsub_command",
+]
+
+MAX_CONTROL_LINE: Final = 64 * 1024
+"""The longest ``INFO`` (with a big cluster's ``connect_urls``) or message line accepted."""
+DEFAULT_MAX_PAYLOAD: Final = 1024 * 1024
+"""What the server accepts when its ``INFO`` does not say (the NATS default)."""
+_HEADER_ALLOWANCE: Final = 64 * 1024
+"""Header bytes accepted on a received message on top of ``max_payload``."""
+CRLF: Final = b"\r\n"
+_HEADER_VERSION: Final = b"NATS/1.0"
+_TOKEN = re.compile(rb"^[^\s]+$")
+_HEADER_KEY = re.compile(r"^[!-9;-~]+$")
+"""Printable ASCII without ``:`` (RFC 7230 field names are narrower; NATS accepts these)."""
+
+
+class ProtocolError(Exception):
+    """The server sent something that is not the NATS protocol (the connection is
+    unusable: close it)."""
+
+
+# --- events ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    server_id: str = ""
+    version: str = ""
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+    headers: bool = False
+    auth_required: bool = False
+    tls_required: bool = False
+    tls_available: bool = False
+    nonce: str | None = None
+    connect_urls: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: bytes) -> ServerInfo:
+        try:
+            raw = json.loads(text)
+        except ValueError as exc:
+            raise ProtocolError(f"INFO is not JSON: {text[:200]!r}") from exc
+        if not isinstance(raw, dict):
+            raise ProtocolError(f"INFO is not a JSON object: {text[:200]!r}")
+        max_payload = raw.get("max_payload", DEFAULT_MAX_PAYLOAD)
+        if not isinstance(max_payload, int) or max_payload <= 0:
+            raise ProtocolError(f"INFO has an invalid max_payload: {max_payload!r}")
+        urls = raw.get("connect_urls") or ()
+        nonce = raw.get("nonce")
+        return cls(
+            server_id=str(raw.get("server_id", "")),
+            version=str(raw.get("version", "")),
+            max_payload=max_payload,
+            headers=raw.get("headers") is True,
+            auth_required=raw.get("auth_required") is True,
+            tls_required=raw.get("tls_required") is True,
+            tls_available=raw.get("tls_available") is True,
+            nonce=nonce if isinstance(nonce, str) else None,
+            connect_urls=tuple(str(url) for url in urls) if isinstance(urls, list) else (),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ServerError:
+    """``-ERR '<message>'``."""
+
+    message: str
+
+    @property
+    def closes_connection(self) -> bool:
+        """Whether the server closes the connection after it (it does for all but
+        permission and subject errors)."""
+        lowered = self.message.lower()
+        return not (
+            lowered.startswith("permissions violation") or lowered.startswith("invalid subject")
+        )
+
+    @property
+    def is_authorization(self) -> bool:
+        lowered = self.message.lower()
+        return "authorization" in lowered or "authentication" in lowered
+
+
+class _Signal:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+PING: Final = _Signal("PING")
+PONG: Final = _Signal("PONG")
+OK: Final = _Signal("+OK")
+
+
+class Msg:
+    """A message delivered to a subscription (``MSG`` or ``HMSG``)."""
+
+    __slots__ = ("data", "headers", "reply", "sid", "status", "subject")
+
+    def __init__(
+        self,
+        subject: str,
+        sid: int,
+        reply: str | None,
+        data: bytes,
+        headers: dict[str, str] | None = None,
+        status: str | None = None,
+    ) -> None:
+        self.subject = subject
+        self.sid = sid
+        self.reply = reply
+        self.data = data
+        self.headers = headers
+        self.status = status
+        """The status of an ``HMSG`` whose header line carries one (``503``: no
+        responders), else None."""
+
+    def __repr__(self) -> str:
+        return f"<Msg {self.subject} sid={self.sid} {len(self.data)} bytes>"
+
+
+Event = Msg | ServerInfo | ServerError | _Signal
+
+
+# --- the parser -------------------------------------------------------------------------
+
+
+class Parser:
+    """Bytes from the server in (split anywhere), events out (module docstring)."""
+
+    def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+        self.max_payload = max_payload
+        """The largest payload accepted (the connection sets the server's on INFO)."""
+        self._buffer = bytearray()
+        self._message: tuple[str, int, str | None, int, int] | None = None
+        """The control line of a message whose payload has not all arrived:
+        (subject, sid, reply, header bytes, total bytes)."""
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet parsed into an event."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[Event]:
+        buffer = self._buffer
+        if buffer:
+            buffer += data
+            if self._message is not None and len(buffer) < self._message[4] + 2:
+                return []  # a long payload still arriving: nothing to parse yet
+            data = bytes(buffer)
+            buffer.clear()
+        events: list[Event] = []
+        end = len(data)
+        pos = 0
+        message = self._message
+        while pos < end:
+            if message is None:
+                eol = data.find(CRLF, pos)
+                if eol < 0:
+                    if end - pos > MAX_CONTROL_LINE:
+                        raise ProtocolError("a control line longer than the limit")
+                    break
+                line = data[pos:eol]
+                pos = eol + 2
+                head = line[:4]
+                if head == b"MSG " or head == b"HMSG":
+                    message = self._control_line(line)
+                elif head == b"PING":
+                    events.append(PING)
+                    continue
+                elif head == b"PONG":
+                    events.append(PONG)
+                    continue
+                elif head == b"+OK":
+                    events.append(OK)
+                    continue
+                elif head == b"INFO":
+                    info = ServerInfo.parse(line[5:])
+                    self.max_payload = info.max_payload
+                    events.append(info)
+                    continue
+                elif head == b"-ERR":
+                    events.append(ServerError(_error_text(line[4:])))
+                    continue
+                elif not line:
+                    continue
+                else:
+                    raise ProtocolError(f"unknown protocol line {line[:80]!r}")
+            subject, sid, reply, header_size, total = message
+            stop = pos + total
+            if stop + 2 > end:
+                break
+            if data[stop : stop + 2] != CRLF:
+                raise ProtocolError(f"a message on {subject} does not end with CRLF")
+            if header_size:
+                headers, status = _parse_headers(data[pos : pos + header_size])
+                events.append(
+                    Msg(subject, sid, reply, data[pos + header_size : stop], headers, status)
+                )
+            else:
+                events.append(Msg(subject, sid, reply, data[pos:stop]))
+            pos = stop + 2
+            message = None
+        self._message = message
+        if pos < end:
+            buffer += data[pos:] if pos else data
+        return events
+
+    def _control_line(self, line: bytes) -> tuple[str, int, str | None, int, int]:
+        """``MSG <subject> <sid> [reply] <size>`` or ``HMSG <subject> <sid> [reply]
+        <header size> <total size>``."""
+        parts = line.split()
+        has_headers = parts[0] == b"HMSG"
+        count = len(parts) - (5 if has_headers else 4)
+        if count not in (0, 1) or parts[0] not in (b"MSG", b"HMSG"):
+            raise ProtocolError(f"malformed message line {line[:200]!r}")
+        try:
+            sid = int(parts[2])
+            total = int(parts[-1])
+            header_size = int(parts[-2]) if has_headers else 0
+        except ValueError:
+            raise ProtocolError(f"malformed message line {line[:200]!r}") from None
+        if not 0 <= header_size <= total or sid < 0:
+            raise ProtocolError(f"malformed message line {line[:200]!r}")
+        if total - header_size > self.max_payload or header_size > _HEADER_ALLOWANCE:
+            raise ProtocolError(f"a message of {total} bytes is above the server's max_payload")
+        reply = parts[3].decode() if count else None
+        return parts[1].decode(), sid, reply, header_size, total
+
+
+def _error_text(rest: bytes) -> str:
+    text = rest.strip().decode(errors="replace")
+    if len(text) >= 2 and text[0] == text[-1] == "'":
+        text = text[1:-1]
+    return text
+
+
+def _parse_headers(block: bytes) -> tuple[dict[str, str], str | None]:
+    """``NATS/1.0[ status[ description]]\\r\\nKey: Value\\r\\n...\\r\\n\\r\\n``."""
+    lines = block.decode(errors="replace").split("\r\n")
+    first = lines[0]
+    if not first.startswith("NATS/1.0"):
+        raise ProtocolError(f"a message header without NATS/1.0: {first[:80]!r}")
+    status = first[8:].strip().split(" ", 1)[0] or None
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        key, sep, value = line.partition(":")
+        if not sep:
+            raise ProtocolError(f"a malformed message header line: {line[:80]!r}")
+        headers[key.strip()] = value.strip()
+    return headers, status
+
+
+# --- what the client writes -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConnectOptions:
+    name: str = ""
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    jwt: str | None = field(default=None, repr=False)
+    signature: str | None = field(default=None, repr=False)
+    """The server's nonce signed with the user's nkey (with ``jwt``), base64url."""
+    nkey: str | None = None
+    echo: bool = True
+    tls_required: bool = False
+
+
+def connect_command(options: ConnectOptions, version: str) -> bytes:
+    body: dict[str, object] = {
+        "verbose": False,
+        "pedantic": False,
+        "tls_required": options.tls_required,
+        "name": options.name,
+        "lang": "python-exec-server",
+        "version": version,
+        "protocol": 1,
+        "headers": True,
+        "no_responders": True,
+        "echo": options.echo,
+    }
+    if options.user is not None:
+        body["user"] = options.user
+        body["pass"] = options.password or ""
+    if options.token is not None:
+        body["auth_token"] = options.token
+    if options.jwt is not None:
+        body["jwt"] = options.jwt
+    if options.nkey is not None:
+        body["nkey"] = options.nkey
+    if options.signature is not None:
+        body["sig"] = options.signature
+    return b"CONNECT " + json.dumps(body, separators=(",", ":")).encode() + CRLF
+
+
+def _check_subject(subject: str, what: str = "subject") -> bytes:
+    encoded = subject.encode()
+    if not _TOKEN.match(encoded):
+        raise ValueError(f"invalid NATS {what} {subject!r}: empty or with whitespace")
+    return encoded
+
+
+def sub_command(subject: str, sid: int, queue: str | None = None) -> bytes:
+    line = b"SUB " + _check_subject(subject)
+    if queue is not None:
+        line += b" " + _check_subject(queue, "queue group")
+    return line + b" %d\r\n" % sid
+
+
+def unsub_command(sid: int, max_messages: int | None = None) -> bytes:
+    if max_messages is None:
+        return b"UNSUB %d\r\n" % sid
+    return b"UNSUB %d %d\r\n" % (sid, max_messages)
+
+
+def encode_headers(headers: Mapping[str, str]) -> bytes:
+    lines = [_HEADER_VERSION]
+    for key, value in headers.items():
+        if not _HEADER_KEY.match(key):
+            raise ValueError(f"invalid NATS header name {key!r}")
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"a NATS header value with a line break: {key}")
+        lines.append(f"{key}: {value}".encode())
+    return CRLF.join(lines) + CRLF + CRLF
+
+
+def publish_parts(
+    subject: str, payload: bytes, headers: Mapping[str, str] | None = None
+) -> tuple[bytes, bytes]:
+    """``PUB``/``HPUB`` as (control line and header block, payload); the payload is
+    followed by a CRLF on the wire. Two parts so a large payload is written without a
+    copy."""
+    encoded = _check_subject(subject)
+    if headers:
+        block = encode_headers(headers)
+        size = len(block)
+        return b"HPUB %s %d %d\r\n%s" % (encoded, size, size + len(payload), block), payload
+    return b"PUB %s %d\r\n" % (encoded, len(payload)), payload
+
+
+# --- credentials (.creds files and nkey seeds) --------------------------------------------
+
+_SEED_PREFIX: Final = 18 << 3
+"""First 5 bits of a decoded nkey seed ('S')."""
+_USER_PREFIX: Final = 20 << 3
+"""An nkey user's public key ('U')."""
+
+
+def load_credentials(path: str) -> tuple[str | None, str]:
+    """A ``.creds`` file: (user JWT, nkey seed); the JWT is None when the file holds only
+    a seed (nkey authentication)."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except OSError as exc:
+        raise ValueError(f"cannot read the NATS credentials file {path}: {exc}") from exc
+    jwt = _armored(text, "JWT")
+    seed = _armored(text, "SEED")
+    if seed is None:
+        bare = [line.strip() for line in text.splitlines() if line.strip().startswith("SU")]
+        seed = bare[0] if bare else None
+    if seed is None:
+        raise ValueError(f"no nkey seed in the NATS credentials file {path}")
+    _decode_seed(seed)
+    return jwt, seed
+
+
+def _armored(text: str, kind: str) -> str | None:
+    lines = text.splitlines()
+    for index, line in enumerate(lines):
+        if "BEGIN" in line and kind in line and line.strip().startswith("-"):
+            for value in lines[index + 1 :]:
+                if value.strip():
+                    return value.strip()
+    return None
+
+
+def _crc16(data: bytes) -> int:
+    """CRC-16/XMODEM, the checksum of nkey encodings."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def _base32_decode(text: str) -> bytes:
+    import base64
+
+    try:
+        return base64.b32decode(text + "=" * (-len(text) % 8))
+    except ValueError as exc:
+        raise ValueError("an nkey that is not base32") from exc
+
+
+def _base32_encode(data: bytes) -> str:
+    import base64
+
+    return base64.b32encode(data).decode().rstrip("=")
+
+
+def _decode_seed(seed: str) -> tuple[int, bytes]:
+    """(public key prefix byte, 32-byte Ed25519 seed) of an encoded nkey seed."""
+    raw = _base32_decode(seed)
+    if len(raw) != 36 or _crc16(raw[:-2]) != int.from_bytes(raw[-2:], "little"):
+        raise ValueError("an nkey seed with a bad length or checksum")
+    if raw[0] & 0xF8 != _SEED_PREFIX:
+        raise ValueError("not an nkey seed")
+    prefix = ((raw[0] & 0x07) << 5) | ((raw[1] & 0xF8) >> 3)
+    return prefix, raw[2:34]
+
+
+def encode_seed(raw_seed: bytes, prefix: int = _USER_PREFIX) -> str:
+    """The text form of a 32-byte Ed25519 seed as an nkey seed (``SU...`` for a user)."""
+    if len(raw_seed) != 32:
+        raise ValueError("an Ed25519 seed is 32 bytes")
+    head = bytes((_SEED_PREFIX | (prefix >> 5), (prefix & 0x1F) << 3))
+    body = head + raw_seed
+    return _base32_encode(body + _crc16(body).to_bytes(2, "little"))
+
+
+def nkey_public_key(seed: str) -> str:
+    """The public nkey (``U...`` for a user) of an encoded seed."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    prefix, raw = _decode_seed(seed)
+    public = Ed25519PrivateKey.from_private_bytes(raw).public_key()
+    body = bytes((prefix,)) + public.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return _base32_encode(body + _crc16(body).to_bytes(2, "little"))
+
+
+def sign_nonce(seed: str, nonce: bytes) -> str:
+    """The server's nonce signed with the seed's key, base64url without padding (what
+    ``CONNECT``'s ``sig`` carries)."""
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    _, raw = _decode_seed(seed)
+    signature = Ed25519PrivateKey.from_private_bytes(raw).sign(nonce)
+    return base64.urlsafe_b64encode(signature).decode().rstrip("=")

@@ -1,0 +1,301 @@
+"""The frame bus's core NATS client against a real nats-server (and, for liveness, a
+server that stops answering): delivery, auth, -ERR, failover, reconnects, close."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from cluster_support import eventually
+
+from exec_server.rendezvous.cluster.nats_client import (
+    ClientConfig,
+    CoreNatsClient,
+    NatsAuthError,
+    NatsBufferFull,
+    NatsConnectError,
+    NatsNotConnected,
+)
+from exec_server.rendezvous.cluster.nats_server import (
+    EmbeddedNats,
+    EmbeddedNatsConfig,
+    find_nats_server,
+)
+from exec_server.rendezvous.cluster.nats_wire import Msg, encode_seed, nkey_public_key
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[Msg] = []
+
+    def __call__(self, msg: Msg) -> None:
+        self.messages.append(msg)
+
+    @property
+    def data(self) -> list[bytes]:
+        return [m.data for m in self.messages]
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[CoreNatsClient]]:
+    made: list[CoreNatsClient] = []
+    yield made
+    for client in made:
+        await client.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_messages_arrive_in_order_with_headers(
+    nats_server: EmbeddedNats, clients: list[CoreNatsClient]
+) -> None:
+    client = await CoreNatsClient.connect(ClientConfig((nats_server.url,)))
+    clients.append(client)
+    inbox = Inbox()
+    sid = client.subscribe("t.*", inbox)
+    await client.flush()
+    big = bytes(range(256)) * 1024  # written in parts, not joined
+    payloads = [b"", b"one", big, b"\r\n", b"x" * 5000]
+    for index, payload in enumerate(payloads):
+        client.publish(f"t.{index}", payload, {"Exs": f"n {index}"} if index % 2 else None)
+    await eventually(lambda: len(inbox.messages) == len(payloads), "every message")
+    assert inbox.data == payloads
+    assert [m.headers for m in inbox.messages][:2] == [None, {"Exs": "n 1"}]
+    assert client.max_payload == nats_server.config.max_payload
+    client.unsubscribe(sid)
+    await client.flush()
+    client.publish("t.0", b"unheard")
+    await client.flush()
+    assert len(inbox.messages) == len(payloads)
+    with pytest.raises(ValueError, match="invalid NATS subject"):
+        client.publish("has space", b"")
+
+
+async def test_bad_credentials_are_a_clear_error_and_good_ones_work(
+    clients: list[CoreNatsClient],
+) -> None:
+    config = EmbeddedNatsConfig(
+        extra_config="authorization { users = [ {user: node, password: right} ] }",
+        probe_user=("node", "right"),
+    )
+    async with EmbeddedNats(config) as server:
+        with pytest.raises(NatsAuthError, match=r"refused the credentials.*Authorization"):
+            await CoreNatsClient.connect(
+                ClientConfig((server.url,), user="node", password="wrong", connect_timeout_s=10)
+            )
+        with pytest.raises(NatsAuthError):
+            await CoreNatsClient.connect(ClientConfig((server.url,), connect_timeout_s=10))
+        good = await CoreNatsClient.connect(
+            ClientConfig((server.url,), user="node", password="right")
+        )
+        clients.append(good)
+        await good.flush()
+        # Credentials in the URL are used too.
+        in_url = server.url.replace("nats://", "nats://node:right@")
+        via_url = await CoreNatsClient.connect(ClientConfig((in_url,)))
+        clients.append(via_url)
+        await via_url.flush()
+
+
+async def test_token_and_nkey_authentication(tmp_path: Path, clients: list[CoreNatsClient]) -> None:
+    seed = encode_seed(bytes(range(1, 33)))
+    public = nkey_public_key(seed)
+    (tmp_path / "node.nk").write_text(seed + "\n")
+    config = EmbeddedNatsConfig(
+        extra_config=(
+            f'authorization {{ users = [ {{nkey: "{public}"}}, {{user: p, password: p}} ] }}'
+        ),
+        probe_user=("p", "p"),
+    )
+    async with EmbeddedNats(config) as server:
+        signed = await CoreNatsClient.connect(
+            ClientConfig((server.url,), credentials_file=str(tmp_path / "node.nk"))
+        )
+        clients.append(signed)
+        await signed.flush()
+        other = encode_seed(bytes(32))
+        (tmp_path / "other.nk").write_text(other)
+        with pytest.raises(NatsAuthError):
+            await CoreNatsClient.connect(
+                ClientConfig((server.url,), credentials_file=str(tmp_path / "other.nk"))
+            )
+    # Token authentication (the embedded server's startup check speaks only user and
+    # password, so this server is started bare).
+    port = free_port()
+    token_server = await asyncio.create_subprocess_exec(
+        str(find_nats_server()),
+        "-a",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "--auth",
+        "s3cret",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    url = f"nats://127.0.0.1:{port}"
+    try:
+        client = None
+        for _ in range(300):
+            try:
+                client = await CoreNatsClient.connect(ClientConfig((url,), token="s3cret"))
+                break
+            except NatsAuthError:
+                raise
+            except NatsConnectError:
+                await asyncio.sleep(0.05)  # not listening yet
+        assert client is not None, "nats-server did not start"
+        clients.append(client)
+        await client.flush()
+        with pytest.raises(NatsAuthError):
+            await CoreNatsClient.connect(ClientConfig((url,), token="wrong"))
+    finally:
+        token_server.kill()
+        await token_server.wait()
+
+
+async def test_a_refused_publish_is_logged_and_the_connection_stays(
+    clients: list[CoreNatsClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    users = (
+        "{user: limited, password: pw, permissions: {publish: {allow: [ok.>]}}}, "
+        "{user: probe, password: pw}"
+    )
+    config = EmbeddedNatsConfig(
+        extra_config=f"authorization {{ users = [ {users} ] }}", probe_user=("probe", "pw")
+    )
+    async with EmbeddedNats(config) as server:
+        client = await CoreNatsClient.connect(
+            ClientConfig((server.url,), user="limited", password="pw")
+        )
+        clients.append(client)
+        inbox = Inbox()
+        client.subscribe("ok.>", inbox)
+        client.subscribe("forbidden", inbox)
+        with caplog.at_level(logging.WARNING):
+            client.publish("forbidden", b"no")
+            client.publish("ok.1", b"yes")
+            await eventually(lambda: inbox.data == [b"yes"], "the allowed message")
+            await eventually(
+                lambda: "Permissions Violation for Publish" in caplog.text, "the -ERR is logged"
+            )
+        await client.flush()
+        assert client.is_connected and client.reconnects == 0
+
+
+async def test_the_next_server_is_used_when_the_first_is_down(
+    nats_server: EmbeddedNats, clients: list[CoreNatsClient]
+) -> None:
+    dead = f"nats://127.0.0.1:{free_port()}"
+    client = await CoreNatsClient.connect(ClientConfig((dead, nats_server.url)))
+    clients.append(client)
+    await client.flush()
+    with pytest.raises(NatsConnectError, match="could not connect to NATS"):
+        await CoreNatsClient.connect(ClientConfig((dead,), connect_timeout_s=10))
+
+
+async def test_a_server_restart_reconnects_and_keeps_what_was_published_meanwhile(
+    nats_server: EmbeddedNats, clients: list[CoreNatsClient]
+) -> None:
+    events: list[str] = []
+    client = await CoreNatsClient.connect(
+        ClientConfig((nats_server.url,), reconnect_wait_s=0.05, pending_size=4096),
+        disconnected=lambda: events.append("disconnected"),
+        reconnected=lambda: events.append("reconnected"),
+    )
+    clients.append(client)
+    inbox = Inbox()
+    client.subscribe("r.>", inbox)
+    await client.flush()
+    await nats_server.kill()
+    await eventually(lambda: not client.is_connected, "the loss is noticed")
+    with pytest.raises(NatsNotConnected):
+        await client.flush()
+    # Published between connections: kept, in order, and written after the
+    # subscription is renewed, so this client hears them itself.
+    for index in range(3):
+        client.publish(f"r.{index}", b"during-%d" % index)
+    with pytest.raises(NatsBufferFull):
+        client.publish("r.big", b"x" * 4096)
+    await nats_server.restart()
+    await eventually(lambda: client.is_connected, "reconnected")
+    await eventually(lambda: len(inbox.messages) == 3, "the buffered messages")
+    assert inbox.data == [b"during-0", b"during-1", b"during-2"]
+    assert events == ["disconnected", "reconnected"] and client.reconnects == 1
+    client.publish("r.after", b"after")
+    await eventually(lambda: inbox.data[-1:] == [b"after"], "a message after the reconnect")
+
+
+async def _silent_after_handshake(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, connections: list[int]
+) -> None:
+    """A server that completes the handshake and then never answers a PING."""
+    connections.append(1)
+    writer.write(b'INFO {"server_id":"fake","max_payload":1048576,"headers":true}\r\n')
+    try:
+        while line := await reader.readline():
+            if (
+                line == b"PING\r\n"
+                and len(connections) == 1
+                and not getattr(writer, "ponged", False)
+            ):
+                writer.ponged = True  # type: ignore[attr-defined]
+                writer.write(b"PONG\r\n")
+            elif line == b"PING\r\n" and len(connections) > 1:
+                writer.write(b"PONG\r\n")
+    finally:
+        writer.close()
+
+
+async def test_unanswered_pings_drop_the_connection_and_it_is_redialled(
+    clients: list[CoreNatsClient],
+) -> None:
+    connections: list[int] = []
+    server = await asyncio.start_server(
+        lambda r, w: _silent_after_handshake(r, w, connections), "127.0.0.1", 0
+    )
+    port = server.sockets[0].getsockname()[1]
+    events: list[str] = []
+    try:
+        client = await CoreNatsClient.connect(
+            ClientConfig(
+                (f"nats://127.0.0.1:{port}",),
+                ping_interval_s=0.05,
+                max_outstanding_pings=2,
+                reconnect_wait_s=0.05,
+            ),
+            disconnected=lambda: events.append("disconnected"),
+            reconnected=lambda: events.append("reconnected"),
+        )
+        clients.append(client)
+        await eventually(lambda: events[:2] == ["disconnected", "reconnected"], "a redial")
+        assert len(connections) >= 2
+    finally:
+        for client in clients:
+            await client.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_close_leaves_nothing_running(nats_server: EmbeddedNats) -> None:
+    before = {task for task in asyncio.all_tasks() if not task.done()}
+    client = await CoreNatsClient.connect(ClientConfig((nats_server.url,)))
+    client.subscribe("c", Inbox())
+    await client.flush()
+    await client.close()
+    await client.close()  # idempotent
+    after = {task for task in asyncio.all_tasks() if not task.done()}
+    assert after <= before
+    assert not client.is_connected and client.is_closed
+    with pytest.raises(NatsNotConnected):
+        client.publish("c", b"late")
+    with pytest.raises(NatsNotConnected):
+        client.subscribe("c", Inbox())
