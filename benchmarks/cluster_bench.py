@@ -10,7 +10,8 @@ measures side by side:
   across two nodes (environment on n1, harness on n2). ``added_us`` is the cross-node
   p50 minus the single node's (issue goal: <= 500 us on loopback). ``nats_floor`` is
   what two NATS traversals cost here without any of our code: a 1 KiB ping-pong
-  between this process and an echo process, both bare nats-py.
+  between this process and an echo process, both bare nats-py; ``core_floor`` the same
+  with the frame bus's own client (``CoreNatsClient``) at both ends.
 * ``throughput``: relay frames of 1 KiB and 64 KiB streamed harness -> environment
   (legacy frames: never dropped, back-pressured) by one harness/environment pair per
   node, with 1, 2 and 3 nodes (pair ``i`` has its environment on node ``i`` and its
@@ -57,7 +58,9 @@ from aiohttp import WSMsgType
 
 from exec_server.client import ExecServerClient, OutputEvent
 from exec_server.relay.frame_codec import data_frame, encode_frame
+from exec_server.rendezvous.cluster.nats_client import ClientConfig, CoreNatsClient
 from exec_server.rendezvous.cluster.nats_server import EmbeddedNats
+from exec_server.rendezvous.cluster.nats_wire import Msg
 from exec_server.transport.failover import rebase_url
 
 KIB = 1024
@@ -286,6 +289,54 @@ async def nats_floor(nats: EmbeddedNats, samples: int) -> list[float]:
         await echo.wait()
 
 
+async def core_floor(nats: EmbeddedNats, samples: int) -> list[float]:
+    """The same ping-pong with the frame bus's client at both ends."""
+    echo = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--core-echo",
+        nats.url,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        preexec_fn=_pin_server,
+    )
+    client = await CoreNatsClient.connect(ClientConfig((nats.url,)))
+    try:
+        assert echo.stdout is not None
+        await asyncio.wait_for(echo.stdout.readline(), START_TIMEOUT_S)
+        waiter: asyncio.Future[None] | None = None
+
+        def pong(msg: Msg) -> None:
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+        client.subscribe("bench.pong", pong)
+        await client.flush()
+        timings = []
+        loop = asyncio.get_running_loop()
+        payload = b"p" * KIB
+        for index in range(samples + samples // 10):
+            waiter = loop.create_future()
+            started = time.perf_counter()
+            client.publish("bench.ping", payload)
+            await asyncio.wait_for(waiter, OP_TIMEOUT_S)
+            if index >= samples // 10:
+                timings.append(time.perf_counter() - started)
+        return timings
+    finally:
+        await client.close()
+        echo.kill()
+        await echo.wait()
+
+
+async def run_core_echo(url: str) -> None:
+    client = await CoreNatsClient.connect(ClientConfig((url,)))
+    client.subscribe("bench.ping", lambda msg: client.publish("bench.pong", msg.data))
+    await client.flush()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
 async def run_nats_echo(url: str) -> None:
     import nats as nats_py
 
@@ -468,11 +519,13 @@ async def main(quick: bool, skip_failover: bool) -> dict[str, Any]:
             same = await round_trips(three, three.nodes[0], three.nodes[0], rtt_samples)
             cross = await round_trips(three, three.nodes[0], three.nodes[1], rtt_samples)
         floor = await nats_floor(nats, rtt_samples)
+        core = await core_floor(nats, rtt_samples)
         p50 = {
             "single": statistics.median(single_rtt) * 1e6,
             "cluster_same_node": statistics.median(same) * 1e6,
             "cross_node": statistics.median(cross) * 1e6,
             "nats_floor": statistics.median(floor) * 1e6,
+            "core_floor": statistics.median(core) * 1e6,
         }
         p50["added_us"] = p50["cross_node"] - p50["single"]
         report["rtt_p50_us"] = p50
@@ -496,7 +549,8 @@ def render(report: dict[str, Any]) -> str:
         f"  one cluster node (same-node stream)  {rtt['cluster_same_node']:8.0f} us",
         f"  across two nodes (through NATS)      {rtt['cross_node']:8.0f} us",
         f"  added by crossing nodes              {rtt['added_us']:8.0f} us  (goal <= 500 us)",
-        f"  of which NATS itself (bare nats-py)  {rtt['nats_floor']:8.0f} us",
+        f"  NATS ping-pong, bare nats-py         {rtt['nats_floor']:8.0f} us",
+        f"  NATS ping-pong, the bus's client     {rtt['core_floor']:8.0f} us",
         "",
         "streaming harness -> environment, one pair per node (cross-node when >1 node)",
         "  setup         frame   frames/s/node  MB/s/node  node CPU us/frame  "
@@ -526,9 +580,13 @@ if __name__ == "__main__":
     parser.add_argument("--skip-failover", action="store_true")
     parser.add_argument("--pin", action="store_true", help="pin this process and the servers")
     parser.add_argument("--nats-echo", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--core-echo", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.nats_echo:
         asyncio.run(run_nats_echo(args.nats_echo))
+        sys.exit(0)
+    if args.core_echo:
+        asyncio.run(run_core_echo(args.core_echo))
         sys.exit(0)
     if args.pin and len(os.sched_getaffinity(0)) >= 2:
         SERVER_CPU = 1

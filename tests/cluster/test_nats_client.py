@@ -4,8 +4,10 @@ server that stops answering): delivery, auth, -ERR, failover, reconnects, close.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -160,6 +162,94 @@ async def test_token_and_nkey_authentication(tmp_path: Path, clients: list[CoreN
     finally:
         token_server.kill()
         await token_server.wait()
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (PEM files)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+async def test_tls_urls_and_a_tls_only_server(
+    tmp_path: Path, clients: list[CoreNatsClient]
+) -> None:
+    cert_file, key_file = self_signed(tmp_path)
+    port = free_port()
+    server = await asyncio.create_subprocess_exec(
+        str(find_nats_server()),
+        "-a",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "--tls",
+        "--tlscert",
+        str(cert_file),
+        "--tlskey",
+        str(key_file),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    trusted = ssl.create_default_context(cafile=str(cert_file))
+    try:
+        client = None
+        for _ in range(300):
+            try:
+                client = await CoreNatsClient.connect(
+                    ClientConfig((f"tls://127.0.0.1:{port}",), tls=trusted)
+                )
+                break
+            except NatsConnectError:
+                await asyncio.sleep(0.05)  # not listening yet
+        assert client is not None, "nats-server did not start"
+        clients.append(client)
+        inbox = Inbox()
+        client.subscribe("secure", inbox)
+        client.publish("secure", b"over tls" * 1000)
+        await eventually(lambda: inbox.data == [b"over tls" * 1000], "a message over TLS")
+        # A nats:// URL upgrades too when the server requires TLS.
+        upgraded = await CoreNatsClient.connect(
+            ClientConfig((f"nats://127.0.0.1:{port}",), tls=trusted)
+        )
+        clients.append(upgraded)
+        await upgraded.flush()
+        # An untrusted certificate fails closed.
+        with pytest.raises(NatsConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            await CoreNatsClient.connect(ClientConfig((f"tls://127.0.0.1:{port}",)))
+    finally:
+        server.kill()
+        await server.wait()
 
 
 async def test_a_refused_publish_is_logged_and_the_connection_stays(

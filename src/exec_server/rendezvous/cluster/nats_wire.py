@@ -19,6 +19,7 @@ message above the server's ``max_payload`` (plus headers) is a :class:`ProtocolE
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -56,7 +57,9 @@ DEFAULT_MAX_PAYLOAD: Final = 1024 * 1024
 _HEADER_ALLOWANCE: Final = 64 * 1024
 """Header bytes accepted on a received message on top of ``max_payload``."""
 CRLF: Final = b"\r\n"
-_HEADER_VERSION: Final = b"NATS/1.0"
+_ONE_HEADER_START: Final = b"NATS/1.0\r\n"
+_HEADERS_END: Final = b"\r\n\r\n"
+_NAMES_KEPT: Final = 1024
 _TOKEN = re.compile(rb"^[^\s]+$")
 _HEADER_KEY = re.compile(r"^[!-9;-~]+$")
 """Printable ASCII without ``:`` (RFC 7230 field names are narrower; NATS accepts these)."""
@@ -184,6 +187,8 @@ class Parser:
         self.max_payload = max_payload
         """The largest payload accepted (the connection sets the server's on INFO)."""
         self._buffer = bytearray()
+        self._names: dict[bytes, str] = {}
+        """Subjects seen, decoded (a node receives on a handful)."""
         self._message: tuple[str, int, str | None, int, int] | None = None
         """The control line of a message whose payload has not all arrived:
         (subject, sid, reply, header bytes, total bytes)."""
@@ -277,7 +282,13 @@ class Parser:
         if total - header_size > self.max_payload or header_size > _HEADER_ALLOWANCE:
             raise ProtocolError(f"a message of {total} bytes is above the server's max_payload")
         reply = parts[3].decode() if count else None
-        return parts[1].decode(), sid, reply, header_size, total
+        names = self._names
+        subject = names.get(parts[1])
+        if subject is None:
+            if len(names) >= _NAMES_KEPT:
+                names.clear()
+            subject = names[parts[1]] = parts[1].decode()
+        return subject, sid, reply, header_size, total
 
 
 def _error_text(rest: bytes) -> str:
@@ -289,6 +300,14 @@ def _error_text(rest: bytes) -> str:
 
 def _parse_headers(block: bytes) -> tuple[dict[str, str], str | None]:
     """``NATS/1.0[ status[ description]]\\r\\nKey: Value\\r\\n...\\r\\n\\r\\n``."""
+    if block.startswith(_ONE_HEADER_START) and block.endswith(_HEADERS_END):
+        only = block[10:-4]  # the common case, one header line and no status
+        if CRLF not in only:
+            key, sep, value = only.partition(b":")
+            if sep and key:
+                return {
+                    key.strip().decode(errors="replace"): value.strip().decode(errors="replace")
+                }, None
     lines = block.decode(errors="replace").split("\r\n")
     first = lines[0]
     if not first.startswith("NATS/1.0"):
@@ -349,7 +368,9 @@ def connect_command(options: ConnectOptions, version: str) -> bytes:
     return b"CONNECT " + json.dumps(body, separators=(",", ":")).encode() + CRLF
 
 
+@functools.lru_cache(maxsize=1024)
 def _check_subject(subject: str, what: str = "subject") -> bytes:
+    """The subject encoded, or ValueError (cached: a node publishes to a few subjects)."""
     encoded = subject.encode()
     if not _TOKEN.match(encoded):
         raise ValueError(f"invalid NATS {what} {subject!r}: empty or with whitespace")
@@ -369,15 +390,20 @@ def unsub_command(sid: int, max_messages: int | None = None) -> bytes:
     return b"UNSUB %d %d\r\n" % (sid, max_messages)
 
 
+@functools.lru_cache(maxsize=256)
+def _check_header_key(key: str) -> str:
+    if not _HEADER_KEY.match(key):
+        raise ValueError(f"invalid NATS header name {key!r}")
+    return key
+
+
 def encode_headers(headers: Mapping[str, str]) -> bytes:
-    lines = [_HEADER_VERSION]
+    text = "NATS/1.0\r\n"
     for key, value in headers.items():
-        if not _HEADER_KEY.match(key):
-            raise ValueError(f"invalid NATS header name {key!r}")
         if "\r" in value or "\n" in value:
             raise ValueError(f"a NATS header value with a line break: {key}")
-        lines.append(f"{key}: {value}".encode())
-    return CRLF.join(lines) + CRLF + CRLF
+        text += f"{_check_header_key(key)}: {value}\r\n"
+    return (text + "\r\n").encode()
 
 
 def publish_parts(
