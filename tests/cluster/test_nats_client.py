@@ -389,3 +389,23 @@ async def test_close_leaves_nothing_running(nats_server: EmbeddedNats) -> None:
         client.publish("c", b"late")
     with pytest.raises(NatsNotConnected):
         client.subscribe("c", Inbox())
+
+
+async def test_a_publish_while_the_connection_is_going_waits_for_the_next(
+    nats_server: EmbeddedNats, clients: list[CoreNatsClient]
+) -> None:
+    """Between a dropped connection (a liveness failure, an -ERR) and its
+    connection_lost, a publish goes to the reconnect buffer, not to a dead socket."""
+    client = await CoreNatsClient.connect(ClientConfig((nats_server.url,), reconnect_wait_s=0.05))
+    clients.append(client)
+    inbox = Inbox()
+    client.subscribe("going", inbox)
+    await client.flush()
+    conn = client._conn
+    assert conn is not None
+    conn.abort()
+    client.publish("going", b"kept")
+    with pytest.raises(NatsNotConnected):
+        await client.flush()
+    await eventually(lambda: inbox.data == [b"kept"], "delivered on the next connection")
+    assert client.reconnects == 1

@@ -241,3 +241,25 @@ def _b64url(text: str) -> bytes:
     import base64
 
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def test_single_message_reads_parse_the_same_as_the_loop() -> None:
+    """A read holding exactly one HMSG takes a shorter path once its subject is known;
+    it gives what the general loop gives, and anything irregular still goes through the
+    loop's checks."""
+    parser = Parser()
+    first = b"HMSG f.n1.n2 7 33 37\r\nNATS/1.0\r\nExs: env h n2-1 1 1\r\n\r\nbody\r\n"
+    for read in (first, first, first.replace(b"Exs: env h n2-1 1 1", b"Exs: env h n2-1 1 2")):
+        (event,) = parser.feed(read)
+        assert isinstance(event, Msg)
+        assert (event.subject, event.sid, event.reply, event.data) == ("f.n1.n2", 7, None, b"body")
+        assert event.headers is not None and event.headers["Exs"].startswith("env h n2-1 1 ")
+    two = first + first
+    assert len(parser.feed(two)) == 2
+    status = b"HMSG f.n1.n2 7 16 16\r\nNATS/1.0 503\r\n\r\n\r\n"
+    (event,) = parser.feed(status)
+    assert isinstance(event, Msg) and event.status == "503" and event.headers == {}
+    with pytest.raises(ProtocolError, match="does not end with CRLF"):
+        parser.feed(first[:-2] + b"XY")
+    with pytest.raises(ProtocolError, match="above the server's max_payload"):
+        Parser(max_payload=2).feed(first)

@@ -87,7 +87,8 @@ class FrameReceiver:
         # What a sender honouring its window can have queued here: a window, one frame
         # that passed an empty window (up to the largest relay frame) and control frames.
         self._inbound_limit = 2 * window_bytes + DEFAULT_MAX_FRAME_BYTES
-        self._receiving: dict[ChannelKey, tuple[str, ReceiveChannel]] = {}
+        self._receiving: dict[ChannelKey, tuple[NodeRef, ReceiveChannel]] = {}
+        """Per channel: the sender (node and incarnation) being received, its state."""
         self._inbound: dict[ChannelKey, deque[_Queued]] = {}
         self._pumps: dict[ChannelKey, asyncio.Task[None]] = {}
         self._reassembler = Reassembler()
@@ -124,7 +125,7 @@ class FrameReceiver:
                 return
             data = whole
         key = (sender_id, header.environment_id)
-        state = self._channel(key, header.incarnation)
+        sender, state = self._channel(key, header.incarnation)
         if header.kind == SYNC:
             verdict = state.on_sync(header.generation, header.seq)
             if verdict is Arrival.ACCEPT and not self._inbound.get(key):
@@ -132,7 +133,7 @@ class FrameReceiver:
         else:
             verdict = state.on_frame(header.generation, header.seq)
             if verdict is Arrival.ACCEPT:
-                verdict, grant = self._accept(key, header, state, data)
+                verdict, grant = self._accept(key, sender, header, state, data)
                 if grant is not None:
                     self._send_grant(key, header.incarnation, header.generation, grant)
         if verdict is not Arrival.ACCEPT:
@@ -145,14 +146,22 @@ class FrameReceiver:
             return None
         return whole
 
-    def _channel(self, key: ChannelKey, incarnation: str) -> ReceiveChannel:
+    def _channel(self, key: ChannelKey, incarnation: str) -> tuple[NodeRef, ReceiveChannel]:
         receiving = self._receiving.get(key)
-        if receiving is None or receiving[0] != incarnation:
-            receiving = self._receiving[key] = (incarnation, ReceiveChannel(window=self._window))
-        return receiving[1]
+        if receiving is None or receiving[0].incarnation != incarnation:
+            receiving = self._receiving[key] = (
+                NodeRef(key[0], incarnation),
+                ReceiveChannel(window=self._window),
+            )
+        return receiving
 
     def _accept(
-        self, key: ChannelKey, header: FrameHeader, state: ReceiveChannel, data: bytes
+        self,
+        key: ChannelKey,
+        sender: NodeRef,
+        header: FrameHeader,
+        state: ReceiveChannel,
+        data: bytes,
     ) -> tuple[Arrival, int | None]:
         """An in-order frame: hand it on now or queue it. GAP if the sender ignores its
         window; the grant to send now, if any."""
@@ -162,7 +171,7 @@ class FrameReceiver:
         self._stats.frames_received += 1
         self._stats.bytes_received += len(data)
         frame = RemoteFrame(
-            NodeRef(key[0], header.incarnation),
+            sender,
             header.environment_id,
             DIRECTION_OF.get(header.kind, Direction.HARNESS_TO_ENVIRONMENT),
             data,
@@ -213,7 +222,7 @@ class FrameReceiver:
                     log.exception("delivering a frame from %s failed", item.frame.sender)
                 queue.popleft()
                 receiving = self._receiving.get(key)
-                if receiving is None or receiving[0] != item.incarnation:
+                if receiving is None or receiving[0].incarnation != item.incarnation:
                     continue
                 state = receiving[1]
                 if state.generation != item.generation:

@@ -22,6 +22,7 @@ is a pure function of strings and bytes: no NATS, no clock.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -57,6 +58,10 @@ DIRECTION_OF = {kind: direction for direction, kind in KIND_OF.items()}
 SYNC = "s"
 CONTROL = "c"
 _KINDS = frozenset((*DIRECTION_OF, SYNC, CONTROL))
+
+
+_valid_sender = functools.lru_cache(maxsize=256)(is_valid_node_id)
+""":func:`is_valid_node_id` for each frame's sender, remembered (a cluster has few)."""
 
 
 def frames_subject(prefix: str, to: str, sender: str) -> str:
@@ -99,7 +104,7 @@ def parse_frame_header(sender_id: str, own_id: str, text: str | None) -> FrameHe
         return None
     fields = text.split(" ")
     count = len(fields)
-    if (count != 5 and count != 6) or sender_id == own_id or not is_valid_node_id(sender_id):
+    if (count != 5 and count != 6) or sender_id == own_id or not _valid_sender(sender_id):
         return None
     kind = fields[1]
     if kind not in _KINDS:

@@ -31,8 +31,9 @@ NatsFrameBus`):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
+
+import msgspec
 
 from .records import NodeRef
 from .routing import Direction
@@ -40,9 +41,9 @@ from .routing import Direction
 __all__ = ["FrameBus", "InboundHandler", "RemoteChannel", "RemoteFrame"]
 
 
-@dataclass(frozen=True, slots=True)
-class RemoteFrame:
-    """A frame another node forwarded to this one."""
+class RemoteFrame(msgspec.Struct, frozen=True):
+    """A frame another node forwarded to this one (a C-level struct: one is built per
+    forwarded frame)."""
 
     sender: NodeRef
     environment_id: str

@@ -42,6 +42,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 from urllib.parse import unquote, urlsplit
 
 from ... import __version__
@@ -181,14 +182,16 @@ class _Connection(asyncio.Protocol):
         """One entry per PING sent: a flush's future, or None (a liveness ping)."""
         self.ready = False
         self.paused = False
+        self.closing = False
+        """Aborted or lost: writes are dropped (the connection's loss is being handled)."""
         self._loop = loop
         self._corked = False
         self._held: list[bytes] = []
         """Writes held until the end of this loop iteration (see :meth:`write`)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport) or hasattr(transport, "write")
-        self.transport = transport  # type: ignore[assignment]
+        # uvloop's transports have asyncio.Transport's API without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -242,6 +245,7 @@ class _Connection(asyncio.Protocol):
                 waiter.set_exception(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
         self._fail(NatsNotConnected(f"connection lost ({exc!r})" if exc else "connection lost"))
         # Retrieve the exceptions nobody may await (a ping's, a handshake abandoned).
         if self.info.done() and not self.info.cancelled():
@@ -265,7 +269,7 @@ class _Connection(asyncio.Protocol):
             self._held.append(data)
             return
         transport = self.transport
-        if transport is not None:
+        if transport is not None and not self.closing:
             transport.write(data)
             self._corked = True
             self._loop.call_soon(self._uncork)
@@ -275,7 +279,7 @@ class _Connection(asyncio.Protocol):
         held = self._held
         if held:
             self._held = []
-            if self.transport is not None and not self.transport.is_closing():
+            if self.transport is not None and not self.closing:
                 self.transport.writelines(held)
 
     def buffered(self) -> int:
@@ -284,6 +288,7 @@ class _Connection(asyncio.Protocol):
         return held + (self.transport.get_write_buffer_size() if self.transport else 0)
 
     def abort(self) -> None:
+        self.closing = True
         if self.transport is not None:
             self.transport.abort()
 
@@ -395,7 +400,7 @@ class CoreNatsClient:
             )
         head, body = publish_parts(subject, payload, headers)
         conn = self._conn
-        if conn is not None:
+        if conn is not None and not conn.closing:
             if conn.paused and conn.buffered() > self.config.pending_size:
                 raise NatsBufferFull("the NATS server is not reading: its socket buffer is full")
             if len(body) < _JOIN_BELOW:
@@ -416,7 +421,7 @@ class CoreNatsClient:
     async def flush(self, timeout_s: float | None = None) -> None:
         """Return once the server has processed everything written before (PING/PONG)."""
         conn = self._conn
-        if conn is None:
+        if conn is None or conn.closing:
             raise NatsNotConnected("not connected to NATS")
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         conn.ping(waiter)
@@ -433,6 +438,8 @@ class CoreNatsClient:
         self._pending_bytes = 0
         conn, self._conn = self._conn, None
         if conn is not None and conn.transport is not None:
+            conn._uncork()  # what this loop iteration wrote goes out before the close
+            conn.closing = True
             conn.transport.close()
             try:
                 async with asyncio.timeout(CLOSE_TIMEOUT_S):
