@@ -41,7 +41,7 @@ from .routing import Direction
 __all__ = ["FrameBus", "InboundHandler", "RemoteChannel", "RemoteFrame"]
 
 
-class RemoteFrame(msgspec.Struct, frozen=True):
+class RemoteFrame(msgspec.Struct, frozen=True, gc=False):
     """A frame another node forwarded to this one (a C-level struct: one is built per
     forwarded frame)."""
 

@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+import msgspec
+
 __all__ = [
     "CRLF",
     "MAX_CONTROL_LINE",
@@ -147,31 +149,18 @@ PONG: Final = _Signal("PONG")
 OK: Final = _Signal("+OK")
 
 
-class Msg:
-    """A message delivered to a subscription (``MSG`` or ``HMSG``)."""
+class Msg(msgspec.Struct, gc=False):
+    """A message delivered to a subscription (``MSG`` or ``HMSG``; a C-level struct:
+    one is built per message)."""
 
-    __slots__ = ("data", "headers", "reply", "sid", "status", "subject")
-
-    def __init__(
-        self,
-        subject: str,
-        sid: int,
-        reply: str | None,
-        data: bytes,
-        headers: dict[str, str] | None = None,
-        status: str | None = None,
-    ) -> None:
-        self.subject = subject
-        self.sid = sid
-        self.reply = reply
-        self.data = data
-        self.headers = headers
-        self.status = status
-        """The status of an ``HMSG`` whose header line carries one (``503``: no
-        responders), else None."""
-
-    def __repr__(self) -> str:
-        return f"<Msg {self.subject} sid={self.sid} {len(self.data)} bytes>"
+    subject: str
+    sid: int
+    reply: str | None
+    data: bytes
+    headers: dict[str, str] | None = None
+    status: str | None = None
+    """The status of an ``HMSG`` whose header line carries one (``503``: no
+    responders), else None."""
 
 
 Event = Msg | ServerInfo | ServerError | _Signal
