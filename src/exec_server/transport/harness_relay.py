@@ -88,14 +88,6 @@ class HarnessRelayChannel:
         )
         self.sockets.supervise(ws, finished=lambda: self.channel.ended, give_up=self.channel.end)
 
-    @property
-    def url(self) -> str:
-        return self.sockets.url
-
-    @property
-    def reconnects(self) -> int:
-        return self.sockets.reconnects
-
     async def receive(self) -> bytes:
         return await self.channel.receive()
 

@@ -147,14 +147,6 @@ class NoiseHarnessChannel:
         )
 
     @property
-    def url(self) -> str:
-        return self.sockets.url
-
-    @property
-    def reconnects(self) -> int:
-        return self.sockets.reconnects
-
-    @property
     def opened(self) -> bool:
         """Whether the handshake completed (the channel exists)."""
         future = self._opened
