@@ -22,12 +22,13 @@ from exec_server.rendezvous.cluster.nats_client import (
     NatsConnectError,
     NatsNotConnected,
 )
+from exec_server.rendezvous.cluster.nats_nkeys import encode_seed, nkey_public_key
 from exec_server.rendezvous.cluster.nats_server import (
     EmbeddedNats,
     EmbeddedNatsConfig,
     find_nats_server,
 )
-from exec_server.rendezvous.cluster.nats_wire import Msg, encode_seed, nkey_public_key
+from exec_server.rendezvous.cluster.nats_wire import Msg
 
 
 class Inbox:

@@ -1,19 +1,17 @@
-"""The core NATS protocol without sockets: parsing split anywhere, encoding, errors,
-credentials."""
+"""The core NATS protocol without sockets: parsing split anywhere, encoding, errors."""
 
 from __future__ import annotations
 
 import itertools
 import json
-from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exec_server.rendezvous.cluster.nats_wire import (
     MAX_CONTROL_LINE,
+    MAX_PAYLOAD_CEILING,
     OK,
     PING,
     PONG,
@@ -24,13 +22,8 @@ from exec_server.rendezvous.cluster.nats_wire import (
     ProtocolError,
     ServerError,
     ServerInfo,
-    _base32_decode,
     connect_command,
-    encode_seed,
-    load_credentials,
-    nkey_public_key,
     publish_parts,
-    sign_nonce,
     sub_command,
     unsub_command,
 )
@@ -167,6 +160,24 @@ def test_what_is_not_the_protocol_is_refused(wire: bytes, reason: str) -> None:
         Parser().feed(wire)
 
 
+def test_bytes_that_are_not_text_where_text_belongs_are_a_protocol_error() -> None:
+    """A subject or reply that is not UTF-8 is the server breaking the protocol: a
+    ProtocolError (the connection drops and redials), not a UnicodeDecodeError escaping
+    the socket's read."""
+    for wire in (b"MSG \xff.x 1 0\r\n\r\n", b"MSG a 1 \xfe 0\r\n\r\n"):
+        with pytest.raises(ProtocolError, match="not UTF-8"):
+            Parser().feed(wire)
+
+
+def test_a_server_cannot_announce_an_unbounded_max_payload() -> None:
+    """The parser holds one message whole, up to the announced max_payload: an INFO
+    above NATS's own ceiling (or not a number) is refused, so memory stays bounded."""
+    Parser().feed(b'INFO {"max_payload": %d}\r\n' % MAX_PAYLOAD_CEILING)
+    for bad in (MAX_PAYLOAD_CEILING + 1, 1 << 40, "true"):
+        with pytest.raises(ProtocolError, match="invalid max_payload"):
+            Parser().feed(b'INFO {"max_payload": %s}\r\n' % str(bad).encode())
+
+
 def test_a_control_line_without_end_is_bounded() -> None:
     parser = Parser()
     parser.feed(b"INFO " + b"x" * 1000)
@@ -208,39 +219,6 @@ def test_connect_command() -> None:
     assert "auth_token" not in body
     token = json.loads(connect_command(ConnectOptions(token="t"), "1")[8:])
     assert token["auth_token"] == "t" and "user" not in token
-
-
-def test_nkey_seed_signs_the_nonce_verifiably(tmp_path: Path) -> None:
-    seed = encode_seed(bytes(range(32)))
-    assert seed.startswith("SU")
-    public = nkey_public_key(seed)
-    assert public.startswith("U") and len(public) == 56
-    signature = sign_nonce(seed, b"server-nonce")
-    raw_public = _base32_decode(public)[1:33]
-    Ed25519PublicKey.from_public_bytes(raw_public).verify(
-        _b64url(signature), b"server-nonce"
-    )  # raises if wrong
-    creds = tmp_path / "user.creds"
-    creds.write_text(
-        "-----BEGIN NATS USER JWT-----\neyJhbGc.payload.sig\n------END NATS USER JWT------\n\n"
-        "************************* IMPORTANT *************************\n\n"
-        f"-----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
-    )
-    assert load_credentials(str(creds)) == ("eyJhbGc.payload.sig", seed)
-    (tmp_path / "seed.nk").write_text(seed + "\n")
-    assert load_credentials(str(tmp_path / "seed.nk")) == (None, seed)
-    broken = seed[:-3] + ("A" if seed[-3] != "A" else "B") + seed[-2:]
-    (tmp_path / "bad.nk").write_text(broken)
-    with pytest.raises(ValueError, match=r"checksum|base32"):
-        load_credentials(str(tmp_path / "bad.nk"))
-    with pytest.raises(ValueError, match="cannot read"):
-        load_credentials(str(tmp_path / "missing.creds"))
-
-
-def _b64url(text: str) -> bytes:
-    import base64
-
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def test_single_message_reads_parse_the_same_as_the_loop() -> None:

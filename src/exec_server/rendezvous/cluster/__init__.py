@@ -23,7 +23,10 @@ NATS:
   :mod:`~exec_server.rendezvous.cluster.bus_publisher`, its receiving side
   :mod:`~exec_server.rendezvous.cluster.bus_receiver`, its NATS connection
   :mod:`~exec_server.rendezvous.cluster.nats_client` (core NATS written to the socket
-  and read into the router without a task switch; the shared state uses nats-py).
+  and read into the router without a task switch; one socket is
+  :mod:`~exec_server.rendezvous.cluster.nats_socket`, its settings and errors
+  :mod:`~exec_server.rendezvous.cluster.nats_client_config`, credentials
+  :mod:`~exec_server.rendezvous.cluster.nats_nkeys`; the shared state uses nats-py).
 
 Sans-IO parts: :mod:`~exec_server.rendezvous.cluster.routing` (local socket, remote
 node or refuse; inbound verification of the sending node; stream claim rules),

@@ -9,12 +9,17 @@ and hands a received message to its subscriber synchronously
 ``INFO`` / ``CONNECT`` (user and password, token, or a signed nonce; ``verbose`` and
 ``pedantic`` off, headers on), ``PING`` / ``PONG``, ``SUB`` / ``UNSUB``, ``PUB`` /
 ``HPUB``, ``MSG`` / ``HMSG``, ``+OK`` and ``-ERR``. JetStream and request/reply stay on
-nats-py (the shared state's connection).
+nats-py (the shared state's connection). The credentials that go into ``CONNECT``
+(``.creds`` files, nkey seeds, the signed nonce) are
+:mod:`~exec_server.rendezvous.cluster.nats_nkeys`'s.
 
 :class:`Parser` turns whatever the socket delivers, split anywhere, into :class:`Msg`,
 :class:`ServerInfo`, :data:`PING`, :data:`PONG`, :data:`OK` and :class:`ServerError`
-events. Its memory is bounded: a control line longer than :data:`MAX_CONTROL_LINE` or a
-message above the server's ``max_payload`` (plus headers) is a :class:`ProtocolError`.
+events. Its memory is bounded: a control line longer than :data:`MAX_CONTROL_LINE`, a
+message above the server's ``max_payload`` (plus headers), and an ``INFO`` announcing a
+``max_payload`` above :data:`MAX_PAYLOAD_CEILING` (NATS's own ceiling) are a
+:class:`ProtocolError`, as is anything else that is not the protocol (a subject that is
+not UTF-8, a header block without ``NATS/1.0``).
 """
 
 from __future__ import annotations
@@ -43,11 +48,7 @@ __all__ = [
     "ServerInfo",
     "connect_command",
     "encode_headers",
-    "encode_seed",
-    "load_credentials",
-    "nkey_public_key",
     "publish_parts",
-    "sign_nonce",
     "sub_command",
     "unsub_command",
 ]
@@ -56,6 +57,9 @@ MAX_CONTROL_LINE: Final = 64 * 1024
 """The longest ``INFO`` (with a big cluster's ``connect_urls``) or message line accepted."""
 DEFAULT_MAX_PAYLOAD: Final = 1024 * 1024
 """What the server accepts when its ``INFO`` does not say (the NATS default)."""
+MAX_PAYLOAD_CEILING: Final = 64 * 1024 * 1024
+"""The largest ``max_payload`` a server may announce (nats-server refuses to start with
+more): the most one received message may make the parser hold."""
 _HEADER_ALLOWANCE: Final = 64 * 1024
 """Header bytes accepted on a received message on top of ``max_payload``."""
 CRLF: Final = b"\r\n"
@@ -96,7 +100,11 @@ class ServerInfo:
         if not isinstance(raw, dict):
             raise ProtocolError(f"INFO is not a JSON object: {text[:200]!r}")
         max_payload = raw.get("max_payload", DEFAULT_MAX_PAYLOAD)
-        if not isinstance(max_payload, int) or max_payload <= 0:
+        if (
+            not isinstance(max_payload, int)
+            or isinstance(max_payload, bool)
+            or not 0 < max_payload <= MAX_PAYLOAD_CEILING
+        ):
             raise ProtocolError(f"INFO has an invalid max_payload: {max_payload!r}")
         urls = raw.get("connect_urls") or ()
         nonce = raw.get("nonce")
@@ -169,6 +177,10 @@ Event = Msg | ServerInfo | ServerError | _Signal
 # --- the parser -------------------------------------------------------------------------
 
 
+_Pending = tuple[str, int, str | None, int, int]
+"""A message's control line: (subject, sid, reply, header bytes, total bytes)."""
+
+
 class Parser:
     """Bytes from the server in (split anywhere), events out (module docstring)."""
 
@@ -178,9 +190,8 @@ class Parser:
         self._buffer = bytearray()
         self._names: dict[bytes, str] = {}
         """Subjects seen, decoded (a node receives on a handful)."""
-        self._message: tuple[str, int, str | None, int, int] | None = None
-        """The control line of a message whose payload has not all arrived:
-        (subject, sid, reply, header bytes, total bytes)."""
+        self._message: _Pending | None = None
+        """The control line of a message whose payload has not all arrived."""
 
     @property
     def buffered(self) -> int:
@@ -200,6 +211,13 @@ class Parser:
             data = bytes(buffer)
             buffer.clear()
         events: list[Event] = []
+        pos = self._parse(data, events)
+        if pos < len(data):
+            buffer += data[pos:] if pos else data
+        return events
+
+    def _parse(self, data: bytes, events: list[Event]) -> int:
+        """Append the events of ``data`` whole; where the unparsed rest starts."""
         end = len(data)
         pos = 0
         message = self._message
@@ -213,48 +231,39 @@ class Parser:
                 line = data[pos:eol]
                 pos = eol + 2
                 head = line[:4]
-                if head == b"MSG " or head == b"HMSG":
-                    message = self._control_line(line)
-                elif head == b"PING":
-                    events.append(PING)
+                if head != b"MSG " and head != b"HMSG":
+                    event = self._other(line)
+                    if event is not None:
+                        events.append(event)
                     continue
-                elif head == b"PONG":
-                    events.append(PONG)
-                    continue
-                elif head == b"+OK":
-                    events.append(OK)
-                    continue
-                elif head == b"INFO":
-                    info = ServerInfo.parse(line[5:])
-                    self.max_payload = info.max_payload
-                    events.append(info)
-                    continue
-                elif head == b"-ERR":
-                    events.append(ServerError(_error_text(line[4:])))
-                    continue
-                elif not line:
-                    continue
-                else:
-                    raise ProtocolError(f"unknown protocol line {line[:80]!r}")
-            subject, sid, reply, header_size, total = message
-            stop = pos + total
+                message = self._control_line(line)
+            stop = pos + message[4]
             if stop + 2 > end:
                 break
-            if data[stop : stop + 2] != CRLF:
-                raise ProtocolError(f"a message on {subject} does not end with CRLF")
-            if header_size:
-                headers, status = _parse_headers(data[pos : pos + header_size])
-                events.append(
-                    Msg(subject, sid, reply, data[pos + header_size : stop], headers, status)
-                )
-            else:
-                events.append(Msg(subject, sid, reply, data[pos:stop]))
+            events.append(_message(data, pos, stop, message))
             pos = stop + 2
             message = None
         self._message = message
-        if pos < end:
-            buffer += data[pos:] if pos else data
-        return events
+        return pos
+
+    def _other(self, line: bytes) -> Event | None:
+        """The event of a control line that is not a message (None for an empty line)."""
+        head = line[:4]
+        if head == b"PING":
+            return PING
+        if head == b"PONG":
+            return PONG
+        if head == b"+OK":
+            return OK
+        if head == b"INFO":
+            info = ServerInfo.parse(line[5:])
+            self.max_payload = info.max_payload
+            return info
+        if head == b"-ERR":
+            return ServerError(_error_text(line[4:]))
+        if not line:
+            return None
+        raise ProtocolError(f"unknown protocol line {line[:80]!r}")
 
     def _one_message(self, data: bytes) -> Msg | None:
         """The common read, exactly one whole ``HMSG`` without a reply subject, parsed
@@ -286,7 +295,7 @@ class Parser:
         headers, status = _parse_headers(data[start : start + header_size])
         return Msg(subject, int(raw_sid), None, data[start + header_size : stop], headers, status)
 
-    def _control_line(self, line: bytes) -> tuple[str, int, str | None, int, int]:
+    def _control_line(self, line: bytes) -> _Pending:
         """``MSG <subject> <sid> [reply] <size>`` or ``HMSG <subject> <sid> [reply]
         <header size> <total size>``."""
         parts = line.split()
@@ -304,14 +313,29 @@ class Parser:
             raise ProtocolError(f"malformed message line {line[:200]!r}")
         if total - header_size > self.max_payload or header_size > _HEADER_ALLOWANCE:
             raise ProtocolError(f"a message of {total} bytes is above the server's max_payload")
-        reply = parts[3].decode() if count else None
-        names = self._names
-        subject = names.get(parts[1])
-        if subject is None:
-            if len(names) >= _NAMES_KEPT:
-                names.clear()
-            subject = names[parts[1]] = parts[1].decode()
+        try:
+            reply = parts[3].decode() if count else None
+            names = self._names
+            subject = names.get(parts[1])
+            if subject is None:
+                if len(names) >= _NAMES_KEPT:
+                    names.clear()
+                subject = names[parts[1]] = parts[1].decode()
+        except UnicodeDecodeError:
+            raise ProtocolError(f"a message subject that is not UTF-8: {line[:200]!r}") from None
         return subject, sid, reply, header_size, total
+
+
+def _message(data: bytes, pos: int, stop: int, message: _Pending) -> Msg:
+    """The message whose control line was ``message`` and whose header block and
+    payload are ``data[pos:stop]`` (followed by a CRLF, checked here)."""
+    subject, sid, reply, header_size, _ = message
+    if data[stop : stop + 2] != CRLF:
+        raise ProtocolError(f"a message on {subject} does not end with CRLF")
+    if header_size:
+        headers, status = _parse_headers(data[pos : pos + header_size])
+        return Msg(subject, sid, reply, data[pos + header_size : stop], headers, status)
+    return Msg(subject, sid, reply, data[pos:stop])
 
 
 def _error_text(rest: bytes) -> str:
@@ -440,109 +464,3 @@ def publish_parts(
         size = len(block)
         return b"HPUB %s %d %d\r\n%s" % (encoded, size, size + len(payload), block), payload
     return b"PUB %s %d\r\n" % (encoded, len(payload)), payload
-
-
-# --- credentials (.creds files and nkey seeds) --------------------------------------------
-
-_SEED_PREFIX: Final = 18 << 3
-"""First 5 bits of a decoded nkey seed ('S')."""
-_USER_PREFIX: Final = 20 << 3
-"""An nkey user's public key ('U')."""
-
-
-def load_credentials(path: str) -> tuple[str | None, str]:
-    """A ``.creds`` file: (user JWT, nkey seed); the JWT is None when the file holds only
-    a seed (nkey authentication)."""
-    try:
-        with open(path, encoding="utf-8") as file:
-            text = file.read()
-    except OSError as exc:
-        raise ValueError(f"cannot read the NATS credentials file {path}: {exc}") from exc
-    jwt = _armored(text, "JWT")
-    seed = _armored(text, "SEED")
-    if seed is None:
-        bare = [line.strip() for line in text.splitlines() if line.strip().startswith("SU")]
-        seed = bare[0] if bare else None
-    if seed is None:
-        raise ValueError(f"no nkey seed in the NATS credentials file {path}")
-    _decode_seed(seed)
-    return jwt, seed
-
-
-def _armored(text: str, kind: str) -> str | None:
-    lines = text.splitlines()
-    for index, line in enumerate(lines):
-        if "BEGIN" in line and kind in line and line.strip().startswith("-"):
-            for value in lines[index + 1 :]:
-                if value.strip():
-                    return value.strip()
-    return None
-
-
-def _crc16(data: bytes) -> int:
-    """CRC-16/XMODEM, the checksum of nkey encodings."""
-    crc = 0
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
-            crc &= 0xFFFF
-    return crc
-
-
-def _base32_decode(text: str) -> bytes:
-    import base64
-
-    try:
-        return base64.b32decode(text + "=" * (-len(text) % 8))
-    except ValueError as exc:
-        raise ValueError("an nkey that is not base32") from exc
-
-
-def _base32_encode(data: bytes) -> str:
-    import base64
-
-    return base64.b32encode(data).decode().rstrip("=")
-
-
-def _decode_seed(seed: str) -> tuple[int, bytes]:
-    """(public key prefix byte, 32-byte Ed25519 seed) of an encoded nkey seed."""
-    raw = _base32_decode(seed)
-    if len(raw) != 36 or _crc16(raw[:-2]) != int.from_bytes(raw[-2:], "little"):
-        raise ValueError("an nkey seed with a bad length or checksum")
-    if raw[0] & 0xF8 != _SEED_PREFIX:
-        raise ValueError("not an nkey seed")
-    prefix = ((raw[0] & 0x07) << 5) | ((raw[1] & 0xF8) >> 3)
-    return prefix, raw[2:34]
-
-
-def encode_seed(raw_seed: bytes, prefix: int = _USER_PREFIX) -> str:
-    """The text form of a 32-byte Ed25519 seed as an nkey seed (``SU...`` for a user)."""
-    if len(raw_seed) != 32:
-        raise ValueError("an Ed25519 seed is 32 bytes")
-    head = bytes((_SEED_PREFIX | (prefix >> 5), (prefix & 0x1F) << 3))
-    body = head + raw_seed
-    return _base32_encode(body + _crc16(body).to_bytes(2, "little"))
-
-
-def nkey_public_key(seed: str) -> str:
-    """The public nkey (``U...`` for a user) of an encoded seed."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-    prefix, raw = _decode_seed(seed)
-    public = Ed25519PrivateKey.from_private_bytes(raw).public_key()
-    body = bytes((prefix,)) + public.public_bytes(Encoding.Raw, PublicFormat.Raw)
-    return _base32_encode(body + _crc16(body).to_bytes(2, "little"))
-
-
-def sign_nonce(seed: str, nonce: bytes) -> str:
-    """The server's nonce signed with the seed's key, base64url without padding (what
-    ``CONNECT``'s ``sig`` carries)."""
-    import base64
-
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    _, raw = _decode_seed(seed)
-    signature = Ed25519PrivateKey.from_private_bytes(raw).sign(nonce)
-    return base64.urlsafe_b64encode(signature).decode().rstrip("=")
