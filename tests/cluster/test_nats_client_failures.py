@@ -256,3 +256,32 @@ async def test_a_subscriber_that_raises_does_not_stop_the_read(
         socket.data_received(b"MSG s 1 3\r\nbad\r\nMSG s 1 4\r\ngood\r\nMSG s 2 1\r\nx\r\n")
     assert seen == [b"bad", b"good"]
     assert "a subscriber of s failed" in caplog.text and "a bug in the subscriber" in caplog.text
+
+
+async def test_an_error_that_ends_a_ready_connection_is_redialled_and_kept(
+    clients: list[CoreNatsClient],
+) -> None:
+    """-ERR 'Slow Consumer' (the server closes after it): the client drops the
+    connection at once, says why in ``last_error``, and redials."""
+
+    async def script(peer: Peer) -> None:
+        await peer.handshake()
+        if peer.index == 0:
+            await peer.reader.readline()  # the client's first write after the handshake
+            peer.send(b"-ERR 'Slow Consumer'\r\n")
+            await peer.writer.drain()
+            await asyncio.Event().wait()  # the client, not the server, ends it
+        await peer.serve()
+
+    async with FakeNats(script) as server:
+        events: list[str] = []
+        client = await CoreNatsClient.connect(
+            ClientConfig((server.url,), reconnect_wait_s=0.01),
+            disconnected=lambda: events.append(f"disconnected: {client.last_error}"),
+            reconnected=lambda: events.append("reconnected"),
+        )
+        clients.append(client)
+        client.publish("x", b"1")
+        await eventually(lambda: len(events) == 2, "a redial")
+        assert events == ["disconnected: NATS error: Slow Consumer", "reconnected"]
+        await client.flush()

@@ -188,6 +188,11 @@ def test_a_control_line_without_end_is_bounded() -> None:
 def test_server_errors_say_whether_they_close_the_connection() -> None:
     assert not ServerError("Permissions Violation for Publish to x").closes_connection
     assert ServerError("Stale Connection").closes_connection
+    assert ServerError("Slow Consumer").closes_connection
+    assert ServerError("Maximum Payload Violation").closes_connection
+    # nats-server keeps the connection after these (client.go maxSubsExceeded).
+    assert not ServerError("maximum subscriptions exceeded").closes_connection
+    assert not ServerError("Invalid Subject").closes_connection
     assert ServerError("Authorization Violation").is_authorization
     assert not ServerError("Maximum Payload Violation").is_authorization
 

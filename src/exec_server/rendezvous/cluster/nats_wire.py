@@ -71,6 +71,15 @@ _HEADER_KEY = re.compile(r"^[!-9;-~]+$")
 """Printable ASCII without ``:`` (RFC 7230 field names are narrower; NATS accepts these)."""
 
 
+_KEPT_AFTER: Final = (
+    "permissions violation",
+    "invalid subject",
+    "invalid publish subject",
+    "maximum subscriptions exceeded",
+)
+"""How the ``-ERR`` messages after which nats-server keeps the connection begin."""
+
+
 class ProtocolError(Exception):
     """The server sent something that is not the NATS protocol (the connection is
     unusable: close it)."""
@@ -129,12 +138,11 @@ class ServerError:
 
     @property
     def closes_connection(self) -> bool:
-        """Whether the server closes the connection after it (it does for all but
-        permission and subject errors)."""
-        lowered = self.message.lower()
-        return not (
-            lowered.startswith("permissions violation") or lowered.startswith("invalid subject")
-        )
+        """Whether the server closes the connection after it: it does for all but a
+        permissions violation, an invalid subject and an account's subscription limit
+        (after which the connection is kept, so the client keeps it too: redialling
+        would only meet the same refusal)."""
+        return not self.message.lower().startswith(_KEPT_AFTER)
 
     @property
     def is_authorization(self) -> bool:
