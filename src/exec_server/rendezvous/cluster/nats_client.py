@@ -124,6 +124,9 @@ class CoreNatsClient:
         self._next_sid = 1
         self._conn: NatsSocket | None = None
         self._info: ServerInfo | None = None
+        self._max_payload = DEFAULT_MAX_PAYLOAD
+        """The current server's (kept apart from ``_info``: read on every publish)."""
+        self._pending_size = config.pending_size
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._last_attempt: dict[str, float] = {}
@@ -176,8 +179,7 @@ class CoreNatsClient:
 
     @property
     def max_payload(self) -> int:
-        info = self._info
-        return info.max_payload if info is not None else DEFAULT_MAX_PAYLOAD
+        return self._max_payload
 
     @property
     def server_info(self) -> ServerInfo | None:
@@ -211,20 +213,21 @@ class CoreNatsClient:
     def publish(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> None:
         """Write a message to the socket now (or to the buffer while reconnecting)."""
         head, body = publish_parts(subject, payload, headers)
+        length = len(body)
+        size = len(head) + length + 2
         # The server counts the header block too (HPUB's total size), and answers a
         # message above its max_payload by closing the connection.
-        total = len(body) + (len(head) - head.index(CRLF) - 2 if headers else 0)
-        if total > self.max_payload:
+        total = size - head.index(CRLF) - 4 if headers else length
+        if total > self._max_payload:
             raise NatsClientError(
                 f"a {total}-byte message (payload and headers) is above the server's "
-                f"max_payload ({self.max_payload})"
+                f"max_payload ({self._max_payload})"
             )
-        size = len(head) + len(body) + 2
         conn = self._conn
         if conn is not None and not conn.closing:
-            if conn.buffered() + size > self.config.pending_size:
+            if conn.buffered() + size > self._pending_size:
                 raise NatsBufferFull("the NATS server is not reading: its socket buffer is full")
-            if len(body) < _JOIN_BELOW:
+            if length < _JOIN_BELOW:
                 conn.write(head + body + CRLF)
             else:
                 conn.write(head)
@@ -233,7 +236,7 @@ class CoreNatsClient:
             return
         if self._closed:
             raise NatsNotConnected("the connection is closed")
-        if self._pending_bytes + size > self.config.pending_size:
+        if self._pending_bytes + size > self._pending_size:
             raise NatsBufferFull("disconnected from NATS and the reconnect buffer is full")
         self._pending.append(head + body + CRLF)
         self._pending_bytes += size
@@ -294,7 +297,7 @@ class CoreNatsClient:
             except BaseException:
                 conn.abort()
                 raise
-        self._info = info
+        self._on_info(info)
         conn.ready = True
         for sid, (subject, _) in self._subscribers.items():
             conn.write(sub_command(subject, sid))
@@ -362,6 +365,7 @@ class CoreNatsClient:
 
     def _on_info(self, info: ServerInfo) -> None:
         self._info = info
+        self._max_payload = info.max_payload
 
     def _dropped(self, reason: str) -> None:
         self._last_error = reason
