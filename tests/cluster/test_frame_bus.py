@@ -4,6 +4,7 @@ credit backpressure, loss detection and node churn."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -96,6 +97,25 @@ async def test_a_frame_above_max_payload_is_split_and_joined(make_bus: MakeBus) 
     await eventually(lambda: len(received.frames) == 2, "both frames arrive")
     assert received.frames[0].data == big
     assert received.frames[1].data == small
+
+
+async def test_frames_are_split_for_the_server_reconnected_to(
+    make_bus: MakeBus, nats_server: EmbeddedNats
+) -> None:
+    """Servers may differ in max_payload: after a reconnect to one with a smaller
+    limit, big frames are split to fit it rather than refused and lost."""
+    a, at_a = await make_bus("a")
+    b, at_b = await make_bus("b")
+    await nats_server.kill()
+    nats_server.config = dataclasses.replace(nats_server.config, max_payload=64 * 1024)
+    await nats_server.restart()
+    await eventually(
+        lambda: a._nc.max_payload == 64 * 1024 and b.connected, "reconnected to the smaller"
+    )
+    big = os.urandom(300 * 1024)
+    assert a.channel("b", "env").try_send(big, H2E)
+    await eventually(lambda: [f.data for f in at_b.frames] == [big], "the frame, whole")
+    assert not at_a.lost and not at_b.lost
 
 
 async def test_a_slow_receiver_pushes_back_on_the_sender(make_bus: MakeBus) -> None:

@@ -5,8 +5,9 @@ router's call, in order: :meth:`~exec_server.rendezvous.cluster.nats_client.
 CoreNatsClient.publish` writes to the socket (or, between connections, to its bounded
 reconnect buffer) and never suspends, so there is no queue or writer task here and a
 channel's frames, and a split frame's parts, stay in order and contiguous. Frames
-above ``max_payload`` are split (:func:`~exec_server.rendezvous.cluster.bus_wire.
-split_frame`).
+above the current server's ``max_payload`` (less room for the header; read per frame,
+as servers of one cluster may differ) are split (:func:`~exec_server.rendezvous.
+cluster.bus_wire.split_frame`).
 
 A frame the connection refuses (closed, or its buffer full) is a loss the channel must
 not hide: the ``on_lost`` callback starts the channel's next generation, called soon
@@ -32,6 +33,8 @@ __all__ = ["OutboundChannel", "Publisher"]
 
 log = logging.getLogger(__name__)
 
+_MIN_CHUNK = 1024
+
 
 class OutboundChannel(Protocol):
     @property
@@ -55,7 +58,7 @@ class Publisher:
         nc: CoreNatsClient,
         prefix: str,
         node: NodeRef,
-        max_chunk: int,
+        header_allowance: int,
         stats: BusStats,
         on_lost: Callable[[OutboundChannel], None],
     ) -> None:
@@ -63,7 +66,8 @@ class Publisher:
         self._prefix = prefix
         self.node = node
         """This node (the bus sets a new incarnation here)."""
-        self.max_chunk = max_chunk
+        self._header_allowance = header_allowance
+        """Bytes of ``max_payload`` left for a part's NATS header block."""
         self._stats = stats
         self._on_lost = on_lost
 
@@ -74,11 +78,12 @@ class Publisher:
         node = self.node
         subject = frames_subject(self._prefix, channel.node_id, node.node_id)
         header = frame_header(channel.environment_id, kind, node.incarnation, generation, seq)
+        max_chunk = max(_MIN_CHUNK, self._nc.max_payload - self._header_allowance)
         try:
-            if len(data) <= self.max_chunk:
+            if len(data) <= max_chunk:
                 self._nc.publish(subject, data, {HEADER: header})
             else:
-                for payload, part_header in split_frame(data, header, self.max_chunk):
+                for payload, part_header in split_frame(data, header, max_chunk):
                     self._nc.publish(subject, payload, {HEADER: part_header})
         except NatsClientError as exc:
             log.info("could not forward a frame to %s: %r", channel.node_id, exc)

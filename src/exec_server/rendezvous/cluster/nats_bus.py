@@ -202,7 +202,7 @@ class NatsFrameBus:
             nc,
             config.prefix,
             node,
-            max(1024, nc.max_payload - _HEADER_ALLOWANCE),
+            _HEADER_ALLOWANCE,
             self.stats,
             self._lose_sent,
         )
