@@ -17,6 +17,7 @@ from fake_nats import FakeNats, Peer
 from exec_server.rendezvous.cluster.nats_client import (
     ClientConfig,
     CoreNatsClient,
+    NatsAuthError,
     NatsBufferFull,
     NatsClientError,
     NatsConnectError,
@@ -285,3 +286,25 @@ async def test_an_error_that_ends_a_ready_connection_is_redialled_and_kept(
         await eventually(lambda: len(events) == 2, "a redial")
         assert events == ["disconnected: NATS error: Slow Consumer", "reconnected"]
         await client.flush()
+
+
+async def test_a_server_that_wants_credentials_we_lack_says_so() -> None:
+    async def script(peer: Peer) -> None:
+        peer.info(auth_required=True)
+        await peer.reader.readline()  # CONNECT, without credentials
+        peer.send(b"-ERR 'Authorization Violation'\r\n")
+        await peer.writer.drain()
+
+    async with FakeNats(script) as server:
+        with pytest.raises(NatsAuthError, match="requires credentials and none are configured"):
+            await CoreNatsClient.connect(ClientConfig((server.url,)))
+
+
+def test_a_tls_context_that_does_not_verify_is_refused() -> None:
+    lax = ssl.create_default_context()
+    lax.check_hostname = False
+    with pytest.raises(ValueError, match="must verify"):
+        ClientConfig(("tls://127.0.0.1:4222",), tls=lax)
+    lax.verify_mode = ssl.CERT_NONE
+    with pytest.raises(ValueError, match="must verify"):
+        ClientConfig(("tls://127.0.0.1:4222",), tls=lax)

@@ -25,12 +25,14 @@ What it keeps of nats-py's behaviour, for the bus:
   added: the configured list is the whole list.
 * **TLS fails closed**: with a ``tls://`` URL, a server whose ``INFO`` requires it, or
   ``tls_required`` (a configured CA), the connection is TLS with the certificate and
-  host name verified, or it is not made (a server offering no TLS is refused).
+  host name verified, or it is not made (a server offering no TLS is refused, and so
+  is a configured TLS context that would not verify).
 * **Auth**: user and password, token, or a ``.creds`` file (JWT, nonce signed with its
   nkey seed; a file holding only a seed signs as that nkey), read at every connection.
-  A refusal is :class:`NatsAuthError` at start; while reconnecting every failure is
-  retried, and logged as a warning when it is new for that server (or a minute old),
-  and kept in :attr:`CoreNatsClient.last_error`.
+  A refusal is :class:`NatsAuthError` at start (saying so when no credentials are
+  configured); while reconnecting every failure is retried, and logged as a warning
+  when it is new for that server (or a minute old), and kept in
+  :attr:`CoreNatsClient.last_error`.
 * **Callbacks** ``disconnected`` / ``reconnected`` (the bus resyncs its channels on a
   reconnect); subscriptions are renewed on every connection, before what was published
   in between.
@@ -294,6 +296,13 @@ class CoreNatsClient:
                 await waiter
                 if conn.closing:  # lost after the PONG, before this resumed
                     raise NatsNotConnected("the server closed the connection after the handshake")
+            except NatsAuthError as exc:
+                conn.abort()
+                if conn.info.done() and self._has_no_credentials(address):
+                    raise NatsAuthError(
+                        f"{exc} (it requires credentials and none are configured)"
+                    ) from exc
+                raise
             except BaseException:
                 conn.abort()
                 raise
@@ -326,6 +335,10 @@ class CoreNatsClient:
         if upgraded is None:
             raise NatsConnectError("the TLS handshake failed")
         return upgraded
+
+    def _has_no_credentials(self, address: ServerAddress) -> bool:
+        config = self.config
+        return address.user is None and not (config.user or config.token or config.credentials_file)
 
     def _connect_options(self, address: ServerAddress, info: ServerInfo) -> ConnectOptions:
         config = self.config

@@ -62,7 +62,8 @@ class ClientConfig:
     token: str | None = field(default=None, repr=False)
     credentials_file: str | None = None
     tls: ssl.SSLContext | None = field(default=None, repr=False)
-    """The context that verifies the servers (the system's trust store when None)."""
+    """The context that verifies the servers (the system's trust store when None); one
+    that would not verify certificates and host names is refused."""
     tls_required: bool = False
     """TLS with every server, whatever its URL says (a configured CA implies it): a
     server that does not offer TLS is refused rather than used in plain text."""
@@ -80,6 +81,11 @@ class ClientConfig:
             ServerAddress.parse(url)
         if self.ping_interval_s <= 0 or self.max_outstanding_pings < 1:
             raise ValueError("need ping_interval_s > 0 and max_outstanding_pings >= 1")
+        tls = self.tls
+        if tls is not None and (tls.verify_mode != ssl.CERT_REQUIRED or not tls.check_hostname):
+            raise ValueError(
+                "the NATS TLS context must verify the server's certificate and host name"
+            )
         if self.connect_timeout_s <= 0 or self.reconnect_wait_s < 0 or self.pending_size < 0:
             raise ValueError("need connect_timeout_s > 0, reconnect_wait_s >= 0, pending_size >= 0")
 
