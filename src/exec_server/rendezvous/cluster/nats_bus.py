@@ -47,8 +47,8 @@ from .bus_wire import (
 )
 from .flow import DEFAULT_WINDOW_BYTES, SendChannel
 from .frame_bus import InboundHandler
-from .nats_client import CoreNatsClient, NatsClientError, connect_core
-from .nats_connection import NatsClusterConfig
+from .nats_client import CoreNatsClient, NatsClientError
+from .nats_connection import NatsClusterConfig, connect_core
 from .nats_wire import Msg
 from .records import NodeRef, new_incarnation
 from .routing import Direction

@@ -69,7 +69,6 @@ from .nats_client_config import (
     NatsServerError,
     ServerAddress,
 )
-from .nats_connection import NatsClusterConfig
 from .nats_nkeys import load_credentials, nkey_public_key, sign_nonce
 from .nats_socket import NatsSocket, Subscriber
 from .nats_wire import (
@@ -93,7 +92,6 @@ __all__ = [
     "NatsConnectError",
     "NatsNotConnected",
     "NatsServerError",
-    "connect_core",
 ]
 
 log = logging.getLogger(__name__)
@@ -473,37 +471,3 @@ class CoreNatsClient:
                 conn.abort()
                 continue
             conn.ping(None)
-
-
-async def connect_core(
-    config: NatsClusterConfig,
-    purpose: str,
-    *,
-    reconnected: Callback | None = None,
-    disconnected: Callback | None = None,
-    pending_size: int | None = None,
-) -> CoreNatsClient:
-    """A :class:`CoreNatsClient` for a node, configured as :func:`~exec_server.rendezvous.
-    cluster.nats_connection.connect_nats` configures nats-py (same servers, auth, TLS,
-    timeouts, reconnect forever); a configured TLS context makes TLS required with every
-    server (``--nats-ca`` implies TLS)."""
-    settings: dict[str, object] = {}
-    if pending_size is not None:
-        settings["pending_size"] = pending_size
-    return await CoreNatsClient.connect(
-        ClientConfig(
-            servers=config.servers,
-            name=f"exec-server rendezvous {config.node_id} ({purpose})",
-            user=config.user,
-            password=config.password,
-            token=config.token,
-            credentials_file=config.credentials_file,
-            tls=config.tls,
-            tls_required=config.tls is not None,
-            connect_timeout_s=config.connect_timeout_s,
-            reconnect_wait_s=config.reconnect_wait_s,
-            **settings,  # type: ignore[arg-type]
-        ),
-        reconnected=reconnected,
-        disconnected=disconnected,
-    )

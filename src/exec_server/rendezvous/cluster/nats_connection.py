@@ -1,10 +1,12 @@
-"""Connecting a rendezvous node to NATS: :class:`NatsClusterConfig` and :func:`connect_nats`.
+"""Connecting a rendezvous node to NATS: :class:`NatsClusterConfig`, :func:`connect_nats`
+and :func:`connect_core`.
 
 A node opens two connections to the same NATS: one for shared state (KV reads, writes,
 watches, heartbeats; nats-py, :func:`connect_nats`) and one for forwarded frames, so a
 heartbeat never waits behind megabytes of frames in the client's outbound buffer (the
-frame bus's own core NATS client, :func:`~exec_server.rendezvous.cluster.nats_client.
-connect_core`, configured from the same :class:`NatsClusterConfig`). Both reconnect
+frame bus's own core NATS client, :func:`connect_core`, a
+:class:`~exec_server.rendezvous.cluster.nats_client.CoreNatsClient` configured from the
+same :class:`NatsClusterConfig`). Both reconnect
 forever (``reconnect_wait_s`` apart); what a disconnection means is decided by their
 owners (readiness, frame-channel resync).
 
@@ -27,6 +29,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
 
+    from .nats_client import CoreNatsClient
+
 from .liveness import DEFAULT_HEARTBEAT_INTERVAL_S, DEFAULT_LEASE_S
 from .records import is_valid_node_id
 
@@ -35,6 +39,7 @@ __all__ = [
     "NATS_PASSWORD_ENV",
     "NATS_TOKEN_ENV",
     "NatsClusterConfig",
+    "connect_core",
     "connect_nats",
     "parse_nats_urls",
 ]
@@ -153,3 +158,38 @@ async def connect_nats(
         **options,
     )
     return client
+
+
+async def connect_core(
+    config: NatsClusterConfig,
+    purpose: str,
+    *,
+    reconnected: Callable[[], None] | None = None,
+    disconnected: Callable[[], None] | None = None,
+    pending_size: int | None = None,
+) -> CoreNatsClient:
+    """The frame bus's connection, configured as :func:`connect_nats` configures nats-py
+    (same servers, auth, TLS, timeouts, reconnect forever), except that a configured TLS
+    context makes TLS required with every server (``--nats-ca`` implies TLS)."""
+    from .nats_client import ClientConfig, CoreNatsClient  # the CLI reads this module too
+
+    settings: dict[str, object] = {}
+    if pending_size is not None:
+        settings["pending_size"] = pending_size
+    return await CoreNatsClient.connect(
+        ClientConfig(
+            servers=config.servers,
+            name=f"exec-server rendezvous {config.node_id} ({purpose})",
+            user=config.user,
+            password=config.password,
+            token=config.token,
+            credentials_file=config.credentials_file,
+            tls=config.tls,
+            tls_required=config.tls is not None,
+            connect_timeout_s=config.connect_timeout_s,
+            reconnect_wait_s=config.reconnect_wait_s,
+            **settings,  # type: ignore[arg-type]
+        ),
+        reconnected=reconnected,
+        disconnected=disconnected,
+    )
