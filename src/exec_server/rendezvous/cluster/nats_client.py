@@ -242,7 +242,10 @@ class CoreNatsClient:
         self._pending_bytes += size
 
     async def flush(self, timeout_s: float | None = None) -> None:
-        """Return once the server has processed everything written before (PING/PONG)."""
+        """Return once the server has processed everything written before (PING/PONG).
+        Between connections it raises :class:`NatsNotConnected` at once rather than wait
+        for the next one (what is buffered meanwhile is written after the
+        subscriptions when it comes)."""
         conn = self._conn
         if conn is None or conn.closing:
             raise NatsNotConnected("not connected to NATS")
