@@ -308,3 +308,16 @@ def test_a_tls_context_that_does_not_verify_is_refused() -> None:
     lax.verify_mode = ssl.CERT_NONE
     with pytest.raises(ValueError, match="must verify"):
         ClientConfig(("tls://127.0.0.1:4222",), tls=lax)
+
+
+async def test_a_server_without_header_support_is_refused_at_connect() -> None:
+    """Every frame is an HPUB: a server without headers would answer each with an
+    error and close; it is refused with a clear reason before CONNECT instead."""
+
+    async def script(peer: Peer) -> None:
+        peer.info(headers=False)
+        await peer.reader.readline()
+
+    async with FakeNats(script) as server:
+        with pytest.raises(NatsConnectError, match="does not support message headers"):
+            await CoreNatsClient.connect(ClientConfig((server.url,)))

@@ -289,6 +289,10 @@ class CoreNatsClient:
             )
             try:
                 info = await conn.info
+                if not info.headers:  # every frame is an HPUB
+                    raise NatsConnectError(
+                        f"{address.label} does not support message headers (nats-server 2.2+)"
+                    )
                 if address.tls or info.tls_required or self.config.tls_required:
                     conn.transport = await self._start_tls(loop, transport, conn, address, info)
                 conn.write(connect_command(self._connect_options(address, info), __version__))
