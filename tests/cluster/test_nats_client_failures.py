@@ -321,3 +321,35 @@ async def test_a_server_without_header_support_is_refused_at_connect() -> None:
     async with FakeNats(script) as server:
         with pytest.raises(NatsConnectError, match="does not support message headers"):
             await CoreNatsClient.connect(ClientConfig((server.url,)))
+
+
+async def test_flushes_in_flight_do_not_count_as_unanswered_liveness_pings(
+    clients: list[CoreNatsClient],
+) -> None:
+    """A liveness tick drops the connection after ``max_outstanding_pings`` of its own
+    PINGs went unanswered, not because flushes sent just before it are still waiting."""
+    answer = asyncio.Event()
+
+    async def script(peer: Peer) -> None:
+        await peer.handshake()
+        await answer.wait()
+        await peer.serve()
+
+    async with FakeNats(script) as server:
+        client = await CoreNatsClient.connect(
+            ClientConfig((server.url,), ping_interval_s=3600, max_outstanding_pings=2)
+        )
+        clients.append(client)
+        conn = client._conn
+        assert conn is not None
+        flushes = [asyncio.ensure_future(client.flush(timeout_s=60)) for _ in range(3)]
+        await asyncio.sleep(0)
+        client._check_liveness(conn)  # 3 flushes waiting, no liveness PING yet
+        assert not conn.closing
+        client._check_liveness(conn)  # one liveness PING unanswered
+        assert not conn.closing
+        client._check_liveness(conn)  # two: the server is gone
+        assert conn.closing
+        await asyncio.gather(*flushes, return_exceptions=True)
+        answer.set()
+        await eventually(lambda: client.is_connected and client.reconnects == 1, "redialled")

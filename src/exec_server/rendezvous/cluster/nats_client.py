@@ -466,15 +466,17 @@ class CoreNatsClient:
         while not self._closed:
             await asyncio.sleep(self.config.ping_interval_s)
             conn = self._conn
-            if conn is None:
-                continue
-            if len(conn.pongs) >= self.config.max_outstanding_pings:
-                log.warning(
-                    "%s: %d PINGs unanswered: dropping the connection",
-                    self.name,
-                    len(conn.pongs),
-                )
-                self._last_error = "the server stopped answering PINGs"
-                conn.abort()
-                continue
-            conn.ping(None)
+            if conn is not None:
+                self._check_liveness(conn)
+
+    def _check_liveness(self, conn: NatsSocket) -> None:
+        """One liveness tick: drop the connection if the PINGs of the last
+        ``max_outstanding_pings`` ticks are all unanswered, else send one more. A
+        flush's PING does not count: it may have been sent a moment ago."""
+        unanswered = sum(1 for waiter in conn.pongs if waiter is None)
+        if unanswered >= self.config.max_outstanding_pings:
+            log.warning("%s: %d PINGs unanswered: dropping the connection", self.name, unanswered)
+            self._last_error = "the server stopped answering PINGs"
+            conn.abort()
+            return
+        conn.ping(None)
