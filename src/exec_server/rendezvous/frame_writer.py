@@ -81,7 +81,18 @@ class FrameWriter:
             header = _HEADER_64(first, 127, size) if big else _HEADER_16(first, 126, size)
             if self._pieces:
                 self.flush()
-            self._write((header, payload))
+            transport = self._transport
+            if self._fd < 0 or transport.get_write_buffer_size() or transport.is_closing():
+                self._write((header, payload))
+                return
+            try:
+                sent = os.writev(self._fd, (header, payload))
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = 0  # the transport's own write meets the error and reports it
+            if sent != len(header) + size:
+                self._write_rest((header, payload), sent)
             return
         header = frame_header(first, size)
         self._pieces.append(header)
@@ -112,21 +123,22 @@ class FrameWriter:
 
     def _write(self, pieces: tuple[bytes, Piece] | list[bytes]) -> None:
         transport = self._transport
+        if transport.is_closing():
+            return
         sent = 0
         if self._fd >= 0 and not transport.get_write_buffer_size():
-            if transport.is_closing():
-                return
             try:
                 sent = os.writev(self._fd, pieces)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
                 sent = 0  # the transport's own write meets the error and reports it
-            else:
-                if len(pieces) == 2 and sent == len(pieces[0]) + len(pieces[1]):
-                    return  # the usual case: a routed frame, all taken
-        elif transport.is_closing():
-            return
+        self._write_rest(pieces, sent)
+
+    def _write_rest(self, pieces: tuple[bytes, Piece] | list[bytes], sent: int) -> None:
+        """Hand the transport what the kernel did not take of ``pieces`` (``sent``
+        bytes were written)."""
+        transport = self._transport
         for piece in pieces:
             size = len(piece)
             if sent >= size:

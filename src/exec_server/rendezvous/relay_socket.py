@@ -431,6 +431,18 @@ class RelaySocket(picows.WSListener):
             frames.write(BINARY_OPCODE, data)
         return True
 
+    def write_binary_now(self, data: bytes | memoryview) -> bool:
+        """:meth:`write_now` for a binary frame (the routed frame's path)."""
+        if not self._can_write:
+            return False
+        transport = self._transport
+        frames = self._frames
+        assert transport is not None and frames is not None
+        if transport.is_disconnected:
+            return False
+        frames.write(BINARY_OPCODE, data)
+        return True
+
     async def send_bytes(self, data: bytes) -> None:
         if not self._writable.is_set():
             await self._writable.wait()

@@ -237,7 +237,7 @@ class Router(Backpressure):
             self.stats.dropped[DropReason.REPLACED_SOCKET] += 1
             return
         try:
-            stream_id, kind, flagged = peek_route(data, self.config.frame_limits)
+            stream_id, kind, flagged = peek_route(data, self._frame_limits)
         except InvalidFrame as exc:
             raise _protocol_error(exc) from None
         stream = route.streams.get(stream_id)
@@ -253,9 +253,8 @@ class Router(Backpressure):
             if owner.write_at_once(data, None if flagged else stream):
                 if not flagged:
                     stream.legacy_seen = True
-                stats = self.stats
-                stats.frames_routed[_TO_HARNESS] += 1
-                stats.bytes_routed[_TO_HARNESS] += len(data)
+                self._frames_to_harness[_TO_HARNESS] += 1
+                self._bytes_to_harness[_TO_HARNESS] += len(data)
                 return
             data = bytes(data)
         self._to_harness(route, stream, kind, flagged, data)
