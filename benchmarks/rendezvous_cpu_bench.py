@@ -17,6 +17,12 @@ ticks), and prints medians and ranges::
     python benchmarks/rendezvous_cpu_bench.py --samples 12
     python benchmarks/rendezvous_cpu_bench.py --chunks codex --samples 8
     python benchmarks/rendezvous_cpu_bench.py --hold 30   # relay only, for perf/strace
+    python benchmarks/rendezvous_cpu_bench.py --compare-tree /tmp/before  # paired A/B
+
+``--compare-tree DIR`` (and/or ``--compare-pythonpath P``) adds a second rendezvous
+(``rendezvous_b``: the one of source tree ``DIR``, or this one with ``PYTHONPATH=P``)
+with its own environment; samples rotate through the direct server and both
+rendezvous, so a change is measured against the tree before it under the same load.
 
 ``--hold S`` prints the processes' ids and then keeps relay transfers going for ``S``
 seconds (attach ``perf record -g -p PID`` or ``strace -c -f -p PID`` meanwhile).
@@ -98,6 +104,7 @@ async def main_async(args: argparse.Namespace) -> int:
     )
     children = [direct_server, rendezvous]
     clients: list[rb.Client] = []
+    other: tuple[Child, rb.Client] | None = None
     try:
         await direct_server.start()
         await rendezvous.start()
@@ -107,6 +114,8 @@ async def main_async(args: argparse.Namespace) -> int:
         await environment.start()
         relay = await rb.open_relay_when_online(info["harness_url"])
         clients.append(relay)
+        if args.compare_tree or args.compare_pythonpath:
+            other = await start_other(args, server_cpu, children, clients)
         direct = await rb.open_direct(direct_server.line)
         clients.append(direct)
         print(
@@ -136,20 +145,23 @@ async def main_async(args: argparse.Namespace) -> int:
             used = delta(before, snapshot({"held": pid}))["held"]
             print(f"{runs} {args.hold_side} runs; CPU-s per run {used[0] / runs:.4f}")
             return 0
-        samples: dict[str, list[tuple[float, float, float]]] = {"server": [], "rendezvous": []}
+        sides: dict[str, tuple[int, rb.Client]] = {
+            "server": (direct_server.pid, direct),
+            "rendezvous": (rendezvous.pid, relay),
+        }
+        if other is not None:
+            await rb.run_output(other[1], size, chunk)
+            sides["rendezvous_b"] = (other[0].pid, other[1])
+        samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in sides}
+        names = list(sides)
         for i in range(args.samples):
-            order = ["direct", "relay"] if i % 2 == 0 else ["relay", "direct"]
-            for side in order:
-                if side == "direct":
-                    procs = {"server": direct_server.pid}
-                    before = snapshot(procs)
-                    await rb.run_output(direct, size, chunk)
-                else:
-                    procs = {"rendezvous": rendezvous.pid}
-                    before = snapshot(procs)
-                    await rb.run_output(relay, size, chunk)
-                for name, value in delta(before, snapshot(procs)).items():
-                    samples[name].append(value)
+            shift = i % len(names)  # each side first, middle and last in turn
+            for name in names[shift:] + names[:shift]:
+                pid, client = sides[name]
+                procs = {name: pid}
+                before = snapshot(procs)
+                await rb.run_output(client, size, chunk)
+                samples[name].append(delta(before, snapshot(procs))[name])
         result = {}
         for name, values in samples.items():
             cpu = [v[0] for v in values]
@@ -166,6 +178,11 @@ async def main_async(args: argparse.Namespace) -> int:
             result["server"]["cpu_s"]
         )
         print(f"rendezvous / direct server: {ratio:.2f}x")
+        if other is not None:
+            ratio_b = statistics.median(result["rendezvous_b"]["cpu_s"]) / statistics.median(
+                result["server"]["cpu_s"]
+            )
+            print(f"rendezvous_b / direct server: {ratio_b:.2f}x")
         if args.json:
             await asyncio.to_thread(Path(args.json).write_text, json.dumps(result))
         return 0
@@ -174,6 +191,33 @@ async def main_async(args: argparse.Namespace) -> int:
             await client.close()
         for child in reversed(children):
             await child.stop()
+
+
+async def start_other(
+    args: argparse.Namespace,
+    server_cpu: int | None,
+    children: list[Child],
+    clients: list[rb.Client],
+) -> tuple[Child, rb.Client]:
+    """The second rendezvous (``rendezvous_b``) and its own environment: the rendezvous
+    of another source tree and/or with another PYTHONPATH; the environment is this
+    tree's, as for the first."""
+    tree = Path(args.compare_tree) if args.compare_tree else BENCH_DIR.parent
+    env = {"PYTHONPATH": args.compare_pythonpath} if args.compare_pythonpath else None
+    rendezvous = Child(
+        "rendezvous-b",
+        [sys.executable, str(tree / "benchmarks" / "relay_bench.py"), "--serve-rendezvous"],
+        env=env,
+    )
+    children.append(rendezvous)
+    await rendezvous.start()
+    info = rendezvous.info()
+    environment = rb.remote_environment("rdv-env-b", info["base_url"], server_cpu)
+    children.append(environment)
+    await environment.start()
+    client = await rb.open_relay_when_online(info["harness_url"])
+    clients.append(client)
+    return rendezvous, client
 
 
 def main() -> int:
@@ -191,6 +235,14 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=0, help="with --hold: stop after N runs")
     parser.add_argument("--wait", type=float, default=0.0, help="with --hold: wait S first")
     parser.add_argument("--json", help="write the samples to this file")
+    parser.add_argument(
+        "--compare-tree",
+        help="also measure the rendezvous of this source tree (rendezvous_b), samples rotating",
+    )
+    parser.add_argument(
+        "--compare-pythonpath",
+        help="PYTHONPATH for rendezvous_b only (e.g. a build of a dependency)",
+    )
     parser.add_argument(
         "--rendezvous-pythonpath",
         help="PYTHONPATH for the rendezvous process only (to try a build of a dependency)",
