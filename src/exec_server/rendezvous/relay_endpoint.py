@@ -23,7 +23,8 @@ from aiohttp import WSCloseCode
 
 from ..relay.control import CONTROL_SUBPROTOCOL
 from .errors import SocketProtocolError, UrlRejected
-from .relay_socket import RelaySocket, error_upgrade, relay_protocol
+from .picows_server import error_upgrade, relay_protocol
+from .relay_socket import RelaySocket
 from .router_config import REPLACED_CLOSE_CODE
 from .socket_peer import SocketPeer
 from .url_signing import RELAY_PATH_PREFIX, UrlRole

@@ -3,17 +3,20 @@
 Every routed byte crosses two of these sockets, so the path is short: picows parses and
 unmasks each inbound frame in C, in its read callback; an environment's frames go
 straight from that callback to :meth:`Router.on_environment_message` (no task switch
-per message), a harness's through a small inbox read by the socket's own task
-(:meth:`Router.on_harness_message` may wait for room at the environment; the inbox stops
-the socket reading while it is full). Outbound, :class:`RelaySocket` is the router's
+per message), and so do a harness's while nothing waits
+(:meth:`Router.harness_message_now`); a harness frame that must wait for room at the
+environment, and every frame after it, goes through a small inbox read by the socket's
+own task (:meth:`Router.on_harness_message`; the inbox stops the socket reading while
+it is full) until the inbox is empty again. Outbound, :class:`RelaySocket` is the router's
 :class:`~exec_server.rendezvous.socket_peer.FrameSink`: a frame is written to the
 transport at once (:mod:`~exec_server.rendezvous.frame_writer`: no copy of a large
 payload, small frames gathered into one system call) unless the transport is paused.
 
 Behaviour on the wire (as the aiohttp socket this replaces had it): the upgrade is
 refused before the 101 with a JSON error (401/403 for the URL, 503 while the node
-cannot serve); the :data:`~exec_server.relay.control.CONTROL_SUBPROTOCOL` is agreed when
-offered; peers' pings are answered (by picows) and ours come from a
+cannot serve; :mod:`~exec_server.rendezvous.picows_server`); the
+:data:`~exec_server.relay.control.CONTROL_SUBPROTOCOL` is agreed when offered; peers'
+pings are answered (by picows) and ours come from a
 :class:`~exec_server.transport.websocket.Keepalive`; a protocol error closes with 1002
 (invalid frame), 1003 (text message) or 1009 (over the size limit, reason "relay message
 over the size limit"), counted by reason. A close handshake waits up to
@@ -28,14 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import Any
 
 import picows
-from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
 from ..relay.errors import InvalidFrameReason
 from ..transport.read_inbox import ReadInbox, set_socket_reading
@@ -51,14 +51,12 @@ from .router_config import (
 from .socket_peer import SOCKET_CLOSE_TIMEOUT_S, SocketPeer
 from .url_signing import UrlRole
 
-__all__ = ["MAX_INBOX_BYTES", "RelaySocket", "error_upgrade", "relay_protocol"]
+__all__ = ["MAX_INBOX_BYTES", "RelaySocket"]
 
 log = logging.getLogger(__name__)
 
 MAX_INBOX_BYTES = 1024 * 1024
 """Harness messages read but not yet routed before the socket stops reading."""
-
-HANDSHAKE_TIMEOUT_S = 10.0
 
 OVERSIZE_REASON = "relay message over the size limit"
 
@@ -69,44 +67,6 @@ _CLOSE = picows.WSMsgType.CLOSE
 _PING = picows.WSMsgType.PING
 _TOO_BIG = picows.WSCloseCode.MESSAGE_TOO_BIG
 _PROTOCOL_ERROR = picows.WSCloseCode.PROTOCOL_ERROR
-
-_picows_log = logging.getLogger("exec_server.rendezvous.picows")
-
-
-def relay_protocol(
-    factory: Callable[[picows.WSUpgradeRequest], Any], max_message_bytes: int
-) -> asyncio.BaseProtocol:
-    """A server-side picows protocol for one connection (what ``picows.ws_create_server``
-    builds for each of its connections, here for a connection :class:`PortSplitter`
-    hands over)."""
-    protocol: asyncio.BaseProtocol = WSProtocol(
-        None,  # host and port: client side only
-        None,  # path: client side only
-        False,  # server side
-        factory,
-        _picows_log,
-        True,  # disconnect when a callback raises
-        HANDSHAKE_TIMEOUT_S,
-        False,  # picows' own pings: the Keepalive sends ours
-        20.0,
-        20.0,
-        picows.WSAutoPingStrategy.PING_WHEN_IDLE,
-        True,  # answer pings
-        2 * max_message_bytes,
-        None,  # extra headers
-        64 * 1024,  # initial read buffer; grows with the frames
-    )
-    return protocol
-
-
-def error_upgrade(status: int, code: str, message: str) -> picows.WSUpgradeResponseWithListener:
-    """A refused upgrade, with the registry's JSON error body."""
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    headers = {"Content-Type": "application/json; charset=utf-8"}
-    if status == HTTPStatus.UNAUTHORIZED:
-        headers["WWW-Authenticate"] = "Bearer"
-    response = picows.WSUpgradeResponse.create_error_response(status, body, headers)
-    return picows.WSUpgradeResponseWithListener(response, None)
 
 
 class RelaySocket(picows.WSListener):
@@ -202,6 +162,13 @@ class RelaySocket(picows.WSListener):
                 except SocketProtocolError as exc:
                     self._fail(exc)
                 return
+        self._other_frame(transport, frame, kind)
+
+    def _other_frame(
+        self, transport: picows.WSTransport, frame: picows.WSFrame, kind: object
+    ) -> None:
+        """Every frame that did not take the routed frame's path: control frames,
+        fragments, protocol errors, frames before admission or after a close."""
         if self._close_sent or self._error is not None:
             if kind is _CLOSE:
                 self._peer_closed.set()
@@ -218,12 +185,7 @@ class RelaySocket(picows.WSListener):
         if kind is _BINARY and frame.fin and self._fragments is None:
             self._deliver(frame.get_payload_as_bytes())
         elif kind is _CLOSE:
-            self.close_code = int(frame.get_close_code().value)
-            self._peer_closed.set()
-            self._close_sent = True
-            self._update_paths()
-            transport.send_close(frame.get_close_code(), frame.get_close_message())
-            transport.disconnect()
+            self._closed_by_peer(transport, frame)
         elif kind is _TEXT and self._fragments is None:
             self._fail(
                 SocketProtocolError(
@@ -235,6 +197,14 @@ class RelaySocket(picows.WSListener):
         elif kind in (_BINARY, _CONTINUATION):
             self._append(frame)
         # PING is answered by picows; PONG only counts as heard
+
+    def _closed_by_peer(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
+        self.close_code = int(frame.get_close_code().value)
+        self._peer_closed.set()
+        self._close_sent = True
+        self._update_paths()
+        transport.send_close(frame.get_close_code(), frame.get_close_message())
+        transport.disconnect()
 
     def _append(self, frame: picows.WSFrame) -> None:
         """A fragment of a binary message (our peers do not fragment; others may)."""
@@ -418,21 +388,12 @@ class RelaySocket(picows.WSListener):
 
     def write_now(self, data: bytes | memoryview | str) -> bool:
         """Write a frame unless the kernel's send buffer is full (or the socket closed)."""
-        if not self._can_write:
-            return False
-        transport = self._transport
-        frames = self._frames
-        assert transport is not None and frames is not None
-        if transport.is_disconnected:
-            return False
         if isinstance(data, str):
-            frames.write(TEXT_OPCODE, data.encode())
-        else:
-            frames.write(BINARY_OPCODE, data)
-        return True
+            return self.write_binary_now(data.encode(), TEXT_OPCODE)
+        return self.write_binary_now(data)
 
-    def write_binary_now(self, data: bytes | memoryview) -> bool:
-        """:meth:`write_now` for a binary frame (the routed frame's path)."""
+    def write_binary_now(self, data: bytes | memoryview, opcode: int = BINARY_OPCODE) -> bool:
+        """:meth:`write_now` for bytes (the routed frame's path calls it directly)."""
         if not self._can_write:
             return False
         transport = self._transport
@@ -440,7 +401,7 @@ class RelaySocket(picows.WSListener):
         assert transport is not None and frames is not None
         if transport.is_disconnected:
             return False
-        frames.write(BINARY_OPCODE, data)
+        frames.write(opcode, data)
         return True
 
     async def send_bytes(self, data: bytes) -> None:
