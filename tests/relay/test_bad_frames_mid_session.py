@@ -257,7 +257,7 @@ async def test_bad_frames_are_dropped_and_counted_while_live_streams_carry_on(
             assert not legacy.is_closed and not reliable.is_closed
             assert set(streams) == {codex.stream_id, relay.stream_id}
             assert rendezvous.environment_sockets == 1 and remote.registrations == 1
-            assert relay.reconnects == 0 and ours.recoveries == 0
+            assert relay.sockets.reconnects == 0 and ours.recoveries == 0
             assert [r["id"] for r in codex.responses] == list(range(1, codex._next_id + 1))
             assert all("result" in r for r in codex.responses)
             assert during["ours"] > 5 and during["codex"] > 5, during

@@ -120,11 +120,7 @@ async def test_harness_offline_past_its_grace_ends_the_environment_stream(setup:
     harness = await initialized_harness(setup)
     env_channel = setup.env_channels[0]
     # The harness process dies: its socket goes without a reset (no close() call).
-    harness._supervisor.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await harness._supervisor
-    await harness._ws.close()
-    await harness._http.close()
+    await harness.sockets.close()
     await wait_for(lambda: env_channel.ended, GRACE_S + 10.0)
     assert env_channel.end_reason == "harness_offline"
     assert env_channel.stream.close_reason == "harness_offline"

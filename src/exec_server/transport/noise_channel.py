@@ -52,24 +52,18 @@ from ..relay.noise import InitiatorEphemeral, NoiseError, NoiseIdentity
 from ..relay.noise.noise_mux import HandshakeFailed, NoiseBundle, NoiseStreamMux
 from ..relay.stream_mux import MuxRole
 from .channel import MessageChannel
-from .failover import alternate_urls, dial_first
-from .harness_relay import (
-    CLOSE_FLUSH_S,
-    HARNESS_RECONNECT_DEADLINE_S,
-    HARNESS_RECONNECT_INITIAL_S,
-    HARNESS_RECONNECT_MAX_S,
-    connect_harness_relay,
-)
-from .reconnect import backoff, is_transient
+from .failover import alternate_urls
+from .harness_relay import CLOSE_FLUSH_S, connect_harness_relay
+from .harness_sockets import HARNESS_RECONNECT_DEADLINE_S, HarnessSockets
+from .reconnect import backoff
 from .registry_client import HarnessUrl, NoiseConnectBundle, RegistryClient, RegistryError
 from .relay_connection import (
     RelayConfig,
     RelayConnection,
     RelayStreamChannel,
-    close_socket,
     dial_relay_socket,
 )
-from .relay_status import RelayStatus, StatusCallback
+from .relay_status import StatusCallback
 from .websocket import AnyWebSocket
 
 __all__ = [
@@ -128,11 +122,6 @@ class NoiseHarnessChannel:
         on_status: StatusCallback | None = None,
         alternates: Sequence[str] = (),
     ) -> None:
-        self.url = url
-        self.alternates = list(alternates)
-        """The same URL on other nodes of a rendezvous cluster (tried in turn)."""
-        self._http = http
-        self._max_message_bytes = max_message_bytes
         relay_config = config or RelayConfig()
         self.mux = NoiseStreamMux(MuxRole.HARNESS, relay_config.mux)
         self.connection = RelayConnection(
@@ -147,10 +136,15 @@ class NoiseHarnessChannel:
         self._opened: asyncio.Future[RelayStreamChannel] = (
             asyncio.get_running_loop().create_future()
         )
-        self._reconnect_deadline_s = reconnect_deadline_s
-        self.reconnects = 0
-        self._ws: AnyWebSocket | None = None
-        self._supervisor: asyncio.Task[None] | None = None
+        self.sockets = HarnessSockets(
+            url,
+            http,
+            self.connection,
+            stream_id=self.stream_id,
+            reconnect_deadline_s=reconnect_deadline_s,
+            max_message_bytes=max_message_bytes,
+            alternates=alternates,
+        )
 
     @property
     def opened(self) -> bool:
@@ -206,7 +200,7 @@ class NoiseHarnessChannel:
         )
         now = self.connection.now()
         self.mux.open_noise_stream(self.stream_id, noise_bundle, identity, now, ephemeral=ephemeral)
-        self._ws = ws
+        self.sockets.ws = ws
         # The claim and message 1 go out now, not after the supervisor's tasks start, and
         # in one TCP segment: the rendezvous then wakes once and forwards both together.
         # A socket that is already gone is left to the supervisor (it fails the
@@ -214,58 +208,23 @@ class NoiseHarnessChannel:
         with _corked(ws), contextlib.suppress(ConnectionError):
             for frame in self.mux.data_to_send(now):
                 await ws.send_frame(bytes(frame), WSMsgType.BINARY)
-        self._supervisor = asyncio.get_running_loop().create_task(
-            self._supervise(ws), name=f"noise relay supervisor {self.stream_id}"
-        )
+        self.sockets.supervise(ws, finished=self._finished, give_up=self._give_up)
         # Awaited directly: a cancelled wait cancels the future, which close() expects.
         await self._opened
 
-    async def _supervise(self, ws: AnyWebSocket | None) -> None:
-        while ws is not None:
-            self._ws = ws
-            reason = await self.connection.run_socket(ws)
-            await close_socket(ws)
-            if not self.opened:
-                if self.mux.handshaking == 0:
-                    return  # the handshake failed (the waiter has the error)
-            elif self.channel.ended:
-                return
-            log.info("relay socket lost (%s); reconnecting stream %s", reason, self.stream_id)
-            self.connection.report(
-                RelayStatus("reconnecting", grace_s=self._reconnect_deadline_s, detail=reason)
-            )
-            ws = await self._redial(reason)
+    def _finished(self) -> bool:
+        """Whether a lost socket ends the supervisor: the stream ended, or its handshake
+        failed (the waiter has the error)."""
+        if not self.opened:
+            return self.mux.handshaking == 0
+        return self.channel.ended
 
-    async def _redial(self, reason: str) -> AnyWebSocket | None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._reconnect_deadline_s
-        for delay in backoff(HARNESS_RECONNECT_INITIAL_S, HARNESS_RECONNECT_MAX_S):
-            candidates = [self.url, *self.alternates]
-            try:
-                async with asyncio.timeout(max(0.1, deadline - loop.time())):
-                    url, ws = await dial_first(
-                        candidates,
-                        lambda url: dial_relay_socket(
-                            self._http, url, max_message_bytes=self._max_message_bytes
-                        ),
-                    )
-            except Exception as exc:
-                if not is_transient(exc) or loop.time() + delay >= deadline:
-                    why = f"relay reconnect failed: {reason}; last error: {exc}"
-                    if self.opened:
-                        self.channel.end(why)
-                    else:
-                        self.mux.cancel_noise_stream(self.stream_id, why)
-                        self.connection.poke()
-                    return None
-                await asyncio.sleep(delay)
-                continue
-            if url != self.url:
-                self.url, self.alternates = url, [other for other in candidates if other != url]
-            self.reconnects += 1
-            self.connection.report(RelayStatus("reconnected"))
-            return ws
-        return None  # pragma: no cover - backoff() never ends
+    def _give_up(self, why: str) -> None:
+        if self.opened:
+            self.channel.end(why)
+        else:
+            self.mux.cancel_noise_stream(self.stream_id, why)
+            self.connection.poke()
 
     async def receive(self) -> bytes:
         return await self.channel.receive()
@@ -283,13 +242,7 @@ class NoiseHarnessChannel:
             self._opened.cancel()
         elif not self._opened.cancelled():
             self._opened.exception()  # a failed handshake: its error was reported already
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._supervisor
-        if self._ws is not None:
-            await close_socket(self._ws)
-        await self._http.close()
+        await self.sockets.close()
 
 
 @contextlib.contextmanager
