@@ -88,11 +88,10 @@ async def test_output_is_written_inline_in_order_and_survives_backpressure() -> 
 
     async with asyncio.timeout(TIMEOUT_S):
         run = asyncio.create_task(env.run_socket(ws))  # type: ignore[arg-type]
-        while ws._on_binary is None:  # the reader took the socket's callbacks
-            await asyncio.sleep(0.001)
         stream = harness.open_stream(loop.time(), "output-stream")
         while stream.mode is not PeerMode.RELIABLE or not channels:
-            exchange()
+            if ws._on_binary is not None:  # the reader took the socket's callbacks
+                exchange()
             await asyncio.sleep(0.001)
         channel = channels[0]
 
