@@ -41,13 +41,17 @@ TEXT_OPCODE = 0x81
 Piece = bytes | memoryview
 
 
+_HEADER_16 = struct.Struct("!BBH").pack
+_HEADER_64 = struct.Struct("!BBQ").pack
+
+
 def frame_header(first: int, size: int) -> bytes:
     """The header of an unmasked frame of ``size`` bytes (RFC 6455 5.2)."""
     if size < 126:
         return bytes((first, size))
     if size < 0x10000:
-        return struct.pack("!BBH", first, 126, size)
-    return struct.pack("!BBQ", first, 127, size)
+        return _HEADER_16(first, 126, size)
+    return _HEADER_64(first, 127, size)
 
 
 class FrameWriter:
@@ -71,12 +75,26 @@ class FrameWriter:
         """Write one frame (``first``: :data:`BINARY_OPCODE` or :data:`TEXT_OPCODE`);
         ``payload`` is not used after the call."""
         size = len(payload)
-        header = frame_header(first, size)
         if size >= WRITEV_MIN_BYTES:
+            # A routed frame's path: one writev, nothing more when the kernel takes it all.
+            big = size >= 0x10000
+            header = _HEADER_64(first, 127, size) if big else _HEADER_16(first, 126, size)
             if self._pieces:
                 self.flush()
-            self._write((header, payload))
+            transport = self._transport
+            if self._fd < 0 or transport.get_write_buffer_size() or transport.is_closing():
+                self._write((header, payload))
+                return
+            try:
+                sent = os.writev(self._fd, (header, payload))
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = 0  # the transport's own write meets the error and reports it
+            if sent != len(header) + size:
+                self._write_rest((header, payload), sent)
             return
+        header = frame_header(first, size)
         self._pieces.append(header)
         self._pieces.append(payload if type(payload) is bytes else bytes(payload))
         self._bytes += len(header) + size
@@ -115,6 +133,12 @@ class FrameWriter:
                 sent = 0
             except OSError:
                 sent = 0  # the transport's own write meets the error and reports it
+        self._write_rest(pieces, sent)
+
+    def _write_rest(self, pieces: tuple[bytes, Piece] | list[bytes], sent: int) -> None:
+        """Hand the transport what the kernel did not take of ``pieces`` (``sent``
+        bytes were written)."""
+        transport = self._transport
         for piece in pieces:
             size = len(piece)
             if sent >= size:

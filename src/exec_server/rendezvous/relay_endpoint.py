@@ -135,7 +135,11 @@ class RelayEndpoint:
         log.info("%s connected", peer.label)
         try:
             ended = await socket.serve(
-                peer, router.on_environment_message, router.on_harness_message, server.keepalive
+                peer,
+                router.on_environment_message,
+                router.on_harness_message,
+                server.keepalive,
+                router.harness_message_now,
             )
             if isinstance(ended, SocketProtocolError):
                 router.stats.protocol_errors[ended.reason] += 1

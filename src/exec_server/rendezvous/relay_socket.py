@@ -135,8 +135,18 @@ class RelaySocket(picows.WSListener):
         self._transport: picows.WSTransport | None = None
         self._peer: SocketPeer | None = None
         self._direct = False
-        """Environment frames go straight to the router (once admitted)."""
+        """Frames go straight to the router from the read callback: the socket is
+        admitted and its inbox is empty (an environment's stays so; a harness' until a
+        frame has to wait for room at the environment)."""
         self._on_environment: Callable[[SocketPeer, bytes | memoryview], None] | None = None
+        self._harness_now: Callable[[SocketPeer, bytes], bool] | None = None
+        self._route_view: Callable[[SocketPeer, memoryview], None] | None = None
+        """Set while an environment's whole frames may be routed from picows' buffer:
+        direct, no protocol error, no close sent, no fragmented message under way."""
+        self._route_bytes: Callable[[SocketPeer, bytes], bool] | None = None
+        """The same for a harness' frames (False back: the frame must wait its turn)."""
+        self._can_write = False
+        """Connected, not paused by the transport's flow control, no close sent."""
         self._inbox: ReadInbox[bytes] = ReadInbox(
             MAX_INBOX_BYTES, len, lambda pause: self._pause_reading(pause)
         )
@@ -155,6 +165,7 @@ class RelaySocket(picows.WSListener):
 
     def on_ws_connected(self, transport: picows.WSTransport) -> None:
         self._transport = transport
+        self._can_write = self._writable.is_set()
         underlying = transport.underlying_transport
         self.peername = underlying.get_extra_info("peername")
         sock = underlying.get_extra_info("socket")
@@ -166,6 +177,31 @@ class RelaySocket(picows.WSListener):
         if keepalive is not None:
             keepalive.heard_count += 1
         kind = frame.msg_type
+        if (
+            kind is _BINARY
+            and frame.fin
+            and not (frame.rsv1 or frame.rsv2 or frame.rsv3)
+            and frame.payload_size <= self.max_message_bytes
+        ):
+            # The routed frame's path (whole binary frames of an admitted socket).
+            route_view = self._route_view
+            if route_view is not None:
+                assert self._peer is not None
+                try:
+                    route_view(self._peer, frame.get_payload_as_memoryview())
+                except SocketProtocolError as exc:
+                    self._fail(exc)
+                return
+            route_bytes = self._route_bytes
+            if route_bytes is not None:
+                assert self._peer is not None
+                data = frame.get_payload_as_bytes()
+                try:
+                    if not route_bytes(self._peer, data):
+                        self._queue(data)  # waits for room at the environment
+                except SocketProtocolError as exc:
+                    self._fail(exc)
+                return
         if self._close_sent or self._error is not None:
             if kind is _CLOSE:
                 self._peer_closed.set()
@@ -180,14 +216,12 @@ class RelaySocket(picows.WSListener):
             self._fail(_protocol_error("a new message inside a fragmented one"))
             return
         if kind is _BINARY and frame.fin and self._fragments is None:
-            if self._direct and frame.payload_size <= self.max_message_bytes:
-                self._route_view(frame.get_payload_as_memoryview())
-            else:
-                self._deliver(frame.get_payload_as_bytes())
+            self._deliver(frame.get_payload_as_bytes())
         elif kind is _CLOSE:
             self.close_code = int(frame.get_close_code().value)
             self._peer_closed.set()
             self._close_sent = True
+            self._update_paths()
             transport.send_close(frame.get_close_code(), frame.get_close_message())
             transport.disconnect()
         elif kind is _TEXT and self._fragments is None:
@@ -206,6 +240,7 @@ class RelaySocket(picows.WSListener):
         """A fragment of a binary message (our peers do not fragment; others may)."""
         if frame.msg_type is _BINARY:
             self._fragments = bytearray()
+            self._update_paths()
         elif self._fragments is None:
             self._fail(
                 SocketProtocolError(
@@ -221,28 +256,49 @@ class RelaySocket(picows.WSListener):
         elif frame.fin:
             data = bytes(self._fragments)
             self._fragments = None
+            self._update_paths()
             self._deliver(data)
 
-    def _route_view(self, view: memoryview) -> None:
-        """An admitted environment's frame, routed from picows' read buffer: written to
-        its harness at once, or copied by the peer that queues it."""
-        assert self._peer is not None and self._on_environment is not None
-        try:
-            self._on_environment(self._peer, view)
-        except SocketProtocolError as exc:
-            self._fail(exc)
+    def _update_paths(self) -> None:
+        """Recompute which of the routed frame's paths is open (see ``__init__``)."""
+        self._route_view = self._route_bytes = None
+        if (
+            self._direct
+            and self._error is None
+            and not self._close_sent
+            and self._fragments is None
+            and self._peer is not None
+        ):
+            if self._peer.role is UrlRole.ENVIRONMENT:
+                self._route_view = self._on_environment
+            else:
+                self._route_bytes = self._harness_now
 
     def _deliver(self, data: bytes) -> None:
+        """A whole message that did not take the routed frame's path (a fragmented one,
+        one read before the socket was admitted, or one past the size limit)."""
         if len(data) > self.max_message_bytes:
             self._fail(_oversize())
             return
         if self._direct:
-            assert self._peer is not None and self._on_environment is not None
+            assert self._peer is not None
             try:
-                self._on_environment(self._peer, data)
+                if self._peer.role is UrlRole.ENVIRONMENT:
+                    assert self._on_environment is not None
+                    self._on_environment(self._peer, data)
+                elif self._harness_now is None or not self._harness_now(self._peer, data):
+                    self._queue(data)
             except SocketProtocolError as exc:
                 self._fail(exc)
             return
+        self._inbox.put(data)
+        self._wake.set()
+
+    def _queue(self, data: bytes) -> None:
+        """A harness frame that must wait for room at the environment: it and every frame
+        after it go through the inbox (in order) until the inbox is empty again."""
+        self._direct = False
+        self._update_paths()
         self._inbox.put(data)
         self._wake.set()
 
@@ -260,6 +316,8 @@ class RelaySocket(picows.WSListener):
             )
         if self._frames is not None:
             self._frames.discard()
+        self._can_write = False
+        self._route_view = self._route_bytes = None
         self._disconnected.set()
         self._peer_closed.set()
         self._writable.set()
@@ -267,9 +325,14 @@ class RelaySocket(picows.WSListener):
 
     def pause_writing(self) -> None:
         self._writable.clear()
+        self._can_write = False
 
     def resume_writing(self) -> None:
         self._writable.set()
+        transport = self._transport
+        self._can_write = (
+            transport is not None and not self._close_sent and not transport.is_disconnected
+        )
 
     # --- reading ------------------------------------------------------------------------
 
@@ -280,6 +343,7 @@ class RelaySocket(picows.WSListener):
             return
         self._error = error
         self._direct = False
+        self._update_paths()
         self._inbox.clear()
         self._send_close(error.close_code, error.message.encode()[:120])
         self._wake.set()
@@ -293,11 +357,21 @@ class RelaySocket(picows.WSListener):
         on_environment: Callable[[SocketPeer, bytes | memoryview], None],
         on_harness: Callable[[SocketPeer, bytes], Any],
         keepalive: KeepaliveConfig,
+        harness_now: Callable[[SocketPeer, bytes], bool] | None = None,
     ) -> SocketProtocolError | str | None:
         """Feed the socket's messages to the router until it closes, breaks the protocol
-        (returned) or its keepalive gives up (the reason, returned)."""
+        (returned) or its keepalive gives up (the reason, returned).
+
+        An environment's frames go to ``on_environment`` from picows' read callback
+        once the inbox is empty. A harness' go to ``on_harness`` (which may wait) in
+        this task, or, given ``harness_now``, to it from the read callback while the
+        inbox is empty: it routes a frame and returns True, or returns False, having done
+        nothing, when the frame must wait (it and the frames after it then go through
+        the inbox, in order)."""
         self._peer = peer
         self._on_environment = on_environment
+        self._harness_now = harness_now
+        direct = peer.role is UrlRole.ENVIRONMENT or harness_now is not None
         ka = self.keepalive = Keepalive(self, keepalive)
         watch = asyncio.ensure_future(ka.run())
         watch.add_done_callback(lambda _: self._wake.set())
@@ -310,13 +384,15 @@ class RelaySocket(picows.WSListener):
                     return None
                 if watch.done():
                     return watch.result()
-                if peer.role is UrlRole.ENVIRONMENT:
+                if direct and not self._direct:
                     self._direct = True  # the inbox is empty: frames may go straight in
+                    self._update_paths()
                 self._wake.clear()
                 if not self._inbox:
                     await self._wake.wait()
         finally:
             self._direct = False
+            self._update_paths()
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
@@ -342,19 +418,29 @@ class RelaySocket(picows.WSListener):
 
     def write_now(self, data: bytes | memoryview | str) -> bool:
         """Write a frame unless the kernel's send buffer is full (or the socket closed)."""
-        transport = self._transport
-        if (
-            transport is None
-            or self._close_sent
-            or not self._writable.is_set()
-            or transport.is_disconnected
-        ):
+        if not self._can_write:
             return False
-        assert self._frames is not None
+        transport = self._transport
+        frames = self._frames
+        assert transport is not None and frames is not None
+        if transport.is_disconnected:
+            return False
         if isinstance(data, str):
-            self._frames.write(TEXT_OPCODE, data.encode())
+            frames.write(TEXT_OPCODE, data.encode())
         else:
-            self._frames.write(BINARY_OPCODE, data)
+            frames.write(BINARY_OPCODE, data)
+        return True
+
+    def write_binary_now(self, data: bytes | memoryview) -> bool:
+        """:meth:`write_now` for a binary frame (the routed frame's path)."""
+        if not self._can_write:
+            return False
+        transport = self._transport
+        frames = self._frames
+        assert transport is not None and frames is not None
+        if transport.is_disconnected:
+            return False
+        frames.write(BINARY_OPCODE, data)
         return True
 
     async def send_bytes(self, data: bytes) -> None:
@@ -382,6 +468,8 @@ class RelaySocket(picows.WSListener):
         if transport is None or self._close_sent or transport.is_disconnected:
             return
         self._close_sent = True
+        self._can_write = False
+        self._update_paths()
         if self.close_code is None:
             self.close_code = code
         if self._frames is not None:
@@ -404,6 +492,8 @@ class RelaySocket(picows.WSListener):
         """Drop the connection unless a close is under way."""
         transport = self._transport
         if transport is not None and not transport.is_disconnected and not self._close_sent:
+            self._can_write = False
+            self._update_paths()
             transport.disconnect(graceful=False)
 
 

@@ -22,6 +22,10 @@ class RouterState:
     def __init__(self, config: RouterConfig | None = None) -> None:
         self.config = config or RouterConfig()
         self.stats = RouterStats()
+        # The routed frame's path reads these without attribute chains.
+        self._frame_limits = self.config.frame_limits
+        self._frames_to_harness = self.stats.frames_routed
+        self._bytes_to_harness = self.stats.bytes_routed
         self._routes: dict[str, _EnvironmentRoute] = {}
         self._peers: set[SocketPeer] = set()
         self._serial = 0

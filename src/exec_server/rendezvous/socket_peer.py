@@ -75,6 +75,9 @@ class SocketPeer:
         self._write_now: Callable[[bytes | memoryview | str], bool] | None = getattr(
             sink, "write_now", None
         )
+        self._write_binary_now: Callable[[bytes | memoryview], bool] | None = getattr(
+            sink, "write_binary_now", self._write_now
+        )
         self._idle = False
         """The writer waits for frames (none is being written)."""
         self.role = role
@@ -150,9 +153,8 @@ class SocketPeer:
         """Write ``data`` now if nothing is queued before it and the sink can take it
         without waiting (as if queued and written at once, counted against ``stream``);
         False, with nothing written, otherwise. ``data`` is not kept."""
-        if self.closed or not self._idle or self._queue or self._write_now is None:
-            return False
-        if not self._write_now(data):
+        write = self._write_binary_now
+        if not self._idle or self._queue or self.closed or write is None or not write(data):
             return False
         if stream is not None and self.on_sent is not None:
             self.on_sent(self, stream, len(data))
