@@ -21,6 +21,8 @@ from exec_server.relay.frame_encoder import (
     FRAME_HEADROOM,
     HeadroomBuffer,
     encode_frame_for_socket,
+    frame_message_in_place,
+    is_whole_message,
     message_with_headroom,
 )
 from exec_server.relay.send_window import SendWindow
@@ -196,3 +198,71 @@ class _AddsFrames(StreamMux):
 def test_a_subclass_that_adds_frames_gets_them_written() -> None:
     mux = _AddsFrames(MuxRole.ENVIRONMENT)
     assert mux.data_to_write(0.0, headroom=PICOWS_HEADROOM) == [b"own"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    stream_id=st.sampled_from(["s", "3f1c2a9e-5b7d-4c1e-9f00-0123456789ab", LONGEST_STREAM_ID]),
+    frames=st.lists(
+        st.tuples(
+            st.integers(0, U32_MAX),  # seq
+            st.sampled_from([0, 1, 7, U32_MAX]),  # ack: repeats exercise the head cache
+            st.sampled_from([0, RELIABLE_CAPABILITY_BIT, 0x6, U32_MAX]),  # ack_bits
+            st.binary(min_size=1, max_size=300),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+)
+def test_a_frame_built_from_its_fields_is_the_bytes_encode_frame_makes(
+    stream_id: str, frames: list[tuple[int, int, int, bytes]]
+) -> None:
+    for seq, ack, ack_bits, payload in frames:
+        message = message_with_headroom(payload)
+        out = frame_message_in_place(message, stream_id, ack, ack_bits, seq)
+        assert out is not None
+        assert bytes(out) == encode_frame(
+            data_frame(stream_id, seq, payload, ack=ack, ack_bits=ack_bits)
+        )
+        assert bytes(message) == payload
+
+
+def test_only_whole_non_empty_messages_are_framed_from_their_fields() -> None:
+    message = message_with_headroom(b"payload")
+    assert frame_message_in_place(message[1:], "s", 0, 0, 1) is None  # a slice of it
+    assert frame_message_in_place(message[::-1], "s", 0, 0, 1) is None
+    assert frame_message_in_place(message_with_headroom(), "s", 0, 0, 1) is None  # empty
+    foreign = memoryview(bytearray(FRAME_HEADROOM) + b"payload")[FRAME_HEADROOM:]
+    assert frame_message_in_place(foreign, "s", 0, 0, 1) is None
+    assert not is_whole_message(b"payload")
+
+
+def _reliable_environment() -> StreamMux:
+    env = StreamMux(MuxRole.ENVIRONMENT)
+    env.receive_bytes(
+        encode_frame(data_frame("s", 1, b"hi", ack_bits=RELIABLE_CAPABILITY_BIT)), 0.0
+    )
+    list(env.events())
+    return env
+
+
+def test_try_send_now_declines_while_anything_must_go_first() -> None:
+    env = _reliable_environment()
+    # The request is owed an acknowledgement (a due timer): the writer's pass comes first.
+    assert env.has_output_now(0.0)
+    assert env.try_send_now("s", message_with_headroom(b"out"), 0.0) is None
+    env.data_to_write(0.0, headroom=PICOWS_HEADROOM)
+    assert not env.has_output_now(0.0)
+    first = env.try_send_now("s", message_with_headroom(b"one"), 0.0)
+    assert first is not None
+    # Queued behind a paused stream, bytes, or a message split in segments: declined.
+    env.pause_output("s")
+    assert env.try_send_now("s", message_with_headroom(b"two"), 0.0) is None
+    env.resume_output("s")
+    assert env.try_send_now("s", memoryview(b"two"), 0.0) is None
+    big = message_with_headroom(b"x" * (ReliableStreamConfig().max_segment_payload_bytes + 1))
+    assert env.try_send_now("s", big, 0.0) is None
+    assert env.try_send_now("unknown", message_with_headroom(b"two"), 0.0) is None
+    # Something unsent is queued: a new message waits its turn.
+    env.send_message("s", message_with_headroom(b"queued"), 0.0)
+    assert env.try_send_now("s", message_with_headroom(b"three"), 0.0) is None

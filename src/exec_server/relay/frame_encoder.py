@@ -31,6 +31,8 @@ __all__ = [
     "encode_frame",
     "encode_frame_after",
     "encode_frame_for_socket",
+    "frame_message_in_place",
+    "is_whole_message",
     "message_with_headroom",
     "reset_for_peer",
 ]
@@ -67,8 +69,11 @@ def message_with_headroom(*parts: bytes) -> memoryview:
 _ONE_BYTE = tuple(bytes((value,)) for value in range(0x80))
 _ACK_BITS_FLAG = b"\x20\x01"  # ack_bits = 1: the capability flag alone
 _ONE_SEGMENT = b"\x18\x01"  # data.segment_count = 1
+_ONE_SEGMENT_PAYLOAD = b"\x18\x01\x22"  # data.segment_count = 1, then the payload's tag
 _MAX_CACHED_PREFIXES = 4096
 _prefixes: dict[str, bytes] = {}  # stream_id -> encoded version 1 + stream_id
+# stream_id -> (ack, ack_bits, encoded fields 1-4) of its last frame framed in place
+_ack_heads: dict[str, tuple[int, int, bytes]] = {}
 
 
 def _varint(value: int) -> bytes:
@@ -183,6 +188,55 @@ def encode_frame_for_socket(
     return encode_frame_after(frame, headroom)
 
 
+def is_whole_message(payload: object) -> bool:
+    """Whether ``payload`` is a whole, non-empty :func:`message_with_headroom` message
+    (what :func:`frame_message_in_place` frames)."""
+    if type(payload) is not memoryview:
+        return False
+    buffer = payload.obj
+    return (
+        type(buffer) is HeadroomBuffer
+        and len(buffer) - FRAME_HEADROOM == len(payload) > 0
+        and payload.contiguous
+    )
+
+
+def frame_message_in_place(
+    message: memoryview, stream_id: str, ack: int, ack_bits: int, seq: int
+) -> memoryview | None:
+    """The data frame ``encode_frame_for_socket`` makes for a whole
+    ``message_with_headroom`` message (segment ``0/1``, version 1, no trace context),
+    built from its fields without a :class:`RelayFrame`: its head is written into the
+    message's free bytes and the frame returned as a view of them and the message.
+    ``None`` if ``message`` is not such a message (:func:`is_whole_message`). Valid
+    until the message is framed again."""
+    if not is_whole_message(message):
+        return None
+    size = len(message)
+    # Fields 1-4 (version, stream_id, ack, ack_bits): the same for every frame of a
+    # stream between two changes of its acks, so cached per stream.
+    cached = _ack_heads.get(stream_id)
+    if cached is not None and cached[0] == ack and cached[1] == ack_bits:
+        head = cached[2]
+    else:
+        head = _prefixes.get(stream_id) or _prefix(RELAY_MESSAGE_FRAME_VERSION, stream_id)
+        if ack:
+            head += _uint_field(0x18, ack)
+        if ack_bits:
+            head += _ACK_BITS_FLAG if ack_bits == 1 else _uint_field(0x20, ack_bits)
+        if len(_ack_heads) >= _MAX_CACHED_PREFIXES:
+            _ack_heads.clear()
+        _ack_heads[stream_id] = (ack, ack_bits, head)
+    # Field 5: seq, segment_count = 1 and the payload's length, inside its own length.
+    inner = (_uint_field(0x08, seq) if seq else b"") + _ONE_SEGMENT_PAYLOAD + _varint(size)
+    head += _uint_field(0x2A, len(inner) + size) + inner
+    start = FRAME_HEADROOM - len(head)
+    buffer = message.obj
+    assert type(buffer) is HeadroomBuffer and start >= 0  # the longest head fits
+    buffer[start:FRAME_HEADROOM] = head
+    return memoryview(buffer)[start:]
+
+
 def _encode_parts(frame: RelayFrame) -> tuple[bytes, bytes, bytes]:
     """The encoding as (everything before a data payload, the payload, the rest)."""
     stream_id = frame.stream_id
@@ -212,7 +266,11 @@ def _encode_parts(frame: RelayFrame) -> tuple[bytes, bytes, bytes]:
 
 def _data_header(body: DataBody, size: int) -> bytes:
     """Field 5 (``data``) up to its payload bytes: tag, length, seq, index, count."""
-    seq, index, count = body.seq, body.segment_index, body.segment_count
+    return _data_header_fields(body.seq, body.segment_index, body.segment_count, size)
+
+
+def _data_header_fields(seq: int, index: int, count: int, size: int) -> bytes:
+    """:func:`_data_header` from the body's fields."""
     inner = _uint_field(0x08, seq) if seq else b""
     if index:
         inner += _uint_field(0x10, index)

@@ -6,7 +6,7 @@ ones (at most ``max_reorder_bytes``, within ``MAX_WINDOW_SEGMENTS`` of the next 
 seq), releases them in seq order, reassembles segmented messages, and says what to
 acknowledge (:meth:`ReceiveWindow.ack_fields`) and when (:attr:`ReceiveWindow.ack_due`):
 at once after a gap, a segment that fills one, a duplicate, every
-``ack_every_segments`` segments or a quarter of the sender's byte window
+``ack_every_segments`` segments or half the sender's byte window
 (``max_unacked_bytes``); otherwise after ``ack_delay_s``, so several segments share one
 ``ack_frame``.
 
@@ -173,7 +173,7 @@ class ReceiveWindow:
         if (
             urgent
             or self._unacked_segments >= cfg.ack_every_segments
-            or self._unacked_bytes >= cfg.max_unacked_bytes // 4
+            or self._unacked_bytes >= cfg.max_unacked_bytes // 2
         ):
             self.ack_due = now
         elif self.ack_due is None:

@@ -48,7 +48,11 @@ from exec_server.relay.frame_codec import (
     resume_frame,
     truncate_reason,
 )
-from exec_server.relay.frame_encoder import OutboundPayload
+from exec_server.relay.frame_encoder import (
+    HeadroomBuffer,
+    OutboundPayload,
+    frame_message_in_place,
+)
 from exec_server.relay.peer_rules import RULES
 from exec_server.relay.receive_window import Delivered, ReceiveWindow
 from exec_server.relay.send_window import PayloadTransform, Segment, SendWindow
@@ -60,6 +64,8 @@ from exec_server.relay.stream_config import (
 )
 
 __all__ = ["ReliableStream", "ReliableStreamConfig", "StreamDropReason", "StreamStats"]
+
+_RELIABLE_RULES = RULES[PeerMode.RELIABLE]
 
 
 class ReliableStream:
@@ -215,6 +221,89 @@ class ReliableStream:
         else:
             self._send.queue_unsegmented(payload, traceparent, tracestate)
         self.stats.messages_sent += 1
+
+    def try_send_now(self, message: memoryview, now: float) -> memoryview | None:
+        """The fast path of :meth:`send_message` then :meth:`next_frame`: when the
+        stream is reliable and connected, nothing is queued ahead (no reset, resume,
+        retransmission or unsent segment) and the window and the send buffer take the
+        message in one segment, send it now: returns its data frame, framed in place in
+        a ``message_with_headroom`` message (``frame_message_in_place``), to be written
+        at once (before anything else of this stream). The stream is then in exactly
+        the state, and the frame exactly the bytes, that ``send_message``, ``next_frame``
+        and ``encode_frame_for_socket`` give. ``None``: nothing changed, take the
+        general path (which may raise where this declines)."""
+        if (
+            self._rules is not _RELIABLE_RULES
+            or self._closed_reason is not None
+            or self._pending_resume
+            or not self._connected
+            or len(message) > self.config.max_message_bytes
+            or type(message.obj) is not HeadroomBuffer
+        ):
+            return None
+        segment = self._send.send_now(message, now)
+        if segment is None:
+            return None
+        receive = self._receive
+        receive.ack_sent()
+        self._last_sent_at = now
+        ack, ack_bits = receive.ack_fields()
+        frame = frame_message_in_place(message, self.stream_id, ack, ack_bits, segment.wire_seq)
+        assert frame is not None  # a HeadroomBuffer message of one segment always fits
+        stats = self.stats
+        stats.messages_sent += 1
+        stats.data_frames_sent += 1
+        return frame
+
+    @property
+    def nothing_unsent(self) -> bool:
+        """Every queued segment went out at least once (a new message would be next)."""
+        return self._send.nothing_unsent
+
+    def next_frame_in_place(self, now: float) -> memoryview | None:
+        """:meth:`next_frame` then ``encode_frame_for_socket`` when the next frame is new
+        data carrying a whole ``message_with_headroom`` message (no reset, resume or
+        retransmission ahead of it, no trace context) on a reliable, connected stream:
+        the segment is sent (recorded as :meth:`next_frame` records it) and its frame
+        returned framed in place, byte for byte the same, without a :class:`RelayFrame`.
+        ``None``: nothing changed, call :meth:`next_frame`."""
+        if (
+            self._rules is not _RELIABLE_RULES
+            or self._closed_reason is not None
+            or self._pending_resume
+            or not self._connected
+        ):
+            return None
+        segment = self._send.next_whole_message(now)
+        if segment is None:
+            return None
+        receive = self._receive
+        ack, ack_bits = receive.ack_fields()
+        receive.ack_sent()
+        self._last_sent_at = now
+        self.stats.data_frames_sent += 1
+        frame = frame_message_in_place(
+            cast(memoryview, segment.payload), self.stream_id, ack, ack_bits, segment.wire_seq
+        )
+        assert frame is not None  # next_whole_message checked the message
+        return frame
+
+    @property
+    def has_frame_due(self) -> bool:
+        """Whether :meth:`next_frame` would return a frame at ``now`` = the last call's
+        time or later, without the frames a timer adds (see :meth:`get_timer`): a reset,
+        a resume, or data (new or marked for resend) the window lets out."""
+        if not self._connected:
+            return False
+        if self._pending_reset is not None:
+            return True
+        if self._closed_reason is not None:
+            return False
+        if self._pending_resume:
+            return True
+        if not self._rules.retains:
+            return bool(self._send.buffered_bytes)
+        return self._send.has_segment_due
 
     def reset(self, reason: str) -> None:
         """End the stream: queue ``reset{reason}`` (<= 256 bytes), drop all buffers; no

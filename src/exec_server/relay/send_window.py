@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from exec_server.relay.frame_codec import RELIABLE_CAPABILITY_BIT, U32_MAX
-from exec_server.relay.frame_encoder import OutboundPayload
+from exec_server.relay.frame_encoder import OutboundPayload, is_whole_message
 from exec_server.relay.stream_config import (
     CLOCK_GRANULARITY_S,
     FAST_RETRANSMIT_SACKS,
@@ -248,6 +248,96 @@ class SendWindow:
         self._out.append(Segment(seq, seq, payload, 0, 1, traceparent, tracestate))
         self.legacy_seq = (self.legacy_seq + 1) & U32_MAX
         self.buffered_bytes += len(payload)
+
+    def send_now(self, payload: OutboundPayload, now: float) -> Segment | None:
+        """:meth:`queue` of a one-segment message followed by the :meth:`next_segment`
+        that sends it, when that is what they would do: nothing is queued or marked for
+        resend ahead of it, no seal, and the window and the send buffer take it. Returns
+        the segment, recorded as sent, or ``None`` (nothing changed: queue it)."""
+        size = len(payload)
+        in_flight = self.snd_nxt - self.snd_una
+        cfg = self.config
+        if (
+            self._maybe_resend
+            or self._seal is not None
+            or len(self._out) != in_flight
+            or self._next_assign != self.snd_nxt
+            or in_flight >= cfg.max_unacked_segments
+            or not 0 < size <= cfg.max_segment_payload_bytes
+        ):
+            return None
+        inflight_bytes = self.inflight_bytes
+        if inflight_bytes and inflight_bytes + size > cfg.max_unacked_bytes:
+            return None
+        buffered = self.buffered_bytes
+        if buffered and buffered + size > cfg.max_send_buffer_bytes:
+            return None
+        seq = self._next_assign
+        segment = Segment(seq, seq_to_wire(seq), payload, 0, 1, None, None, now, 1)
+        self._out.append(segment)
+        self._next_assign = self.snd_nxt = seq + 1
+        self.buffered_bytes = buffered + size
+        self.inflight_bytes = inflight_bytes + size
+        self._track(segment, now)
+        return segment
+
+    @property
+    def nothing_unsent(self) -> bool:
+        """Every queued segment was sent at least once."""
+        return len(self._out) == self.snd_nxt - self.snd_una
+
+    def peek_new(self) -> Segment | None:
+        """The never-sent segment the window lets out next, if any (nothing changes)."""
+        out = self._out
+        in_flight = self.snd_nxt - self.snd_una
+        if in_flight < len(out) and in_flight < self.config.max_unacked_segments:
+            segment = out[in_flight]
+            inflight_bytes = self.inflight_bytes
+            if (
+                inflight_bytes == 0
+                or inflight_bytes + len(segment.payload) <= self.config.max_unacked_bytes
+            ):
+                return segment
+        return None
+
+    def next_whole_message(self, now: float) -> Segment | None:
+        """What :meth:`next_segment` would return, recorded as sent as it records it,
+        when that is new data carrying a whole ``message_with_headroom`` message without
+        trace context and no segment is marked for resend; otherwise ``None`` (nothing
+        changed)."""
+        if self._maybe_resend:
+            return None
+        out = self._out
+        snd_nxt = self.snd_nxt
+        in_flight = snd_nxt - self.snd_una
+        if in_flight >= len(out) or in_flight >= self.config.max_unacked_segments:
+            return None
+        segment = out[in_flight]
+        payload = segment.payload
+        size = len(payload)
+        inflight_bytes = self.inflight_bytes
+        if (
+            (inflight_bytes and inflight_bytes + size > self.config.max_unacked_bytes)
+            or segment.count != 1
+            or segment.traceparent is not None
+            or segment.tracestate is not None
+            or not is_whole_message(payload)
+        ):
+            return None
+        segment.sent_at = now
+        segment.transmissions = 1
+        self.snd_nxt = snd_nxt + 1
+        self.inflight_bytes = inflight_bytes + size
+        self._track(segment, now)
+        return segment
+
+    @property
+    def has_segment_due(self) -> bool:
+        """Whether :meth:`next_segment` (retransmitting) would return a segment now."""
+        out = self._out
+        if self._maybe_resend and any(out[i].resend for i in range(self.snd_nxt - self.snd_una)):
+            return True
+        return self.peek_new() is not None
 
     # ------------------------------------------------------------------ sending
 

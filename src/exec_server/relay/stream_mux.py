@@ -195,9 +195,11 @@ class StreamMux:
         *,
         traceparent: str | None = None,
         tracestate: str | None = None,
-    ) -> None:
+    ) -> bool:
         """Queue one whole message on a live stream (see ``ReliableStream.send_message``);
-        its frames come out of :meth:`data_to_send`.
+        its frames come out of :meth:`data_to_send`. Returns whether the stream may have
+        a frame to write now (false: the message waits behind a full window, and the
+        acknowledgement that opens it is the time to write).
 
         Raises ``StreamClosed`` for a stream that ended or never existed, and whatever the
         stream raises: ``SendBlocked`` (backpressure: retry after progress),
@@ -207,11 +209,13 @@ class StreamMux:
         if stream is None:
             ended = next((s for s in self._closing if s.stream_id == stream_id), None)
             raise StreamClosed(stream_id, None if ended is None else ended.close_reason)
+        self._pending_output.add(stream)
         if type(stream) is ReliableStream:
             stream.send_message(payload, now, traceparent=traceparent, tracestate=tracestate)
-        else:  # other kinds of stream take bytes
-            stream.send_message(bytes(payload), now, traceparent=traceparent, tracestate=tracestate)
-        self._pending_output.add(stream)
+            return stream.has_frame_due
+        # other kinds of stream take bytes
+        stream.send_message(bytes(payload), now, traceparent=traceparent, tracestate=tracestate)
+        return True
 
     def reset_stream(self, stream_id: str, reason: str) -> None:
         """Reset one live stream (no-op for an unknown id)."""
@@ -325,6 +329,56 @@ class StreamMux:
         """Whether :meth:`data_to_send` may have something without a timer firing."""
         return bool(self._control or self._pending_output)
 
+    def has_output_now(self, now: float) -> bool:
+        """Whether :meth:`data_to_send` at ``now`` would return anything, precisely where
+        :meth:`has_output` is conservative: a stream marked as maybe having output that
+        has no frame due (an acknowledgement that opened an empty window) is unmarked,
+        so the owner need not run a writer pass for it. A due timer counts as output
+        (:meth:`handle_timer` comes first)."""
+        if self._control:
+            return True
+        if type(self).data_to_send is not StreamMux.data_to_send:
+            return self.has_output()  # a subclass may add frames of its own
+        pending = self._pending_output
+        if pending:
+            paused = self._paused
+            for stream in list(pending):
+                if type(stream) is not ReliableStream or (
+                    stream.has_frame_due and (stream not in paused or stream.is_closed)
+                ):
+                    return True
+                if stream not in paused:
+                    pending.discard(stream)
+        timers = self._timers
+        return bool(timers) and min(timers.values()) <= now
+
+    def try_send_now(self, stream_id: str, message: memoryview, now: float) -> memoryview | None:
+        """The fast path of :meth:`send_message` then :meth:`data_to_write` for a
+        ``message_with_headroom`` message on a live reliable stream, taken only when the
+        message's frame is all that writer pass would produce (:meth:`has_output_now` is
+        false and the stream is not paused): returns that frame, framed in place
+        (``ReliableStream.try_send_now``), to be written before any other frame.
+        ``None``: nothing changed, call :meth:`send_message`."""
+        stream = self._streams.get(stream_id)
+        if (
+            type(stream) is not ReliableStream
+            or not stream.nothing_unsent
+            or stream in self._paused
+            or self.has_output_now(now)
+        ):
+            return None
+        frame = stream.try_send_now(message, now)
+        if frame is not None:
+            self._rotation += 1  # the writer pass it replaces would have turned it
+            # The stream's deadline can only have moved later, except for the new
+            # segment's retransmission timeout: an earlier cached value is harmless.
+            timers = self._timers
+            deadline = now + stream.rto_s
+            cached = timers.get(stream)
+            if cached is None or deadline < cached:
+                timers[stream] = deadline
+        return frame
+
     def data_to_send(
         self, now: float, max_bytes: int | None = None, *, headroom: int = 0
     ) -> list[bytes | bytearray]:
@@ -384,8 +438,22 @@ class StreamMux:
         return active
 
     def _drain(self, stream: MuxStream, now: float, batch: _Batch) -> None:
-        """Every frame ``stream`` has, within the batch's budget."""
-        while (frame := stream.next_frame(now)) is not None:
+        """Every frame ``stream`` has, within the batch's budget. New data carrying whole
+        ``message_with_headroom`` messages is framed in place without a ``RelayFrame``
+        (``ReliableStream.next_frame_in_place``: the same bytes)."""
+        in_place = batch.in_place and type(stream) is ReliableStream
+        while True:
+            if in_place:
+                view = stream.next_frame_in_place(now)  # type: ignore[attr-defined]
+                if view is not None:
+                    batch.framed.add(id(view.obj))
+                    batch.touched.add(stream)
+                    if not batch.add(view):
+                        return
+                    continue
+            frame = stream.next_frame(now)
+            if frame is None:
+                break
             batch.touched.add(stream)
             if not batch.add(batch.encode(frame)):
                 return
@@ -426,6 +494,13 @@ class StreamMux:
             if event is not None:
                 return event
         return None
+
+    @property
+    def has_events(self) -> bool:
+        """Whether :meth:`next_event` may return an event (false: it would return ``None``)."""
+        if type(self).next_event is not StreamMux.next_event:
+            return True  # a subclass may have events of its own
+        return bool(self._opened or self._ready)
 
     def events(self) -> Iterator[MuxEvent]:
         """Take every pending event."""

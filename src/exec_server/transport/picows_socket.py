@@ -182,6 +182,22 @@ class PicowsRelaySocket(picows.WSListener):
             if self._closed:
                 raise ConnectionResetError("relay websocket is closed")
 
+    @property
+    def writable(self) -> bool:
+        """Open, and the transport takes writes without queueing past its high mark."""
+        return self._writable.is_set() and not self._closed
+
+    def send_now(self, frame: bytes | bytearray | memoryview) -> None:
+        """:meth:`send_relay_frame` without waiting: for a caller that checked
+        :attr:`writable` (the write pauses the transport if it fills the buffer)."""
+        transport = self._transport
+        if transport is None or self._closed:
+            raise ConnectionResetError("relay websocket is closed")
+        if type(frame) is bytearray:
+            transport.send_reuse_external_bytearray(_P_BINARY, frame, HEADROOM)
+        else:
+            transport.send(_P_BINARY, frame)
+
     async def ping(self, message: bytes = b"") -> None:
         if self._transport is None or self._closed:
             raise ConnectionResetError("relay websocket is closed")

@@ -106,11 +106,10 @@ class RelayStreamChannel:
         while True:
             if self._end_reason is not None:
                 raise ChannelClosed(self._end_reason)
-            progress = conn.progress
             try:
                 conn.send_message(self.stream_id, message)
             except SendBlocked:
-                await progress.wait()
+                await conn.progress.wait()
                 continue
             except MessageTooLarge as exc:
                 raise MessageTooLargeForTransport(str(exc)) from None

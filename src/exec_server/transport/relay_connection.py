@@ -130,9 +130,15 @@ class RelayConnection:
         self._flushed = asyncio.Event()  # set while the writer has nothing left to write
         self._flushed.set()
         self._timer: asyncio.TimerHandle | None = None
-        self._progress = asyncio.Event()
+        self._progress: asyncio.Event | None = None  # made when a sender waits
+        # The socket while the writer is parked with nothing in hand: a message whose
+        # frame is all the mux would write may then go out from send_message itself.
+        self._idle_socket: PicowsRelaySocket | None = None
         self._sockets = 0
         self.text_frames_dropped = 0
+        self.inline_frames = 0
+        """Frames written from ``send_message`` or the read callback (the writer task was
+        parked with nothing in hand), not by the writer task."""
         self.overflow_resets = 0
         self._connected = False
         self._clock: Callable[[], float] | None = None
@@ -161,22 +167,43 @@ class RelayConnection:
         """Queue one message on a stream (``StreamMux.send_message``) and wake the writer.
 
         Raises what the mux raises: ``SendBlocked`` (wait for :attr:`progress`, then
-        retry), ``MessageTooLarge``, ``StreamClosed``."""
-        self.mux.send_message(stream_id, message, self.now())
-        self._wake.set()
+        retry), ``MessageTooLarge``, ``StreamClosed``.
+
+        Fast path: while the writer is parked with nothing in hand on a writable picows
+        socket, a ``message_with_headroom`` message whose frame is all the writer's
+        next pass would write (``StreamMux.try_send_now``) is written here, without
+        waking the writer: same frame, same order, same stream state."""
+        ws = self._idle_socket
+        if ws is not None and type(message) is memoryview and ws.writable:
+            now = self.now()
+            frame = self.mux.try_send_now(stream_id, message, now)
+            if frame is not None:
+                ws.send_now(frame)
+                self.inline_frames += 1
+                self._arm_timer(self.mux.get_timer())
+                return
+        # Wake the writer only if the message can go out now: not for each message
+        # queued behind a full window (the acknowledgement that opens it does that).
+        if self.mux.send_message(stream_id, message, self.now()):
+            self._wake.set()
 
     @property
     def progress(self) -> asyncio.Event:
         """Set at the next progress (frames written or received, a socket lost): a sender
         whose message was refused with ``SendBlocked`` waits for it, then retries. Take it
-        before the attempt, so that progress in between is not missed."""
-        return self._progress
+        right after the refusal (no progress can come in between without an ``await``)."""
+        progress = self._progress
+        if progress is None:
+            progress = self._progress = asyncio.Event()
+        return progress
 
     def notify_progress(self) -> None:
-        # Senders blocked on a full window wait on the current event; replace it so
-        # the next wait blocks until the next progress.
-        self._progress.set()
-        self._progress = asyncio.Event()
+        # Senders blocked on a full window wait on the current event; the next wait
+        # gets a new one (made only when someone waits).
+        progress = self._progress
+        if progress is not None:
+            self._progress = None
+            progress.set()
 
     def _output_pending(self) -> None:
         self._flushed.clear()
@@ -290,10 +317,32 @@ class RelayConnection:
         return reason
 
     def _on_binary(self, data: bytes) -> None:
-        """One binary message from the socket (a relay frame)."""
-        self.mux.receive_bytes(data, self.now())
-        self._dispatch_events()
+        """One binary message from the socket (a relay frame). An acknowledgement that
+        leaves nothing to write wakes nobody: the writer only re-arms its timer."""
+        mux = self.mux
+        now = self.now()
+        mux.receive_bytes(data, now)
+        if mux.has_events:
+            self._dispatch_events()
         self.notify_progress()
+        if not mux.has_output_now(now):
+            if self._connected:
+                self._arm_timer(mux.get_timer())
+            return
+        ws = self._idle_socket
+        if ws is not None and ws.writable:
+            # The writer is parked with nothing in hand: write what the frame let out
+            # (typically new data an acknowledgement admitted) here, as its pass would.
+            deadline = mux.get_timer()
+            if deadline is not None and deadline <= now:
+                mux.handle_timer(now)
+                self._dispatch_events()
+            for frame in mux.data_to_write(now, WRITE_BATCH_BYTES, headroom=PICOWS_HEADROOM):
+                ws.send_now(frame)
+                self.inline_frames += 1
+            if not mux.has_output():
+                self._arm_timer(mux.get_timer())
+                return
         self._output_pending()
 
     async def _read_loop(self, ws: RelaySocket, keepalive: Keepalive, *, control: bool) -> str:
@@ -345,15 +394,15 @@ class RelayConnection:
         # instead and picows copies and masks it in one pass.
         picows = isinstance(ws, PicowsRelaySocket)
         headroom = PICOWS_HEADROOM if picows else 0
+        mux = self.mux
         while True:
             self._wake.clear()
             now = loop.time()
-            deadline = self.mux.get_timer()
+            deadline = mux.get_timer()
             if deadline is not None and deadline <= now:
-                self.mux.handle_timer(now)
+                mux.handle_timer(now)
                 self._dispatch_events()
-                deadline = self.mux.get_timer()
-            frames = self.mux.data_to_write(now, WRITE_BATCH_BYTES, headroom=headroom)
+            frames = mux.data_to_write(now, WRITE_BATCH_BYTES, headroom=headroom)
             if frames:
                 for frame in frames:
                     if isinstance(ws, PicowsRelaySocket):
@@ -361,11 +410,18 @@ class RelayConnection:
                     else:
                         await ws.send_frame(bytes(frame), WSMsgType.BINARY)
                 self.notify_progress()
-                continue
-            self._arm_timer(deadline)
-            if not self.mux.has_output():
+                # Another pass only if this one may have left something (the budget, or
+                # news while a write waited): not one more empty pass per batch.
+                if self._wake.is_set() or mux.has_output():
+                    continue
+            self._arm_timer(mux.get_timer())
+            if not mux.has_output():
                 self._flushed.set()
-            await self._wake.wait()
+            self._idle_socket = ws if isinstance(ws, PicowsRelaySocket) else None
+            try:
+                await self._wake.wait()
+            finally:
+                self._idle_socket = None
 
     def _arm_timer(self, deadline: float | None) -> None:
         """Make sure the writer wakes by ``deadline``. An armed earlier wake-up is kept (an
