@@ -30,8 +30,9 @@ from test_reliable_properties import (
 from exec_server.relay.errors import SendBlocked
 from exec_server.relay.events import MessageReceived, PeerMode
 from exec_server.relay.frame_encoder import message_with_headroom
+from exec_server.relay.mux_output import OutputBatch
 from exec_server.relay.reliable_stream import ReliableStream, ReliableStreamConfig
-from exec_server.relay.stream_mux import MuxConfig, MuxRole, MuxStream, StreamMux, _Batch
+from exec_server.relay.stream_mux import MuxConfig, MuxRole, MuxStream, StreamMux
 
 PICOWS_HEADROOM = 14
 
@@ -54,16 +55,22 @@ def wire(frames: list[bytes | bytearray | memoryview]) -> list[bytes]:
     return [bytes(f) if type(f) is memoryview else bytes(f[PICOWS_HEADROOM:]) for f in frames]
 
 
-class GeneralPathMux(StreamMux):
-    """A multiplexer whose writer pass takes every frame from ``next_frame`` and the
-    general encoder (``encode_frame_for_socket``), never ``next_frame_in_place``."""
+class GeneralPathBatch(OutputBatch):
+    """A writer pass that takes every frame from ``next_frame`` and the general encoder
+    (``encode_frame_for_socket``), never ``next_frame_in_place``."""
 
-    def _drain(self, stream: MuxStream, now: float, batch: _Batch) -> None:
+    def drain(self, stream: MuxStream, now: float) -> None:
         while (frame := stream.next_frame(now)) is not None:
-            batch.touched.add(stream)
-            if not batch.add(batch.encode(frame)):
+            self.touched.add(stream)
+            if not self.add(self.encode(frame)):
                 return
-        self._pending_output.discard(stream)
+        self.pending.discard(stream)
+
+
+class GeneralPathMux(StreamMux):
+    """A multiplexer whose writer passes are :class:`GeneralPathBatch` es."""
+
+    output_batch = GeneralPathBatch
 
 
 def state(stream: ReliableStream) -> tuple[object, ...]:

@@ -3,8 +3,26 @@ takes for a frame whose ``stream_id`` it does not route.
 
 A pure function of the frame and the mux's state (its role, its limits, the ids it has
 retired and how many streams it holds); the mux applies the answer (count the drop,
-queue the reply reset, or create the stream). The rules are the module docstring's of
-:mod:`exec_server.relay.stream_mux`, in the order they are checked here.
+queue the reply reset, or create the stream). The rules, in the order they are checked:
+
+* Only a **data** frame opens a stream, as in Codex (E1 ``run_multiplexed_executor``), and
+  so does a ``resume`` carrying the reliable capability flag (our harness's stream claim;
+  see :mod:`~exec_server.relay.reliable_stream`), so a harness whose first data frames were
+  lost still gets an answer. Codex's unflagged ``resume{0}`` claim and any
+  ``ack_frame``/``heartbeat``/``reset``/``handshake`` for an unknown id are ignored and
+  counted (``unknown_stream_control``).
+* Ended stream ids are remembered by the mux: a later *legacy* data frame on such an id
+  starts a **new** stream, as in Codex; a *reliable* data or resume frame belongs to the
+  old stream (a stale retransmission), so it is dropped (``retired_stream``) and answered
+  with ``reset{stream_closed}`` (stream ids are single-use between our endpoints, as in
+  later Codex).
+* A reliable frame (data or resume) for an unknown id that acknowledges data
+  (``ack != 0``) comes from a peer that had the stream with an earlier incarnation of
+  this side (a restarted environment): it is answered with ``reset{unknown_stream}``
+  rather than accepted as a new stream whose seqs could never line up.
+* The harness side only knows the streams it opened (``unknown_stream``).
+* More than ``max_streams`` streams: the creating frame is dropped (``too_many_streams``)
+  and answered with ``reset{too_many_streams}`` so the peer fails fast instead of waiting.
 """
 
 from __future__ import annotations

@@ -12,36 +12,23 @@ Routing rules (Codex E1 ``run_multiplexed_executor`` plus reliability):
 
 * Undecodable or invalid frames are dropped and counted in :attr:`StreamMux.dropped` under
   their :class:`~exec_server.relay.errors.InvalidFrameReason`; nothing inbound raises.
-* Frames are routed by ``stream_id``. On the environment side a **data** frame for an unknown
-  id creates the stream (:class:`~exec_server.relay.events.StreamOpened`), as Codex does, and
-  so does a ``resume`` carrying the reliable capability flag (our harness's stream claim; see
-  :mod:`~exec_server.relay.reliable_stream`), so a harness whose first data frames were lost
-  still gets an answer. Codex's unflagged ``resume{0}`` claim and any
-  ``ack_frame``/``heartbeat``/``reset``/``handshake`` for an unknown id are ignored and
-  counted (``unknown_stream_control``). The harness side only knows the streams it opened
-  (:meth:`StreamMux.open_stream`).
-* More than ``max_streams`` live streams: the creating frame is dropped
-  (``too_many_streams``) and answered with ``reset{too_many_streams}`` so the peer fails
-  fast instead of waiting.
-* ``reset`` ends only its stream. Ended stream ids are remembered (``max_retired_stream_ids``,
-  oldest forgotten first): a later *legacy* data frame on such an id starts a **new** stream,
-  as in Codex; a *reliable* data or resume frame belongs to the old stream (a stale
-  retransmission), so it is dropped (``retired_stream``) and answered with
-  ``reset{stream_closed}`` (stream ids are single-use between our endpoints, as in later
-  Codex).
-* A reliable frame (data or resume) for an unknown id that acknowledges data
-  (``ack != 0``) comes from a peer that had the stream with an earlier incarnation of
-  this side (a restarted environment): it is answered with ``reset{unknown_stream}``
-  rather than accepted as a new stream whose seqs could never line up.
+* Frames are routed by ``stream_id``. A frame for an id the mux does not route opens a
+  stream (:class:`~exec_server.relay.events.StreamOpened`) or is refused, counted, and
+  where the peer would otherwise wait answered with a ``reset``, under the rules of
+  :mod:`~exec_server.relay.mux_admission` (Codex's E1 rules: a data frame opens the
+  stream on the environment side; plus ours for reliable peers and restarts). The
+  harness side only knows the streams it opened (:meth:`StreamMux.open_stream`).
+* ``reset`` ends only its stream. Ended stream ids are remembered for those rules
+  (``max_retired_stream_ids``, oldest forgotten first).
 * Output is fair: one frame per stream per round, starting from a different stream on each
   call, optionally capped at ``max_bytes`` per call. Events are also taken round-robin.
 * :meth:`StreamMux.pause_output` holds one stream's frames back (the rendezvous asks for
   it while a legacy harness cannot keep up); the stream's send buffer then fills and its
   sender waits, while every other stream keeps flowing. A reset still goes out.
 
-Who may open a stream is decided in :mod:`~exec_server.relay.mux_admission`; the
-limits, roles and drop reasons are in :mod:`~exec_server.relay.mux_config` (and
-importable from here).
+The limits, roles and drop reasons are in :mod:`~exec_server.relay.mux_config` (and
+importable from here); how a writer pass collects frames is in
+:mod:`~exec_server.relay.mux_output`.
 
 Memory is bounded by ``max_streams`` times the per-stream bounds of
 :class:`ReliableStreamConfig`, plus ``max_retired_stream_ids`` ids and
@@ -50,12 +37,11 @@ Memory is bounded by ``max_streams`` times the per-stream bounds of
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
-from typing import cast
+from typing import ClassVar, cast
 
 from exec_server.relay.errors import InvalidFrame, StreamClosed
 from exec_server.relay.events import MuxEvent, StreamOpened
@@ -63,11 +49,9 @@ from exec_server.relay.frame_codec import (
     MAX_OUTBOUND_STREAM_ID_BYTES,
     RelayFrame,
     decode_frame,
-    encode_frame,
-    encode_frame_after,
     reset_for_peer,
 )
-from exec_server.relay.frame_encoder import OutboundPayload, encode_frame_for_socket
+from exec_server.relay.frame_encoder import OutboundPayload
 from exec_server.relay.mux_admission import admit
 from exec_server.relay.mux_config import (
     MAX_PENDING_CONTROL_FRAMES,
@@ -78,6 +62,7 @@ from exec_server.relay.mux_config import (
     MuxRole,
     MuxStream,
 )
+from exec_server.relay.mux_output import OutputBatch, streams_in_turn
 from exec_server.relay.reliable_stream import ReliableStream
 
 __all__ = [
@@ -92,36 +77,6 @@ __all__ = [
 ]
 
 
-class _Batch:
-    """Frames collected by one :meth:`StreamMux.data_to_send` call, within its budget."""
-
-    __slots__ = ("budget", "framed", "frames", "headroom", "in_place", "total", "touched")
-
-    def __init__(self, max_bytes: int | None, headroom: int, in_place: bool) -> None:
-        self.budget = math.inf if max_bytes is None else max_bytes
-        self.headroom = headroom
-        self.in_place = in_place
-        self.frames: list[bytes | bytearray | memoryview] = []
-        self.total = 0
-        self.touched: set[MuxStream] = set()
-        self.framed: set[int] = set()  # messages framed in place (encode_frame_for_socket)
-
-    def encode(self, frame: RelayFrame) -> bytes | bytearray | memoryview:
-        headroom = self.headroom
-        if self.in_place:
-            return encode_frame_for_socket(frame, headroom, self.framed)
-        return encode_frame_after(frame, headroom) if headroom else encode_frame(frame)
-
-    def has_room(self) -> bool:
-        return self.total < self.budget
-
-    def add(self, frame: bytes | bytearray | memoryview) -> bool:
-        """Collect one frame; whether there is room for more."""
-        self.frames.append(frame)
-        self.total += len(frame)
-        return self.total < self.budget
-
-
 class StreamMux:
     """All relay streams of one physical socket, for one side (see the module docstring).
 
@@ -133,6 +88,9 @@ class StreamMux:
     legacy peer, but stays owned by the mux until its reset frame is written and its events
     are taken; it keeps counting towards ``max_streams`` until then.
     """
+
+    output_batch: ClassVar[type[OutputBatch]] = OutputBatch
+    """What collects a writer pass's frames (see :mod:`~exec_server.relay.mux_output`)."""
 
     def __init__(self, role: MuxRole, config: MuxConfig | None = None) -> None:
         self.role = role
@@ -407,71 +365,25 @@ class StreamMux:
     def _collect(
         self, now: float, max_bytes: int | None, headroom: int, in_place: bool
     ) -> list[bytes | bytearray | memoryview]:
-        batch = _Batch(max_bytes, headroom, in_place)
+        batch = self.output_batch(max_bytes, headroom, in_place, self._pending_output)
         control = self._control
         while control and batch.has_room():
             batch.add(control.popleft())
-        active = self._active_streams(now)
-        while active and batch.has_room():
-            if len(active) == 1:  # a round of one stream: take its frames in a row
-                self._drain(active[0], now, batch)
-                break
-            active = self._round(active, now, batch)
+        streams = [*self._streams.values(), *self._closing]
+        if streams:
+            start = self._rotation % len(streams)
+            self._rotation += 1
+            active = streams_in_turn(
+                streams, start, self._pending_output, self._timers, self._paused, now
+            )
+            while active and batch.has_room():
+                if len(active) == 1:  # a round of one stream: take its frames in a row
+                    batch.drain(active[0], now)
+                    break
+                active = batch.round(active, now)
         for stream in batch.touched:
             self._update(stream)
         return batch.frames
-
-    def _active_streams(self, now: float) -> list[MuxStream]:
-        """Streams that may have output now, starting from a different one each call."""
-        streams = [*self._streams.values(), *self._closing]
-        if not streams:
-            return streams
-        start = self._rotation % len(streams)
-        self._rotation += 1
-        if start:
-            streams = streams[start:] + streams[:start]
-        pending, timers = self._pending_output, self._timers
-        active = [s for s in streams if s in pending or timers.get(s, now + 1.0) <= now]
-        if self._paused:
-            paused = self._paused
-            active = [s for s in active if s not in paused or s.is_closed]
-        return active
-
-    def _drain(self, stream: MuxStream, now: float, batch: _Batch) -> None:
-        """Every frame ``stream`` has, within the batch's budget. New data carrying whole
-        ``message_with_headroom`` messages is framed in place without a ``RelayFrame``
-        (``ReliableStream.next_frame_in_place``: the same bytes)."""
-        in_place = batch.in_place and type(stream) is ReliableStream
-        while True:
-            if in_place:
-                view = stream.next_frame_in_place(now)  # type: ignore[attr-defined]
-                if view is not None:
-                    batch.framed.add(id(view.obj))
-                    batch.touched.add(stream)
-                    if not batch.add(view):
-                        return
-                    continue
-            frame = stream.next_frame(now)
-            if frame is None:
-                break
-            batch.touched.add(stream)
-            if not batch.add(batch.encode(frame)):
-                return
-        self._pending_output.discard(stream)
-
-    def _round(self, active: list[MuxStream], now: float, batch: _Batch) -> list[MuxStream]:
-        """One frame of each stream in turn; returns the streams that had one."""
-        still_active = []
-        for stream in active:
-            frame = stream.next_frame(now)
-            if frame is None:
-                self._pending_output.discard(stream)
-                continue
-            batch.touched.add(stream)
-            still_active.append(stream)
-            if not batch.add(batch.encode(frame)):
-                break
-        return still_active
 
     # ------------------------------------------------------------------ events
 
