@@ -16,23 +16,24 @@ in :mod:`~exec_server.relay.peer_rules`), heartbeats and the idle timeout, reset
 resuming on a new socket. A Codex (``LEGACY``) peer gets exactly Codex's frames: no acks,
 no retransmissions, one frame per message.
 
+This module has the protocol: sending (the general path and the fast paths for whole
+``message_with_headroom`` messages), the frames to write, input, timers and reconnects.
+The state it works on, its accessors, the events and the two shared transitions (the
+peer mode resolving, the stream closing) are in the base class,
+:class:`~exec_server.relay.stream_state.StreamState`.
+
 ``docs/relay.md`` has the protocol in full: negotiation, the sequence space, acks,
 retransmission, flow control, resume, and the memory bound of each buffer.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from typing import cast
 
 from exec_server.relay.errors import MessageTooLarge, SendBlocked, StreamClosed
 from exec_server.relay.events import (
-    MessageReceived,
     PeerMode,
-    PeerModeResolved,
     PeerResumed,
-    StreamEvent,
-    StreamReset,
 )
 from exec_server.relay.frame_codec import (
     RELAY_MESSAGE_FRAME_VERSION,
@@ -46,7 +47,6 @@ from exec_server.relay.frame_codec import (
     heartbeat_frame,
     reset_frame,
     resume_frame,
-    truncate_reason,
 )
 from exec_server.relay.frame_encoder import (
     HeadroomBuffer,
@@ -54,21 +54,22 @@ from exec_server.relay.frame_encoder import (
     frame_message_in_place,
 )
 from exec_server.relay.peer_rules import RULES
-from exec_server.relay.receive_window import Delivered, ReceiveWindow
-from exec_server.relay.send_window import PayloadTransform, Segment, SendWindow
+from exec_server.relay.receive_window import Delivered
+from exec_server.relay.send_window import Segment
 from exec_server.relay.stream_config import (
     PeerProtocolViolation,
     ReliableStreamConfig,
     StreamDropReason,
     StreamStats,
 )
+from exec_server.relay.stream_state import StreamState
 
 __all__ = ["ReliableStream", "ReliableStreamConfig", "StreamDropReason", "StreamStats"]
 
 _RELIABLE_RULES = RULES[PeerMode.RELIABLE]
 
 
-class ReliableStream:
+class ReliableStream(StreamState):
     """One relay virtual stream (see the module docstring and ``docs/relay.md``).
 
     ``initiator`` is true on the side that opens the stream (the harness): it queues the
@@ -81,102 +82,6 @@ class ReliableStream:
     ``peer_mode`` is given when the peer is already known (the Noise handshake negotiates
     it): the stream then starts in that mode, without an opening ``resume``.
     """
-
-    def __init__(
-        self,
-        stream_id: str,
-        *,
-        initiator: bool,
-        now: float,
-        config: ReliableStreamConfig | None = None,
-        seal: PayloadTransform | None = None,
-        unseal: PayloadTransform | None = None,
-        peer_mode: PeerMode | None = None,
-    ) -> None:
-        self.stream_id = stream_id
-        self.initiator = initiator
-        self.config = cfg = config or ReliableStreamConfig()
-        self.stats = StreamStats()
-        self._send = SendWindow(cfg, self.stats, seal=seal)
-        self._receive = ReceiveWindow(cfg, self.stats, unseal=unseal)
-        negotiated = peer_mode is not None
-        if peer_mode is None:
-            peer_mode = PeerMode.PROBING if cfg.allow_reliable else PeerMode.LEGACY
-        self._rules = RULES[peer_mode]
-        self._legacy_by_timeout = False
-        self._connected = True
-        self._closed_reason: str | None = None
-        self._pending_reset: str | None = None
-        self._pending_resume = initiator and not negotiated
-        self._events: deque[StreamEvent] = deque()
-        self._undelivered_bytes = 0
-        self._last_sent_at = now
-        self._last_received_at = now
-        self._negotiation_deadline = now + cfg.negotiation_timeout_s
-        self._probe_resend_at: float | None = None
-
-    # ------------------------------------------------------------------ state
-
-    @property
-    def mode(self) -> PeerMode:
-        """What is known about the peer (``PROBING`` until its first frame)."""
-        return self._rules.mode
-
-    @property
-    def is_closed(self) -> bool:
-        """True once the stream was reset by either side or timed out."""
-        return self._closed_reason is not None
-
-    @property
-    def close_reason(self) -> str | None:
-        return self._closed_reason
-
-    @property
-    def is_finished(self) -> bool:
-        """Closed, its reset frame (if any) written and every event taken: safe to forget."""
-        return self.is_closed and self._pending_reset is None and not self._events
-
-    @property
-    def has_events(self) -> bool:
-        """True while :meth:`next_event` has something to return."""
-        return bool(self._events)
-
-    @property
-    def buffered_send_bytes(self) -> int:
-        """Message bytes queued or in flight (not yet cumulatively acknowledged)."""
-        return self._send.buffered_bytes
-
-    @property
-    def inflight_bytes(self) -> int:
-        """Bytes sent and not yet cumulatively acknowledged (bounded by the send window)."""
-        return self._send.inflight_bytes
-
-    @property
-    def unacked_segments(self) -> int:
-        """Segments sent and not yet cumulatively acknowledged."""
-        return self._send.in_flight if self._rules.retains else 0
-
-    @property
-    def reorder_buffer_bytes(self) -> int:
-        return self._receive.reorder_bytes
-
-    @property
-    def reorder_buffer_segments(self) -> int:
-        return self._receive.reorder_segments
-
-    @property
-    def reassembly_bytes(self) -> int:
-        return self._receive.reassembly_bytes
-
-    @property
-    def undelivered_bytes(self) -> int:
-        """Payload bytes of messages waiting in :meth:`next_event`."""
-        return self._undelivered_bytes
-
-    @property
-    def rto_s(self) -> float:
-        """The current retransmission timeout, backoff included."""
-        return self._send.rtt.rto_s
 
     # ------------------------------------------------------------------ sending
 
@@ -255,11 +160,6 @@ class ReliableStream:
         stats.data_frames_sent += 1
         return frame
 
-    @property
-    def nothing_unsent(self) -> bool:
-        """Every queued segment went out at least once (a new message would be next)."""
-        return self._send.nothing_unsent
-
     def next_frame_in_place(self, now: float) -> memoryview | None:
         """:meth:`next_frame` then ``encode_frame_for_socket`` when the next frame is new
         data carrying a whole ``message_with_headroom`` message (no reset, resume or
@@ -304,12 +204,6 @@ class ReliableStream:
         if not self._rules.retains:
             return bool(self._send.buffered_bytes)
         return self._send.has_segment_due
-
-    def reset(self, reason: str) -> None:
-        """End the stream: queue ``reset{reason}`` (<= 256 bytes), drop all buffers; no
-        event for a local reset. Idempotent."""
-        if self._closed_reason is None:
-            self._close(truncate_reason(reason), remote=False, send_reset=True, emit=False)
 
     # ------------------------------------------------------------------ output
 
@@ -389,31 +283,6 @@ class ReliableStream:
         ack, ack_bits = self._stamp(now)
         self.stats.resumes_sent += 1
         return resume_frame(self.stream_id, next_seq, ack=ack, ack_bits=ack_bits)
-
-    # ------------------------------------------------------------------ events
-
-    def next_event(self) -> StreamEvent | None:
-        """The next event, or ``None``. Taking messages frees receive-buffer space (and
-        may queue a ``resume``: call :meth:`frames_to_send` after it)."""
-        if not self._events:
-            return None
-        event = self._events.popleft()
-        if isinstance(event, MessageReceived):
-            self._undelivered_bytes -= len(event.payload)
-            if (
-                self._receive.starved
-                and self._undelivered_bytes <= self.config.max_receive_buffer_bytes // 2
-                and self._closed_reason is None
-            ):
-                # Data was dropped while nobody read: ask for it now, not after the RTO.
-                self._receive.starved = False
-                self._pending_resume = True
-        return event
-
-    def _emit_message(self, payload: bytes, tp: str | None, ts: str | None) -> None:
-        self._events.append(MessageReceived(self.stream_id, payload, tp, ts))
-        self._undelivered_bytes += len(payload)
-        self.stats.messages_received += 1
 
     # ------------------------------------------------------------------ timers
 
@@ -552,21 +421,3 @@ class ReliableStream:
         self._send.mark_all_for_resend()
         self._receive.ack_now(now)
         self._events.append(PeerResumed(self.stream_id, next_seq))
-
-    def _resolve(self, mode: PeerMode) -> None:
-        self._rules = RULES[mode]
-        self._probe_resend_at = None
-        self._send.rtt.reset_backoff()
-        if not self._rules.retains:
-            self._send.forget_in_flight()  # a legacy peer must never see a retransmission
-        self._events.append(PeerModeResolved(self.stream_id, mode))
-
-    def _close(self, reason: str, *, remote: bool, send_reset: bool, emit: bool) -> None:
-        self._closed_reason = reason
-        if send_reset:
-            self._pending_reset = truncate_reason(reason)
-        self._pending_resume = False
-        self._send.clear()
-        self._receive.clear()
-        if emit:
-            self._events.append(StreamReset(self.stream_id, reason, remote))
