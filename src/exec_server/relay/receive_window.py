@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from exec_server.relay.frame_codec import RELIABLE_CAPABILITY_BIT, DataBody, RelayFrame
-from exec_server.relay.send_window import PayloadTransform
+from exec_server.relay.segment import PayloadTransform
 from exec_server.relay.stream_config import (
     MAX_UNACKED_SEGMENTS,
     MAX_WINDOW_SEGMENTS,

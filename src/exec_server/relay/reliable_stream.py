@@ -55,7 +55,7 @@ from exec_server.relay.frame_encoder import (
 )
 from exec_server.relay.peer_rules import RULES
 from exec_server.relay.receive_window import Delivered
-from exec_server.relay.send_window import Segment
+from exec_server.relay.segment import Segment
 from exec_server.relay.stream_config import (
     PeerProtocolViolation,
     ReliableStreamConfig,

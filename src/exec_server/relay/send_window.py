@@ -12,8 +12,9 @@ them until the peer's cumulative ack covers them, lets at most ``max_unacked_byt
   retransmission is lost too;
 * everything unacknowledged, after a resume (:meth:`SendWindow.mark_all_for_resend`).
 
-Retransmission deadlines come from two queues (RTO and repair) kept in ``sent_at``
-order, so finding the earliest one does not scan the window.
+Each segment and the RTO estimator are in :mod:`~exec_server.relay.segment` (and
+importable from here). Retransmission deadlines come from two queues (RTO and repair)
+kept in ``sent_at`` order, so finding the earliest one does not scan the window.
 
 **Payload transform seam.** ``seal``, if given, is applied to every segment's payload
 exactly once, in seq order, when the message is segmented; it is also told the segment's
@@ -28,16 +29,13 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from exec_server.relay.frame_codec import RELIABLE_CAPABILITY_BIT, U32_MAX
 from exec_server.relay.frame_encoder import OutboundPayload, is_whole_message
+from exec_server.relay.segment import PayloadTransform, RttEstimator, Segment
 from exec_server.relay.stream_config import (
-    CLOCK_GRANULARITY_S,
     FAST_RETRANSMIT_SACKS,
     MAX_WINDOW_SEGMENTS,
-    REPAIR_RESEND_MIN_S,
     PeerProtocolViolation,
     ReliableStreamConfig,
     StreamStats,
@@ -47,90 +45,8 @@ from exec_server.relay.stream_config import (
 
 __all__ = ["PayloadTransform", "RttEstimator", "Segment", "SendWindow"]
 
-PayloadTransform = Callable[[bytes, int, int], bytes]
-"""A per-segment payload transform (encryption on the send side, decryption on the
-receive side): ``(payload, segment_index, segment_count) -> payload``, called once per
-segment in seq order."""
-
 _MAX_TIMER_QUEUE = 4 * MAX_WINDOW_SEGMENTS
 """Entries a retransmission-deadline queue may hold before it is rebuilt from the window."""
-
-
-@dataclass(slots=True)
-class Segment:
-    """One outbound segment (the payload already transformed) and its transmission state."""
-
-    seq: int
-    wire_seq: int
-    payload: OutboundPayload
-    index: int
-    count: int
-    traceparent: str | None
-    tracestate: str | None
-    sent_at: float | None = None
-    transmissions: int = 0
-    sacked: bool = False
-    resend: bool = False
-    fast_retransmitted: bool = False
-
-    @property
-    def is_repair(self) -> bool:
-        """A first fast retransmission: it gets the short repair timer, later ones the RTO."""
-        return self.fast_retransmitted and self.transmissions == 2
-
-
-class RttEstimator:
-    """SRTT/RTTVAR and the retransmission timeout (RFC 6298), with exponential backoff.
-
-    ``rto_s`` and ``repair_s`` are cached and recomputed after every change."""
-
-    __slots__ = ("_config", "backoff", "repair_s", "rto_s", "rttvar", "srtt")
-
-    def __init__(self, config: ReliableStreamConfig) -> None:
-        self._config = config
-        self.srtt: float | None = None
-        self.rttvar = 0.0
-        self.backoff = 0
-        self.rto_s = self.repair_s = 0.0
-        self._update()
-
-    def _update(self) -> None:
-        cfg = self._config
-        srtt = self.srtt
-        base = (
-            cfg.initial_rto_s if srtt is None else srtt + max(CLOCK_GRANULARITY_S, 4 * self.rttvar)
-        )
-        base = min(max(base, cfg.min_rto_s), cfg.max_rto_s)
-        self.rto_s = rto = float(min(base * (1 << self.backoff), cfg.max_rto_s))
-        # How long a fast retransmission may go unacknowledged before it is sent again:
-        # twice the smoothed RTT (at least REPAIR_RESEND_MIN_S), capped by the RTO. The
-        # receiver acks a segment that fills a gap at once and has usually SACKed every
-        # later one already, so waiting the full RTO would only idle the window.
-        smoothed = cfg.initial_rto_s if srtt is None else srtt
-        self.repair_s = min(rto, max(REPAIR_RESEND_MIN_S, 2 * smoothed))
-
-    def sample(self, rtt: float) -> None:
-        """A valid RTT sample (Karn: from a segment sent once); clears the backoff."""
-        rtt = max(rtt, 0.0)
-        if self.srtt is None:
-            self.srtt = rtt
-            self.rttvar = rtt / 2
-        else:
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
-            self.srtt = 0.875 * self.srtt + 0.125 * rtt
-        self.backoff = 0
-        self._update()
-
-    def reset_backoff(self) -> None:
-        if self.backoff:
-            self.backoff = 0
-            self._update()
-
-    def back_off(self) -> None:
-        """Double the RTO (up to ``max_rto_s``)."""
-        if self.rto_s < self._config.max_rto_s:
-            self.backoff += 1
-            self._update()
 
 
 class SendWindow:

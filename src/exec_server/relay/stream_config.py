@@ -92,7 +92,7 @@ DupThresh): enough to ride out a little reordering without waiting for the RTO."
 
 REPAIR_RESEND_MIN_S = 0.02
 """Shortest wait before a lost fast retransmission is sent once more (see
-:attr:`~exec_server.relay.send_window.RttEstimator.repair_s`): about the ack delay."""
+:attr:`~exec_server.relay.segment.RttEstimator.repair_s`): about the ack delay."""
 
 RESEND_INITIAL_S = 0.5
 """RTO before any RTT sample (Codex ``RESEND_AFTER`` is a fixed 500 ms)."""
