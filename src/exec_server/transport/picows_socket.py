@@ -169,14 +169,9 @@ class PicowsRelaySocket(picows.WSListener):
         """Send one binary message: a ``bytearray`` must start with :data:`HEADROOM`
         free bytes, where picows writes the websocket header, and is masked in place
         (no copy; the bytearray is spent); ``bytes`` and a ``memoryview`` are copied
-        and masked in one pass (picows' client-side ``send``)."""
-        transport = self._transport
-        if transport is None or self._closed:
-            raise ConnectionResetError("relay websocket is closed")
-        if type(frame) is bytearray:
-            transport.send_reuse_external_bytearray(_P_BINARY, frame, HEADROOM)
-        else:
-            transport.send(_P_BINARY, frame)
+        and masked in one pass (picows' client-side ``send``). Then waits while the
+        transport is paused."""
+        self.send_now(frame)
         if not self._writable.is_set():
             await self._writable.wait()
             if self._closed:
