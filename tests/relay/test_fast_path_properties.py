@@ -204,18 +204,9 @@ class FastPathTwinMachine(RuleBasedStateMachine):
 
     @rule(side=st.sampled_from("he"), index=st.integers(0, 1000), fate=FATES)
     def path_event(self, side: str, index: int, fate: str) -> None:
-        path = self.paths[side]
-        if not path.frames:
-            return
-        i = path.pick(index)
-        if fate == "deliver":
-            self.deliver(side, path.frames.pop(i))
-        elif fate == "duplicate":
-            path.frames.append(path.frames[i])
-        elif fate == "lose":
-            path.frames.pop(i)
-        else:
-            path.frames[i] = path.frames[i][: len(path.frames[i]) // 2]
+        data = self.paths[side].suffer(index, fate)
+        if data is not None:
+            self.deliver(side, data)
 
     def deliver(self, side: str, data: bytes) -> None:
         if side == "h":

@@ -100,6 +100,23 @@ class Path:
     def pick(self, index: int) -> int:
         return index % len(self.frames)
 
+    def suffer(self, index: int, fate: str, keep: tuple[int, int] = (1, 2)) -> bytes | None:
+        """One frame in flight (any of them: reordering) meets ``fate``: the frame to
+        deliver is taken off and returned; otherwise it is duplicated, lost or truncated
+        to ``keep[0] / keep[1]`` of its length (None). Nothing in flight: None."""
+        if not self.frames:
+            return None
+        i = self.pick(index)
+        if fate == "deliver":
+            return self.frames.pop(i)
+        if fate == "duplicate":
+            self.frames.append(self.frames[i])
+        elif fate == "lose":
+            self.frames.pop(i)
+        else:
+            self.frames[i] = self.frames[i][: len(self.frames[i]) * keep[0] // keep[1]]
+        return None
+
 
 class StreamPairMachine(RuleBasedStateMachine):
     """One initiator stream ``a`` and one acceptor stream ``b`` on a lossy path."""
@@ -163,18 +180,9 @@ class StreamPairMachine(RuleBasedStateMachine):
     def path_event(self, side: str, index: int, fate: str) -> None:
         """One frame in flight (any of them: reordering) is delivered, duplicated, lost or
         truncated."""
-        path = self.paths[side]
-        if not path.frames:
-            return
-        i = path.pick(index)
-        if fate == "deliver":
-            self.deliver_bytes(self.other(side), path.frames.pop(i))
-        elif fate == "duplicate":
-            path.frames.append(path.frames[i])
-        elif fate == "lose":
-            path.frames.pop(i)
-        else:
-            path.frames[i] = path.frames[i][: len(path.frames[i]) * 2 // 3]
+        data = self.paths[side].suffer(index, fate, keep=(2, 3))
+        if data is not None:
+            self.deliver_bytes(self.other(side), data)
 
     @rule(side=st.sampled_from("ab"))
     def deliver_all(self, side: str) -> None:
@@ -327,18 +335,9 @@ class MuxPairMachine(RuleBasedStateMachine):
         fate=FATES,
     )
     def path_event(self, side: str, index: int, fate: str) -> None:
-        path = self.paths[side]
-        if not path.frames:
-            return
-        i = path.pick(index)
-        if fate == "deliver":
-            self.deliver_bytes(side, path.frames.pop(i))
-        elif fate == "duplicate":
-            path.frames.append(path.frames[i])
-        elif fate == "lose":
-            path.frames.pop(i)
-        else:
-            path.frames[i] = path.frames[i][: len(path.frames[i]) // 2]
+        data = self.paths[side].suffer(index, fate)
+        if data is not None:
+            self.deliver_bytes(side, data)
 
     @rule(side=st.sampled_from("he"))
     def deliver_all(self, side: str) -> None:
