@@ -10,9 +10,11 @@ import asyncio
 import contextlib
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import picows
 from aiohttp import WSMsgType
 
 from exec_server.relay.frame_codec import (
@@ -137,3 +139,26 @@ def query_param(url: str, key: str) -> str:
     match = re.search(rf"[?&]{key}=([^&]*)", url)
     assert match, (url, key)
     return match.group(1)
+
+
+@dataclass
+class PicowsFrame:
+    """What the relay sockets read of a picows frame, for feeding ``on_ws_frame``
+    directly (no network)."""
+
+    msg_type: picows.WSMsgType
+    payload: bytes = b""
+    fin: bool = True
+    rsv1: bool = False
+    rsv2: bool = False
+    rsv3: bool = False
+
+    @property
+    def payload_size(self) -> int:
+        return len(self.payload)
+
+    def get_payload_as_bytes(self) -> bytes:
+        return self.payload
+
+    def get_payload_as_memoryview(self) -> memoryview:
+        return memoryview(self.payload)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import picows
 import pytest
+from rendezvous_support import PicowsFrame as Frame
 
 from exec_server.environment import ws_listener
 from exec_server.environment.ws_listener import WebSocketServerChannel
@@ -18,26 +19,6 @@ from exec_server.transport.read_inbox import MESSAGE_OVERHEAD_BYTES
 B = picows.WSMsgType.BINARY
 T = picows.WSMsgType.TEXT
 C = picows.WSMsgType.CONTINUATION
-
-
-@dataclass
-class Frame:
-    msg_type: picows.WSMsgType
-    payload: bytes = b""
-    fin: bool = True
-    rsv1: bool = False
-    rsv2: bool = False
-    rsv3: bool = False
-
-    @property
-    def payload_size(self) -> int:
-        return len(self.payload)
-
-    def get_payload_as_bytes(self) -> bytes:
-        return self.payload
-
-    def get_payload_as_memoryview(self) -> memoryview:
-        return memoryview(self.payload)
 
 
 @dataclass

@@ -10,10 +10,10 @@ import socket
 import struct
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import picows
 import pytest
+from rendezvous_support import PicowsFrame
 
 from exec_server.relay.frame_codec import (
     RELIABLE_CAPABILITY_BIT,
@@ -29,26 +29,6 @@ from exec_server.transport.websocket import KeepaliveConfig
 WAIT_S = 10.0
 ENV = "env-paths"
 FLAG = RELIABLE_CAPABILITY_BIT
-
-
-@dataclass
-class Frame:
-    payload: bytes
-    msg_type: picows.WSMsgType = picows.WSMsgType.BINARY
-    fin: bool = True
-    rsv1: bool = False
-    rsv2: bool = False
-    rsv3: bool = False
-
-    @property
-    def payload_size(self) -> int:
-        return len(self.payload)
-
-    def get_payload_as_bytes(self) -> bytes:
-        return self.payload
-
-    def get_payload_as_memoryview(self) -> memoryview:
-        return memoryview(self.payload)
 
 
 class WsTransport:
@@ -83,7 +63,7 @@ class Side:
 
     def send(self, payload: bytes) -> None:
         """A frame from the remote peer, as picows hands it over."""
-        self.sock.on_ws_frame(self.ws, Frame(payload))  # type: ignore[arg-type]
+        self.sock.on_ws_frame(self.ws, PicowsFrame(picows.WSMsgType.BINARY, payload))  # type: ignore[arg-type]
 
     async def frames(self, count: int) -> list[bytes]:
         """The next ``count`` frames written to this socket (payloads)."""
