@@ -31,7 +31,7 @@ import logging
 
 from ...relay.control import ControlMessage, PauseOutput, ResumeOutput, decode_control
 from ...relay.errors import InvalidFrame
-from ...relay.frame_codec import decode_route
+from ...relay.frame_codec import decode_route, peek_route
 from ..cluster.frame_bus import RemoteFrame
 from ..cluster.routing import (
     Accept,
@@ -71,7 +71,7 @@ class ReceivesForwardedFrames(FollowsClusterState):
         if route is None:
             return False
         try:
-            stream_id, kind, flagged = decode_route(frame.data, self.config.frame_limits)
+            stream_id, kind, flagged = peek_route(frame.data, self.config.frame_limits)
         except InvalidFrame:
             return False  # deliver() refuses and counts it
         stream = route.streams.get(stream_id)
