@@ -24,7 +24,7 @@ from exec_server.rendezvous.cluster.nats_client import (
 )
 from exec_server.rendezvous.cluster.nats_nkeys import encode_seed
 from exec_server.rendezvous.cluster.nats_socket import NatsSocket
-from exec_server.rendezvous.cluster.nats_wire import Msg
+from exec_server.rendezvous.cluster.nats_wire import Msg, encode_subject, header_block_start
 
 
 @pytest.fixture
@@ -60,6 +60,43 @@ async def test_headers_count_toward_max_payload(clients: list[CoreNatsClient]) -
             100,
         ]
         assert client.is_connected and client.reconnects == 0
+
+
+async def test_a_message_with_an_encoded_header_is_the_same_message(
+    clients: list[CoreNatsClient],
+) -> None:
+    """publish_with_header (the frame bus's path: subject and header block encoded
+    once) puts on the wire what publish does, small or large, and is refused above
+    max_payload the same way."""
+    published: list[tuple[str, bytes]] = []
+
+    async def script(peer: Peer) -> None:
+        await peer.handshake(max_payload=64 * 1024)
+        await peer.serve(published)
+
+    async with FakeNats(script) as server:
+        client = await CoreNatsClient.connect(ClientConfig((server.url,)))
+        clients.append(client)
+        subject = encode_subject("bus.frames.n1.n2")
+        start = header_block_start("Exs", "env h inc 1 ")
+        for seq, size in ((7, 10), (8, 20_000), (9, 0)):
+            payload = bytes([seq]) * size
+            client.publish("bus.frames.n1.n2", payload, {"Exs": f"env h inc 1 {seq}"})
+            client.publish_with_header(subject, start + b"%d\r\n\r\n" % seq, payload)
+        with pytest.raises(NatsClientError, match="payload and headers"):
+            client.publish_with_header(subject, start + b"1\r\n\r\n", b"x" * 64 * 1024)
+        await client.flush()
+        assert len(published) == 6
+        assert published[0::2] == published[1::2]
+        assert published[2] == (
+            "bus.frames.n1.n2",
+            b"NATS/1.0\r\nExs: env h inc 1 8\r\n\r\n" + bytes([8]) * 20_000,
+        )
+        assert client.is_connected and client.reconnects == 0
+    with pytest.raises(ValueError, match="line break"):
+        header_block_start("Exs", "env\r\nX: y")
+    with pytest.raises(ValueError, match="invalid NATS subject"):
+        encode_subject("bus frames")
 
 
 async def test_a_server_that_stops_reading_bounds_what_publishers_buffer(
