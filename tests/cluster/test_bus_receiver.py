@@ -25,11 +25,16 @@ class Router:
         self.gate.set()
         self.frames: list[RemoteFrame] = []
         self.lost: list[tuple[str, str]] = []
+        self.flushed: list[int] = []
+        """Frames taken at once so far, at each flush_delivered."""
 
     def try_deliver(self, frame: RemoteFrame) -> bool:
         if self.take_now:
             self.frames.append(frame)
         return self.take_now
+
+    def flush_delivered(self) -> None:
+        self.flushed.append(len(self.frames))
 
     async def deliver(self, frame: RemoteFrame) -> None:
         await self.gate.wait()
@@ -140,3 +145,26 @@ async def test_waiting_frames_keep_their_order_and_a_closed_receiver_starts_noth
     await asyncio.gather(*pumps, return_exceptions=True)
     receiver.on_frame(frame(2, b"after close", sender="c"))
     assert receiver.close() == []
+
+
+async def test_the_router_writes_out_what_one_read_handed_over() -> None:
+    """read_done (the connection's after_read) asks the router to write out the frames
+    handed over at once since the last read, and only then."""
+    receiver, router, _, _ = make()
+    receiver.read_done()
+    assert router.flushed == [], "nothing was handed over"
+    receiver.on_frame(frame(1, b"one"))
+    receiver.on_frame(frame(2, b"two"))
+    receiver.read_done()
+    assert router.flushed == [2]
+    receiver.read_done()
+    assert router.flushed == [2], "nothing new"
+    router.take_now = False
+    router.gate.clear()
+    receiver.on_frame(frame(3, b"waits for its task"))
+    receiver.read_done()
+    assert router.flushed == [2], "queued, not handed over"
+    pumps = receiver.close()
+    for pump in pumps:
+        pump.cancel()
+    await asyncio.gather(*pumps, return_exceptions=True)

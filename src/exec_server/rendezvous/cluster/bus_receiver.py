@@ -93,6 +93,8 @@ class FrameReceiver:
         self._pumps: dict[ChannelKey, asyncio.Task[None]] = {}
         self._reassembler = Reassembler()
         self._closed = False
+        self._delivered = False
+        """A frame was handed to the router since the last :meth:`read_done`."""
 
     def close(self) -> list[asyncio.Task[None]]:
         """Stop delivering; the delivery tasks, for the owner to cancel and await."""
@@ -109,6 +111,15 @@ class FrameReceiver:
             if pump is not None:
                 pump.cancel()
         self._reassembler.forget(node_id)
+
+    def read_done(self) -> None:
+        """The connection's read handed over all its messages (its ``after_read``)."""
+        if self._delivered:
+            self._delivered = False
+            try:
+                self._handler.flush_delivered()
+            except Exception:
+                log.exception("writing the frames delivered failed")
 
     def on_frame(self, msg: Msg) -> None:
         """A message on ``<prefix>.frames.<us>.<sender>`` (the subscription's callback,
@@ -179,6 +190,7 @@ class FrameReceiver:
         )
         if key not in self._pumps and self._try_deliver(frame):
             # Nothing of this channel waits: handed on without a task switch.
+            self._delivered = True
             return Arrival.ACCEPT, state.on_consumed(len(data), queue_empty=True)
         self._enqueue(key, _Queued(frame, header.incarnation, header.generation))
         return Arrival.ACCEPT, None

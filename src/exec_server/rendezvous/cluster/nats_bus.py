@@ -248,6 +248,7 @@ class NatsFrameBus:
         me = self._node.node_id
         for kind, callback in (("frames", self._receiver.on_frame), ("credit", self._on_credit)):
             self._nc.subscribe(f"{self._prefix}.{kind}.{me}.*", callback)
+        self._nc.after_read = self._receiver.read_done
         await self._wait_for_subscriptions()
         self._tasks.append(asyncio.ensure_future(self._probe_loop()))
 

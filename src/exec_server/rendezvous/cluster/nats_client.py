@@ -134,6 +134,7 @@ class CoreNatsClient:
         self._last_error: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._after_read: Callback | None = None
         self.reconnects = 0
 
     @classmethod
@@ -183,6 +184,18 @@ class CoreNatsClient:
     @property
     def server_info(self) -> ServerInfo | None:
         return self._info
+
+    @property
+    def after_read(self) -> Callback | None:
+        """Called from the socket's read once the messages of one read were handed to
+        their subscribers (a subscriber that gathers its output writes it then)."""
+        return self._after_read
+
+    @after_read.setter
+    def after_read(self, callback: Callback | None) -> None:
+        self._after_read = callback
+        if self._conn is not None:
+            self._conn.after_read = callback
 
     @property
     def last_error(self) -> str | None:
@@ -374,7 +387,12 @@ class CoreNatsClient:
 
     def _new_socket(self) -> NatsSocket:
         return NatsSocket(
-            self.name, self._subscribers, self._on_info, self._connection_lost, self._dropped
+            self.name,
+            self._subscribers,
+            self._on_info,
+            self._connection_lost,
+            self._dropped,
+            self._after_read,
         )
 
     def _on_info(self, info: ServerInfo) -> None:

@@ -87,13 +87,28 @@ class ReceivesForwardedFrames(FollowsClusterState):
         if not flagged:
             stream.legacy_seen = True
         if not to_environment:
+            socket = stream.owner
             self._to_harness(route, stream, kind, flagged, frame.data)
-            return True
-        assert socket is not None
-        if kind == "reset":
-            self._end_stream(route, stream)
-        self._enqueue_to_environment(route, socket, frame.data, kind)
+        else:
+            assert socket is not None
+            if kind == "reset":
+                self._end_stream(route, stream)
+            self._enqueue_to_environment(route, socket, frame.data, kind)
+        delivered_to = self._delivered_to
+        if socket is not None and not socket.remote and socket not in delivered_to:
+            delivered_to.append(socket)
         return True
+
+    def flush_delivered(self) -> None:
+        """The bus's read is done: the local sockets written to in it write out the
+        small frames they gathered now (one system call each), rather than at the end of
+        the loop iteration."""
+        delivered_to = self._delivered_to
+        for socket in delivered_to:
+            flush = getattr(socket.sink, "flush", None)
+            if flush is not None:
+                flush()
+        delivered_to.clear()
 
     async def deliver(self, frame: RemoteFrame) -> None:
         """A frame another node forwarded (verified before anything is done with it)."""
