@@ -660,6 +660,7 @@ async def compare_trees(tree: Path, rounds: int, samples: int) -> dict[str, Any]
             name: [round(c - s) for c, s in zip(r.cross, r.single, strict=True)]
             for name, r in results.items()
         },
+        "single_us_by_round": {name: [round(s) for s in r.single] for name, r in results.items()},
     }
 
 
@@ -687,6 +688,8 @@ def render_compare(report: dict[str, Any]) -> str:
         f"({floor['min']:.0f} .. {floor['max']:.0f})",
         f"  added by round: this {report['added_us_by_round']['this']}",
         f"                  other {report['added_us_by_round']['other']}",
+        f"  one rendezvous by round: this {report['single_us_by_round']['this']}",
+        f"                           other {report['single_us_by_round']['other']}",
     ]
     return "\n".join(lines)
 
