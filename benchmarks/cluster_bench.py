@@ -35,6 +35,14 @@ processes on one core in the cross-node path, that measured no better on this VM
 (1.1-2.9 ms against 0.9-1.4 ms unpinned), so it is off by default.
 
     python benchmarks/cluster_bench.py [--quick] [--json] [--skip-failover] [--pin]
+    python benchmarks/cluster_bench.py --compare-tree DIR [--rounds N] [--quick]
+
+``--compare-tree DIR`` measures only the round trips, of this tree's nodes and of
+``DIR``'s (its ``src`` first on their ``PYTHONPATH``; one rendezvous and a two-node
+cluster per tree, each cluster under its own prefix on the one nats-server), in
+rounds that alternate the trees (which goes first alternates too), with the NATS floor
+(the bus's client) in every round: per tree the median and range of the rounds' p50s,
+and the CPU of the path's node processes per frame (``/proc/PID/task/*/schedstat``).
 """
 
 from __future__ import annotations

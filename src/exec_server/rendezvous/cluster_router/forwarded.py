@@ -16,7 +16,10 @@ node as the other end. Checks, cheapest first, all sans-IO decisions of
 
 Anything else is refused and counted (``refused_from_node``): a forged frame, or one
 from a node that lost the stream or its lease. A harness frame that passes creates or
-moves the stream's route here (owned by the sender's remote peer).
+moves the stream's route here (owned by the sender's remote peer). What
+:meth:`~ReceivesForwardedFrames.try_deliver` hands to local sockets is written out when
+the bus's read is done (:meth:`~ReceivesForwardedFrames.flush_delivered`), not at the
+end of the loop iteration.
 
 Frames lost between two nodes (:meth:`~ReceivesForwardedFrames.channel_lost`) reset the
 legacy streams of that environment between them (``relay_route_lost``, at the local end,
