@@ -669,6 +669,23 @@ async def compare_trees(tree: Path, rounds: int, samples: int) -> dict[str, Any]
             for name, r in results.items()
         },
         "single_us_by_round": {name: [round(s) for s in r.single] for name, r in results.items()},
+        "paired_this_minus_other_us": {
+            "cross_node": _spread(
+                [a - b for a, b in zip(results["this"].cross, results["other"].cross, strict=True)]
+            ),
+            "added": _spread(
+                [
+                    (a - sa) - (b - sb)
+                    for a, sa, b, sb in zip(
+                        results["this"].cross,
+                        results["this"].single,
+                        results["other"].cross,
+                        results["other"].single,
+                        strict=True,
+                    )
+                ]
+            ),
+        },
     }
 
 
@@ -683,6 +700,7 @@ def render_compare(report: dict[str, Any]) -> str:
         return out
 
     floor = report["core_floor_us"]
+    paired = report["paired_this_minus_other_us"]
     lines = [
         f"this tree against {report['compare_tree']}: {report['rounds']} rounds of "
         f"{report['samples_per_round']} round trips per tree, alternating "
@@ -694,6 +712,10 @@ def render_compare(report: dict[str, Any]) -> str:
         *row("node CPU per frame through one rendezvous, us", "node_cpu_us_per_single_node_frame"),
         f"  NATS ping-pong, the bus's client (each round): {floor['median']:.0f} us "
         f"({floor['min']:.0f} .. {floor['max']:.0f})",
+        "  this tree minus the other, round by round (median, range): cross-node "
+        f"{paired['cross_node']['median']:+.0f} us ({paired['cross_node']['min']:+.0f} .. "
+        f"{paired['cross_node']['max']:+.0f}), added {paired['added']['median']:+.0f} us "
+        f"({paired['added']['min']:+.0f} .. {paired['added']['max']:+.0f})",
         f"  added by round: this {report['added_us_by_round']['this']}",
         f"                  other {report['added_us_by_round']['other']}",
         f"  one rendezvous by round: this {report['single_us_by_round']['this']}",
