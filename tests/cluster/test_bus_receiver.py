@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from cluster_support import eventually
 
@@ -44,7 +45,9 @@ class Router:
         self.lost.append((node_id, environment_id))
 
 
-def make() -> tuple[FrameReceiver, Router, BusStats, list[tuple[str, str]]]:
+def make(
+    last_in_read: Callable[[], bool] | None = None,
+) -> tuple[FrameReceiver, Router, BusStats, list[tuple[str, str]]]:
     router = Router()
     stats = BusStats()
     credit: list[tuple[str, str]] = []
@@ -52,7 +55,8 @@ def make() -> tuple[FrameReceiver, Router, BusStats, list[tuple[str, str]]]:
     def send_credit(node_id: str, text: str) -> None:
         credit.append((node_id, text))
 
-    return FrameReceiver("b", router, stats, WINDOW, send_credit), router, stats, credit
+    receiver = FrameReceiver("b", router, stats, WINDOW, send_credit, last_in_read)
+    return receiver, router, stats, credit
 
 
 class Msg:
@@ -168,3 +172,17 @@ async def test_the_router_writes_out_what_one_read_handed_over() -> None:
     for pump in pumps:
         pump.cancel()
     await asyncio.gather(*pumps, return_exceptions=True)
+
+
+async def test_the_last_message_of_a_read_is_written_out_at_once() -> None:
+    """When the connection says the message is its read's last, what was handed over
+    is written out then (before the credit accounting), not at read_done."""
+    last = [False]
+    receiver, router, _, _ = make(lambda: last[0])
+    receiver.on_frame(frame(1, b"one"))
+    assert router.flushed == []
+    last[0] = True
+    receiver.on_frame(frame(2, b"two"))
+    assert router.flushed == [2], "both frames of the read, at the second"
+    receiver.read_done()
+    assert router.flushed == [2], "nothing left for the read's end"

@@ -296,6 +296,32 @@ async def test_a_subscriber_that_raises_does_not_stop_the_read(
     assert "a subscriber of s failed" in caplog.text and "a bug in the subscriber" in caplog.text
 
 
+async def test_a_subscriber_learns_whether_its_message_ends_the_read() -> None:
+    """last_in_read is true for the read's last event only (a frame's output can be
+    written at once then); after_read runs once the read's events are handled."""
+    seen: list[tuple[bytes, bool]] = []
+    reads: list[int] = []
+    socket: NatsSocket
+
+    def subscriber(msg: Msg) -> None:
+        seen.append((msg.data, socket.last_in_read))
+
+    socket = NatsSocket(
+        "t",
+        {1: ("s", subscriber)},
+        lambda info: None,
+        lambda s: None,
+        lambda r: None,
+        lambda: reads.append(len(seen)),
+    )
+    socket.data_received(b"MSG s 1 1\r\na\r\nMSG s 1 1\r\nb\r\n")
+    socket.data_received(b"MSG s 1 1\r\nc\r\nPING\r\n")  # a PING ends this read
+    socket.data_received(b"MSG s 1 1\r\nd\r\n")
+    socket.data_received(b"MSG s 1 1\r\ne")  # incomplete: no event, no after_read
+    assert seen == [(b"a", False), (b"b", True), (b"c", False), (b"d", True)]
+    assert reads == [2, 3, 4]
+
+
 async def test_an_error_that_ends_a_ready_connection_is_redialled_and_kept(
     clients: list[CoreNatsClient],
 ) -> None:

@@ -7,8 +7,9 @@ dropped and counted) is checked against the channel's sequence:
 
 * in order: handed to the router (:class:`~exec_server.rendezvous.cluster.frame_bus.
   InboundHandler`) at once when nothing of the channel waits and the router can take
-  it without waiting (``try_deliver``; once the connection's read is done,
-  :meth:`FrameReceiver.read_done` has it write them out); otherwise queued and delivered
+  it without waiting (``try_deliver``; at the read's last message, or once the read is
+  done, :meth:`FrameReceiver.read_done`, it has them written out); otherwise queued and
+  delivered
   in order by one task per channel (``deliver`` may wait for room). Credit is granted
   back as frames are consumed, through the ``credit`` callback (the bus publishes it);
 * from a generation already reset: dropped (``stale``);
@@ -79,12 +80,16 @@ class FrameReceiver:
         stats: BusStats,
         window_bytes: int,
         credit: SendCredit,
+        last_in_read: Callable[[], bool] | None = None,
     ) -> None:
         self._own_id = own_id
         self._handler = handler
         self._stats = stats
         self._window = window_bytes
         self._credit = credit
+        self._last_in_read = last_in_read
+        """Whether the message being received is its read's last (then what it was
+        handed to is written out at once, before the rest of this path)."""
         # What a sender honouring its window can have queued here: a window, one frame
         # that passed an empty window (up to the largest relay frame) and control frames.
         self._inbound_limit = 2 * window_bytes + DEFAULT_MAX_FRAME_BYTES
@@ -116,11 +121,14 @@ class FrameReceiver:
     def read_done(self) -> None:
         """The connection's read handed over all its messages (its ``after_read``)."""
         if self._delivered:
-            self._delivered = False
-            try:
-                self._handler.flush_delivered()
-            except Exception:
-                log.exception("writing the frames delivered failed")
+            self._write_delivered()
+
+    def _write_delivered(self) -> None:
+        self._delivered = False
+        try:
+            self._handler.flush_delivered()
+        except Exception:
+            log.exception("writing the frames delivered failed")
 
     def on_frame(self, msg: Msg) -> None:
         """A message on ``<prefix>.frames.<us>.<sender>`` (the subscription's callback,
@@ -191,7 +199,10 @@ class FrameReceiver:
         )
         if key not in self._pumps and self._try_deliver(frame):
             # Nothing of this channel waits: handed on without a task switch.
-            self._delivered = True
+            if self._last_in_read is not None and self._last_in_read():
+                self._write_delivered()  # now, before the credit accounting
+            else:
+                self._delivered = True
             return Arrival.ACCEPT, state.on_consumed(len(data), queue_empty=True)
         self._enqueue(key, _Queued(frame, header.incarnation, header.generation))
         return Arrival.ACCEPT, None

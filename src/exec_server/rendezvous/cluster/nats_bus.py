@@ -207,7 +207,12 @@ class NatsFrameBus:
             self._lose_sent,
         )
         self._receiver = FrameReceiver(
-            node.node_id, handler, self.stats, bus_config.window_bytes, self._credit
+            node.node_id,
+            handler,
+            self.stats,
+            bus_config.window_bytes,
+            self._credit,
+            nc.last_in_read,
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._probe: tuple[str, asyncio.Future[None]] | None = None

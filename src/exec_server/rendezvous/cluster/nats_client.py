@@ -197,6 +197,12 @@ class CoreNatsClient:
         if self._conn is not None:
             self._conn.after_read = callback
 
+    def last_in_read(self) -> bool:
+        """From a subscriber: its message is the last event of the socket's read (what
+        it gathered can be written now; ``after_read`` comes next either way)."""
+        conn = self._conn
+        return conn is not None and conn.last_in_read
+
     @property
     def last_error(self) -> str | None:
         """Why the last connection attempt failed or the last connection was dropped

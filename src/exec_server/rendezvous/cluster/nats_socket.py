@@ -11,8 +11,10 @@ authorization error) or, on a ready connection, is logged and, unless it is one 
 errors after which the server keeps the connection (a permissions violation, an
 invalid subject), drops it. Whatever is not the protocol drops the connection too.
 
-Once the messages of one read were handed over, the owner's ``after_read`` runs (the
-frame bus writes the websocket frames of that read then). Writes are corked per loop
+A subscriber can tell whether its message is the read's last event
+(``last_in_read``), and once the events of one read are handled the owner's
+``after_read`` runs (the frame bus writes the websocket frames of that read at the
+first of the two). Writes are corked per loop
 iteration (:meth:`NatsSocket.write`). Dialling, the
 handshake, reconnecting and the owner's state are the client's; this class knows
 nothing of them but the callbacks it is given.
@@ -60,6 +62,8 @@ class NatsSocket(asyncio.Protocol):
         self._on_error = on_error
         self.after_read = after_read
         """Called once the messages of one read were handed to their subscribers."""
+        self.last_in_read = False
+        """While a subscriber runs: its message is the last event of the read."""
         self.parser = Parser()
         self.transport: asyncio.Transport | None = None
         self.info: asyncio.Future[ServerInfo] = loop.create_future()
@@ -90,10 +94,12 @@ class NatsSocket(asyncio.Protocol):
             self._drop(f"NATS protocol error: {exc}")
             return
         subscribers = self._subscribers
+        last = events[-1] if events else None
         for event in events:
             if type(event) is Msg:
                 subscriber = subscribers.get(event.sid)
                 if subscriber is not None:
+                    self.last_in_read = event is last
                     try:
                         subscriber[1](event)
                     except Exception:
