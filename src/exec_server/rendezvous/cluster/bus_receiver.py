@@ -9,9 +9,9 @@ dropped and counted) is checked against the channel's sequence:
   InboundHandler`) at once when nothing of the channel waits and the router can take
   it without waiting (``try_deliver``; at the read's last message, or once the read is
   done, :meth:`FrameReceiver.read_done`, it has them written out); otherwise queued and
-  delivered
-  in order by one task per channel (``deliver`` may wait for room). Credit is granted
-  back as frames are consumed, through the ``credit`` callback (the bus publishes it);
+  delivered in order by one task per channel (``deliver`` may wait for room). Credit is
+  granted back as frames are consumed, through the ``credit`` callback (the bus
+  publishes it);
 * from a generation already reset: dropped (``stale``);
 * after a gap, or beyond what the sender's window allows to be queued here: the channel
   is broken, the sender told (``reset``) and the router told (``channel_lost``).
