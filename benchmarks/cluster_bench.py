@@ -35,6 +35,14 @@ processes on one core in the cross-node path, that measured no better on this VM
 (1.1-2.9 ms against 0.9-1.4 ms unpinned), so it is off by default.
 
     python benchmarks/cluster_bench.py [--quick] [--json] [--skip-failover] [--pin]
+    python benchmarks/cluster_bench.py --compare-tree DIR [--rounds N] [--quick]
+
+``--compare-tree DIR`` measures only the round trips, of this tree's nodes and of
+``DIR``'s (its ``src`` first on their ``PYTHONPATH``; one rendezvous and a two-node
+cluster per tree, each cluster under its own prefix on the one nats-server), in
+rounds that alternate the trees (which goes first alternates too), with the NATS floor
+(the bus's client) in every round: per tree the median and range of the rounds' p50s,
+and the CPU of the path's node processes per frame (``/proc/PID/task/*/schedstat``).
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -80,11 +89,7 @@ class Node:
     base: str
 
     def cpu_seconds(self) -> float:
-        try:
-            times = psutil.Process(self.proc.pid).cpu_times()
-        except psutil.NoSuchProcess:
-            return 0.0
-        return float(times.user + times.system)
+        return _cpu(self.proc.pid)
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -124,6 +129,10 @@ class Setup:
     nats: EmbeddedNats | None
     token: str
     nodes: list[Node] = field(default_factory=list)
+    pythonpath: str | None = None
+    """``PYTHONPATH`` of the node processes (``--compare-tree``: another tree's ``src``)."""
+    prefix: str | None = None
+    """``--cluster-prefix`` of the nodes (``--compare-tree``: one cluster per tree)."""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -134,12 +143,14 @@ class Setup:
         if cluster:
             assert self.nats is not None
             args += ["--cluster", self.nats.url, "--node-id", f"n{len(self.nodes) + 1}"]
+            if self.prefix is not None:
+                args += ["--cluster-prefix", self.prefix]
         proc = await asyncio.create_subprocess_exec(
             *args,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
-            env={**os.environ, "EXEC_SERVER_RENDEZVOUS_TOKEN": self.token},
+            env=self._env(),
             preexec_fn=_pin_server,
         )
         assert proc.stdout is not None
@@ -150,14 +161,27 @@ class Setup:
         self.nodes.append(node)
         return node
 
+    def _env(self) -> dict[str, str]:
+        env = {**os.environ, "EXEC_SERVER_RENDEZVOUS_TOKEN": self.token}
+        if self.pythonpath is not None:
+            env["PYTHONPATH"] = self.pythonpath
+        return env
+
     async def close(self) -> None:
         for node in reversed(self.nodes):
             await node.stop()
 
 
 @contextlib.asynccontextmanager
-async def setup(nodes: int, *, cluster: bool, nats: EmbeddedNats | None) -> AsyncIterator[Setup]:
-    made = Setup(nats, secrets.token_urlsafe(24))
+async def setup(
+    nodes: int,
+    *,
+    cluster: bool,
+    nats: EmbeddedNats | None,
+    pythonpath: str | None = None,
+    prefix: str | None = None,
+) -> AsyncIterator[Setup]:
+    made = Setup(nats, secrets.token_urlsafe(24), pythonpath=pythonpath, prefix=prefix)
     try:
         for _ in range(nodes):
             await made.start_node(cluster=cluster)
@@ -221,6 +245,18 @@ async def count(ws: aiohttp.ClientWebSocketResponse, counter: Counter) -> None:
 async def round_trips(
     s: Setup, environment_node: Node, harness_node: Node, samples: int
 ) -> list[float]:
+    timings, _ = await round_trips_cpu(s, environment_node, harness_node, samples)
+    return timings
+
+
+async def round_trips_cpu(
+    s: Setup, environment_node: Node, harness_node: Node, samples: int
+) -> tuple[list[float], float]:
+    """The round trips (warm-up left out) and the CPU seconds the node processes of
+    the path (one node, or both) spent on all of them, warm-up included."""
+    path = (
+        [environment_node] if environment_node is harness_node else [environment_node, harness_node]
+    )
     env = f"rtt-{secrets.token_hex(3)}"
     frame = encode_frame(data_frame("rtt-stream", 0, b"r" * KIB))
     async with aiohttp.ClientSession() as http:
@@ -234,6 +270,7 @@ async def round_trips(
                 await harness_url(http, s, harness_node, env), compress=0, max_msg_size=0
             )
             timings = []
+            cpu_before = sum(node.cpu_seconds() for node in path)
             for index in range(samples + samples // 10):
                 started = time.perf_counter()
                 await harness.send_bytes(frame)
@@ -241,11 +278,12 @@ async def round_trips(
                 assert msg.type is WSMsgType.BINARY
                 if index >= samples // 10:
                     timings.append(time.perf_counter() - started)
+            cpu = sum(node.cpu_seconds() for node in path) - cpu_before
             await harness.close()
         finally:
             echoer.cancel()
             await environment.close()
-    return timings
+    return timings, cpu
 
 
 async def nats_floor(nats: EmbeddedNats, samples: int) -> list[float]:
@@ -434,8 +472,18 @@ async def stream_frames(s: Setup, size: int, frames_per_pair: int) -> dict[str, 
 
 
 def _cpu(pid: int | None) -> float:
+    """CPU seconds of every thread of ``pid`` so far: ``/proc/PID/task/*/schedstat``
+    (nanoseconds; the tick-based user/system times are 10 ms coarse), else psutil."""
     if pid is None:
         return 0.0
+    try:
+        total = 0
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/schedstat") as stat:
+                total += int(stat.read().split()[0])
+        return total / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         times = psutil.Process(pid).cpu_times()
     except psutil.NoSuchProcess:
@@ -541,6 +589,141 @@ async def main(quick: bool, skip_failover: bool) -> dict[str, Any]:
     return report
 
 
+# --- two trees side by side ------------------------------------------------------------
+
+
+@dataclass
+class TreeRounds:
+    """One tree's round-trip rounds in a ``--compare-tree`` run."""
+
+    single: list[float] = field(default_factory=list)
+    """p50 of each round, through one rendezvous (us)."""
+    cross: list[float] = field(default_factory=list)
+    """p50 of each round, across two cluster nodes (us)."""
+    cross_cpu_us: list[float] = field(default_factory=list)
+    """Each round: CPU of both nodes per cross-node frame (two frames a round trip)."""
+    single_cpu_us: list[float] = field(default_factory=list)
+    """Each round: CPU of the one rendezvous per frame it routed."""
+
+    def summary(self) -> dict[str, Any]:
+        added = [c - s for c, s in zip(self.cross, self.single, strict=True)]
+        return {
+            "added_us": _spread(added),
+            "cross_node_us": _spread(self.cross),
+            "single_us": _spread(self.single),
+            "node_cpu_us_per_cross_node_frame": _spread(self.cross_cpu_us),
+            "node_cpu_us_per_single_node_frame": _spread(self.single_cpu_us),
+        }
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+async def compare_trees(tree: Path, rounds: int, samples: int) -> dict[str, Any]:
+    """Round trips through this tree's nodes and ``tree``'s (its ``src`` first on the
+    nodes' ``PYTHONPATH``; the relay endpoints, this process and nats-server are
+    shared), alternating the two trees round by round (which goes first alternates
+    too), with the NATS floor measured in every round."""
+    other = str(tree / "src")
+    results = {"this": TreeRounds(), "other": TreeRounds()}
+    floors: list[float] = []
+    async with EmbeddedNats() as nats, contextlib.AsyncExitStack() as stack:
+        pin_all_threads(nats.pid or 0)
+        setups: dict[str, tuple[Setup, Setup]] = {}
+        for name, path in (("this", None), ("other", other)):
+            single = await stack.enter_async_context(
+                setup(1, cluster=False, nats=nats, pythonpath=path)
+            )
+            cluster = await stack.enter_async_context(
+                setup(2, cluster=True, nats=nats, pythonpath=path, prefix=f"bench-{name}")
+            )
+            setups[name] = (single, cluster)
+        for index in range(rounds):
+            order = ("this", "other") if index % 2 == 0 else ("other", "this")
+            for name in order:
+                single, cluster = setups[name]
+                rounds_of = results[name]
+                one = single.nodes[0]
+                timings, cpu = await round_trips_cpu(single, one, one, samples)
+                rounds_of.single.append(statistics.median(timings) * 1e6)
+                rounds_of.single_cpu_us.append(cpu / (2 * (samples + samples // 10)) * 1e6)
+                env_node, harness_node = cluster.nodes
+                timings, cpu = await round_trips_cpu(cluster, env_node, harness_node, samples)
+                rounds_of.cross.append(statistics.median(timings) * 1e6)
+                rounds_of.cross_cpu_us.append(cpu / (2 * (samples + samples // 10)) * 1e6)
+            floors.append(statistics.median(await core_floor(nats, samples)) * 1e6)
+    return {
+        "compare_tree": str(tree),
+        "rounds": rounds,
+        "samples_per_round": samples,
+        "this": results["this"].summary(),
+        "other": results["other"].summary(),
+        "core_floor_us": _spread(floors),
+        "added_us_by_round": {
+            name: [round(c - s) for c, s in zip(r.cross, r.single, strict=True)]
+            for name, r in results.items()
+        },
+        "single_us_by_round": {name: [round(s) for s in r.single] for name, r in results.items()},
+        "paired_this_minus_other_us": {
+            "cross_node": _spread(
+                [a - b for a, b in zip(results["this"].cross, results["other"].cross, strict=True)]
+            ),
+            "added": _spread(
+                [
+                    (a - sa) - (b - sb)
+                    for a, sa, b, sb in zip(
+                        results["this"].cross,
+                        results["this"].single,
+                        results["other"].cross,
+                        results["other"].single,
+                        strict=True,
+                    )
+                ]
+            ),
+        },
+    }
+
+
+def render_compare(report: dict[str, Any]) -> str:
+    def row(label: str, key: str) -> list[str]:
+        out = [f"  {label}"]
+        for name in ("this", "other"):
+            v = report[name][key]
+            out.append(
+                f"    {name + ' tree':<11} {v['median']:7.1f}  ({v['min']:.1f} .. {v['max']:.1f})"
+            )
+        return out
+
+    floor = report["core_floor_us"]
+    paired = report["paired_this_minus_other_us"]
+    lines = [
+        f"this tree against {report['compare_tree']}: {report['rounds']} rounds of "
+        f"{report['samples_per_round']} round trips per tree, alternating "
+        "(median of the rounds' p50, range)",
+        *row("added by crossing nodes, us (goal <= 500)", "added_us"),
+        *row("across two nodes, us", "cross_node_us"),
+        *row("one rendezvous, us", "single_us"),
+        *row("node CPU per cross-node frame, us (both nodes)", "node_cpu_us_per_cross_node_frame"),
+        *row("node CPU per frame through one rendezvous, us", "node_cpu_us_per_single_node_frame"),
+        f"  NATS ping-pong, the bus's client (each round): {floor['median']:.0f} us "
+        f"({floor['min']:.0f} .. {floor['max']:.0f})",
+        "  this tree minus the other, round by round (median, range): cross-node "
+        f"{paired['cross_node']['median']:+.0f} us ({paired['cross_node']['min']:+.0f} .. "
+        f"{paired['cross_node']['max']:+.0f}), added {paired['added']['median']:+.0f} us "
+        f"({paired['added']['min']:+.0f} .. {paired['added']['max']:+.0f})",
+        f"  added by round: this {report['added_us_by_round']['this']}",
+        f"                  other {report['added_us_by_round']['other']}",
+        f"  one rendezvous by round: this {report['single_us_by_round']['this']}",
+        f"                           other {report['single_us_by_round']['other']}",
+    ]
+    return "\n".join(lines)
+
+
 def render(report: dict[str, Any]) -> str:
     rtt = report["rtt_p50_us"]
     lines = [
@@ -579,6 +762,12 @@ if __name__ == "__main__":
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--skip-failover", action="store_true")
     parser.add_argument("--pin", action="store_true", help="pin this process and the servers")
+    parser.add_argument(
+        "--compare-tree",
+        metavar="DIR",
+        help="only the round trips: this tree's nodes against DIR's, alternating rounds",
+    )
+    parser.add_argument("--rounds", type=int, default=10, help="with --compare-tree")
     parser.add_argument("--nats-echo", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--core-echo", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -591,5 +780,13 @@ if __name__ == "__main__":
     if args.pin and len(os.sched_getaffinity(0)) >= 2:
         SERVER_CPU = 1
         os.sched_setaffinity(0, {0})
+    if args.compare_tree:
+        if not (Path(args.compare_tree) / "src" / "exec_server").is_dir():
+            parser.error(f"--compare-tree: no src/exec_server under {args.compare_tree}")
+        samples = 300 if args.quick else 1000
+        tree = Path(args.compare_tree).resolve()
+        result = asyncio.run(compare_trees(tree, args.rounds, samples))
+        print(json.dumps(result, indent=2) if args.json else render_compare(result))
+        sys.exit(0)
     result = asyncio.run(main(args.quick, args.skip_failover))
     print(json.dumps(result, indent=2) if args.json else render(result))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from cluster_support import eventually
 
@@ -25,11 +26,16 @@ class Router:
         self.gate.set()
         self.frames: list[RemoteFrame] = []
         self.lost: list[tuple[str, str]] = []
+        self.flushed: list[int] = []
+        """Frames taken at once so far, at each flush_delivered."""
 
     def try_deliver(self, frame: RemoteFrame) -> bool:
         if self.take_now:
             self.frames.append(frame)
         return self.take_now
+
+    def flush_delivered(self) -> None:
+        self.flushed.append(len(self.frames))
 
     async def deliver(self, frame: RemoteFrame) -> None:
         await self.gate.wait()
@@ -39,7 +45,9 @@ class Router:
         self.lost.append((node_id, environment_id))
 
 
-def make() -> tuple[FrameReceiver, Router, BusStats, list[tuple[str, str]]]:
+def make(
+    last_in_read: Callable[[], bool] | None = None,
+) -> tuple[FrameReceiver, Router, BusStats, list[tuple[str, str]]]:
     router = Router()
     stats = BusStats()
     credit: list[tuple[str, str]] = []
@@ -47,7 +55,8 @@ def make() -> tuple[FrameReceiver, Router, BusStats, list[tuple[str, str]]]:
     def send_credit(node_id: str, text: str) -> None:
         credit.append((node_id, text))
 
-    return FrameReceiver("b", router, stats, WINDOW, send_credit), router, stats, credit
+    receiver = FrameReceiver("b", router, stats, WINDOW, send_credit, last_in_read)
+    return receiver, router, stats, credit
 
 
 class Msg:
@@ -140,3 +149,40 @@ async def test_waiting_frames_keep_their_order_and_a_closed_receiver_starts_noth
     await asyncio.gather(*pumps, return_exceptions=True)
     receiver.on_frame(frame(2, b"after close", sender="c"))
     assert receiver.close() == []
+
+
+async def test_the_router_writes_out_what_one_read_handed_over() -> None:
+    """read_done (the connection's after_read) asks the router to write out the frames
+    handed over at once since the last read, and only then."""
+    receiver, router, _, _ = make()
+    receiver.read_done()
+    assert router.flushed == [], "nothing was handed over"
+    receiver.on_frame(frame(1, b"one"))
+    receiver.on_frame(frame(2, b"two"))
+    receiver.read_done()
+    assert router.flushed == [2]
+    receiver.read_done()
+    assert router.flushed == [2], "nothing new"
+    router.take_now = False
+    router.gate.clear()
+    receiver.on_frame(frame(3, b"waits for its task"))
+    receiver.read_done()
+    assert router.flushed == [2], "queued, not handed over"
+    pumps = receiver.close()
+    for pump in pumps:
+        pump.cancel()
+    await asyncio.gather(*pumps, return_exceptions=True)
+
+
+async def test_the_last_message_of_a_read_is_written_out_at_once() -> None:
+    """When the connection says the message is its read's last, what was handed over
+    is written out then (before the credit accounting), not at read_done."""
+    last = [False]
+    receiver, router, _, _ = make(lambda: last[0])
+    receiver.on_frame(frame(1, b"one"))
+    assert router.flushed == []
+    last[0] = True
+    receiver.on_frame(frame(2, b"two"))
+    assert router.flushed == [2], "both frames of the read, at the second"
+    receiver.read_done()
+    assert router.flushed == [2], "nothing left for the read's end"

@@ -45,6 +45,9 @@ class Recorder:
     def channel_lost(self, node_id: str, environment_id: str) -> None:
         self.lost.append((node_id, environment_id))
 
+    def flush_delivered(self) -> None:
+        pass
+
 
 MakeBus = Callable[..., Awaitable[tuple[NatsFrameBus, Recorder]]]
 

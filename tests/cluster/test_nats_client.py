@@ -82,6 +82,26 @@ async def test_messages_arrive_in_order_with_headers(
         client.publish("has space", b"")
 
 
+async def test_after_read_runs_once_the_messages_of_a_read_were_handed_over(
+    nats_server: EmbeddedNats, clients: list[CoreNatsClient]
+) -> None:
+    client = await CoreNatsClient.connect(ClientConfig((nats_server.url,)))
+    clients.append(client)
+    seen: list[str] = []
+    client.subscribe("r.*", lambda msg: seen.append(msg.data.decode()))
+    client.after_read = lambda: seen.append("read")
+    await client.flush()  # its PONG is a read without messages: counted too
+    seen.clear()
+    for index in range(50):
+        client.publish(f"r.{index}", str(index).encode())
+    await eventually(lambda: "49" in seen and seen[-1] == "read", "every message, then a read")
+    assert [item for item in seen if item != "read"] == [str(i) for i in range(50)]
+    assert seen[0] != "read" and "read,read" not in ",".join(seen)
+    client.after_read = None
+    client.publish("r.x", b"x")
+    await eventually(lambda: seen[-1] == "x", "the last one")
+
+
 async def test_bad_credentials_are_a_clear_error_and_good_ones_work(
     clients: list[CoreNatsClient],
 ) -> None:

@@ -24,7 +24,7 @@ from exec_server.rendezvous.cluster.nats_client import (
 )
 from exec_server.rendezvous.cluster.nats_nkeys import encode_seed
 from exec_server.rendezvous.cluster.nats_socket import NatsSocket
-from exec_server.rendezvous.cluster.nats_wire import Msg
+from exec_server.rendezvous.cluster.nats_wire import Msg, encode_subject, header_block_start
 
 
 @pytest.fixture
@@ -60,6 +60,43 @@ async def test_headers_count_toward_max_payload(clients: list[CoreNatsClient]) -
             100,
         ]
         assert client.is_connected and client.reconnects == 0
+
+
+async def test_a_message_with_an_encoded_header_is_the_same_message(
+    clients: list[CoreNatsClient],
+) -> None:
+    """publish_with_header (the frame bus's path: subject and header block encoded
+    once) puts on the wire what publish does, small or large, and is refused above
+    max_payload the same way."""
+    published: list[tuple[str, bytes]] = []
+
+    async def script(peer: Peer) -> None:
+        await peer.handshake(max_payload=64 * 1024)
+        await peer.serve(published)
+
+    async with FakeNats(script) as server:
+        client = await CoreNatsClient.connect(ClientConfig((server.url,)))
+        clients.append(client)
+        subject = encode_subject("bus.frames.n1.n2")
+        start = header_block_start("Exs", "env h inc 1 ")
+        for seq, size in ((7, 10), (8, 20_000), (9, 0)):
+            payload = bytes([seq]) * size
+            client.publish("bus.frames.n1.n2", payload, {"Exs": f"env h inc 1 {seq}"})
+            client.publish_with_header(subject, start + b"%d\r\n\r\n" % seq, payload)
+        with pytest.raises(NatsClientError, match="payload and headers"):
+            client.publish_with_header(subject, start + b"1\r\n\r\n", b"x" * 64 * 1024)
+        await client.flush()
+        assert len(published) == 6
+        assert published[0::2] == published[1::2]
+        assert published[2] == (
+            "bus.frames.n1.n2",
+            b"NATS/1.0\r\nExs: env h inc 1 8\r\n\r\n" + bytes([8]) * 20_000,
+        )
+        assert client.is_connected and client.reconnects == 0
+    with pytest.raises(ValueError, match="line break"):
+        header_block_start("Exs", "env\r\nX: y")
+    with pytest.raises(ValueError, match="invalid NATS subject"):
+        encode_subject("bus frames")
 
 
 async def test_a_server_that_stops_reading_bounds_what_publishers_buffer(
@@ -257,6 +294,32 @@ async def test_a_subscriber_that_raises_does_not_stop_the_read(
         socket.data_received(b"MSG s 1 3\r\nbad\r\nMSG s 1 4\r\ngood\r\nMSG s 2 1\r\nx\r\n")
     assert seen == [b"bad", b"good"]
     assert "a subscriber of s failed" in caplog.text and "a bug in the subscriber" in caplog.text
+
+
+async def test_a_subscriber_learns_whether_its_message_ends_the_read() -> None:
+    """last_in_read is true for the read's last event only (a frame's output can be
+    written at once then); after_read runs once the read's events are handled."""
+    seen: list[tuple[bytes, bool]] = []
+    reads: list[int] = []
+    socket: NatsSocket
+
+    def subscriber(msg: Msg) -> None:
+        seen.append((msg.data, socket.last_in_read))
+
+    socket = NatsSocket(
+        "t",
+        {1: ("s", subscriber)},
+        lambda info: None,
+        lambda s: None,
+        lambda r: None,
+        lambda: reads.append(len(seen)),
+    )
+    socket.data_received(b"MSG s 1 1\r\na\r\nMSG s 1 1\r\nb\r\n")
+    socket.data_received(b"MSG s 1 1\r\nc\r\nPING\r\n")  # a PING ends this read
+    socket.data_received(b"MSG s 1 1\r\nd\r\n")
+    socket.data_received(b"MSG s 1 1\r\ne")  # incomplete: no event, no after_read
+    assert seen == [(b"a", False), (b"b", True), (b"c", False), (b"d", True)]
+    assert reads == [2, 3, 4]
 
 
 async def test_an_error_that_ends_a_ready_connection_is_redialled_and_kept(

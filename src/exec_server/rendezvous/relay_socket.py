@@ -404,6 +404,12 @@ class RelaySocket(picows.WSListener):
         frames.write(opcode, data)
         return True
 
+    def flush(self) -> None:
+        """Write the small frames gathered so far now rather than at the end of this
+        loop iteration (a caller that knows no more frames are coming in it)."""
+        if self._frames is not None:
+            self._frames.flush()
+
     async def send_bytes(self, data: bytes) -> None:
         if not self._writable.is_set():
             await self._writable.wait()

@@ -7,9 +7,11 @@ dropped and counted) is checked against the channel's sequence:
 
 * in order: handed to the router (:class:`~exec_server.rendezvous.cluster.frame_bus.
   InboundHandler`) at once when nothing of the channel waits and the router can take
-  it without waiting (``try_deliver``); otherwise queued and delivered in order by one
-  task per channel (``deliver`` may wait for room). Credit is granted back as frames are
-  consumed, through the ``credit`` callback (the bus publishes it);
+  it without waiting (``try_deliver``; at the read's last message, or once the read is
+  done, :meth:`FrameReceiver.read_done`, it has them written out); otherwise queued and
+  delivered in order by one task per channel (``deliver`` may wait for room). Credit is
+  granted back as frames are consumed, through the ``credit`` callback (the bus
+  publishes it);
 * from a generation already reset: dropped (``stale``);
 * after a gap, or beyond what the sender's window allows to be queued here: the channel
   is broken, the sender told (``reset``) and the router told (``channel_lost``).
@@ -78,12 +80,16 @@ class FrameReceiver:
         stats: BusStats,
         window_bytes: int,
         credit: SendCredit,
+        last_in_read: Callable[[], bool] | None = None,
     ) -> None:
         self._own_id = own_id
         self._handler = handler
         self._stats = stats
         self._window = window_bytes
         self._credit = credit
+        self._last_in_read = last_in_read
+        """Whether the message being received is its read's last (then what it was
+        handed to is written out at once, before the rest of this path)."""
         # What a sender honouring its window can have queued here: a window, one frame
         # that passed an empty window (up to the largest relay frame) and control frames.
         self._inbound_limit = 2 * window_bytes + DEFAULT_MAX_FRAME_BYTES
@@ -93,6 +99,8 @@ class FrameReceiver:
         self._pumps: dict[ChannelKey, asyncio.Task[None]] = {}
         self._reassembler = Reassembler()
         self._closed = False
+        self._delivered = False
+        """A frame was handed to the router since the last :meth:`read_done`."""
 
     def close(self) -> list[asyncio.Task[None]]:
         """Stop delivering; the delivery tasks, for the owner to cancel and await."""
@@ -109,6 +117,18 @@ class FrameReceiver:
             if pump is not None:
                 pump.cancel()
         self._reassembler.forget(node_id)
+
+    def read_done(self) -> None:
+        """The connection's read handed over all its messages (its ``after_read``)."""
+        if self._delivered:
+            self._write_delivered()
+
+    def _write_delivered(self) -> None:
+        self._delivered = False
+        try:
+            self._handler.flush_delivered()
+        except Exception:
+            log.exception("writing the frames delivered failed")
 
     def on_frame(self, msg: Msg) -> None:
         """A message on ``<prefix>.frames.<us>.<sender>`` (the subscription's callback,
@@ -179,6 +199,10 @@ class FrameReceiver:
         )
         if key not in self._pumps and self._try_deliver(frame):
             # Nothing of this channel waits: handed on without a task switch.
+            if self._last_in_read is not None and self._last_in_read():
+                self._write_delivered()  # now, before the credit accounting
+            else:
+                self._delivered = True
             return Arrival.ACCEPT, state.on_consumed(len(data), queue_empty=True)
         self._enqueue(key, _Queued(frame, header.incarnation, header.generation))
         return Arrival.ACCEPT, None

@@ -73,6 +73,12 @@ class InboundHandler(Protocol):
         lost (either direction): reset what cannot recover."""
         ...
 
+    def flush_delivered(self) -> None:
+        """The frames of one read from the bus were handed over (:meth:`try_deliver`):
+        write what was gathered for the local sockets now, not at the end of the loop
+        iteration."""
+        ...
+
 
 class RemoteChannel(Protocol):
     """The sending end towards one node, for one environment id."""

@@ -207,7 +207,12 @@ class NatsFrameBus:
             self._lose_sent,
         )
         self._receiver = FrameReceiver(
-            node.node_id, handler, self.stats, bus_config.window_bytes, self._credit
+            node.node_id,
+            handler,
+            self.stats,
+            bus_config.window_bytes,
+            self._credit,
+            nc.last_in_read,
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._probe: tuple[str, asyncio.Future[None]] | None = None
@@ -248,6 +253,7 @@ class NatsFrameBus:
         me = self._node.node_id
         for kind, callback in (("frames", self._receiver.on_frame), ("credit", self._on_credit)):
             self._nc.subscribe(f"{self._prefix}.{kind}.{me}.*", callback)
+        self._nc.after_read = self._receiver.read_done
         await self._wait_for_subscriptions()
         self._tasks.append(asyncio.ensure_future(self._probe_loop()))
 

@@ -69,12 +69,11 @@ from .nats_client_config import (
     NatsServerError,
     ServerAddress,
 )
-from .nats_nkeys import load_credentials, nkey_public_key, sign_nonce
+from .nats_nkeys import connect_options
 from .nats_socket import NatsSocket, Subscriber
 from .nats_wire import (
     CRLF,
     DEFAULT_MAX_PAYLOAD,
-    ConnectOptions,
     ServerInfo,
     connect_command,
     publish_parts,
@@ -135,6 +134,7 @@ class CoreNatsClient:
         self._last_error: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._after_read: Callback | None = None
         self.reconnects = 0
 
     @classmethod
@@ -186,6 +186,24 @@ class CoreNatsClient:
         return self._info
 
     @property
+    def after_read(self) -> Callback | None:
+        """Called from the socket's read once the messages of one read were handed to
+        their subscribers (a subscriber that gathers its output writes it then)."""
+        return self._after_read
+
+    @after_read.setter
+    def after_read(self, callback: Callback | None) -> None:
+        self._after_read = callback
+        if self._conn is not None:
+            self._conn.after_read = callback
+
+    def last_in_read(self) -> bool:
+        """From a subscriber: its message is the last event of the socket's read (what
+        it gathered can be written now; ``after_read`` comes next either way)."""
+        conn = self._conn
+        return conn is not None and conn.last_in_read
+
+    @property
     def last_error(self) -> str | None:
         """Why the last connection attempt failed or the last connection was dropped
         (None once connected again)."""
@@ -214,23 +232,49 @@ class CoreNatsClient:
         """Write a message to the socket now (or to the buffer while reconnecting)."""
         head, body = publish_parts(subject, payload, headers)
         length = len(body)
-        size = len(head) + length + 2
         # The server counts the header block too (HPUB's total size), and answers a
         # message above its max_payload by closing the connection.
-        total = size - head.index(CRLF) - 4 if headers else length
+        total = len(head) - head.index(CRLF) - 2 + length if headers else length
+        self._check_size(total)
+        if length < _JOIN_BELOW:
+            self._write(head + body + CRLF, None)
+        else:
+            self._write(head, body)
+
+    def publish_with_header(self, subject: bytes, header: bytes, payload: bytes) -> None:
+        """:meth:`publish` of an HPUB whose parts are encoded already: ``subject`` by
+        :func:`~exec_server.rendezvous.cluster.nats_wire.encode_subject`, ``header`` a
+        whole header block (``NATS/1.0\\r\\n...\\r\\n\\r\\n``, see
+        :func:`~exec_server.rendezvous.cluster.nats_wire.header_block_start`). One
+        message built with one copy of the payload (the frame bus's path)."""
+        header_size = len(header)
+        total = header_size + len(payload)
+        self._check_size(total)
+        if len(payload) < _JOIN_BELOW:
+            self._write(
+                b"HPUB %b %d %d\r\n%b%b\r\n" % (subject, header_size, total, header, payload),
+                None,
+            )
+        else:
+            self._write(b"HPUB %b %d %d\r\n%b" % (subject, header_size, total, header), payload)
+
+    def _check_size(self, total: int) -> None:
         if total > self._max_payload:
             raise NatsClientError(
                 f"a {total}-byte message (payload and headers) is above the server's "
                 f"max_payload ({self._max_payload})"
             )
+
+    def _write(self, head: bytes, body: bytes | None) -> None:
+        """Write a message (``head`` alone, CRLF included, or ``head``, ``body`` and a
+        CRLF) to the socket, or to the buffer while reconnecting."""
+        size = len(head) if body is None else len(head) + len(body) + 2
         conn = self._conn
         if conn is not None and not conn.closing:
             if conn.buffered() + size > self._pending_size:
                 raise NatsBufferFull("the NATS server is not reading: its socket buffer is full")
-            if length < _JOIN_BELOW:
-                conn.write(head + body + CRLF)
-            else:
-                conn.write(head)
+            conn.write(head)
+            if body is not None:
                 conn.write(body)
                 conn.write(CRLF)
             return
@@ -238,7 +282,7 @@ class CoreNatsClient:
             raise NatsNotConnected("the connection is closed")
         if self._pending_bytes + size > self._pending_size:
             raise NatsBufferFull("disconnected from NATS and the reconnect buffer is full")
-        self._pending.append(head + body + CRLF)
+        self._pending.append(head if body is None else head + body + CRLF)
         self._pending_bytes += size
 
     async def flush(self, timeout_s: float | None = None) -> None:
@@ -295,7 +339,9 @@ class CoreNatsClient:
                     )
                 if address.tls or info.tls_required or self.config.tls_required:
                     conn.transport = await self._start_tls(loop, transport, conn, address, info)
-                conn.write(connect_command(self._connect_options(address, info), __version__))
+                conn.write(
+                    connect_command(connect_options(self.config, address, info), __version__)
+                )
                 waiter: asyncio.Future[None] = loop.create_future()
                 conn.ping(waiter)
                 await waiter
@@ -345,40 +391,14 @@ class CoreNatsClient:
         config = self.config
         return address.user is None and not (config.user or config.token or config.credentials_file)
 
-    def _connect_options(self, address: ServerAddress, info: ServerInfo) -> ConnectOptions:
-        config = self.config
-        user, password, token = config.user, config.password, config.token
-        if address.user is not None:  # credentials in the URL take precedence
-            if address.password is not None:
-                user, password, token = address.user, address.password, None
-            else:
-                user, password, token = None, None, address.user
-        jwt = signature = nkey = None
-        if config.credentials_file is not None:
-            try:
-                jwt, seed = load_credentials(config.credentials_file)
-            except ValueError as exc:  # read at every connection: it may have changed
-                raise NatsConnectError(str(exc)) from exc
-            if info.nonce is None:
-                raise NatsConnectError("the server sent no nonce to sign with the credentials")
-            signature = sign_nonce(seed, info.nonce.encode())
-            if jwt is None:
-                nkey = nkey_public_key(seed)
-        return ConnectOptions(
-            name=config.name,
-            user=user,
-            password=password,
-            token=token,
-            jwt=jwt,
-            signature=signature,
-            nkey=nkey,
-            echo=config.echo,
-            tls_required=address.tls or config.tls_required,
-        )
-
     def _new_socket(self) -> NatsSocket:
         return NatsSocket(
-            self.name, self._subscribers, self._on_info, self._connection_lost, self._dropped
+            self.name,
+            self._subscribers,
+            self._on_info,
+            self._connection_lost,
+            self._dropped,
+            self._after_read,
         )
 
     def _on_info(self, info: ServerInfo) -> None:

@@ -3,10 +3,12 @@
 :func:`load_credentials` reads a ``.creds`` file (a user JWT and its nkey seed) or a
 file holding only a seed (nkey authentication); :func:`sign_nonce` signs the server's
 ``INFO`` nonce for ``CONNECT``'s ``sig`` and :func:`nkey_public_key` gives the public key
-an nkey user announces. The encoding (base32 with a one- or two-byte prefix and a
-CRC-16/XMODEM checksum) is checked on every seed read, so a damaged file is a clear
-:class:`ValueError`, not a signature the server refuses. Ed25519 itself is the
-``cryptography`` package's. No I/O but reading the file named.
+an nkey user announces; :func:`connect_options` puts the configured credentials (or a
+URL's) into ``CONNECT``, reading the file at every connection. The encoding (base32
+with a one- or two-byte prefix and a CRC-16/XMODEM checksum) is checked on every seed
+read, so a damaged file is a clear :class:`ValueError`, not a signature the server
+refuses. Ed25519 itself is the ``cryptography`` package's. No I/O but reading the file
+named.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from __future__ import annotations
 import base64
 from typing import Final
 
-__all__ = ["encode_seed", "load_credentials", "nkey_public_key", "sign_nonce"]
+from .nats_client_config import ClientConfig, NatsConnectError, ServerAddress
+from .nats_wire import ConnectOptions, ServerInfo
+
+__all__ = ["connect_options", "encode_seed", "load_credentials", "nkey_public_key", "sign_nonce"]
 
 _SEED_PREFIX: Final = 18 << 3
 """First 5 bits of a decoded nkey seed ('S')."""
@@ -112,3 +117,41 @@ def sign_nonce(seed: str, nonce: bytes) -> str:
     _, raw = _decode_seed(seed)
     signature = Ed25519PrivateKey.from_private_bytes(raw).sign(nonce)
     return base64.urlsafe_b64encode(signature).decode().rstrip("=")
+
+
+def connect_options(
+    config: ClientConfig, address: ServerAddress, info: ServerInfo
+) -> ConnectOptions:
+    """What ``CONNECT`` says to ``address`` (whose ``INFO`` is ``info``): the URL's
+    credentials over the configured ones, and a ``.creds`` file read now (it may have
+    changed since the last connection) and its nonce signature;
+    :class:`~exec_server.rendezvous.cluster.nats_client_config.NatsConnectError` for a
+    file that does not read or a server that sent no nonce."""
+    user, password, token = config.user, config.password, config.token
+    if address.user is not None:  # credentials in the URL take precedence
+        if address.password is not None:
+            user, password, token = address.user, address.password, None
+        else:
+            user, password, token = None, None, address.user
+    jwt = signature = nkey = None
+    if config.credentials_file is not None:
+        try:
+            jwt, seed = load_credentials(config.credentials_file)
+        except ValueError as exc:
+            raise NatsConnectError(str(exc)) from exc
+        if info.nonce is None:
+            raise NatsConnectError("the server sent no nonce to sign with the credentials")
+        signature = sign_nonce(seed, info.nonce.encode())
+        if jwt is None:
+            nkey = nkey_public_key(seed)
+    return ConnectOptions(
+        name=config.name,
+        user=user,
+        password=password,
+        token=token,
+        jwt=jwt,
+        signature=signature,
+        nkey=nkey,
+        echo=config.echo,
+        tls_required=address.tls or config.tls_required,
+    )

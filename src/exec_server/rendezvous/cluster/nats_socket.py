@@ -11,7 +11,11 @@ authorization error) or, on a ready connection, is logged and, unless it is one 
 errors after which the server keeps the connection (a permissions violation, an
 invalid subject), drops it. Whatever is not the protocol drops the connection too.
 
-Writes are corked per loop iteration (:meth:`NatsSocket.write`). Dialling, the
+A subscriber can tell whether its message is the read's last event
+(``last_in_read``), and once the events of one read are handled the owner's
+``after_read`` runs (the frame bus writes the websocket frames of that read at the
+first of the two). Writes are corked per loop
+iteration (:meth:`NatsSocket.write`). Dialling, the
 handshake, reconnecting and the owner's state are the client's; this class knows
 nothing of them but the callbacks it is given.
 """
@@ -47,6 +51,7 @@ class NatsSocket(asyncio.Protocol):
         on_info: Callable[[ServerInfo], None],
         on_lost: Callable[[NatsSocket], None],
         on_error: Callable[[str], None],
+        after_read: Callable[[], None] | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         self.name = name
@@ -55,6 +60,10 @@ class NatsSocket(asyncio.Protocol):
         self._on_info = on_info
         self._on_lost = on_lost
         self._on_error = on_error
+        self.after_read = after_read
+        """Called once the messages of one read were handed to their subscribers."""
+        self.last_in_read = False
+        """While a subscriber runs: its message is the last event of the read."""
         self.parser = Parser()
         self.transport: asyncio.Transport | None = None
         self.info: asyncio.Future[ServerInfo] = loop.create_future()
@@ -85,10 +94,12 @@ class NatsSocket(asyncio.Protocol):
             self._drop(f"NATS protocol error: {exc}")
             return
         subscribers = self._subscribers
+        last = events[-1] if events else None
         for event in events:
             if type(event) is Msg:
                 subscriber = subscribers.get(event.sid)
                 if subscriber is not None:
+                    self.last_in_read = event is last
                     try:
                         subscriber[1](event)
                     except Exception:
@@ -104,6 +115,11 @@ class NatsSocket(asyncio.Protocol):
                     self._on_info(event)
             elif isinstance(event, ServerError):
                 self._server_error(event)
+        if self.after_read is not None and events:
+            try:
+                self.after_read()
+            except Exception:
+                log.exception("%s: the after-read callback failed", self.name)
 
     def _pong(self) -> None:
         if self.pongs:

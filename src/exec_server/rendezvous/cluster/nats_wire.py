@@ -48,6 +48,8 @@ __all__ = [
     "ServerInfo",
     "connect_command",
     "encode_headers",
+    "encode_subject",
+    "header_block_start",
     "publish_parts",
     "sub_command",
     "unsub_command",
@@ -431,6 +433,11 @@ def _check_subject(subject: str, what: str = "subject") -> bytes:
     return encoded
 
 
+def encode_subject(subject: str) -> bytes:
+    """A subject to publish on, encoded, or ValueError (empty or with whitespace)."""
+    return _check_subject(subject)
+
+
 def sub_command(subject: str, sid: int, queue: str | None = None) -> bytes:
     line = b"SUB " + _check_subject(subject)
     if queue is not None:
@@ -458,6 +465,16 @@ def encode_headers(headers: Mapping[str, str]) -> bytes:
             raise ValueError(f"a NATS header value with a line break: {key}")
         text += f"{_check_header_key(key)}: {value}\r\n"
     return (text + "\r\n").encode()
+
+
+def header_block_start(key: str, value_start: str) -> bytes:
+    """The start of a header block of one header, ``NATS/1.0\\r\\n<key>: <value_start>``,
+    for a sender that ends it per message with the rest of the value (digits, say) and
+    ``\\r\\n\\r\\n`` (see :meth:`~exec_server.rendezvous.cluster.nats_client.
+    CoreNatsClient.publish_with_header`); ValueError as :func:`encode_headers`."""
+    if "\r" in value_start or "\n" in value_start:
+        raise ValueError(f"a NATS header value with a line break: {key}")
+    return f"NATS/1.0\r\n{_check_header_key(key)}: {value_start}".encode()
 
 
 def publish_parts(

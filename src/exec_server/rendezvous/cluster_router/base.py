@@ -106,6 +106,9 @@ class ClusterRouterBase(Router):
         self._looked_up: dict[str, float] = {}
         """Loop time of the last holder lookup per environment id."""
         self._refusals_logged: set[tuple[str, str]] = set()
+        self._delivered_to: list[SocketPeer] = []
+        """Local sockets that forwarded frames were written to in the bus's current
+        read (:meth:`flush_delivered` writes out what they gathered)."""
         self._closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._linger_timers: set[asyncio.TimerHandle] = set()

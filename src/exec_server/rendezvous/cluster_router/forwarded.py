@@ -16,7 +16,10 @@ node as the other end. Checks, cheapest first, all sans-IO decisions of
 
 Anything else is refused and counted (``refused_from_node``): a forged frame, or one
 from a node that lost the stream or its lease. A harness frame that passes creates or
-moves the stream's route here (owned by the sender's remote peer).
+moves the stream's route here (owned by the sender's remote peer). What
+:meth:`~ReceivesForwardedFrames.try_deliver` hands to local sockets is written out when
+the bus's read is done (:meth:`~ReceivesForwardedFrames.flush_delivered`), not at the
+end of the loop iteration.
 
 Frames lost between two nodes (:meth:`~ReceivesForwardedFrames.channel_lost`) reset the
 legacy streams of that environment between them (``relay_route_lost``, at the local end,
@@ -31,7 +34,7 @@ import logging
 
 from ...relay.control import ControlMessage, PauseOutput, ResumeOutput, decode_control
 from ...relay.errors import InvalidFrame
-from ...relay.frame_codec import decode_route
+from ...relay.frame_codec import decode_route, peek_route
 from ..cluster.frame_bus import RemoteFrame
 from ..cluster.routing import (
     Accept,
@@ -71,7 +74,7 @@ class ReceivesForwardedFrames(FollowsClusterState):
         if route is None:
             return False
         try:
-            stream_id, kind, flagged = decode_route(frame.data, self.config.frame_limits)
+            stream_id, kind, flagged = peek_route(frame.data, self.config.frame_limits)
         except InvalidFrame:
             return False  # deliver() refuses and counts it
         stream = route.streams.get(stream_id)
@@ -87,13 +90,28 @@ class ReceivesForwardedFrames(FollowsClusterState):
         if not flagged:
             stream.legacy_seen = True
         if not to_environment:
+            socket = stream.owner
             self._to_harness(route, stream, kind, flagged, frame.data)
-            return True
-        assert socket is not None
-        if kind == "reset":
-            self._end_stream(route, stream)
-        self._enqueue_to_environment(route, socket, frame.data, kind)
+        else:
+            assert socket is not None
+            if kind == "reset":
+                self._end_stream(route, stream)
+            self._enqueue_to_environment(route, socket, frame.data, kind)
+        delivered_to = self._delivered_to
+        if socket is not None and not socket.remote and socket not in delivered_to:
+            delivered_to.append(socket)
         return True
+
+    def flush_delivered(self) -> None:
+        """The bus's read is done: the local sockets written to in it write out the
+        small frames they gathered now (one system call each), rather than at the end of
+        the loop iteration."""
+        delivered_to = self._delivered_to
+        for socket in delivered_to:
+            flush = getattr(socket.sink, "flush", None)
+            if flush is not None:
+                flush()
+        delivered_to.clear()
 
     async def deliver(self, frame: RemoteFrame) -> None:
         """A frame another node forwarded (verified before anything is done with it)."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from ...relay.control import PauseOutput
 from ..cluster.records import StreamOwner
@@ -146,6 +147,37 @@ class ClusterRouter(ReceivesForwardedFrames):
         if environment is not None and not environment.has_room():
             await environment.wait_for_room()
         self._route_from_harness(peer, stream_id, kind, flagged, data)
+        self._after_harness_frame(peer, route, stream_id, kind, flagged)
+
+    @property
+    def harness_message_now(self) -> Callable[[SocketPeer, bytes], bool] | None:
+        """:meth:`on_harness_message` from the socket's read callback when it would not
+        wait: the frame of a stream this socket already owns, for an environment whose
+        socket (here, or the remote peer of its node) has room. Anything else (a
+        claim, a lookup, no room) returns False and goes through the socket's task."""
+        return self._harness_message_now
+
+    def _harness_message_now(self, peer: SocketPeer, data: bytes) -> bool:
+        stream_id, kind, flagged = self._decode(data)
+        route = self._routes.get(peer.environment_id)
+        if route is None:
+            return False
+        stream = route.streams.get(stream_id)
+        environment = route.socket
+        if (
+            stream is None
+            or stream.owner is not peer
+            or environment is None
+            or not environment.has_room()
+        ):
+            return False
+        self._route_from_harness(peer, stream_id, kind, flagged, data)
+        self._after_harness_frame(peer, route, stream_id, kind, flagged)
+        return True
+
+    def _after_harness_frame(
+        self, peer: SocketPeer, route: _EnvironmentRoute, stream_id: str, kind: str, flagged: bool
+    ) -> None:
         route = self._routes.get(peer.environment_id) or route
         stream = route.streams.get(stream_id)
         if stream is not None:

@@ -103,11 +103,26 @@ class RemotePeer(SocketPeer):
         return channel
 
     def _send_now(self, data: bytes) -> bool:
-        """Straight to the bus when nothing waits here and the window has room."""
-        if self.queued_frames:
+        """Straight to the bus when nothing waits here (no frame queued, none in the
+        writer waiting for credit) and the window has room."""
+        if self.queued_frames or not self._idle:
             return False
         channel = self.channel()
         return channel is not None and channel.try_send(data, self.direction)
+
+    def write_at_once(self, data: bytes | memoryview, stream: _StreamRoute | None) -> bool:
+        """Straight to the bus (:meth:`SocketPeer.write_at_once`'s contract: nothing
+        waits before it and the window has room, else False with nothing sent); a view
+        of a read buffer is copied."""
+        if self.closed or self.queued_frames or not self._idle:
+            return False
+        channel = self.channel()
+        payload = data if type(data) is bytes else bytes(data)
+        if channel is None or not channel.try_send(payload, self.direction):
+            return False
+        if stream is not None and self.on_sent is not None:
+            self.on_sent(self, stream, len(data))
+        return True
 
     def try_enqueue(self, data: bytes) -> bool:
         if self.closed:
