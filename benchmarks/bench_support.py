@@ -106,6 +106,7 @@ class RpcError(RuntimeError):
 class ProcState:
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     out_bytes: int = 0
+    out_messages: int = 0
 
 
 class Ids:
@@ -155,6 +156,7 @@ class RpcState:
         if method == "process/output":
             chunk: str = params["chunk"]
             state.out_bytes += len(chunk) * 3 // 4 - chunk[-2:].count("=")
+            state.out_messages += 1
         elif method == "process/closed":
             state.closed.set()
 

@@ -340,6 +340,10 @@ async def open_relay(url: str) -> Client:
     return await Client.open(await connect_harness_relay(url))
 
 
+OUTPUT_MESSAGES: list[int] = []
+"""``process/output`` notifications per :func:`run_output` call, in order."""
+
+
 async def run_output(c: Client, size: int, chunk_bytes: int | None = SDK_CHUNK_BYTES) -> float:
     pid = Ids.next("out")
     state = c.procs[pid] = ProcState()
@@ -359,6 +363,7 @@ async def run_output(c: Client, size: int, chunk_bytes: int | None = SDK_CHUNK_B
     del c.procs[pid]
     if state.out_bytes != size:
         raise RuntimeError(f"received {state.out_bytes} of {size} output bytes")
+    OUTPUT_MESSAGES.append(state.out_messages)
     return elapsed
 
 
@@ -471,6 +476,7 @@ async def bench_output(
     process), and the throughput each path would reach with one core per process: the
     busiest process sets the pace when every process has its own core."""
     cpu: dict[str, list[dict[str, float]]] = {"direct": [], "relay": []}
+    messages: dict[str, list[int]] = {"direct": [], "relay": []}
 
     def metered(
         side: str, c: Client, procs: dict[str, int | None]
@@ -480,6 +486,7 @@ async def bench_output(
             elapsed = await run_output(c, size, chunk_bytes)
             after = cpu_by_process(procs)
             cpu[side].append({name: after[name] - before[name] for name in procs})
+            messages[side].append(OUTPUT_MESSAGES[-1])
             return elapsed
 
         return run
@@ -532,6 +539,9 @@ async def bench_output(
             "cores": cores,
             "samples": samples,
             "cpu_samples": cpu,
+            # process/output notifications per sample: the bytes per message each
+            # path sends (the environment reads what the pipe holds, up to the chunk)
+            "output_messages": messages,
         },
     )
 
