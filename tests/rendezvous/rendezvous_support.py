@@ -162,3 +162,32 @@ class PicowsFrame:
 
     def get_payload_as_memoryview(self) -> memoryview:
         return memoryview(self.payload)
+
+
+def client_frame(
+    payload: bytes, first: int = 0x82, key: bytes = b"\x1f\x8b\x3c\xa5", *, long_form: bool = False
+) -> bytes:
+    """A frame as a websocket client writes it (masked with ``key``; RFC 6455 5.2);
+    ``first``: the first header byte (FIN, RSV1-3, opcode). ``long_form`` writes the
+    length in 8 bytes whatever it is (not the shortest form: refused by servers)."""
+    size = len(payload)
+    if long_form or size > 0xFFFF:
+        length = bytes((0x80 | 127,)) + size.to_bytes(8, "big")
+    elif size > 125:
+        length = bytes((0x80 | 126,)) + size.to_bytes(2, "big")
+    else:
+        length = bytes((0x80 | size,))
+    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return bytes((first,)) + length + key + masked
+
+
+def feed(protocol: asyncio.BufferedProtocol, data: bytes, step: int | None = None) -> None:
+    """Give ``data`` to a buffered protocol as its transport would (at most ``step`` bytes
+    per read)."""
+    view = memoryview(data)
+    while view:
+        buffer = memoryview(protocol.get_buffer(-1))
+        size = min(len(buffer), len(view), step or len(view))
+        buffer[:size] = view[:size]
+        protocol.buffer_updated(size)
+        view = view[size:]

@@ -24,8 +24,10 @@ import struct
 
 __all__ = ["BINARY_OPCODE", "FLUSH_BYTES", "TEXT_OPCODE", "WRITEV_MIN_BYTES", "FrameWriter"]
 
-WRITEV_MIN_BYTES = 8192
-"""Frames from this size are written at once, header and payload in one ``writev``."""
+WRITEV_MIN_BYTES = 32 * 1024
+"""Frames from this size are written at once, header and payload in one ``writev``.
+Smaller ones are gathered (copied): Codex writes 8 KiB output chunks, and one system call
+per frame cost more than the copy (``benchmarks/rendezvous_cpu_bench.py --chunks codex``)."""
 
 FLUSH_BYTES = 256 * 1024
 """Gathered small frames are written once they reach this many bytes."""
@@ -103,6 +105,12 @@ class FrameWriter:
         elif not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._flush_soon)
+
+    def write_control(self, first: int, payload: bytes) -> None:
+        """Write a control frame (``first``: its first header byte; ``payload`` up to 125
+        bytes) after the frames gathered before it."""
+        self.flush()
+        self._write([bytes((first, len(payload))), payload])
 
     def flush(self) -> None:
         """Write the gathered frames now."""
