@@ -4,7 +4,7 @@ picows unmasks inbound frames with non-temporal stores: the payload is written p
 caches, and whoever reads it next (the kernel copying it out to another socket) reads
 it back from memory. Here the XOR runs in aiohttp's compiled helper (aiohttp is a
 dependency, pinned in ``uv.lock``), eight bytes at a time, and leaves the payload in the
-cache. The helper is aiohttp's private API: ``tests/transport/test_ws_mask.py`` pins its
+cache. The helper is aiohttp's private API: ``tests/rendezvous/test_ws_reader.py`` pins its
 behaviour, and a pure-Python XOR takes over if it ever goes away.
 """
 
