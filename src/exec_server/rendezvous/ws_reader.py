@@ -14,7 +14,12 @@ bytes go and tells :meth:`FrameReader.buffer_updated` how many arrived (what
 ``asyncio.BufferedProtocol`` does; :meth:`FrameReader.feed` copies bytes in the same
 way). Frame headers and small frames are read into a staging buffer; a frame whose
 payload is not all there yet, unless it is small enough to wait in the staging buffer,
-gets its own ``bytearray`` and the rest of it is read into that.
+gets its own ``bytearray`` and the rest of it is read into that. After such a frame the
+next read takes one frame header at most, so that a stream of long frames (the SDK's
+output chunks) is read in place from each payload's first byte, and a whole message read
+in place is read into the ``bytearray`` of the one before it when their sizes match (no
+allocation, no zeroing, memory still in the cache): a message handed to the sink is
+valid during the call only.
 
 Every rule is checked from the frame's header, before its payload is read (RFC 6455
 5.2-5.5): the reader hands its :class:`FrameSink` whole binary messages (fragments
@@ -58,6 +63,8 @@ __all__ = [
 STAGE_BYTES = 64 * 1024
 """The staging buffer: frame headers and small frames are read into it."""
 
+_LONGEST_HEADER = 14
+
 SMALL_FRAME_BYTES = STAGE_BYTES // 4
 """A frame up to this size (header included) waits in the staging buffer until it is all
 there; a longer one that is not gets a ``bytearray`` of its own."""
@@ -83,7 +90,8 @@ class FrameSink(Protocol):
     """What a :class:`FrameReader` hands its owner, in the order of the frames."""
 
     def on_message(self, payload: bytearray) -> None:
-        """A whole binary message, unmasked (the sink may keep it)."""
+        """A whole binary message, unmasked, valid during the call only (the reader
+        reads the next message of the same size into it)."""
 
     def on_ping(self, payload: bytes) -> None:
         """A ping (to be answered with a pong of the same payload)."""
@@ -132,6 +140,11 @@ class FrameReader:
         """Where the next byte read goes in the staging buffer."""
         self._payload: bytearray | None = None
         """The payload being read in place (a frame too long to wait in the stage)."""
+        self._spare: bytearray | None = None
+        """The last whole message read in place, reused for the next one of its size."""
+        self._in_place = False
+        """The last frame was read in place: the next read at a frame boundary takes one
+        header at most, so that the next long payload is read in place from its start."""
         self._filled = 0
         self._first = 0
         """The first header byte of the frame whose payload is read in place."""
@@ -151,7 +164,10 @@ class FrameReader:
             return memoryview(payload)[self._filled :]
         if self._done:
             return self._view
-        return self._view[self._end :]
+        end = self._end
+        if self._in_place and not end:
+            return self._view[:_LONGEST_HEADER]
+        return self._view[end:]
 
     def buffer_updated(self, nbytes: int) -> None:
         """``nbytes`` were written at the start of the last :meth:`get_buffer`."""
@@ -163,6 +179,7 @@ class FrameReader:
             if self._filled < len(payload):
                 return
             self._payload = None
+            self._in_place = True
             self._frame(self._first, self._key, payload)
             if self._done or self._end == 0:
                 return
@@ -217,6 +234,7 @@ class FrameReader:
             key = bytes(view[header_end - 4 : header_end])
             payload_end = header_end + length
             if payload_end <= end:
+                self._in_place = False
                 start = payload_end
                 payload = bytearray(view[header_end:payload_end])
                 if first == 0x82:  # a whole binary message: the routed frame's path
@@ -227,7 +245,13 @@ class FrameReader:
             elif payload_end - start <= SMALL_FRAME_BYTES:
                 break  # waits in the stage
             else:
-                payload = bytearray(length)
+                spare = self._spare
+                if first == 0x82 and spare is not None and len(spare) == length:
+                    payload = spare
+                else:
+                    payload = bytearray(length)
+                    if first == 0x82:
+                        self._spare = payload
                 filled = end - header_end
                 payload[:filled] = view[header_end:end]
                 self._payload = payload
