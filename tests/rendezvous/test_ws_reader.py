@@ -223,3 +223,35 @@ def test_mask_in_place_is_the_rfc_xor(key: bytes, data: bytes) -> None:
 def test_mask_in_place_refuses_a_key_that_is_not_4_bytes() -> None:
     with pytest.raises(ValueError, match="4 bytes"):
         ws_mask.mask_in_place(b"abc", bytearray(b"x"))
+
+
+@pytest.mark.parametrize("steps", [None, [14, 200_000], [3, 70_000, 9], [1000]])
+def test_long_messages_of_one_size_reuse_a_buffer_and_keep_their_contents(
+    steps: list[int] | None,
+) -> None:
+    """Each long message read in place goes into the buffer of the one before it when
+    their sizes match; what each hands over is its own payload, in order, also with a
+    differently sized message, a fragmented one and control frames in between."""
+    size = 3 * STAGE_BYTES
+    payloads = [os.urandom(size) for _ in range(3)]
+    odd = os.urandom(size + 1)
+    wire = [client_frame(payloads[0], key=os.urandom(4)), client_frame(payloads[1])]
+    wire += [client_frame(b"", 0x89), client_frame(odd), client_frame(payloads[2])]
+    wire += [client_frame(odd[:size], 0x02), client_frame(odd[size:], 0x80)]
+    wire += [client_frame(payloads[0], key=os.urandom(4))]
+    sink = read(b"".join(wire), steps)
+    assert not sink.errors
+    expected = [payloads[0], payloads[1], b"", odd, payloads[2], odd, payloads[0]]
+    assert [event for _, event in sink.events] == expected
+
+
+def test_a_long_message_is_read_from_its_first_byte_in_place() -> None:
+    """After a long message, the next read takes a header at most: the next payload
+    is then read straight into its own buffer, none of it through the stage."""
+    size = 3 * STAGE_BYTES
+    sink = Sink()
+    reader = FrameReader(LIMIT, sink)
+    reader.feed(client_frame(os.urandom(size)))
+    assert len(reader.get_buffer()) == 14
+    reader.feed(client_frame(b"x" * size)[:14])
+    assert len(reader.get_buffer()) == size

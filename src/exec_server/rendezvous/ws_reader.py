@@ -204,7 +204,7 @@ class FrameReader:
         start = self._start
         end = self._end
         on_message = self._sink.on_message
-        while end - start >= 2 and not self._done:
+        while end - start >= 2:
             first = stage[start]
             second = stage[start + 1]
             length = second & 0x7F
@@ -242,6 +242,8 @@ class FrameReader:
                     on_message(payload)
                 else:
                     self._frame(first, key, payload)
+                    if self._done:
+                        break
             elif payload_end - start <= SMALL_FRAME_BYTES:
                 break  # waits in the stage
             else:
