@@ -3,7 +3,7 @@
 The registry API (``POST``s with bodies, ``/metrics``...) is aiohttp's; the relay
 websockets carry every byte of every session: picows answers their upgrade, then the
 :class:`~exec_server.rendezvous.relay_socket.RelaySocket` reads the frames itself
-(``benchmarks/README.md`` has the measurements). A :class:`PortSplitter` is the protocol
+(``benchmarks/rendezvous_cpu_bench.py`` measures it). A :class:`PortSplitter` is the protocol
 of every accepted connection until the head of its first request is in: a websocket
 upgrade of a relay URL (``GET /relay/...`` with ``Upgrade: websocket``) is handed to a
 picows protocol, fed the request head, and whatever followed the head (frames a client

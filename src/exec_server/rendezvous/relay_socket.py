@@ -4,7 +4,7 @@ picows parses the upgrade request and writes the 101 (:mod:`~exec_server.rendezv
 picows_server`); in ``on_ws_connected`` the socket becomes the connection's buffered
 protocol and reads the frames itself with a :class:`~exec_server.rendezvous.ws_reader.
 FrameReader` (picows unmasks with non-temporal stores, which sends every routed byte
-through memory once more; ``benchmarks/README.md``). The bytes that followed the upgrade
+through memory once more; ``benchmarks/rendezvous_cpu_bench.py`` measures the path). The bytes that followed the upgrade
 request in its first read reach the reader too: :class:`~exec_server.rendezvous.port.
 PortSplitter` hands picows the request head only and the rest to whichever protocol the
 connection has after it.

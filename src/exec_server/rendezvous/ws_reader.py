@@ -210,26 +210,19 @@ class FrameReader:
             length = second & 0x7F
             if length < 126:
                 header_end = start + 6
-                shortest = True
+                shortest = 0
             else:
                 header_end = start + (8 if length == 126 else 14)
-                if end < header_end:
-                    break
-                length = int.from_bytes(view[start + 2 : header_end - 4], "big")
-                shortest = (
-                    126 <= length < 0x10000
-                    if header_end - start == 8
-                    else 0x10000 <= length < 1 << 63
-                )
+                shortest = 126 if length == 126 else 0x10000
             if end < header_end:
                 break
-            if (
-                first != 0x82
-                or second < 0x80
-                or not shortest
-                or length > self._max
-                or self._fragments is not None
-            ) and not self._header_ok(first, second, length):
+            if shortest:
+                length = int.from_bytes(view[start + 2 : header_end - 4], "big")
+            # The routed frame's header passes this test; any other goes to _header_ok.
+            routed = first == 0x82 and second >= 0x80 and shortest <= length <= self._max
+            if not (routed and self._fragments is None) and not self._header_ok(
+                first, second, length
+            ):
                 return
             key = bytes(view[header_end - 4 : header_end])
             payload_end = header_end + length
@@ -247,25 +240,35 @@ class FrameReader:
             elif payload_end - start <= SMALL_FRAME_BYTES:
                 break  # waits in the stage
             else:
-                spare = self._spare
-                if first == 0x82 and spare is not None and len(spare) == length:
-                    payload = spare
-                else:
-                    payload = bytearray(length)
-                    if first == 0x82:
-                        self._spare = payload
-                filled = end - header_end
-                payload[:filled] = view[header_end:end]
-                self._payload = payload
-                self._filled = filled
-                self._first = first
-                self._key = key
+                self._read_in_place(first, key, length, view[header_end:end])
                 start = end = 0
                 break
+        self._keep(start, end)
+
+    def _read_in_place(self, first: int, key: bytes, length: int, head: memoryview) -> None:
+        """Read the rest of a long frame's payload into a buffer of its own (the one of
+        the message before it, when the sizes match); ``head`` is what was read of it."""
+        spare = self._spare
+        if first == 0x82 and spare is not None and len(spare) == length:
+            payload = spare
+        else:
+            payload = bytearray(length)
+            if first == 0x82:
+                self._spare = payload
+        filled = len(head)
+        payload[:filled] = head
+        self._payload = payload
+        self._filled = filled
+        self._first = first
+        self._key = key
+
+    def _keep(self, start: int, end: int) -> None:
+        """Keep the unparsed bytes ``start:end`` of the stage (moved to its front when
+        what is left after them could not hold a small frame)."""
         if start == end:
             start = end = 0
         elif start and end + SMALL_FRAME_BYTES > STAGE_BYTES:
-            stage[: end - start] = view[start:end]  # a partial small frame to the front
+            self._stage[: end - start] = self._view[start:end]
             end -= start
             start = 0
         self._start = start
