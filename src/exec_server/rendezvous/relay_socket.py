@@ -4,10 +4,10 @@ picows parses the upgrade request and writes the 101 (:mod:`~exec_server.rendezv
 picows_server`); in ``on_ws_connected`` the socket becomes the connection's buffered
 protocol and reads the frames itself with a :class:`~exec_server.rendezvous.ws_reader.
 FrameReader` (picows unmasks with non-temporal stores, which sends every routed byte
-through memory once more; ``benchmarks/rendezvous_cpu_bench.py`` measures the path). The bytes that followed the upgrade
-request in its first read reach the reader too: :class:`~exec_server.rendezvous.port.
-PortSplitter` hands picows the request head only and the rest to whichever protocol the
-connection has after it.
+through memory once more; ``benchmarks/rendezvous_cpu_bench.py`` measures the path).
+The bytes that followed the upgrade request in its first read reach the reader too:
+:class:`~exec_server.rendezvous.port.PortSplitter` hands picows the request head only
+and the rest to whichever protocol the connection has after it.
 
 Every routed byte crosses two of these sockets, so the path is short: an environment's
 frames go straight from the read callback to :meth:`Router.on_environment_message` (no
