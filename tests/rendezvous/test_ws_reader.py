@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from rendezvous_support import client_frame
 
 from exec_server.rendezvous.errors import SocketProtocolError
-from exec_server.rendezvous.ws_reader import SMALL_FRAME_BYTES, STAGE_BYTES, FrameReader
+from exec_server.rendezvous.ws_reader import PART_BYTES, SMALL_FRAME_BYTES, STAGE_BYTES, FrameReader
 from exec_server.transport import ws_mask
 
 LIMIT = 300_000
@@ -191,12 +191,22 @@ def test_a_long_frame_is_read_into_its_own_buffer() -> None:
 @given(
     st.binary(max_size=3000),
     st.lists(st.integers(1, 4000), min_size=1, max_size=4),
-    st.sampled_from([b"", client_frame(b"ok"), client_frame(b"z" * 70_000, 0x02)]),
+    st.sampled_from(
+        [
+            b"",
+            client_frame(b"ok"),
+            client_frame(b"z" * 70_000, 0x02),
+            client_frame(b"p" * (3 * PART_BYTES))[:1000],  # inside a payload read in parts
+        ]
+    ),
+    st.sampled_from([100_000, 4 * PART_BYTES]),
 )
-def test_no_input_makes_the_reader_raise(junk: bytes, steps: list[int], prefix: bytes) -> None:
+def test_no_input_makes_the_reader_raise(
+    junk: bytes, steps: list[int], prefix: bytes, limit: int
+) -> None:
     """Arbitrary bytes (after a valid prefix) give events and at most one error, with a
     close code of the protocol's, and nothing after it."""
-    sink = read(prefix + junk, steps, limit=100_000)
+    sink = read(prefix + junk, steps, limit=limit)
     assert len(sink.errors) <= 1
     for error in sink.errors:
         assert error.close_code in (1002, 1003, 1007, 1009)
@@ -255,3 +265,20 @@ def test_a_long_message_is_read_from_its_first_byte_in_place() -> None:
     assert len(reader.get_buffer()) == 14
     reader.feed(client_frame(b"x" * size)[:14])
     assert len(reader.get_buffer()) == size
+
+
+@pytest.mark.parametrize("steps", [None, [14, 1 << 22], [65_536], [333_333, 7]])
+def test_a_payload_over_the_part_size_is_read_in_parts_as_it_arrives(
+    steps: list[int] | None,
+) -> None:
+    """A header claiming a long frame allocates one part, not the whole claim; the
+    parts come out joined, in order, with messages before and after intact."""
+    size = 2 * PART_BYTES + 12_345
+    payload = os.urandom(size)
+    wire = client_frame(b"before") + client_frame(payload) + client_frame(b"after")
+    sink = read(wire, steps, limit=8 * PART_BYTES)
+    assert not sink.errors
+    assert [event for _, event in sink.events] == [b"before", payload, b"after"]
+    reader = FrameReader(8 * PART_BYTES, Sink())
+    reader.feed(client_frame(b"x" * (8 * PART_BYTES))[:14])
+    assert len(reader.get_buffer()) == PART_BYTES

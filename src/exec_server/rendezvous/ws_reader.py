@@ -19,7 +19,9 @@ next read takes one frame header at most, so that a stream of long frames (the S
 output chunks) is read in place from each payload's first byte, and a whole message read
 in place is read into the ``bytearray`` of the one before it when their sizes match (no
 allocation, no zeroing, memory still in the cache): a message handed to the sink is
-valid during the call only.
+valid during the call only. A payload over ``PART_BYTES`` is read into parts allocated
+as its bytes arrive, so that a header claiming a long frame costs no more memory than
+the bytes actually sent.
 
 Every rule is checked from the frame's header, before its payload is read (RFC 6455
 5.2-5.5): the reader hands its :class:`FrameSink` whole binary messages (fragments
@@ -64,6 +66,10 @@ STAGE_BYTES = 64 * 1024
 """The staging buffer: frame headers and small frames are read into it."""
 
 _LONGEST_HEADER = 14
+
+PART_BYTES = 1024 * 1024
+"""A payload longer than this is read into parts of this size, allocated as its bytes
+arrive (then joined): a header alone never makes the reader allocate more than this."""
 
 SMALL_FRAME_BYTES = STAGE_BYTES // 4
 """A frame up to this size (header included) waits in the staging buffer until it is all
@@ -146,6 +152,10 @@ class FrameReader:
         """The last frame was read in place: the next read at a frame boundary takes one
         header at most, so that the next long payload is read in place from its start."""
         self._filled = 0
+        self._parts: list[bytearray] | None = None
+        """The parts read so far of a payload longer than ``PART_BYTES``."""
+        self._unallocated = 0
+        """The bytes of such a payload that no part holds yet."""
         self._first = 0
         """The first header byte of the frame whose payload is read in place."""
         self._key = b""
@@ -178,6 +188,10 @@ class FrameReader:
             self._filled += nbytes
             if self._filled < len(payload):
                 return
+            if self._parts is not None:
+                payload = self._next_part(payload)
+                if payload is None:
+                    return
             self._payload = None
             self._in_place = True
             self._frame(self._first, self._key, payload)
@@ -249,7 +263,11 @@ class FrameReader:
         """Read the rest of a long frame's payload into a buffer of its own (the one of
         the message before it, when the sizes match); ``head`` is what was read of it."""
         spare = self._spare
-        if first == 0x82 and spare is not None and len(spare) == length:
+        if length > PART_BYTES:
+            payload = bytearray(PART_BYTES)
+            self._parts = []
+            self._unallocated = length - PART_BYTES
+        elif first == 0x82 and spare is not None and len(spare) == length:
             payload = spare
         else:
             payload = bytearray(length)
@@ -261,6 +279,21 @@ class FrameReader:
         self._filled = filled
         self._first = first
         self._key = key
+
+    def _next_part(self, full: bytearray) -> bytearray | None:
+        """A part of a long payload is full: start the next one (None back) or join
+        them (the whole payload back)."""
+        parts = self._parts
+        assert parts is not None
+        parts.append(full)
+        size = min(self._unallocated, PART_BYTES)
+        if size:
+            self._unallocated -= size
+            self._payload = bytearray(size)
+            self._filled = 0
+            return None
+        self._parts = None
+        return bytearray().join(parts)
 
     def _keep(self, start: int, end: int) -> None:
         """Keep the unparsed bytes ``start:end`` of the stage (moved to its front when
@@ -361,6 +394,7 @@ class FrameReader:
     def _fail(self, error: SocketProtocolError) -> None:
         self._done = True
         self._payload = None
+        self._parts = None
         self._fragments = None
         self._start = self._end = 0
         self._sink.on_error(error)
