@@ -225,7 +225,15 @@ class RelaySocket(picows.WSListener, asyncio.BufferedProtocol):
         self._disconnect()
 
     def on_error(self, error: SocketProtocolError) -> None:
+        """The reader refused a frame and reads nothing more (RFC 6455 7.1.7: not even
+        the peer's close reply): after the close frame the stream ends (half-closed, so
+        that what the peer still sends is read and dropped rather than answered with a
+        reset), and the peer closing its end (EOF) ends the connection."""
         self._fail(error)
+        transport = self._transport
+        if transport is not None and not self._lost and not transport.is_closing():
+            with contextlib.suppress(OSError, RuntimeError, NotImplementedError):
+                transport.write_eof()
 
     def _update_paths(self) -> None:
         """Recompute which of the routed message's paths is open (see ``__init__``)."""

@@ -1,0 +1,91 @@
+"""A relay socket's answers to a hostile or broken peer, on a real socket pair: a
+framing error ends the connection without waiting for a reply it will never read, pings
+never make it buffer more than one pong, a connection whose peer stops reading is
+dropped a bounded time after the close, and a TLS transport is never written around."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from rendezvous_support import client_frame, feed
+
+from exec_server.rendezvous import relay_socket
+from exec_server.rendezvous.relay_socket import RelaySocket
+from exec_server.rendezvous.url_signing import UrlRole
+
+WAIT_S = 10.0
+
+
+class Far:
+    """The client's end of the pair (it reads only when told to)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buffer = b""
+
+    async def frame(self) -> tuple[int, bytes] | None:
+        """The next frame the relay socket wrote (first byte, payload); None at EOF."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(WAIT_S):
+            while True:
+                parsed = _parse(self._buffer)
+                if parsed is not None:
+                    first, payload, self._buffer = parsed
+                    return first, payload
+                chunk = await loop.sock_recv(self.sock, 65536)
+                if not chunk:
+                    return None
+                self._buffer += chunk
+
+
+def _parse(data: bytes) -> tuple[int, bytes, bytes] | None:
+    if len(data) < 2:
+        return None
+    first, length, pos = data[0], data[1] & 0x7F, 2
+    if length == 126:
+        if len(data) < 4:
+            return None
+        (length,) = struct.unpack_from("!H", data, 2)
+        pos = 4
+    elif length == 127:
+        if len(data) < 10:
+            return None
+        (length,) = struct.unpack_from("!Q", data, 2)
+        pos = 10
+    if len(data) < pos + length:
+        return None
+    return first, data[pos : pos + length], data[pos + length :]
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[RelaySocket, Far]]:
+    ours, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    sock = RelaySocket(UrlRole.HARNESS, "env", False, 1 << 20, lambda s: None)
+    transport, _ = await asyncio.get_running_loop().connect_accepted_socket(lambda: sock, ours)
+    yield sock, Far(theirs)
+    transport.abort()
+    theirs.close()
+    await asyncio.sleep(0)
+
+
+async def test_a_framing_error_half_closes_without_waiting_for_the_reply(
+    pair: tuple[RelaySocket, Far],
+) -> None:
+    """After a framing error the reader reads nothing more (RFC 6455 7.1.7), so no
+    close reply can be waited for: the close frame is followed by the end of the
+    stream at once, and a peer that then closes its end ends the connection."""
+    sock, far = pair
+    feed(sock, client_frame(b"x", 0xC2))  # a reserved bit: 1002
+    first, payload = await far.frame() or (0, b"")
+    assert (first, payload[:2]) == (0x88, (1002).to_bytes(2, "big"))
+    assert await far.frame() is None, "the close frame must be followed by the end of stream"
+    far.sock.close()
+    async with asyncio.timeout(WAIT_S):
+        await sock.close()
+    assert sock._disconnected.is_set()
