@@ -89,3 +89,35 @@ async def test_a_framing_error_half_closes_without_waiting_for_the_reply(
     async with asyncio.timeout(WAIT_S):
         await sock.close()
     assert sock._disconnected.is_set()
+
+
+async def test_a_ping_flood_is_answered_with_one_pong_per_read(
+    pair: tuple[RelaySocket, Far],
+) -> None:
+    """A peer may answer only the latest of the pings it has not answered yet (RFC 6455
+    5.5.3): one read of a thousand pings costs one pong, with the last ping's payload."""
+    sock, far = pair
+    pings = b"".join(client_frame(i.to_bytes(2, "big"), 0x89) for i in range(1000))
+    buffer = sock.get_buffer(-1)
+    assert len(buffer) >= len(pings)
+    buffer[: len(pings)] = pings
+    sock.buffer_updated(len(pings))
+    feed(sock, client_frame(b"end", 0x89))
+    assert await far.frame() == (0x8A, (999).to_bytes(2, "big"))
+    assert await far.frame() == (0x8A, b"end")
+
+
+async def test_pings_while_writing_is_paused_leave_one_pong_for_later(
+    pair: tuple[RelaySocket, Far],
+) -> None:
+    """While the transport is paused for writing (the peer reads nothing), pings
+    buffer nothing: the latest one is answered once writing resumes."""
+    sock, far = pair
+    sock.pause_writing()
+    for i in range(100):
+        feed(sock, client_frame(b"p" * 120 + i.to_bytes(2, "big"), 0x89))
+    await asyncio.sleep(0)
+    with pytest.raises(BlockingIOError):
+        far.sock.recv(1)  # nothing was written while paused
+    sock.resume_writing()
+    assert await far.frame() == (0x8A, b"p" * 120 + (99).to_bytes(2, "big"))

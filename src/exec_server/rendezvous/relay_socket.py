@@ -122,6 +122,9 @@ class RelaySocket(picows.WSListener, asyncio.BufferedProtocol):
         self._peer_closed = asyncio.Event()
         self.keepalive: Keepalive | None = None
         self._frames: FrameWriter | None = None
+        self._pong: bytes | None = None
+        """The payload of the latest ping not answered yet (one pong answers it, after
+        the read that carried it, or once writing resumes: RFC 6455 5.5.3)."""
 
     # --- the upgrade (picows) -----------------------------------------------------------
 
@@ -154,12 +157,15 @@ class RelaySocket(picows.WSListener, asyncio.BufferedProtocol):
         if keepalive is not None:
             keepalive.heard_count += 1
         self._reader.buffer_updated(nbytes)
+        if self._pong is not None and self._can_write:
+            self._send_pong()
 
     def eof_received(self) -> bool:
         return False  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        self._pong = None
         if self.close_code is None:
             self.close_code = ABNORMAL_CLOSURE
         if self._frames is not None:
@@ -178,6 +184,8 @@ class RelaySocket(picows.WSListener, asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         self._writable.set()
         self._can_write = self._transport is not None and not self._close_sent and not self._lost
+        if self._pong is not None and self._can_write:
+            self._send_pong()
 
     # --- frames read (the reader's sink) ------------------------------------------------
 
@@ -206,8 +214,18 @@ class RelaySocket(picows.WSListener, asyncio.BufferedProtocol):
         self._deliver(bytes(payload))
 
     def on_ping(self, payload: bytes) -> None:
+        """Answered after the read (the latest ping of a read only), or, while the peer
+        reads nothing (writing paused), once writing resumes: pings never make the
+        socket buffer more than one pong."""
         if not self._close_sent:
-            self._write_control(_PONG_FRAME, payload)
+            self._pong = payload
+
+    def _send_pong(self) -> None:
+        payload = self._pong
+        self._pong = None
+        frames = self._frames
+        if payload is not None and frames is not None:
+            frames.write(_PONG_FRAME, payload)  # gathered with the frames around it
 
     def on_pong(self) -> None:
         pass  # counted as heard with the bytes that carried it
@@ -218,6 +236,7 @@ class RelaySocket(picows.WSListener, asyncio.BufferedProtocol):
             self.close_code = NO_STATUS if code is None else code
             self._close_sent = True
             self._can_write = False
+            self._pong = None
             self._update_paths()
             self._write_control(
                 _CLOSE_FRAME, b"" if code is None else code.to_bytes(2, "big") + reason
@@ -401,6 +420,7 @@ class RelaySocket(picows.WSListener, asyncio.BufferedProtocol):
             return
         self._close_sent = True
         self._can_write = False
+        self._pong = None
         self._update_paths()
         if self.close_code is None:
             self.close_code = code
