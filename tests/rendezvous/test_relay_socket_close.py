@@ -121,3 +121,17 @@ async def test_pings_while_writing_is_paused_leave_one_pong_for_later(
         far.sock.recv(1)  # nothing was written while paused
     sock.resume_writing()
     assert await far.frame() == (0x8A, b"p" * 120 + (99).to_bytes(2, "big"))
+
+
+async def test_a_closed_connection_whose_peer_reads_nothing_is_dropped(
+    pair: tuple[RelaySocket, Far], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A graceful close waits for the written bytes to leave, which they never do when
+    the peer stops reading: the connection is dropped a bounded time after the close."""
+    monkeypatch.setattr(relay_socket, "SOCKET_CLOSE_TIMEOUT_S", 0.05)
+    sock, _far = pair
+    while sock._writable.is_set():
+        assert sock.write_now(b"x" * 65536)
+    async with asyncio.timeout(WAIT_S):
+        await sock.close()
+        await sock._disconnected.wait()

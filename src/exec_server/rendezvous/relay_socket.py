@@ -125,6 +125,8 @@ class RelaySocket(picows.WSListener, asyncio.BufferedProtocol):
         self._pong: bytes | None = None
         """The payload of the latest ping not answered yet (one pong answers it, after
         the read that carried it, or once writing resumes: RFC 6455 5.5.3)."""
+        self._drop_timer: asyncio.TimerHandle | None = None
+        """Aborts a connection still open this long after it was closed."""
 
     # --- the upgrade (picows) -----------------------------------------------------------
 
@@ -165,6 +167,9 @@ class RelaySocket(picows.WSListener, asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        if self._drop_timer is not None:
+            self._drop_timer.cancel()
+            self._drop_timer = None
         self._pong = None
         if self.close_code is None:
             self.close_code = ABNORMAL_CLOSURE
@@ -427,10 +432,16 @@ class RelaySocket(picows.WSListener, asyncio.BufferedProtocol):
         self._write_control(_CLOSE_FRAME, code.to_bytes(2, "big") + message[:123])
 
     def _disconnect(self) -> None:
-        """Close the connection once what was written is out."""
+        """Close the connection once what was written is out, and drop it if that has
+        not happened within ``SOCKET_CLOSE_TIMEOUT_S`` (a peer that reads nothing would
+        keep it open for ever)."""
         transport = self._transport
         if transport is not None and not self._lost:
             transport.close()
+            if self._drop_timer is None and not self._lost:
+                self._drop_timer = asyncio.get_running_loop().call_later(
+                    SOCKET_CLOSE_TIMEOUT_S, transport.abort
+                )
 
     async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
         """Send a close (once), wait for the peer's (bounded), drop the connection."""
