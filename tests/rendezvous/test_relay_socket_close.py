@@ -135,3 +135,39 @@ async def test_a_closed_connection_whose_peer_reads_nothing_is_dropped(
     async with asyncio.timeout(WAIT_S):
         await sock.close()
         await sock._disconnected.wait()
+
+
+class _TlsTransport(asyncio.Transport):
+    """What an SSL transport reports: the raw socket under it, and its SSL context."""
+
+    def __init__(self, raw: socket.socket) -> None:
+        super().__init__()
+        self._raw = raw
+        self.written: list[bytes] = []
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"socket": self._raw, "sslcontext": object(), "peername": None}.get(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def test_a_tls_transport_is_never_written_around() -> None:
+    """Frames go to the kernel directly only on a plain socket: on a TLS one they
+    would leave unencrypted, so everything goes through the transport."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.setblocking(False)
+        transport = _TlsTransport(ours)
+        sock = RelaySocket(UrlRole.HARNESS, "env", False, 1 << 20, lambda s: None)
+        sock.connection_made(transport)
+        assert sock.write_now(b"y" * 40_000)
+        with pytest.raises(BlockingIOError):
+            theirs.recv(65536)
+        assert b"".join(transport.written).endswith(b"y" * 40_000)

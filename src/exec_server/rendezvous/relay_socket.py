@@ -149,7 +149,10 @@ class RelaySocket(picows.WSListener, asyncio.BufferedProtocol):
         self._can_write = self._writable.is_set()
         self.peername = underlying.get_extra_info("peername")
         sock = underlying.get_extra_info("socket")
-        self._frames = FrameWriter(underlying, sock.fileno() if sock is not None else -1)
+        # Frames go to the kernel directly only on a plain socket: under TLS the raw
+        # socket would carry them unencrypted.
+        direct = sock is not None and underlying.get_extra_info("sslcontext") is None
+        self._frames = FrameWriter(underlying, sock.fileno() if direct else -1)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._reader.get_buffer()
