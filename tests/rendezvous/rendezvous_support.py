@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -191,3 +192,34 @@ def feed(protocol: asyncio.BufferedProtocol, data: bytes, step: int | None = Non
         buffer[:size] = view[:size]
         protocol.buffer_updated(size)
         view = view[size:]
+
+
+def server_frame(data: bytes) -> tuple[int, bytes, bytes] | None:
+    """The first whole (unmasked) frame a server wrote in ``data``: ``(first header
+    byte, payload, the bytes after it)``, or None while it is not all there."""
+    if len(data) < 2:
+        return None
+    size, pos = data[1] & 0x7F, 2
+    if size == 126:
+        if len(data) < 4:
+            return None
+        (size,) = struct.unpack_from("!H", data, 2)
+        pos = 4
+    elif size == 127:
+        if len(data) < 10:
+            return None
+        (size,) = struct.unpack_from("!Q", data, 2)
+        pos = 10
+    if len(data) < pos + size:
+        return None
+    return data[0], data[pos : pos + size], data[pos + size :]
+
+
+def upgrade_request(relay_url: str, host_port: str) -> bytes:
+    """A websocket upgrade request for ``relay_url``, as a client writes it."""
+    path = "/" + relay_url.split("://", 1)[1].split("/", 1)[1]
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {host_port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()

@@ -21,6 +21,7 @@ from rendezvous_support import (
     register,
     resume,
     scrape,
+    upgrade_request,
     wait_for,
 )
 
@@ -227,12 +228,7 @@ async def test_validate_keeps_its_connection_and_a_late_upgrade_is_refused_clear
             head, _answer = await _http_exchange(reader, writer, validate)
             assert head.startswith(b"HTTP/1.1 "), head
             assert b"connection: close" not in head.lower()
-        path = "/" + relay_url.split("://", 1)[1].split("/", 1)[1]
-        upgrade = (
-            f"GET {path} HTTP/1.1\r\nHost: {host_port}\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
+        upgrade = upgrade_request(relay_url, host_port)
         head, answer = await _http_exchange(reader, writer, upgrade)
         assert head.startswith(b"HTTP/1.1 400 "), head
         assert b"upgrade_not_first" in answer
@@ -254,12 +250,7 @@ async def test_frames_sent_with_the_upgrade_request_are_read_in_order(
         relay_url = await harness_url(http, server.base_url, ENV)
         host_port = server.base_url.split("://", 1)[1]
         host, _, port = host_port.partition(":")
-        path = "/" + relay_url.split("://", 1)[1].split("/", 1)[1]
-        upgrade = (
-            f"GET {path} HTTP/1.1\r\nHost: {host_port}\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
+        upgrade = upgrade_request(relay_url, host_port)
         frames = [resume("s-pipe")] + [
             data("s-pipe", seq, bytes([seq]) * size)
             for seq, size in enumerate((1, 200, 70_000, 5), start=1)
@@ -275,3 +266,28 @@ async def test_frames_sent_with_the_upgrade_request_are_read_in_order(
             writer.close()
             await writer.wait_closed()
             await env.close()
+
+
+async def test_a_refused_upgrade_reads_nothing_behind_its_request(
+    make_rendezvous: MakeRendezvous,
+) -> None:
+    """Frames written behind an upgrade request that is refused are never read as
+    frames: the client gets the refusal and the end of the connection, nothing more."""
+    server = await make_rendezvous()
+    async with aiohttp.ClientSession() as http:
+        await register(http, server.base_url, ENV)
+        relay_url = await harness_url(http, server.base_url, ENV)
+    host_port = server.base_url.split("://", 1)[1]
+    host, _, port = host_port.partition(":")
+    forged = relay_url.replace("sig=", "sig=x")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        frames = client_frame(data("s-refused", 1, b"x" * 100)) + client_frame(b"", 0x89)
+        writer.write(upgrade_request(forged, host_port) + frames)
+        answer = await asyncio.wait_for(reader.read(), WAIT_S)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401 "), head
+    assert body.startswith(b'{"error": ') and body.endswith(b"}"), body

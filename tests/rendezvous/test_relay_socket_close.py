@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from rendezvous_support import client_frame, feed
+from rendezvous_support import client_frame, feed, server_frame
 
 from exec_server.rendezvous import relay_socket
 from exec_server.rendezvous.relay_socket import RelaySocket
@@ -33,7 +32,7 @@ class Far:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(WAIT_S):
             while True:
-                parsed = _parse(self._buffer)
+                parsed = server_frame(self._buffer)
                 if parsed is not None:
                     first, payload, self._buffer = parsed
                     return first, payload
@@ -41,25 +40,6 @@ class Far:
                 if not chunk:
                     return None
                 self._buffer += chunk
-
-
-def _parse(data: bytes) -> tuple[int, bytes, bytes] | None:
-    if len(data) < 2:
-        return None
-    first, length, pos = data[0], data[1] & 0x7F, 2
-    if length == 126:
-        if len(data) < 4:
-            return None
-        (length,) = struct.unpack_from("!H", data, 2)
-        pos = 4
-    elif length == 127:
-        if len(data) < 10:
-            return None
-        (length,) = struct.unpack_from("!Q", data, 2)
-        pos = 10
-    if len(data) < pos + length:
-        return None
-    return first, data[pos : pos + length], data[pos + length :]
 
 
 @pytest.fixture

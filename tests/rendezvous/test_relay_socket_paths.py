@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import struct
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from rendezvous_support import client_frame, feed
+from rendezvous_support import client_frame, feed, server_frame
 
 from exec_server.relay.frame_codec import (
     RELIABLE_CAPABILITY_BIT,
@@ -52,7 +51,7 @@ class Side:
         out: list[bytes] = []
         async with asyncio.timeout(WAIT_S):
             while len(out) < count:
-                parsed = _parse(self._buffer)
+                parsed = server_frame(self._buffer)
                 if parsed is not None:
                     first, payload, self._buffer = parsed
                     if first & 0x08:
@@ -69,7 +68,7 @@ class Side:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(WAIT_S):
             while not self.control:
-                parsed = _parse(self._buffer)
+                parsed = server_frame(self._buffer)
                 if parsed is None:
                     self._buffer += await loop.sock_recv(self.far, 1 << 20)
                     continue
@@ -77,25 +76,6 @@ class Side:
                 if first & 0x08:
                     self.control.append((first, payload))
         return self.control.pop(0)
-
-
-def _parse(data: bytes) -> tuple[int, bytes, bytes] | None:
-    if len(data) < 2:
-        return None
-    size, pos = data[1] & 0x7F, 2
-    if size == 126:
-        if len(data) < 4:
-            return None
-        (size,) = struct.unpack_from("!H", data, 2)
-        pos = 4
-    elif size == 127:
-        if len(data) < 10:
-            return None
-        (size,) = struct.unpack_from("!Q", data, 2)
-        pos = 10
-    if len(data) < pos + size:
-        return None
-    return data[0], data[pos : pos + size], data[pos + size :]
 
 
 @pytest.fixture
