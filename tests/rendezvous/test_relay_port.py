@@ -210,13 +210,8 @@ async def test_validate_keeps_its_connection_and_a_late_upgrade_is_refused_clear
     """/validate is on every Noise handshake's critical path: its connection stays open
     (no TCP handshake per validation). A relay upgrade sent after it on the same
     connection cannot reach the websocket server and gets a clear 400."""
-    server = await make_rendezvous()
-    async with aiohttp.ClientSession() as http:
-        await register(http, server.base_url, ENV)
-        relay_url = await harness_url(http, server.base_url, ENV)
-    host_port = server.base_url.split("://", 1)[1]
-    host, _, port = host_port.partition(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    relay_url, host_port, host, port = await _harness_address(await make_rendezvous())
+    reader, writer = await asyncio.open_connection(host, port)
     try:
         body = b'{"executor_registration_id":"x","harness_public_key":"y"}'
         validate = (
@@ -273,14 +268,9 @@ async def test_a_refused_upgrade_reads_nothing_behind_its_request(
 ) -> None:
     """Frames written behind an upgrade request that is refused are never read as
     frames: the client gets the refusal and the end of the connection, nothing more."""
-    server = await make_rendezvous()
-    async with aiohttp.ClientSession() as http:
-        await register(http, server.base_url, ENV)
-        relay_url = await harness_url(http, server.base_url, ENV)
-    host_port = server.base_url.split("://", 1)[1]
-    host, _, port = host_port.partition(":")
+    relay_url, host_port, host, port = await _harness_address(await make_rendezvous())
     forged = relay_url.replace("sig=", "sig=x")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    reader, writer = await asyncio.open_connection(host, port)
     try:
         frames = client_frame(data("s-refused", 1, b"x" * 100)) + client_frame(b"", 0x89)
         writer.write(upgrade_request(forged, host_port) + frames)
@@ -291,3 +281,14 @@ async def test_a_refused_upgrade_reads_nothing_behind_its_request(
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 401 "), head
     assert body.startswith(b'{"error": ') and body.endswith(b"}"), body
+
+
+async def _harness_address(server: RendezvousServer) -> tuple[str, str, str, int]:
+    """A harness URL of a registered environment, and where to dial it by hand:
+    ``(relay URL, "host:port", host, port)``."""
+    async with aiohttp.ClientSession() as http:
+        await register(http, server.base_url, ENV)
+        relay_url = await harness_url(http, server.base_url, ENV)
+    host_port = server.base_url.split("://", 1)[1]
+    host, _, port = host_port.partition(":")
+    return relay_url, host_port, host, int(port)
