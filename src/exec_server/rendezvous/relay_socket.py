@@ -24,12 +24,15 @@ Behaviour on the wire (as the aiohttp socket this replaced had it): the upgrade 
 refused before the 101 with a JSON error (401/403 for the URL, 503 while the node
 cannot serve; :mod:`~exec_server.rendezvous.picows_server`); the
 :data:`~exec_server.relay.control.CONTROL_SUBPROTOCOL` is agreed when offered; peers'
-pings are answered and ours come from a
+pings are answered (the latest of each read, none while the peer reads nothing: RFC 6455
+5.5.3) and ours come from a
 :class:`~exec_server.transport.websocket.Keepalive`; a protocol error closes with 1002
 (invalid frame), 1003 (text message), 1007 (a close reason not UTF-8) or 1009 (over the
 size limit, reason "relay message over the size limit", refused from the frame's header),
 counted by reason. A close handshake waits up to
-:data:`~exec_server.rendezvous.socket_peer.SOCKET_CLOSE_TIMEOUT_S` for the peer's reply.
+:data:`~exec_server.rendezvous.socket_peer.SOCKET_CLOSE_TIMEOUT_S` for the peer's reply
+(after a frame the reader refused, for its end of the stream: the reader reads nothing
+more), and a connection still open that long after its close is dropped.
 """
 
 from __future__ import annotations
