@@ -215,3 +215,43 @@ async def test_a_router_with_its_own_harness_rules_gets_every_harness_frame(
     assert await environment.frames(3) == sent
     assert seen == sent
     await stop(environment, harness)
+
+
+async def test_a_peer_that_drips_one_frame_is_silent_for_the_keepalive(
+    sockets: list[socket.socket],
+) -> None:
+    """The keepalive counts whole frames: a peer sending a frame a byte at a time, and
+    never finishing it, is dropped after ``pong_timeout_s`` (it holds the frame's
+    buffer until then), as one that sends nothing is. Reads alone do not count."""
+    ours, theirs = socket.socketpair()
+    sockets += [ours, theirs]
+    loop = asyncio.get_running_loop()
+    sock = RelaySocket(UrlRole.ENVIRONMENT, ENV, False, 1 << 20, lambda s: None)
+    await loop.connect_accepted_socket(lambda: sock, ours)
+    router = Router(RouterConfig())
+    peer = router.new_peer(sock, UrlRole.ENVIRONMENT, ENV, "nonce-drip")
+    router.attach(peer)
+    served = asyncio.create_task(
+        sock.serve(
+            peer,
+            router.on_environment_message,
+            router.on_harness_message,
+            KeepaliveConfig(ping_interval_s=0.05, pong_timeout_s=0.4),
+        )
+    )
+    drip = client_frame(b"x" * 60_000)
+    theirs.setblocking(False)
+    try:
+        async with asyncio.timeout(WAIT_S):
+            for byte in drip[:-1]:  # one byte short of the whole frame
+                if served.done():
+                    break
+                theirs.send(bytes((byte,)))
+                await asyncio.sleep(0.02)
+            result = await served
+    finally:
+        served.cancel()
+        theirs.close()  # the peer goes: the socket's close need not wait for its reply
+        await peer.aclose()
+    assert result == "pong_timeout"
+    assert sock.keepalive is not None and sock.keepalive.heard_count == 0

@@ -161,9 +161,6 @@ class RelaySocket(picows.WSListener, asyncio.BufferedProtocol):
         return self._reader.get_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
-        keepalive = self.keepalive
-        if keepalive is not None:
-            keepalive.heard_count += 1
         self._reader.buffer_updated(nbytes)
         if self._pong is not None and self._can_write:
             self._send_pong()
@@ -201,7 +198,14 @@ class RelaySocket(picows.WSListener, asyncio.BufferedProtocol):
     # --- frames read (the reader's sink) ------------------------------------------------
 
     def on_message(self, payload: bytearray) -> None:
-        """A whole binary message: routed at once when the socket may, else delivered."""
+        """A whole binary message: routed at once when the socket may, else delivered.
+
+        The keepalive counts whole messages and control frames, not reads (as it did
+        when picows read the frames): a peer that drips a frame a byte at a time is
+        silent, and is dropped after ``pong_timeout_s``."""
+        keepalive = self.keepalive
+        if keepalive is not None:
+            keepalive.heard_count += 1
         route_view = self._route_view
         if route_view is not None:
             assert self._peer is not None
@@ -228,6 +232,7 @@ class RelaySocket(picows.WSListener, asyncio.BufferedProtocol):
         """Answered after the read (the latest ping of a read only), or, while the peer
         reads nothing (writing paused), once writing resumes: pings never make the
         socket buffer more than one pong."""
+        self._heard()
         if not self._close_sent:
             self._pong = payload
 
@@ -239,7 +244,13 @@ class RelaySocket(picows.WSListener, asyncio.BufferedProtocol):
             frames.write(_PONG_FRAME, payload)  # gathered with the frames around it
 
     def on_pong(self) -> None:
-        pass  # counted as heard with the bytes that carried it
+        self._heard()
+
+    def _heard(self) -> None:
+        """A control frame came in whole: the peer is alive (see :meth:`on_message`)."""
+        keepalive = self.keepalive
+        if keepalive is not None:
+            keepalive.heard_count += 1
 
     def on_close(self, code: int | None, reason: bytes) -> None:
         self._peer_closed.set()
