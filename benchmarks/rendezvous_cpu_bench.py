@@ -12,7 +12,7 @@ scheduler). Each sample is one process writing ``--mib`` MiB, read to
 
 Per process and sample it reads the CPU time from ``/proc/PID/task/*/schedstat``
 (nanoseconds, all threads) and the user/system split from ``/proc/PID/stat`` (clock
-ticks), and prints medians and ranges::
+ticks), and the wall time of each sample, and prints medians and ranges::
 
     python benchmarks/rendezvous_cpu_bench.py --samples 12
     python benchmarks/rendezvous_cpu_bench.py --chunks codex --samples 8
@@ -153,6 +153,7 @@ async def main_async(args: argparse.Namespace) -> int:
             await rb.run_output(other[1], size, chunk)
             sides["rendezvous_b"] = (other[0].pid, other[1])
         samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in sides}
+        walls: dict[str, list[float]] = {name: [] for name in sides}
         names = list(sides)
         for i in range(args.samples):
             shift = i % len(names)  # each side first, middle and last in turn
@@ -160,7 +161,9 @@ async def main_async(args: argparse.Namespace) -> int:
                 pid, client = sides[name]
                 procs = {name: pid}
                 before = snapshot(procs)
+                started = time.perf_counter()
                 await rb.run_output(client, size, chunk)
+                walls[name].append(time.perf_counter() - started)
                 samples[name].append(delta(before, snapshot(procs))[name])
         result = {}
         for name, values in samples.items():
@@ -169,10 +172,12 @@ async def main_async(args: argparse.Namespace) -> int:
                 "cpu_s": cpu,
                 "user_s": [v[1] for v in values],
                 "system_s": [v[2] for v in values],
+                "wall_s": walls[name],
             }
             print(
                 f"{name:>10}: CPU-s {summary(cpu)}  user {summary([v[1] for v in values])}"
-                f"  system {summary([v[2] for v in values])}  (n={len(cpu)})"
+                f"  system {summary([v[2] for v in values])}  wall {summary(walls[name])}"
+                f"  (n={len(cpu)})"
             )
         ratio = statistics.median(result["rendezvous"]["cpu_s"]) / statistics.median(
             result["server"]["cpu_s"]

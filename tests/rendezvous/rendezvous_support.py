@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -162,3 +163,63 @@ class PicowsFrame:
 
     def get_payload_as_memoryview(self) -> memoryview:
         return memoryview(self.payload)
+
+
+def client_frame(
+    payload: bytes, first: int = 0x82, key: bytes = b"\x1f\x8b\x3c\xa5", *, long_form: bool = False
+) -> bytes:
+    """A frame as a websocket client writes it (masked with ``key``; RFC 6455 5.2);
+    ``first``: the first header byte (FIN, RSV1-3, opcode). ``long_form`` writes the
+    length in 8 bytes whatever it is (not the shortest form: refused by servers)."""
+    size = len(payload)
+    if long_form or size > 0xFFFF:
+        length = bytes((0x80 | 127,)) + size.to_bytes(8, "big")
+    elif size > 125:
+        length = bytes((0x80 | 126,)) + size.to_bytes(2, "big")
+    else:
+        length = bytes((0x80 | size,))
+    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return bytes((first,)) + length + key + masked
+
+
+def feed(protocol: asyncio.BufferedProtocol, data: bytes, step: int | None = None) -> None:
+    """Give ``data`` to a buffered protocol as its transport would (at most ``step`` bytes
+    per read)."""
+    view = memoryview(data)
+    while view:
+        buffer = memoryview(protocol.get_buffer(-1))
+        size = min(len(buffer), len(view), step or len(view))
+        buffer[:size] = view[:size]
+        protocol.buffer_updated(size)
+        view = view[size:]
+
+
+def server_frame(data: bytes) -> tuple[int, bytes, bytes] | None:
+    """The first whole (unmasked) frame a server wrote in ``data``: ``(first header
+    byte, payload, the bytes after it)``, or None while it is not all there."""
+    if len(data) < 2:
+        return None
+    size, pos = data[1] & 0x7F, 2
+    if size == 126:
+        if len(data) < 4:
+            return None
+        (size,) = struct.unpack_from("!H", data, 2)
+        pos = 4
+    elif size == 127:
+        if len(data) < 10:
+            return None
+        (size,) = struct.unpack_from("!Q", data, 2)
+        pos = 10
+    if len(data) < pos + size:
+        return None
+    return data[0], data[pos : pos + size], data[pos + size :]
+
+
+def upgrade_request(relay_url: str, host_port: str) -> bytes:
+    """A websocket upgrade request for ``relay_url``, as a client writes it."""
+    path = "/" + relay_url.split("://", 1)[1].split("/", 1)[1]
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {host_port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()

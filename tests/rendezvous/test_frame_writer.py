@@ -121,3 +121,22 @@ async def test_gathered_frames_are_written_once_they_reach_the_flush_size(pair: 
     await asyncio.sleep(0)
     total = count * (len(frame_header(BINARY_OPCODE, len(payload))) + len(payload))
     assert parse_frames(await pair.read_exactly(total)) == [(BINARY_OPCODE, payload)] * count
+
+
+async def test_gathered_frames_survive_partial_writes_and_the_buffer_reused(pair: Pair) -> None:
+    """Small frames are gathered into one buffer that is reused after every write: what
+    the kernel does not take of it is copied, so batches written while the socket is
+    full arrive whole and in order."""
+    expected: list[tuple[int, bytes]] = []
+    for batch in range(6):
+        for index in range(40):
+            size = (batch * 997 + index * 131) % WRITEV_MIN_BYTES
+            payload = bytes([(batch * 40 + index) % 251]) * size
+            source = bytearray(payload)
+            pair.writer.write(BINARY_OPCODE, memoryview(source))
+            source[:] = b"x" * size
+            expected.append((BINARY_OPCODE, payload))
+        pair.writer.flush()
+    total = sum(len(frame_header(f, len(p))) + len(p) for f, p in expected)
+    assert total > 4 * FLUSH_BYTES // 2, "more than the socket buffers take at once"
+    assert parse_frames(await pair.read_exactly(total)) == expected

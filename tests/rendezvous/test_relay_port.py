@@ -13,6 +13,7 @@ from rendezvous_support import (
     WAIT_S,
     MakeRendezvous,
     auth,
+    client_frame,
     data,
     dial,
     harness_url,
@@ -20,6 +21,7 @@ from rendezvous_support import (
     register,
     resume,
     scrape,
+    upgrade_request,
     wait_for,
 )
 
@@ -113,12 +115,13 @@ async def test_a_continuation_without_a_message_closes_with_1002(
 async def test_a_message_far_over_the_limit_is_refused_from_its_header(
     make_rendezvous: MakeRendezvous, http: aiohttp.ClientSession
 ) -> None:
-    """Beyond twice ``max_message_bytes`` picows refuses the frame before reading its
-    payload; it is still a 1009 close, counted as oversize."""
+    """A frame over ``max_message_bytes`` is refused before its payload is read: a 1009
+    close, counted as oversize."""
     server = await make_rendezvous(max_message_bytes=16 * 1024)
     await register(http, server.base_url, ENV)
     transport, client = await _picows_dial(await harness_url(http, server.base_url, ENV))
-    transport.send(picows.WSMsgType.BINARY, data("s-big", 1, b"x" * (40 * 1024)))
+    # One byte over the limit, and only the header sent: the refusal cannot wait for it.
+    transport.underlying_transport.write(client_frame(b"x" * (16 * 1024 + 1))[:8])
     kind, payload = await asyncio.wait_for(client.messages.get(), WAIT_S)
     assert kind is picows.WSMsgType.CLOSE
     assert int.from_bytes(payload[:2], "big") == 1009
@@ -131,8 +134,8 @@ async def test_a_message_far_over_the_limit_is_refused_from_its_header(
 async def test_a_frame_the_websocket_parser_refuses_is_a_counted_1002(
     make_rendezvous: MakeRendezvous, http: aiohttp.ClientSession
 ) -> None:
-    """A frame picows refuses itself (here a reserved opcode) closes with 1002 and is
-    counted as undecodable, as the frames our own checks refuse are."""
+    """A frame the websocket parser refuses (here a reserved opcode) closes with 1002
+    and is counted as undecodable, as the frames the router refuses are."""
     server = await make_rendezvous()
     await register(http, server.base_url, ENV)
     transport, client = await _picows_dial(await harness_url(http, server.base_url, ENV))
@@ -207,13 +210,8 @@ async def test_validate_keeps_its_connection_and_a_late_upgrade_is_refused_clear
     """/validate is on every Noise handshake's critical path: its connection stays open
     (no TCP handshake per validation). A relay upgrade sent after it on the same
     connection cannot reach the websocket server and gets a clear 400."""
-    server = await make_rendezvous()
-    async with aiohttp.ClientSession() as http:
-        await register(http, server.base_url, ENV)
-        relay_url = await harness_url(http, server.base_url, ENV)
-    host_port = server.base_url.split("://", 1)[1]
-    host, _, port = host_port.partition(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    relay_url, host_port, host, port = await _harness_address(await make_rendezvous())
+    reader, writer = await asyncio.open_connection(host, port)
     try:
         body = b'{"executor_registration_id":"x","harness_public_key":"y"}'
         validate = (
@@ -225,12 +223,7 @@ async def test_validate_keeps_its_connection_and_a_late_upgrade_is_refused_clear
             head, _answer = await _http_exchange(reader, writer, validate)
             assert head.startswith(b"HTTP/1.1 "), head
             assert b"connection: close" not in head.lower()
-        path = "/" + relay_url.split("://", 1)[1].split("/", 1)[1]
-        upgrade = (
-            f"GET {path} HTTP/1.1\r\nHost: {host_port}\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
+        upgrade = upgrade_request(relay_url, host_port)
         head, answer = await _http_exchange(reader, writer, upgrade)
         assert head.startswith(b"HTTP/1.1 400 "), head
         assert b"upgrade_not_first" in answer
@@ -238,3 +231,64 @@ async def test_validate_keeps_its_connection_and_a_late_upgrade_is_refused_clear
     finally:
         writer.close()
         await writer.wait_closed()
+
+
+async def test_frames_sent_with_the_upgrade_request_are_read_in_order(
+    make_rendezvous: MakeRendezvous,
+) -> None:
+    """A client may write frames right behind its upgrade request, without waiting for
+    the 101: picows answers the request, and the frames that came in the same read
+    reach the relay socket's reader, none lost or reordered."""
+    server = await make_rendezvous()
+    async with aiohttp.ClientSession() as http:
+        env = await dial(http, await register(http, server.base_url, ENV))
+        relay_url = await harness_url(http, server.base_url, ENV)
+        host_port = server.base_url.split("://", 1)[1]
+        host, _, port = host_port.partition(":")
+        upgrade = upgrade_request(relay_url, host_port)
+        frames = [resume("s-pipe")] + [
+            data("s-pipe", seq, bytes([seq]) * size)
+            for seq, size in enumerate((1, 200, 70_000, 5), start=1)
+        ]
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(upgrade + b"".join(client_frame(frame) for frame in frames))
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT_S)
+            assert head.startswith(b"HTTP/1.1 101 "), head
+            for frame in frames:
+                assert await recv_bytes(env) == frame
+        finally:
+            writer.close()
+            await writer.wait_closed()
+            await env.close()
+
+
+async def test_a_refused_upgrade_reads_nothing_behind_its_request(
+    make_rendezvous: MakeRendezvous,
+) -> None:
+    """Frames written behind an upgrade request that is refused are never read as
+    frames: the client gets the refusal and the end of the connection, nothing more."""
+    relay_url, host_port, host, port = await _harness_address(await make_rendezvous())
+    forged = relay_url.replace("sig=", "sig=x")
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        frames = client_frame(data("s-refused", 1, b"x" * 100)) + client_frame(b"", 0x89)
+        writer.write(upgrade_request(forged, host_port) + frames)
+        answer = await asyncio.wait_for(reader.read(), WAIT_S)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401 "), head
+    assert body.startswith(b'{"error": ') and body.endswith(b"}"), body
+
+
+async def _harness_address(server: RendezvousServer) -> tuple[str, str, str, int]:
+    """A harness URL of a registered environment, and where to dial it by hand:
+    ``(relay URL, "host:port", host, port)``."""
+    async with aiohttp.ClientSession() as http:
+        await register(http, server.base_url, ENV)
+        relay_url = await harness_url(http, server.base_url, ENV)
+    host_port = server.base_url.split("://", 1)[1]
+    host, _, port = host_port.partition(":")
+    return relay_url, host_port, host, int(port)

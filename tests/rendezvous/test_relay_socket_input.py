@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import picows
 import pytest
 from rendezvous_support import PicowsFrame as Frame
+from rendezvous_support import client_frame, feed
 
 from exec_server.environment import ws_listener
 from exec_server.environment.ws_listener import WebSocketServerChannel
@@ -46,25 +47,23 @@ def _relay_socket() -> tuple[RelaySocket, list[bool], list[int]]:
 async def test_relay_socket_stops_reading_on_many_empty_messages() -> None:
     sock, paused, _ = _relay_socket()
     limit = relay_socket.MAX_INBOX_BYTES // MESSAGE_OVERHEAD_BYTES
-    for _ in range(limit + 1):
-        sock.on_ws_frame(None, Frame(B))  # type: ignore[arg-type]
+    feed(sock, client_frame(b"") * (limit + 1))
     assert paused == [True], "empty frames must count against the inbox bound"
 
 
 @pytest.mark.parametrize(
     "frames",
     [
-        [Frame(B, b"x", rsv1=True)],
-        [Frame(B, b"a", fin=False), Frame(B, b"b")],
-        [Frame(B, b"a", fin=False), Frame(T, b"b")],
-        [Frame(C, b"b")],
+        [client_frame(b"x", 0xC2)],
+        [client_frame(b"a", 0x02), client_frame(b"b")],
+        [client_frame(b"a", 0x02), client_frame(b"b", 0x81)],
+        [client_frame(b"b", 0x80)],
     ],
     ids=["reserved-bit", "binary-inside-fragments", "text-inside-fragments", "lone-continuation"],
 )
-async def test_relay_socket_framing_errors_close_with_1002(frames: list[Frame]) -> None:
+async def test_relay_socket_framing_errors_close_with_1002(frames: list[bytes]) -> None:
     sock, _, closes = _relay_socket()
-    for frame in frames:
-        sock.on_ws_frame(None, frame)  # type: ignore[arg-type]
+    feed(sock, b"".join(frames))
     assert closes == [1002]
     assert not sock._inbox
 

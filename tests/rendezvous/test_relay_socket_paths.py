@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import struct
 import uuid
 from collections.abc import AsyncIterator
 
-import picows
 import pytest
-from rendezvous_support import PicowsFrame
+from rendezvous_support import client_frame, feed, server_frame
 
 from exec_server.relay.frame_codec import (
     RELIABLE_CAPABILITY_BIT,
@@ -31,72 +29,53 @@ ENV = "env-paths"
 FLAG = RELIABLE_CAPABILITY_BIT
 
 
-class WsTransport:
-    """What RelaySocket uses of a picows transport, over a real asyncio transport."""
-
-    def __init__(self, underlying: asyncio.Transport) -> None:
-        self.underlying_transport = underlying
-        self.is_disconnected = False
-        self.close_handshake = None
-        self.closes: list[int] = []
-
-    def send_close(self, code: picows.WSCloseCode, message: bytes = b"") -> None:
-        self.closes.append(int(code.value))
-
-    def send_ping(self, message: bytes = b"") -> None:
-        pass
-
-    def disconnect(self, graceful: bool = True) -> None:
-        self.is_disconnected = True
-
-
 class Side:
     """One relay socket, served by a router, whose written frames are read back."""
 
-    def __init__(self, sock: RelaySocket, ws: WsTransport, far: socket.socket) -> None:
+    def __init__(self, sock: RelaySocket, far: socket.socket) -> None:
         self.sock = sock
-        self.ws = ws
         self.far = far
         self.peer: SocketPeer | None = None
         self.task: asyncio.Task[object] | None = None
+        self.control: list[tuple[int, bytes]] = []
+        """Control frames written to this socket (first header byte, payload)."""
         self._buffer = b""
 
     def send(self, payload: bytes) -> None:
-        """A frame from the remote peer, as picows hands it over."""
-        self.sock.on_ws_frame(self.ws, PicowsFrame(picows.WSMsgType.BINARY, payload))  # type: ignore[arg-type]
+        """A frame from the remote peer, as the transport hands its bytes over."""
+        feed(self.sock, client_frame(payload))
 
     async def frames(self, count: int) -> list[bytes]:
-        """The next ``count`` frames written to this socket (payloads)."""
+        """The next ``count`` data frames written to this socket (payloads)."""
         loop = asyncio.get_running_loop()
         out: list[bytes] = []
         async with asyncio.timeout(WAIT_S):
             while len(out) < count:
-                parsed = _parse(self._buffer)
+                parsed = server_frame(self._buffer)
                 if parsed is not None:
-                    payload, self._buffer = parsed
-                    out.append(payload)
+                    first, payload, self._buffer = parsed
+                    if first & 0x08:
+                        self.control.append((first, payload))
+                    else:
+                        out.append(payload)
                     continue
                 self._buffer += await loop.sock_recv(self.far, 1 << 20)
         return out
 
-
-def _parse(data: bytes) -> tuple[bytes, bytes] | None:
-    if len(data) < 2:
-        return None
-    size, pos = data[1] & 0x7F, 2
-    if size == 126:
-        if len(data) < 4:
-            return None
-        (size,) = struct.unpack_from("!H", data, 2)
-        pos = 4
-    elif size == 127:
-        if len(data) < 10:
-            return None
-        (size,) = struct.unpack_from("!Q", data, 2)
-        pos = 10
-    if len(data) < pos + size:
-        return None
-    return data[pos : pos + size], data[pos + size :]
+    async def next_control(self) -> tuple[int, bytes]:
+        """The next control frame written to this socket (data frames before it are
+        dropped)."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(WAIT_S):
+            while not self.control:
+                parsed = server_frame(self._buffer)
+                if parsed is None:
+                    self._buffer += await loop.sock_recv(self.far, 1 << 20)
+                    continue
+                first, payload, self._buffer = parsed
+                if first & 0x08:
+                    self.control.append((first, payload))
+        return self.control.pop(0)
 
 
 @pytest.fixture
@@ -112,12 +91,9 @@ async def serve(router: Router, role: UrlRole, opened: list[socket.socket]) -> S
     opened += [ours, theirs]
     theirs.setblocking(False)
     loop = asyncio.get_running_loop()
-    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
-    assert isinstance(transport, asyncio.Transport)
     sock = RelaySocket(role, ENV, False, 1 << 20, lambda s: None)
-    ws = WsTransport(transport)
-    sock.on_ws_connected(ws)  # type: ignore[arg-type]
-    side = Side(sock, ws, theirs)
+    await loop.connect_accepted_socket(lambda: sock, ours)
+    side = Side(sock, theirs)
     peer = side.peer = router.new_peer(sock, role, ENV, f"nonce-{role.value}")
     router.attach(peer)
     side.task = asyncio.create_task(
@@ -138,7 +114,10 @@ async def stop(*sides: Side) -> None:
         assert side.task is not None
         side.task.cancel()
         await asyncio.gather(side.task, return_exceptions=True)
-        side.sock.on_ws_disconnected(side.ws)  # type: ignore[arg-type]
+        transport = side.sock._transport
+        assert transport is not None
+        transport.abort()
+        await side.sock._disconnected.wait()
         assert side.peer is not None
         await side.peer.aclose()
 
@@ -208,7 +187,9 @@ async def test_nothing_is_routed_once_a_close_is_sent(sockets: list[socket.socke
     harness.send(frame(stream_id, 2))
     await asyncio.sleep(0.05)
     assert dict(router.stats.frames_routed) == before
-    assert environment.ws.closes == [1000] and harness.ws.closes == [1000]
+    for side in (environment, harness):
+        assert await side.next_control() == (0x88, (1000).to_bytes(2, "big") + b"bye")
+        assert side.sock.close_code == 1000
     await stop(environment, harness)
 
 
@@ -234,3 +215,43 @@ async def test_a_router_with_its_own_harness_rules_gets_every_harness_frame(
     assert await environment.frames(3) == sent
     assert seen == sent
     await stop(environment, harness)
+
+
+async def test_a_peer_that_drips_one_frame_is_silent_for_the_keepalive(
+    sockets: list[socket.socket],
+) -> None:
+    """The keepalive counts whole frames: a peer sending a frame a byte at a time, and
+    never finishing it, is dropped after ``pong_timeout_s`` (it holds the frame's
+    buffer until then), as one that sends nothing is. Reads alone do not count."""
+    ours, theirs = socket.socketpair()
+    sockets += [ours, theirs]
+    loop = asyncio.get_running_loop()
+    sock = RelaySocket(UrlRole.ENVIRONMENT, ENV, False, 1 << 20, lambda s: None)
+    await loop.connect_accepted_socket(lambda: sock, ours)
+    router = Router(RouterConfig())
+    peer = router.new_peer(sock, UrlRole.ENVIRONMENT, ENV, "nonce-drip")
+    router.attach(peer)
+    served = asyncio.create_task(
+        sock.serve(
+            peer,
+            router.on_environment_message,
+            router.on_harness_message,
+            KeepaliveConfig(ping_interval_s=0.05, pong_timeout_s=0.4),
+        )
+    )
+    drip = client_frame(b"x" * 60_000)
+    theirs.setblocking(False)
+    try:
+        async with asyncio.timeout(WAIT_S):
+            for byte in drip[:-1]:  # one byte short of the whole frame
+                if served.done():
+                    break
+                theirs.send(bytes((byte,)))
+                await asyncio.sleep(0.02)
+            result = await served
+    finally:
+        served.cancel()
+        theirs.close()  # the peer goes: the socket's close need not wait for its reply
+        await peer.aclose()
+    assert result == "pong_timeout"
+    assert sock.keepalive is not None and sock.keepalive.heard_count == 0

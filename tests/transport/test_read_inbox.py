@@ -34,3 +34,16 @@ def test_empty_messages_count_and_clear_forgets_everything() -> None:
     assert calls == [True]
     inbox.clear()
     assert len(inbox) == 0 and inbox.counted == 0 and inbox.take() is None
+
+
+def test_clear_lets_a_paused_socket_read_again() -> None:
+    """A failing socket clears its inbox and then reads the peer's close reply: a
+    socket paused by a full inbox must read again, or the reply is never seen."""
+    calls: list[bool] = []
+    inbox: ReadInbox[bytes] = ReadInbox(MESSAGE_OVERHEAD_BYTES, len, calls.append)
+    inbox.put(b"x")
+    assert calls == [True]
+    inbox.clear()
+    assert calls == [True, False] and not inbox.paused
+    inbox.clear()
+    assert calls == [True, False]

@@ -43,9 +43,9 @@ def relay_protocol(
         20.0,
         picows.WSAutoPingStrategy.PING_WHEN_IDLE,
         True,  # answer pings
-        2 * max_message_bytes,
+        2 * max_message_bytes,  # picows reads no frame: the relay socket takes over
         None,  # extra headers
-        64 * 1024,  # initial read buffer; grows with the frames
+        64 * 1024,  # initial read buffer (the upgrade request only)
     )
     return protocol
 

@@ -1,12 +1,15 @@
 """One listening port for the registry's HTTP API and the relay websockets.
 
 The registry API (``POST``s with bodies, ``/metrics``...) is aiohttp's; the relay
-websockets carry every byte of every session and run on picows, whose frames are parsed
-and unmasked in C and handed over in its own callback (``benchmarks/README.md`` has
-the measurement). A :class:`PortSplitter` is the protocol of every accepted connection
-until the head of its first request is in: a websocket upgrade of a relay URL
-(``GET /relay/...`` with ``Upgrade: websocket``) is handed to a picows protocol, anything
-else to aiohttp's request handler, each fed the bytes read so far. The registry answers
+websockets carry every byte of every session: picows answers their upgrade, then the
+:class:`~exec_server.rendezvous.relay_socket.RelaySocket` reads the frames itself
+(``benchmarks/rendezvous_cpu_bench.py`` measures it). A :class:`PortSplitter` is the protocol
+of every accepted connection until the head of its first request is in: a websocket
+upgrade of a relay URL (``GET /relay/...`` with ``Upgrade: websocket``) is handed to a
+picows protocol, fed the request head, and whatever followed the head (frames a client
+sent without waiting for the 101) goes to the protocol the connection has after picows
+answered: the relay socket's, in order. Anything else goes to aiohttp's request handler,
+fed the bytes read so far. The registry answers
 with ``Connection: close`` (see :func:`close_after_response`), so every request that
 could be an upgrade is the first request of its connection, and reaches the splitter.
 
@@ -112,10 +115,15 @@ class PortSplitter(asyncio.Protocol):
         end = buffer.find(b"\r\n\r\n")
         if end < 0 and len(buffer) <= HEAD_LIMIT_BYTES:
             return
-        factory = self._relay if end >= 0 and is_relay_upgrade(bytes(buffer[:end])) else self._http
-        self._hand_over(factory())
+        if end >= 0 and is_relay_upgrade(bytes(buffer[:end])):
+            self._hand_over(self._relay(), end + 4)
+        else:
+            self._hand_over(self._http(), len(buffer))
 
-    def _hand_over(self, protocol: asyncio.BaseProtocol) -> None:
+    def _hand_over(self, protocol: asyncio.BaseProtocol, head: int) -> None:
+        """Give the connection to ``protocol`` with the first ``head`` bytes read; the
+        rest goes to the connection's protocol after those (a relay socket takes over
+        from picows once picows has answered the upgrade request)."""
         transport = self._transport
         assert transport is not None
         if self._timer is not None:
@@ -126,7 +134,9 @@ class PortSplitter(asyncio.Protocol):
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         if not transport.is_closing():
-            _feed(protocol, data)
+            _feed(protocol, data[:head])
+        if len(data) > head and not transport.is_closing():
+            _feed(transport.get_protocol(), data[head:])
 
     def eof_received(self) -> bool:
         return False  # the peer gave up before its request: close

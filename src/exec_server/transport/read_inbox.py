@@ -80,6 +80,10 @@ class ReadInbox(Generic[M]):
         return message
 
     def clear(self) -> None:
-        """Drop every waiting message (the socket is failing)."""
+        """Drop every waiting message (the socket is failing), and let the socket read
+        again: its close handshake has to read the peer's reply (or end of stream)."""
         self._messages.clear()
         self.counted = 0
+        if self.paused:
+            self.paused = False
+            self._set_paused(False)
