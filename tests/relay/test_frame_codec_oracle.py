@@ -37,6 +37,7 @@ from exec_server.relay.frame_codec import (
     RelayFrame,
     ResetBody,
     ResumeBody,
+    ack_frame,
     data_frame,
     decode_frame,
     decode_route,
@@ -305,6 +306,49 @@ def test_peek_route_reads_canonical_data_frames_itself(ack_bits: int) -> None:
     segmented = data_frame("s", 0, b"y", segment_index=1, segment_count=2)
     with mock.patch.object(frame_codec, "decode_route", side_effect=AssertionError("slow")):
         assert peek_route(encode_frame(segmented)) == ("s", "data", False)
+
+
+@pytest.mark.parametrize("ack_bits", [0, 1, 0x7F, 0x81, 0x8000_0001, U32_MAX])
+@pytest.mark.parametrize("ack", [0, 0x7F, 50_000, U32_MAX])
+@pytest.mark.parametrize("payload_size", [1, 0x7F, 11_000, 175_000])
+def test_peek_route_reads_the_routed_shapes_itself(
+    ack_bits: int, ack: int, payload_size: int
+) -> None:
+    """The rendezvous' frames per routed byte (data frames of every varint length, and
+    bare acks) are read off the bytes, with the answer the full decoder gives."""
+    stream_id = "3f1c2a9e-5b7d-4c1e-9f00-0123456789ab"
+    shapes = [
+        data_frame(stream_id, ack, b"p" * payload_size, ack=ack, ack_bits=ack_bits),
+        data_frame(stream_id, 0, b"p" * payload_size, segment_index=2, segment_count=300),
+        ack_frame(stream_id, ack=ack, ack_bits=ack_bits),
+    ]
+    for frame in shapes:
+        data = encode_frame(frame)
+        expected = decode_route(data)
+        assert expected == (stream_id, frame.kind, bool(frame.ack_bits & 1))
+        with mock.patch.object(frame_codec, "decode_route", side_effect=AssertionError("slow")):
+            assert peek_route(data) == expected
+            assert peek_route(memoryview(bytearray(data))) == expected
+
+
+def test_peek_route_applies_every_limit_on_its_own_path() -> None:
+    """Limits the fast path checks itself (not only the ones the test strategies draw)
+    give the full decoder's answer."""
+    data = encode_frame(data_frame("s", 5, b"x"))
+    for limits in (
+        FrameLimits(max_segment_count=0),
+        FrameLimits(max_stream_id_bytes=0),
+        FrameLimits(max_frame_bytes=len(data) - 1),
+    ):
+        with pytest.raises(InvalidFrame) as full:
+            decode_route(data, limits)
+        with pytest.raises(InvalidFrame) as peeked:
+            peek_route(memoryview(bytearray(data)), limits)
+        assert peeked.value.reason is full.value.reason
+    # An ack frame followed by anything is not the bare shape: the full decoder judges.
+    for tail in (b"\x5a\x00", b"\x32\x00", b"\x00"):
+        data = encode_frame(ack_frame("s", ack=1, ack_bits=1)) + tail
+        assert_same_as_protobuf(data, INBOUND_LIMITS)
 
 
 def test_selected_empty_members_and_empty_trace_fields_are_emitted() -> None:

@@ -363,61 +363,108 @@ def peek_route(
     data: bytes | bytearray | memoryview, limits: FrameLimits = INBOUND_LIMITS
 ) -> tuple[str, BodyKind, bool]:
     """:func:`decode_route`'s answer (the same tuple, the same :class:`InvalidFrame`),
-    read straight off the bytes for the frame a forwarder sees most: a canonical
-    ``data`` frame without trace fields (no frame or body objects are built). Anything
-    else, and any doubt, goes to :func:`decode_route`. ``data`` is only read during
-    the call (a view of a socket's read buffer will do).
+    read straight off the bytes for the frames a forwarder sees most: a canonical
+    ``data`` frame without trace fields, and a bare ``ack_frame`` (no frame or body
+    objects are built). Anything else, and any doubt, goes to :func:`decode_route`.
+    ``data`` is only read during the call (a view of a socket's read buffer will do).
+
+    This runs once per routed frame, so one-byte varints (and the tags that follow
+    them) are read inline and longer ones skipped without decoding when their value
+    does not matter (``ack``, ``data.seq``); the rules are :func:`_read_u32`'s.
     """
     end = len(data)
     try:
-        if end > limits.max_frame_bytes or data[0] != 0x08 or data[1] != 0x01 or data[2] != 0x12:
-            return decode_route(data, limits)
         size = data[3]
-        pos = 4 + size
-        if size >= 0x80 or size > limits.max_stream_id_bytes:
-            return decode_route(data, limits)
-        stream_id = str(data[4:pos], "utf-8")
-        tag = data[pos]
-        if tag == 0x18:  # ack
-            _, pos = _read_u32(data, pos + 1)
-            tag = data[pos]
-        ack_bits = 0
-        if tag == 0x20:
-            ack_bits, pos = _read_u32(data, pos + 1)
-            tag = data[pos]
         if (
-            tag != 0x2A  # not a data frame
-            or not stream_id
-            or stream_id.strip() != stream_id
-            or not _plain_data_body(data, pos, limits.max_segment_count)
+            end > limits.max_frame_bytes
+            or data[0] != 0x08
+            or data[1] != 0x01
+            or data[2] != 0x12
+            or not 0 < size < 0x80
+            or size > limits.max_stream_id_bytes
         ):
             return decode_route(data, limits)
+        pos = 4 + size
+        stream_id = str(data[4:pos], "utf-8")
+        tag = data[pos]
+        if tag == 0x18:  # ack: its value does not matter here
+            pos = pos + 2 if data[pos + 1] < 0x80 else _skip_u32(data, pos + 1)
+            tag = data[pos]
+        flagged = False
+        if tag == 0x20:  # ack_bits: bit 0 is in the varint's first byte
+            flagged = bool(data[pos + 1] & RELIABLE_CAPABILITY_BIT)
+            pos = pos + 2 if data[pos + 1] < 0x80 else _skip_u32(data, pos + 1)
+            tag = data[pos]
+        if stream_id.strip() == stream_id:
+            if tag == 0x2A and _plain_data_body(data, pos + 1, end, limits.max_segment_count):
+                return stream_id, "data", flagged
+            if tag == 0x32 and data[pos + 1] == 0 and pos + 2 == end:  # ack_frame{}
+                return stream_id, "ack_frame", flagged
     except (_NotCanonical, IndexError, UnicodeDecodeError):
-        return decode_route(data, limits)
-    return stream_id, "data", bool(ack_bits & RELIABLE_CAPABILITY_BIT)
+        pass
+    return decode_route(data, limits)
+
+
+def _skip_u32(data: bytes | bytearray | memoryview, pos: int) -> int:
+    """The position after the varint at ``pos``, under :func:`_read_u32`'s rules."""
+    if data[pos] < 0x80:
+        return pos + 1
+    if data[pos + 1] < 0x80:
+        return pos + 2
+    if data[pos + 2] < 0x80:
+        return pos + 3
+    if data[pos + 3] < 0x80:
+        return pos + 4
+    if data[pos + 4] < 0x10:
+        return pos + 5
+    raise _NotCanonical
 
 
 def _plain_data_body(
-    data: bytes | bytearray | memoryview, pos: int, max_segment_count: int
+    data: bytes | bytearray | memoryview, pos: int, end: int, max_segment_count: int
 ) -> bool:
-    """Is the ``data`` member whose tag is at ``pos`` canonical, valid (a payload,
-    ``index < count <= max_segment_count``) and the end of the frame?"""
-    size, pos = _read_u32(data, pos + 1)
-    end = len(data)
+    """Is the ``data`` member whose length varint is at ``pos`` canonical, valid (a
+    payload, ``index < count <= max_segment_count``) and the end of the frame?
+    Varints of one or two bytes are read inline, and ``count: 1`` without ``index``
+    (every unsegmented message, Codex's only shape) is matched in one step."""
+    size = data[pos]
+    if size < 0x80:
+        pos += 1
+    elif data[pos + 1] < 0x80:
+        size = size & 0x7F | data[pos + 1] << 7
+        pos += 2
+    else:
+        size, pos = _read_u32(data, pos)
     if pos + size != end:  # trace fields follow, or not canonical
         return False
+    if data[pos] == 0x08:  # data.seq: its value does not matter here
+        pos = pos + 2 if data[pos + 1] < 0x80 else _skip_u32(data, pos + 1)
+    if data[pos] == 0x18 and data[pos + 1] == 1 and data[pos + 2] == 0x22:
+        if max_segment_count < 1:
+            return False
+        pos += 3
+    else:
+        index, count, pos = _segment_fields(data, pos)
+        if data[pos] != 0x22 or not index < count <= max_segment_count:
+            return False
+        pos += 1
+    size = data[pos]
+    if size < 0x80:
+        pos += 1
+    elif data[pos + 1] < 0x80:
+        size = size & 0x7F | data[pos + 1] << 7
+        pos += 2
+    else:
+        size, pos = _read_u32(data, pos)
+    return size > 0 and pos + size == end
+
+
+def _segment_fields(data: bytes | bytearray | memoryview, pos: int) -> tuple[int, int, int]:
+    """``data.segment_index`` and ``data.segment_count`` (0 when absent) from ``pos``
+    on, and the position after them."""
     index = count = 0
-    tag = data[pos]
-    if tag == 0x08:  # data.seq
-        _, pos = _read_u32(data, pos + 1)
-        tag = data[pos]
-    if tag == 0x10:
+    if data[pos] == 0x10:
         index, pos = _read_u32(data, pos + 1)
-        tag = data[pos]
-    if tag == 0x18:
+    if data[pos] == 0x18:
         count, pos = _read_u32(data, pos + 1)
-        tag = data[pos]
-    if tag != 0x22:
-        return False
-    size, pos = _read_u32(data, pos + 1)
-    return bool(size) and pos + size == end and index < count <= max_segment_count
+    return index, count, pos

@@ -328,7 +328,10 @@ class Router(Backpressure):
         return self._harness_message_now
 
     def _harness_message_now(self, peer: SocketPeer, data: bytes) -> bool:
-        stream_id, kind, flagged = self._decode(data)
+        try:  # _decode, inline: this runs for every harness frame (acks mostly)
+            stream_id, kind, flagged = peek_route(data, self._frame_limits)
+        except InvalidFrame as exc:
+            raise _protocol_error(exc) from None
         route = self._routes.get(peer.environment_id)
         environment = route.socket if route is not None else None
         if environment is not None and not environment.has_room():
