@@ -8,12 +8,10 @@ Here :meth:`CoreNatsClient.publish` writes to the transport at once and the sock
 read hands each message to its subscriber's callback synchronously. The shared state
 (JetStream KV) stays on nats-py.
 
-What lives where: the protocol as bytes is :mod:`~exec_server.rendezvous.cluster.
-nats_wire`, one socket (the asyncio ``Protocol`` that parses and dispatches) is
-:mod:`~exec_server.rendezvous.cluster.nats_socket`, credentials are
-:mod:`~exec_server.rendezvous.cluster.nats_nkeys`, settings and errors are
-:mod:`~exec_server.rendezvous.cluster.nats_client_config` (re-exported here). This
-module dials, handshakes, reconnects and buffers.
+What lives where (modules of this package): the protocol as bytes in ``nats_wire``, one
+socket (the asyncio ``Protocol`` that parses and dispatches) in ``nats_socket``,
+credentials in ``nats_nkeys``, settings and errors in ``nats_client_config`` (re-exported
+here). This module dials, handshakes, reconnects and buffers.
 
 What it keeps of nats-py's behaviour, for the bus:
 
