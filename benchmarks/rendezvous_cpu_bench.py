@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import statistics
@@ -44,21 +43,12 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 import relay_bench as rb  # noqa: E402
-from bench_support import Child  # noqa: E402
+from bench_support import Child, cpu_ns  # noqa: E402
 
 from exec_server.malloc_tuning import tune_malloc  # noqa: E402
 
 MIB = 1024 * 1024
 _TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_ns(pid: int) -> int:
-    """On-CPU nanoseconds of every thread of ``pid`` so far."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            total += int((task / "schedstat").read_text().split()[0])
-    return total
 
 
 def user_system(pid: int) -> tuple[float, float]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import statistics
@@ -28,17 +27,10 @@ import sys
 import time
 from pathlib import Path
 
+from bench_support import cpu_ns
+
 MIB = 1024 * 1024
 _KEY = b"\x1f\x8b\x3c\xa5"
-
-
-def cpu_ns(pid: int) -> int:
-    """On-CPU nanoseconds of every thread of ``pid`` so far."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            total += int((task / "schedstat").read_text().split()[0])
-    return total
 
 
 def masked_frame(first: int, payload: bytes) -> bytes:
