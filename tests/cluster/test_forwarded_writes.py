@@ -89,3 +89,45 @@ async def test_the_frames_of_one_read_are_written_at_its_end(
     assert not router.try_deliver(forwarded(3, NodeRef("n3", "other"))), "not the owner"
     router.flush_delivered()
     assert len(sink.written) == 3 and not sink.gathered
+
+
+class FailingFlushSink(GatheringSink):
+    """A socket whose write fails when its gathered frames are written out."""
+
+    flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        raise OSError("the socket broke while writing")
+
+
+async def test_a_socket_whose_write_fails_does_not_keep_the_others_waiting(
+    node: tuple[ClusterRouter, SocketPeer, GatheringSink], caplog: pytest.LogCaptureFixture
+) -> None:
+    """One socket's failing flush is logged; the other sockets of the read are written
+    out all the same, and the failed one is not flushed again at every later read."""
+    router, _, sink = node
+    failing = FailingFlushSink()
+    other_env = "env-writes-2"
+    broken = router.new_peer(failing, UrlRole.ENVIRONMENT, other_env, "environment-nonce")
+    assert await router.claim(broken) is None
+    router.attach(broken)
+    harnesses = router._remote_peer(HARNESS_NODE, other_env, UrlRole.HARNESS)
+    router._routes[other_env].streams["s1"] = _StreamRoute("s1", "", harnesses, False, remote=True)
+    harnesses.owned.add("s1")
+    await eventually(lambda: broken._idle, "the socket's writer waits")
+    try:
+        to_broken = forwarded(0)
+        to_broken = RemoteFrame(HARNESS_NODE, other_env, to_broken.direction, to_broken.data)
+        assert router.try_deliver(to_broken)  # first in the read
+        frame = forwarded(0)
+        assert router.try_deliver(frame)
+        router.flush_delivered()
+        assert sink.written == [frame.data], "the other socket is written out"
+        assert "writing out the forwarded frames failed" in caplog.text
+        assert "the socket broke" in caplog.text
+        router.flush_delivered()
+        assert failing.flushes == 1, "not flushed again: nothing was delivered to it since"
+    finally:
+        router.detach(broken)
+        await broken.aclose()

@@ -416,3 +416,33 @@ async def test_flushes_in_flight_do_not_count_as_unanswered_liveness_pings(
         await asyncio.gather(*flushes, return_exceptions=True)
         answer.set()
         await eventually(lambda: client.is_connected and client.reconnects == 1, "redialled")
+
+
+async def test_after_read_set_during_a_reconnect_handshake_runs_on_the_new_connection(
+    clients: list[CoreNatsClient],
+) -> None:
+    """The frame bus sets ``after_read`` once; a redial whose socket was made before it
+    was set (no connection to hand it to) still runs it once ready."""
+    drop = asyncio.Event()
+    gate = asyncio.Event()
+
+    async def script(peer: Peer) -> None:
+        if peer.index == 0:
+            await peer.handshake()
+            await drop.wait()
+            return
+        await gate.wait()
+        await peer.handshake()
+        await peer.serve()
+
+    async with FakeNats(script) as server:
+        client = await CoreNatsClient.connect(ClientConfig((server.url,), reconnect_wait_s=0.01))
+        clients.append(client)
+        drop.set()
+        await eventually(lambda: len(server.peers) >= 2, "a redial under way")
+        reads: list[int] = []
+        client.after_read = lambda: reads.append(1)
+        gate.set()
+        await eventually(lambda: client.reconnects == 1, "reconnected")
+        await client.flush()  # its PONG is a read
+        assert reads

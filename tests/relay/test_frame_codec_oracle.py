@@ -351,6 +351,46 @@ def test_peek_route_applies_every_limit_on_its_own_path() -> None:
         assert_same_as_protobuf(data, INBOUND_LIMITS)
 
 
+def routed_shape_variants() -> list[bytes]:
+    """The shapes peek_route reads itself, with every varint it reads or skips in one
+    to ten bytes (a ten-byte varint is a 64-bit value protobuf truncates), fields
+    repeated, and trailing bytes."""
+    sid = b"\x12\x08" + b"3f1c2a9e"
+    payload = b"\x22\x02pp"
+    shapes = []
+    for pad in range(0, 10):
+        long = varint(0x7F, pad)  # the same value in 1 + pad bytes
+        body = b"\x08" + long + b"\x18\x01" + payload
+        shapes.append(
+            b"\x08\x01" + sid + b"\x18" + long + b"\x20" + long + b"\x2a" + varint(len(body)) + body
+        )
+        body = (
+            b"\x10" + varint(0, pad) + b"\x18" + varint(2, pad) + b"\x22" + varint(2, pad) + b"pp"
+        )
+        shapes.append(b"\x08\x01" + sid + b"\x2a" + varint(len(body), pad) + body)
+        shapes.append(b"\x08\x01" + sid + b"\x18" + long + b"\x20" + varint(1, pad) + b"\x32\x00")
+    body = b"\x08\x05\x08\x06\x18\x01" + payload  # seq twice
+    shapes.append(b"\x08\x01" + sid + b"\x2a" + varint(len(body)) + body)
+    body = b"\x18\x01\x08\x05" + payload  # count before seq
+    shapes.append(b"\x08\x01" + sid + b"\x2a" + varint(len(body)) + body)
+    body = b"\x08\x05\x18\x01" + payload + b"\x28\x01"  # an unknown field after the payload
+    shapes.append(b"\x08\x01" + sid + b"\x2a" + varint(len(body)) + body)
+    shapes.append(b"\x08\x01" + sid + b"\x20\x01\x18\x05\x32\x00")  # ack after ack_bits
+    shapes.append(b"\x08\x01" + sid + b"\x18\x05\x18\x06\x32\x00")  # ack twice
+    shapes.append(b"\x08\x01" + sid + b"\x32\x00\x32\x00")  # the body twice
+    shapes.append(b"\x08\x01" + sid + b"\x32\x01\x00")  # a body of one unknown byte
+    return shapes
+
+
+def test_peek_route_on_every_truncation_and_variant_of_the_routed_shapes() -> None:
+    """peek_route reads these shapes off the bytes; every prefix of every variant gets
+    protobuf's answer (never an IndexError), for bytes and for a view."""
+    for data in routed_shape_variants():
+        for end in range(len(data) + 1):
+            for limits in (INBOUND_LIMITS, TIGHT_LIMITS):
+                assert_same_as_protobuf(data[:end], limits)
+
+
 def test_selected_empty_members_and_empty_trace_fields_are_emitted() -> None:
     assert encode_frame(resume_frame("a", 0)) == b"\x08\x01\x12\x01a\x3a\x00"
     frame = RelayFrame(stream_id="s", body=DataBody(), traceparent="", tracestate="")

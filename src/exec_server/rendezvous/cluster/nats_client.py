@@ -357,6 +357,7 @@ class CoreNatsClient:
                 raise
         self._on_info(info)
         conn.ready = True
+        conn.after_read = self._after_read  # as it is now (it may be set while dialling)
         for sid, (subject, _) in self._subscribers.items():
             conn.write(sub_command(subject, sid))
         if self._pending:
@@ -396,7 +397,6 @@ class CoreNatsClient:
             self._on_info,
             self._connection_lost,
             self._dropped,
-            self._after_read,
         )
 
     def _on_info(self, info: ServerInfo) -> None:

@@ -105,12 +105,16 @@ class ReceivesForwardedFrames(FollowsClusterState):
     def flush_delivered(self) -> None:
         """The bus's read is done: the local sockets written to in it write out the
         small frames they gathered now (one system call each), rather than at the end of
-        the loop iteration."""
+        the loop iteration. A socket whose write fails is logged (its connection reports
+        the loss to its owner) and the others are written all the same."""
         delivered_to = self._delivered_to
         for socket in delivered_to:
             flush = getattr(socket.sink, "flush", None)
             if flush is not None:
-                flush()
+                try:
+                    flush()
+                except Exception:
+                    log.exception("%s: writing out the forwarded frames failed", socket.label)
         delivered_to.clear()
 
     async def deliver(self, frame: RemoteFrame) -> None:
