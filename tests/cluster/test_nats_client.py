@@ -8,7 +8,6 @@ import ipaddress
 import logging
 import socket
 import ssl
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -41,14 +40,6 @@ class Inbox:
     @property
     def data(self) -> list[bytes]:
         return [m.data for m in self.messages]
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[CoreNatsClient]]:
-    made: list[CoreNatsClient] = []
-    yield made
-    for client in made:
-        await client.close()
 
 
 def free_port() -> int:

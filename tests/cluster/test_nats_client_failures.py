@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,14 +24,6 @@ from exec_server.rendezvous.cluster.nats_client import (
 from exec_server.rendezvous.cluster.nats_nkeys import encode_seed
 from exec_server.rendezvous.cluster.nats_socket import NatsSocket
 from exec_server.rendezvous.cluster.nats_wire import Msg, encode_subject, header_block_start
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[CoreNatsClient]]:
-    made: list[CoreNatsClient] = []
-    yield made
-    for client in made:
-        await client.close()
 
 
 async def test_headers_count_toward_max_payload(clients: list[CoreNatsClient]) -> None:
